@@ -1,0 +1,202 @@
+"""The public face: ``quantize``, ``lower``, ``evaluate``. Thin; the work lives in the subpackages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from quantwise.errors import UserError
+from quantwise.measure.env import environment
+from quantwise.measure.latency import measure_latency
+from quantwise.measure.memory import peak_memory
+from quantwise.progress import progress_iter, status
+from quantwise.quantized import QuantizedModel, artifact_size
+from quantwise.recipes import Recipe, get_recipe
+from quantwise.runtime.torch_sim import lower_torch
+from quantwise.tasks.base import Task
+from quantwise.transform import schemes as _schemes  # noqa: F401  (registers the handlers)
+from quantwise.transform.registry import HANDLERS, Batch, needs_calibration
+
+RESULT_SCHEMA = "quantwise.result/1"
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[Batch] | None = None) -> QuantizedModel:
+    """Quantize ``model`` as ``recipe`` says; the one entry point for every scheme.
+
+    Args:
+        model: A float ``nn.Module`` (not modified).
+        recipe: A recipe object or a registered name (``static-int8``, ``weight-int4`` ...).
+        calibration_data: Batches of model inputs (tuples of tensors); required by static and GPTQ.
+
+    Example:
+        >>> qm = quantize(model, "static-int8", calibration_data=[(x,) for x in batches])
+        >>> qm.save("out/model")
+    """
+    if isinstance(recipe, str):
+        recipe = get_recipe(recipe)
+    handler = HANDLERS.get(type(recipe))
+    if handler is None:
+        raise UserError(f"no quantization handler for recipe {recipe.name!r}")
+    check_finite_weights(model)
+    calib = list(calibration_data or [])
+    if needs_calibration(recipe):
+        if not calib:
+            raise UserError(f"recipe {recipe.name} needs calibration data and the calibration set is empty: pass calibration batches")
+        check_batch(model, calib[0], "calibration")
+    t0 = time.perf_counter()
+    qm = handler(model, recipe, calib)
+    qm.info["time_to_quantize_s"] = time.perf_counter() - t0
+    return qm
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse NaN/Inf parameters, naming the first one."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise UserError(f"parameter {name} contains NaN or Inf: fix or retrain the model before quantizing")
+
+
+def check_batch(model: nn.Module, batch: Batch, what: str) -> None:
+    """Fail before any work if a batch has NaN/Inf or does not fit the model."""
+    if not isinstance(batch, tuple) or not all(isinstance(t, torch.Tensor) for t in batch):
+        raise UserError(f"{what} batches must be tuples of tensors, got {type(batch).__name__}")
+    for t in batch:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{what} data contains NaN or Inf: clean the inputs")
+    try:
+        with torch.no_grad():
+            model(*batch)
+    except Exception as e:  # the model's own error says which shape/dtype was wrong
+        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in batch)
+        raise UserError(f"{what} data does not fit the model (got {shapes}): {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def lower(qm: QuantizedModel | None, task: Task, runtime: str, workdir: Path, threads: int = 1) -> tuple[Any, nn.Module]:
+    """Lower a QuantizedModel (None: the FP32 baseline) to ``runtime``; returns ``(runner, torch_module)``."""
+    module = lower_torch(qm) if qm is not None else task.model
+    if runtime == "torch":
+        from quantwise.runtime.torch_rt import TorchRunner
+
+        if qm is not None:
+            artifact = qm.save(workdir / "quantized")
+        else:
+            artifact = workdir / "model.safetensors"
+            save_file({k: v.contiguous() for k, v in task.model.state_dict().items()}, str(artifact))
+        return TorchRunner(module, artifact, threads), module
+    if runtime == "onnxruntime":
+        from quantwise.runtime.onnxrt import OrtRunner, check_onnx_available, export_onnx
+
+        check_onnx_available()
+        if qm is not None and qm.cast == "bf16":
+            raise RuntimeError("bf16 has no ONNX Runtime CPU kernels: run bf16 with --runtime torch")
+        example = task.latency_input(2)
+        path = export_onnx(module, example, workdir / "model.onnx", task.input_names, task.dynamic_axes)
+        return OrtRunner(path, task.input_names, threads), module
+    raise UserError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+
+
+def run_outputs(runner: Any, batches: Sequence[Batch], label: str) -> np.ndarray:
+    """Concatenated outputs of ``runner`` over ``batches``."""
+    return np.concatenate([runner.run(b) for b in progress_iter(batches, label)])
+
+
+def evaluate(
+    task: Task,
+    recipe: Recipe | str | None = None,
+    runtime: str = "torch",
+    out: str | os.PathLike[str] | None = None,
+    threads: int = 1,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    measure_memory: bool = True,
+    latency_seconds: float = 5.0,
+) -> dict[str, Any]:
+    """Quantize (unless ``recipe`` is None: FP32), lower, run and measure; returns the result record.
+
+    With ``out``, the artifacts and ``result.json`` are written there (atomically: a temporary
+    folder renamed when complete).
+    """
+    if isinstance(recipe, str):
+        recipe = None if recipe == "fp32" else get_recipe(recipe)
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    check_batch(task.model, task.eval_batches[0], "evaluation")
+    torch.set_num_threads(threads)
+    name = recipe.name if recipe else "fp32"
+    tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
+    try:
+        qm = quantize(task.model, recipe, task.calibration) if recipe else None
+        runner, module = lower(qm, task, runtime, tmp, threads)
+        outputs = run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating")
+        record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
+        status("measuring latency")
+        for bs in batch_sizes:
+            batch = task.latency_input(bs)
+            record["latency_ms"][f"batch_{bs}"] = measure_latency(lambda b=batch: runner.run(b), max_seconds=latency_seconds)
+        if measure_memory:
+            status("measuring peak memory in a separate process")
+            record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)
+        if out is not None:
+            _publish(tmp, Path(out), record)
+        if hasattr(runner, "close"):
+            runner.close()
+        return record
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _record(task: Task, name: str, recipe: Recipe | None, runtime: str, qm: QuantizedModel | None, runner: Any,
+            metrics: dict[str, Any], threads: int) -> dict[str, Any]:
+    return {
+        "schema": RESULT_SCHEMA,
+        "task": task.name,
+        "recipe": name,
+        "recipe_params": recipe.to_dict() if recipe else {"recipe": "fp32"},
+        "runtime": runtime,
+        "status": "ok",
+        "metrics": metrics,
+        "latency_ms": {},
+        "size_bytes": artifact_size(runner.artifact),
+        "peak_memory_bytes": None,
+        "time_to_quantize_s": qm.info.get("time_to_quantize_s", 0.0) if qm else 0.0,
+        "integer_ops": runner.integer_ops(),
+        "quantized_layers": sorted(qm.layers) if qm else [],
+        "float_layers": qm.skipped if qm else {},
+        "info": {k: v for k, v in (qm.info.items() if qm else []) if k != "time_to_quantize_s"},
+        "env": environment(threads),
+    }
+
+
+def _memory(runtime: str, runner: Any, module: nn.Module, task: Task, tmp: Path, threads: int) -> int | None:
+    if runtime == "onnxruntime":
+        artifact = runner.artifact
+    else:
+        artifact = tmp / "module.pt"
+        torch.save(module, artifact)
+    return peak_memory(runtime, artifact, task.latency_input(1), task.input_names, threads)
+
+
+def _publish(tmp: Path, out: Path, record: dict[str, Any]) -> None:
+    import json
+
+    (tmp / "module.pt").unlink(missing_ok=True)
+    for f in tmp.glob("*.optimized.onnx"):
+        f.unlink()
+    (tmp / "result.json").write_text(json.dumps(record, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    shutil.rmtree(staged)
+    shutil.copytree(tmp, staged)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staged, out)

@@ -1,0 +1,1 @@
+"""Measurement: latency, memory, environment (metrics live with each task)."""

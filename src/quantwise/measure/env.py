@@ -1,0 +1,39 @@
+"""The environment a result was measured in: CPU, its int8-relevant flags, library versions, threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "fma", "asimd", "asimddp")
+_LIBS = ("quantwise", "torch", "onnx", "onnxruntime", "transformers", "numpy", "scikit-learn")
+
+
+def environment(threads: int) -> dict[str, Any]:
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    libs = {}
+    for lib in _LIBS:
+        try:
+            libs[lib] = version(lib)
+        except PackageNotFoundError:
+            libs[lib] = None
+    return {
+        "cpu": cpu,
+        "cpu_flags": sorted(f for f in _FLAGS if f in flags),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": libs,
+    }

@@ -1,0 +1,128 @@
+"""Affine quantization math: pure functions, no state.
+
+Conventions (the ONNX ``QuantizeLinear`` definition, which is what the runtimes execute):
+``q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`` and
+``x_hat = (q - zero_point) * scale``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quantwise.numerics.granularity import Granularity, PerTensor, expand_param, reduce_min_max
+from quantwise.numerics.qtypes import QType
+
+_EPS = torch.finfo(torch.float32).eps
+
+
+def choose_qparams(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    qtype: QType,
+    symmetric: bool,
+    eps: float = _EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point that map ``[min_val, max_val]`` onto ``qtype``'s grid.
+
+    The range is first widened to contain zero, so zero is exactly representable.
+    Symmetric ranges use ``max(|min|, |max|) / ((qmax - qmin) / 2)`` and a zero point at the
+    middle of the grid (0 for signed types, 128 for uint8), as PyTorch's observers do.
+
+    Args:
+        min_val: Range minimum (any shape; one entry per block).
+        max_val: Range maximum, same shape.
+        qtype: Integer target type.
+        symmetric: Symmetric around zero, or affine.
+        eps: Smallest allowed scale.
+
+    Returns:
+        ``(scale float32, zero_point int32)`` with the shape of ``min_val``.
+
+    Example:
+        >>> s, z = choose_qparams(torch.tensor(-1.0), torch.tensor(3.0), UINT8, symmetric=False)
+    """
+    min_val = torch.minimum(torch.as_tensor(min_val, dtype=torch.float32), torch.zeros(()))
+    max_val = torch.maximum(torch.as_tensor(max_val, dtype=torch.float32), torch.zeros(()))
+    qmin, qmax = qtype.qmin, qtype.qmax
+    if symmetric:
+        amax = torch.maximum(-min_val, max_val)
+        scale = amax / ((qmax - qmin) / 2)
+        scale = torch.clamp(scale, min=eps)
+        zp_value = 0 if qtype.signed else (qmin + qmax + 1) // 2
+        zero_point = torch.full_like(scale, zp_value, dtype=torch.int32)
+    else:
+        scale = (max_val - min_val) / float(qmax - qmin)
+        scale = torch.clamp(scale, min=eps)
+        zero_point = qmin - torch.round(min_val / scale)
+        zero_point = torch.clamp(zero_point, qmin, qmax).to(torch.int32)
+    return scale.to(torch.float32), zero_point
+
+
+def quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qtype: QType,
+    granularity: Granularity = PerTensor(),
+) -> torch.Tensor:
+    """Map float values to integers on ``qtype``'s grid (round half to even, saturate)."""
+    s = expand_param(torch.as_tensor(scale, dtype=torch.float32), x, granularity)
+    z = expand_param(torch.as_tensor(zero_point, dtype=torch.int32), x, granularity)
+    q = torch.round(x.to(torch.float32) / s) + z
+    q = torch.clamp(q, qtype.qmin, qtype.qmax)
+    return q.to(qtype.torch_dtype)
+
+
+def dequantize(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    granularity: Granularity = PerTensor(),
+) -> torch.Tensor:
+    """Map integers back to floats: ``(q - zero_point) * scale``."""
+    s = expand_param(torch.as_tensor(scale, dtype=torch.float32), q, granularity)
+    z = expand_param(torch.as_tensor(zero_point, dtype=torch.int32), q, granularity)
+    return (q.to(torch.int32) - z).to(torch.float32) * s
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """Quantize-dequantize with a straight-through gradient, zero outside the grid."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qtype, granularity):  # type: ignore[override]
+        s = expand_param(scale, x, granularity)
+        z = expand_param(zero_point.to(torch.float32), x, granularity)
+        q = torch.round(x / s) + z
+        ctx.save_for_backward((q >= qtype.qmin) & (q <= qtype.qmax))
+        return (torch.clamp(q, qtype.qmin, qtype.qmax) - z) * s
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None, None
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qtype: QType,
+    granularity: Granularity = PerTensor(),
+) -> torch.Tensor:
+    """``dequantize(quantize(x))`` in float, differentiable with the straight-through estimator.
+
+    The gradient passes unchanged where ``x`` falls inside the grid and is zero where it clips,
+    as ``torch.fake_quantize_per_tensor_affine`` defines it.
+    """
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    zero_point = torch.as_tensor(zero_point, dtype=torch.int32)
+    return _FakeQuantize.apply(x, scale, zero_point, qtype, granularity)
+
+
+def quantize_tensor(
+    x: torch.Tensor, qtype: QType, granularity: Granularity, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Min-max quantize ``x`` in one call: returns ``(q, scale, zero_point)``."""
+    lo, hi = reduce_min_max(x.detach().to(torch.float32), granularity)
+    scale, zp = choose_qparams(lo, hi, qtype, symmetric)
+    return quantize(x, scale, zp, qtype, granularity), scale, zp

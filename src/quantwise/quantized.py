@@ -1,0 +1,203 @@
+"""The QuantizedModel: the single source of truth every runtime lowers.
+
+It holds the float model (with BatchNorm folded where the recipe folded it) and, per
+quantized layer, the integer weights and every quantization parameter. Runtimes read
+these; they never recompute them. Saved as ``model.safetensors`` plus ``quantwise.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from quantwise.errors import UserError
+from quantwise.numerics import dequantize, get_qtype, pack_int4, unpack_int4
+from quantwise.numerics.granularity import Granularity, granularity_from_dict
+from quantwise.recipes import Recipe, recipe_from_dict
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ActQuant:
+    """Static activation quantization: one scale and zero point for a tensor."""
+
+    scale: float
+    zero_point: int
+    qtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "zero_point": self.zero_point, "qtype": self.qtype}
+
+
+@dataclass
+class LayerQuant:
+    """Quantization of one Linear or Conv2d layer.
+
+    Attributes:
+        kind: ``linear`` or ``conv2d``.
+        mode: ``weight_only``, ``dynamic`` or ``static``.
+        weight_q: integer weight values, the layer's weight shape (int4 held in int8/uint8).
+        weight_scale: float32 scales, one per block of ``weight_granularity``.
+        weight_zero_point: int32 zero points, same shape as the scales.
+        weight_qtype: name of the weight type (``int8``, ``int4``, ``uint4``).
+        weight_granularity: which weight elements share a scale.
+        input: static input quantization (``static`` mode only).
+        output: static output quantization, applied after a fused ReLU (``static`` only).
+        fused_relu: name of the ReLU module folded into this layer's output, if any.
+    """
+
+    kind: str
+    mode: str
+    weight_q: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    weight_qtype: str
+    weight_granularity: Granularity
+    input: ActQuant | None = None
+    output: ActQuant | None = None
+    fused_relu: str | None = None
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight the runtimes compute with: ``(q - zp) * scale``."""
+        return dequantize(self.weight_q, self.weight_scale, self.weight_zero_point, self.weight_granularity)
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "mode": self.mode,
+            "weight_qtype": self.weight_qtype,
+            "weight_shape": list(self.weight_q.shape),
+            "weight_granularity": self.weight_granularity.to_dict(),
+            "input": self.input.to_dict() if self.input else None,
+            "output": self.output.to_dict() if self.output else None,
+            "fused_relu": self.fused_relu,
+        }
+
+
+@dataclass
+class QuantizedModel:
+    """A float model plus the quantization of its layers.
+
+    Attributes:
+        model: the float model (eval mode; BatchNorm folded into convs listed in ``folded``).
+        recipe: the recipe that made it.
+        layers: quantized layers by module name.
+        skipped: layers left in float, with the reason.
+        folded: ``{conv_name: bn_name}`` BatchNorm layers folded into convolutions.
+        cast: ``fp16``/``bf16`` when the whole model is cast, else None.
+        info: free-form facts (time to quantize, calibration samples ...).
+    """
+
+    model: nn.Module
+    recipe: Recipe
+    layers: dict[str, LayerQuant] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    folded: dict[str, str] = field(default_factory=dict)
+    cast: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` and ``quantwise.json`` into directory ``path`` atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            tensors: dict[str, torch.Tensor] = {}
+            quantized_params = {f"{n}.weight" for n in self.layers}
+            for k, v in self.model.state_dict().items():
+                if k not in quantized_params:
+                    if self.cast and v.is_floating_point():
+                        v = v.to(torch.float16 if self.cast == "fp16" else torch.bfloat16)
+                    tensors[f"float::{k}"] = v.detach().contiguous()
+            for name, lq in self.layers.items():
+                qt = get_qtype(lq.weight_qtype)
+                wq = pack_int4(lq.weight_q.reshape(lq.weight_q.shape[0], -1)) if qt.bits == 4 else lq.weight_q
+                tensors[f"q::{name}::weight_q"] = wq.contiguous()
+                tensors[f"q::{name}::weight_scale"] = lq.weight_scale.contiguous()
+                tensors[f"q::{name}::weight_zero_point"] = lq.weight_zero_point.contiguous()
+            save_file(tensors, str(tmp / "model.safetensors"))
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "recipe": self.recipe.to_dict(),
+                "layers": {n: lq.meta() for n, lq in self.layers.items()},
+                "skipped": self.skipped,
+                "folded": self.folded,
+                "cast": self.cast,
+                "info": self.info,
+            }
+            (tmp / "quantwise.json").write_text(json.dumps(meta, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: nn.Module) -> QuantizedModel:
+        """Load a saved QuantizedModel onto ``model``, a fresh copy of the same float architecture."""
+        from quantwise.transform.fusion import fold_batchnorm_structure
+
+        path = Path(path)
+        meta_file = path / "quantwise.json"
+        if not meta_file.exists():
+            raise UserError(f"{path} is not a saved quantwise model (no quantwise.json): pass the folder `quantwise quantize --out` wrote")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{path}: format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+        tensors = load_file(str(path / "model.safetensors"))
+        fold_batchnorm_structure(model, meta["folded"])
+        float_sd = {k[len("float::"):]: v for k, v in tensors.items() if k.startswith("float::")}
+        model.load_state_dict(float_sd, strict=False)
+        layers = {}
+        for name, m in meta["layers"].items():
+            qt = get_qtype(m["weight_qtype"])
+            wq = tensors[f"q::{name}::weight_q"]
+            if qt.bits == 4:
+                wq = unpack_int4(wq, qt.signed).reshape(m["weight_shape"])
+            lq = LayerQuant(
+                kind=m["kind"],
+                mode=m["mode"],
+                weight_q=wq,
+                weight_scale=tensors[f"q::{name}::weight_scale"],
+                weight_zero_point=tensors[f"q::{name}::weight_zero_point"],
+                weight_qtype=m["weight_qtype"],
+                weight_granularity=granularity_from_dict(m["weight_granularity"]),
+                input=ActQuant(**m["input"]) if m["input"] else None,
+                output=ActQuant(**m["output"]) if m["output"] else None,
+                fused_relu=m["fused_relu"],
+            )
+            layers[name] = lq
+            # the float copy of a quantized weight is the dequantized value (keeps the model usable)
+            mod = model.get_submodule(name)
+            with torch.no_grad():
+                mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))
+        return cls(
+            model=model.eval(),
+            recipe=recipe_from_dict(meta["recipe"]),
+            layers=layers,
+            skipped=meta["skipped"],
+            folded=meta["folded"],
+            cast=meta["cast"],
+            info=meta["info"],
+        )
+
+
+def artifact_size(path: str | os.PathLike[str]) -> int:
+    """Bytes on disk of a file or of every file under a directory."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+

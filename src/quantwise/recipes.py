@@ -1,0 +1,235 @@
+"""Recipes as data: one frozen, validated dataclass per scheme, and the registry of names.
+
+A recipe says *what* to build; :func:`quantwise.quantize` decides *how*, through a
+handler registered for the recipe's type. Recipes round-trip through JSON and YAML and
+reject unknown keys by name.
+
+Example:
+    >>> r = recipe_from_dict({"recipe": "static-int8", "calibration": "entropy"})
+    >>> recipe_from_dict(json.loads(recipe_to_json(r))) == r
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import yaml
+
+from quantwise.calibrate.observers import OBSERVERS
+from quantwise.errors import UserError
+
+MODULE_TYPES = ("Linear", "Conv2d")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Fields every scheme shares: which layers it touches.
+
+    Attributes:
+        include: fnmatch patterns of module names to quantize (empty: all eligible layers).
+        exclude: fnmatch patterns of module names to keep in float.
+        module_types: limit to these module types (``Linear``, ``Conv2d``); empty: both.
+    """
+
+    kind: ClassVar[str] = "base"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    module_types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in ("include", "exclude", "module_types"):
+            v = getattr(self, f)
+            if isinstance(v, str):
+                object.__setattr__(self, f, (v,))
+            elif not isinstance(v, tuple):
+                object.__setattr__(self, f, tuple(v))
+        bad = [t for t in self.module_types if t not in MODULE_TYPES]
+        if bad:
+            raise UserError(f"recipe {self.kind}: unknown module type {bad[0]!r}; choose from {', '.join(MODULE_TYPES)}")
+
+    @property
+    def name(self) -> str:
+        """The name users type for this recipe (registry key)."""
+        return self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"recipe": self.name}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+
+@dataclass(frozen=True)
+class CastRecipe(Recipe):
+    """Cast the whole model to a 16-bit float type (``fp16`` or ``bf16``)."""
+
+    kind: ClassVar[str] = "fp16"
+    dtype: str = "fp16"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dtype not in ("fp16", "bf16"):
+            raise UserError(f"recipe cast: dtype must be fp16 or bf16, got {self.dtype!r}")
+
+    @property
+    def name(self) -> str:
+        return self.dtype
+
+
+@dataclass(frozen=True)
+class WeightOnlyRecipe(Recipe):
+    """Integer weights, float activations (``weight-int8``, ``weight-int4``).
+
+    Attributes:
+        bits: 8 or 4.
+        group_size: 0 for per-channel, else 32, 64 or 128 elements per scale along the input dim.
+        symmetric: symmetric weight grid (zero point 0).
+        method: ``rtn`` (round to nearest) or ``gptq`` (Hessian-based error compensation).
+        gptq_damp: GPTQ diagonal dampening, as a fraction of the mean Hessian diagonal.
+    """
+
+    kind: ClassVar[str] = "weight-int8"
+    bits: int = 8
+    group_size: int = 0
+    symmetric: bool = True
+    method: str = "rtn"
+    gptq_damp: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bits not in (4, 8):
+            raise UserError(f"recipe weight-only: bits must be 4 or 8, got {self.bits}")
+        if self.group_size not in (0, 16, 32, 64, 128, 256):
+            raise UserError(f"recipe weight-only: group_size must be 0 (per-channel) or 16/32/64/128/256, got {self.group_size}")
+        if self.method not in ("rtn", "gptq"):
+            raise UserError(f"recipe weight-only: method must be rtn or gptq, got {self.method!r}")
+        if not 0 <= self.gptq_damp < 1:
+            raise UserError(f"recipe weight-only: gptq_damp must be in [0, 1), got {self.gptq_damp}")
+
+    @property
+    def name(self) -> str:
+        return f"weight-int{self.bits}"
+
+
+@dataclass(frozen=True)
+class DynamicInt8Recipe(Recipe):
+    """INT8 per-channel weights; activations quantized per tensor at run time (uint8, affine)."""
+
+    kind: ClassVar[str] = "dynamic-int8"
+    per_channel: bool = True
+    module_types: tuple[str, ...] = ("Linear",)
+
+
+@dataclass(frozen=True)
+class StaticInt8Recipe(Recipe):
+    """W8A8: activation ranges calibrated ahead of time.
+
+    Attributes:
+        calibration: observer for activations: minmax, moving-average, percentile, entropy, mse.
+        percentile: the percentile for ``calibration="percentile"``.
+        per_channel: per-channel weights (else per tensor).
+        symmetric_activations: int8 symmetric activations (else uint8 affine).
+        fold_bn: fold BatchNorm into the preceding convolution before calibration.
+        fuse_relu: fuse a ReLU that follows a Conv/Linear into its output quantization.
+    """
+
+    kind: ClassVar[str] = "static-int8"
+    calibration: str = "minmax"
+    percentile: float = 99.99
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    fold_bn: bool = True
+    fuse_relu: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.calibration not in OBSERVERS:
+            raise UserError(f"recipe static-int8: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+        if not 50 < self.percentile <= 100:
+            raise UserError(f"recipe static-int8: percentile must be in (50, 100], got {self.percentile}")
+
+
+# name users type -> (class, default overrides)
+RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
+    "fp16": (CastRecipe, {"dtype": "fp16"}),
+    "bf16": (CastRecipe, {"dtype": "bf16"}),
+    "weight-int8": (WeightOnlyRecipe, {"bits": 8}),
+    "weight-int4": (WeightOnlyRecipe, {"bits": 4, "group_size": 32}),
+    "dynamic-int8": (DynamicInt8Recipe, {}),
+    "static-int8": (StaticInt8Recipe, {}),
+}
+
+
+def get_recipe(name: str, **overrides: Any) -> Recipe:
+    """Build a registered recipe by name, with field overrides.
+
+    Raises:
+        UserError: unknown name or key, or an invalid value.
+    """
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    cls, defaults = RECIPES[name]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in overrides:
+        if key not in fields:
+            raise UserError(f"recipe {name}: unknown key {key!r}; known keys: {', '.join(fields)}")
+    kwargs = {**defaults, **overrides}
+    try:
+        return cls(**_coerce(cls, kwargs))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"recipe {name}: {e}") from None
+
+
+def _coerce(cls: type[Recipe], kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs:
+            continue
+        v = kwargs[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, tuple) and isinstance(v, (list, str)):
+            v = tuple([v] if isinstance(v, str) else v)
+        elif isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise UserError(f"recipe {cls.kind}: key {f.name!r} must be true or false, got {v!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UserError(f"recipe {cls.kind}: key {f.name!r} must be a number, got {v!r}")
+            if isinstance(default, int) and not float(v).is_integer():
+                raise UserError(f"recipe {cls.kind}: key {f.name!r} must be an integer, got {v!r}")
+            v = type(default)(v)
+        elif isinstance(default, str) and not isinstance(v, str):
+            raise UserError(f"recipe {cls.kind}: key {f.name!r} must be a string, got {v!r}")
+        out[f.name] = v
+    return out
+
+
+def recipe_from_dict(d: dict[str, Any]) -> Recipe:
+    """Inverse of :meth:`Recipe.to_dict`; the ``recipe`` key names the scheme."""
+    if not isinstance(d, dict) or "recipe" not in d:
+        raise UserError("a recipe file needs a 'recipe' key naming the scheme, e.g. {\"recipe\": \"static-int8\"}")
+    d = dict(d)
+    return get_recipe(d.pop("recipe"), **d)
+
+
+def recipe_to_json(r: Recipe) -> str:
+    return json.dumps(r.to_dict(), indent=2)
+
+
+def recipe_to_yaml(r: Recipe) -> str:
+    return yaml.safe_dump(r.to_dict(), sort_keys=False)
+
+
+def recipe_from_text(text: str) -> Recipe:
+    """Parse a recipe from JSON or YAML text."""
+    try:
+        data = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe file is not valid JSON or YAML: {str(e).splitlines()[0]}") from None
+    return recipe_from_dict(data)
+

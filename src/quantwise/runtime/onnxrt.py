@@ -1,0 +1,110 @@
+"""ONNX Runtime: export the lowered model to ONNX, run it on the CPU, census its kernels."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantwise.errors import UserError
+from quantwise.runtime.base import IntegerOps
+
+OPSET = 17
+HEAVY_FLOAT = {"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "FusedGemm", "NchwcConv"}
+HEAVY_INT = {
+    "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "NhwcQLinearConv",
+}
+HEAVY_LOWBIT = {"MatMulNBits"}  # low-bit weights, float compute at accuracy_level 0
+
+
+def export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                dynamic_axes: dict[str, dict[int, str]]) -> Path:
+    """Export with the TorchScript-based exporter (it honours the ``symbolic`` of our quantized ops).
+
+    Writes to a temporary name and renames when complete.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    uses_ms = any(hasattr(m, "nb_packed") for m in module.modules())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, example, str(tmp), dynamo=False, opset_version=OPSET,
+                input_names=input_names, output_names=["output"], dynamic_axes=dynamic_axes,
+                custom_opsets={"com.microsoft": 1} if uses_ms else None, do_constant_folding=True,
+            )
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    os.replace(tmp, path)
+    return path
+
+
+class OrtRunner:
+    """An ONNX Runtime CPU session with a fixed thread count and full graph optimization."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, input_names: list[str], threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.artifact = path
+        self.input_names = input_names
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        self._optimized = path.with_name(path.stem + ".optimized.onnx")
+        so.optimized_model_filepath = str(self._optimized)
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types
+            raise RuntimeError(f"ONNX Runtime cannot load {path.name}: {str(e).splitlines()[0]}") from e
+
+    def run(self, batch: tuple[torch.Tensor, ...]) -> np.ndarray:
+        feed = {n: t.numpy() for n, t in zip(self.input_names, batch)}
+        return self.session.run(None, feed)[0]
+
+    def integer_ops(self) -> dict[str, Any]:
+        return census(self._optimized)
+
+    def close(self) -> None:
+        self._optimized.unlink(missing_ok=True)
+
+
+def census(optimized: Path) -> dict[str, Any]:
+    """Heavy ops in the *optimized* graph ONNX Runtime will execute, by kernel."""
+    import onnx
+
+    g = onnx.load(str(optimized), load_external_data=False).graph
+    ops = IntegerOps()
+    kinds: Counter[str] = Counter()
+    for node in g.node:
+        t = node.op_type
+        if t in HEAVY_INT:
+            ops.integer += 1
+        elif t in HEAVY_FLOAT or t in HEAVY_LOWBIT:
+            ops.float_ops.append(node.name or t)
+        else:
+            continue
+        ops.total += 1
+        kinds[t] += 1
+    ops.kernels = dict(kinds)
+    return ops.to_dict()
+
+
+def check_onnx_available() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UserError("the onnxruntime runtime needs onnx and onnxruntime: pip install 'quantwise[onnx]'") from None

@@ -1,0 +1,105 @@
+"""Quantized operations with two faces: a PyTorch forward (the simulation) and an ONNX symbolic.
+
+Each function here is the single definition of one quantized computation. Its ``forward``
+is what the PyTorch simulation runs; its ``symbolic`` is what ``torch.onnx.export`` writes
+for ONNX Runtime. Keeping both in one place is what makes the parity tests meaningful.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd import Function
+
+_ONNX_INT = {True: torch.int8, False: torch.uint8}
+
+
+def _const(g, value: torch.Tensor):  # noqa: ANN001, ANN202 - torch.onnx graph context
+    return g.op("Constant", value_t=value)
+
+
+class QDQ(Function):
+    """Static activation quantization: ``QuantizeLinear -> DequantizeLinear`` per tensor."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float, zero_point: int, signed: bool) -> torch.Tensor:  # type: ignore[override]
+        qmin, qmax = (-128, 127) if signed else (0, 255)
+        s = torch.tensor(scale, dtype=torch.float32)
+        z = torch.tensor(float(zero_point), dtype=torch.float32)
+        q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
+        return (q - z) * s
+
+    @staticmethod
+    def symbolic(g, x, scale: float, zero_point: int, signed: bool):  # noqa: ANN001, ANN205
+        s = _const(g, torch.tensor(scale, dtype=torch.float32))
+        z = _const(g, torch.tensor(zero_point, dtype=_ONNX_INT[signed]))
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z), s, z)
+
+
+class DQ(Function):
+    """Dequantize a stored integer tensor (weights, int32 biases): ``DequantizeLinear``.
+
+    ``scale`` and ``zero_point`` are 0-d (per tensor) or 1-d along ``axis`` (per channel).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:  # type: ignore[override]
+        shape = [1] * q.dim()
+        if scale.dim() == 1:
+            shape[axis] = -1
+        s, z = scale.reshape(shape), zero_point.reshape(shape).to(torch.int64)
+        return ((q.to(torch.int64) - z).to(torch.float64) * s.to(torch.float64)).to(torch.float32)
+
+    @staticmethod
+    def symbolic(g, q, scale, zero_point, axis: int):  # noqa: ANN001, ANN205
+        return g.op("DequantizeLinear", q, scale, zero_point, axis_i=axis)
+
+
+class DynamicQMatMul(Function):
+    """Dynamic INT8 matmul: activations quantized per tensor at run time to uint8.
+
+    ONNX: ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(a_scale * w_scale) -> Add(bias)``,
+    which ONNX Runtime fuses into ``DynamicQuantizeMatMul``. The simulation follows the ONNX
+    definition of ``DynamicQuantizeLinear`` step by step; the int32 product is exact (float64).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # x: (M, K) float32, w_t: (K, N) int8, w_scale: (N,) or (), bias: (N,)
+        lo = torch.clamp(x.min(), max=0.0)
+        hi = torch.clamp(x.max(), min=0.0)
+        a_scale = (hi - lo) / 255.0
+        a_scale = torch.where(a_scale == 0, torch.ones_like(a_scale), a_scale)
+        a_zp = torch.clamp(torch.round((0.0 - lo) / a_scale), 0, 255)
+        xq = torch.clamp(torch.round(x / a_scale) + a_zp, 0, 255)
+        acc = (xq.to(torch.float64) - a_zp.to(torch.float64)) @ w_t.to(torch.float64)  # (M, N) exact int32
+        return acc.to(torch.float32) * (a_scale * w_scale) + bias
+
+    @staticmethod
+    def symbolic(g, x, w_t, w_scale, bias):  # noqa: ANN001, ANN205
+        xq, a_scale, a_zp = g.op("DynamicQuantizeLinear", x, outputs=3)
+        n = w_t.type().sizes()[1] if w_t.type().sizes() else None
+        w_zp = _const(g, torch.zeros(n, dtype=torch.int8)) if n else _const(g, torch.tensor(0, dtype=torch.int8))
+        acc = g.op("MatMulInteger", xq, w_t, a_zp, w_zp)
+        accf = g.op("Cast", acc, to_i=1)  # FLOAT
+        scale = g.op("Mul", a_scale, w_scale)
+        return g.op("Add", g.op("Mul", accf, scale), bias)
+
+
+class MatMulNBits(Function):
+    """Block-wise 4/8-bit weight-only matmul: ONNX Runtime's ``com.microsoft::MatMulNBits``.
+
+    ``packed`` is ``(N, K // block, block * bits // 8)`` uint8, ``scales`` ``(N * K // block,)``,
+    ``zero_points`` packed uint8 (4-bit: two per byte) or uint8 (8-bit). ``w_deq`` is the
+    dequantized weight ``(N, K)`` the simulation multiplies with; the symbolic ignores it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_deq, packed, scales, zero_points, bias, k: int, n: int, bits: int, block: int):  # type: ignore[override]
+        return x @ w_deq.t() + bias
+
+    @staticmethod
+    def symbolic(g, x, w_deq, packed, scales, zero_points, bias, k: int, n: int, bits: int, block: int):  # noqa: ANN001, ANN205
+        y = g.op(
+            "com.microsoft::MatMulNBits", x, packed, scales, zero_points, K_i=k, N_i=n, bits_i=bits, block_size_i=block
+        )
+        return g.op("Add", y, bias)

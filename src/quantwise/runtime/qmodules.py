@@ -1,0 +1,143 @@
+"""Modules that replace quantized layers; their forward is the simulation, their export the ONNX graph.
+
+Each module is built from one :class:`~quantwise.quantized.LayerQuant` and the float layer it
+replaces (for bias, stride, padding). It never recomputes a quantization parameter, except
+the int32 bias of static layers, whose scale is by definition ``input_scale * weight_scale``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantwise.numerics import get_qtype, pack_int4
+from quantwise.numerics.granularity import PerGroup, PerTensor
+from quantwise.quantized import ActQuant, LayerQuant
+from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, MatMulNBits
+
+
+def _qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
+    return QDQ.apply(x, float(a.scale), int(a.zero_point), get_qtype(a.qtype).signed)
+
+
+class _QLayer(nn.Module):
+    """Shared set-up: integer weight buffers in the ONNX-friendly dtypes."""
+
+    def __init__(self, lq: LayerQuant, layer: nn.Conv2d | nn.Linear) -> None:
+        super().__init__()
+        self.mode = lq.mode
+        self.input_q = lq.input
+        self.output_q = lq.output
+        self.relu = lq.fused_relu is not None
+        qt = get_qtype(lq.weight_qtype)
+        self.per_group = isinstance(lq.weight_granularity, PerGroup)
+        self.bits = qt.bits
+        self.register_buffer("w_q", lq.weight_q.to(qt.torch_dtype).contiguous())
+        self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1) if not isinstance(lq.weight_granularity, PerTensor) else lq.weight_scale.to(torch.float32).reshape(()))
+        self.register_buffer("w_zp", lq.weight_zero_point.to(qt.torch_dtype).reshape(self.w_scale.shape))
+        bias = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(lq.weight_q.shape[0])
+        self.register_buffer("bias", bias.to(torch.float32))
+        if self.mode == "static":
+            assert lq.input is not None
+            s_b = (torch.tensor(lq.input.scale, dtype=torch.float64) * self.w_scale.to(torch.float64))  # (N,) or ()
+            b_q = torch.round(bias.to(torch.float64) / s_b)
+            self.register_buffer("b_q", torch.clamp(b_q, -(2**31), 2**31 - 1).to(torch.int32))
+            self.register_buffer("b_scale", s_b.to(torch.float32).expand(bias.shape).contiguous())
+            self.register_buffer("b_zp", torch.zeros(bias.shape, dtype=torch.int32))
+
+    def _weight(self) -> torch.Tensor:
+        return DQ.apply(self.w_q, self.w_scale, self.w_zp, 0)
+
+    def _bias(self) -> torch.Tensor:
+        if self.mode == "static":
+            return DQ.apply(self.b_q, self.b_scale, self.b_zp, 0)
+        return self.bias
+
+    def _finish(self, y: torch.Tensor) -> torch.Tensor:
+        if self.relu:
+            y = torch.relu(y)
+        if self.output_q is not None:
+            y = _qdq(y, self.output_q)
+        return y
+
+
+class QConv2d(_QLayer):
+    """Conv2d with per-channel (or per-tensor) integer weights; static or weight-only."""
+
+    def __init__(self, lq: LayerQuant, layer: nn.Conv2d) -> None:
+        super().__init__(lq, layer)
+        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        if self.input_q is not None:
+            x = _qdq(x, self.input_q)
+        y = F.conv2d(x, self._weight(), self._bias(), self.stride, self.padding, self.dilation)
+        return self._finish(y)
+
+
+class QLinear(_QLayer):
+    """Linear with integer weights. Inputs of any rank are flattened to ``(M, K)`` first,
+    so every mode lowers to one 2-D pattern (Gemm, MatMulInteger or MatMulNBits)."""
+
+    def __init__(self, lq: LayerQuant, layer: nn.Linear) -> None:
+        super().__init__(lq, layer)
+        self.k, self.n = layer.in_features, layer.out_features
+        if self.mode == "dynamic":
+            self.register_buffer("w_t", self.w_q.t().contiguous())  # (K, N) int8
+        g = lq.weight_granularity
+        block = g.size if isinstance(g, PerGroup) else self.k
+        if self.mode == "weight_only" and (self.per_group or self.bits == 4) and _nbits_block_ok(block, self.k):
+            self._init_nbits(lq)
+
+    def _init_nbits(self, lq: LayerQuant) -> None:
+        g = lq.weight_granularity
+        block = g.size if isinstance(g, PerGroup) else self.k
+        self.block = block
+        qt = get_qtype(lq.weight_qtype)
+        offset = 0 if not qt.signed else 1 << (qt.bits - 1)  # MatMulNBits stores unsigned values
+        u = (lq.weight_q.to(torch.int16) + offset).to(torch.uint8)  # (N, K)
+        zp = (lq.weight_zero_point.to(torch.int16) + offset).to(torch.uint8).reshape(self.n, -1)  # (N, K/block)
+        nblk = self.k // block
+        if qt.bits == 4:
+            packed = pack_int4(u).reshape(self.n, nblk, block // 2)
+            zp_packed = pack_int4(zp if zp.shape[1] % 2 == 0 else torch.cat([zp, torch.zeros(self.n, 1, dtype=torch.uint8)], 1))
+        else:
+            packed = u.reshape(self.n, nblk, block)
+            zp_packed = zp
+        self.register_buffer("nb_packed", packed.contiguous())
+        self.register_buffer("nb_scales", lq.weight_scale.to(torch.float32).reshape(-1).contiguous())
+        self.register_buffer("nb_zp", zp_packed.reshape(-1).contiguous())
+        self.register_buffer("w_deq", lq.dequantized_weight().to(torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.k)  # (M, K)
+        if self.mode == "dynamic":
+            y = DynamicQMatMul.apply(x2, self.w_t, self.w_scale, self.bias)
+        elif hasattr(self, "nb_packed"):
+            y = MatMulNBits.apply(x2, self.w_deq, self.nb_packed, self.nb_scales, self.nb_zp, self.bias, self.k, self.n, self.bits, self.block)
+        else:
+            if self.input_q is not None:
+                x2 = _qdq(x2, self.input_q)
+            y = F.linear(x2, self._weight(), self._bias())
+        y = self._finish(y)
+        return y.reshape(*lead, self.n)
+
+
+def _nbits_block_ok(block: int, k: int) -> bool:
+    """MatMulNBits needs a power-of-two block of at least 16 that divides K."""
+    return block >= 16 and block & (block - 1) == 0 and k % block == 0
+
+
+class CastModel(nn.Module):
+    """Runs a model cast to fp16/bf16: float inputs are cast in, outputs cast back to float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        args = tuple(a.to(self.dtype) if a.is_floating_point() else a for a in args)
+        return self.model(*args).to(torch.float32)

@@ -1,0 +1,32 @@
+"""Lowering to PyTorch: the simulation module for a QuantizedModel."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from quantwise.quantized import QuantizedModel
+from quantwise.runtime.qmodules import CastModel, QConv2d, QLinear
+from quantwise.transform.fusion import set_module
+
+_CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def lower_torch(qm: QuantizedModel) -> nn.Module:
+    """A new module computing what the QuantizedModel says (the fake-quant simulation).
+
+    Quantized layers become :class:`QLinear`/:class:`QConv2d`; a ReLU fused into a layer's
+    output quantization becomes ``nn.Identity``. ``qm.model`` is left untouched.
+    """
+    model = copy.deepcopy(qm.model).eval()
+    for name, lq in qm.layers.items():
+        layer = model.get_submodule(name)
+        new = QConv2d(lq, layer) if lq.kind == "conv2d" else QLinear(lq, layer)
+        set_module(model, name, new)
+        if lq.fused_relu:
+            set_module(model, lq.fused_relu, nn.Identity())
+    if qm.cast:
+        return CastModel(model, _CAST[qm.cast]).eval()
+    return model

@@ -1,0 +1,44 @@
+"""Built-in tasks and loaders for the user's own model and data."""
+
+from __future__ import annotations
+
+from quantwise.errors import UserError
+from quantwise.tasks.base import Task
+
+BUILTIN = ("bbc-minilm", "mnist-cnn")
+DEFAULT_TASK = "mnist-cnn"
+
+
+def load_task(
+    spec: str | None = None,
+    *,
+    model: str | None = None,
+    data: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    limit: int | None = None,
+) -> Task:
+    """Resolve a task: a built-in name, ``path/task.py:function``, or ``--model DIR --data FILE``."""
+    if model or data:
+        if not (model and data):
+            raise UserError("a Hugging Face task needs both --model DIR and --data FILE.csv|.jsonl")
+        from quantwise.tasks.text import build_hf_csv
+
+        return build_hf_csv(model, data, text_column, label_column, limit=limit)
+    spec = spec or DEFAULT_TASK
+    if spec == "mnist-cnn":
+        from quantwise.tasks.mnist import build
+
+        return build(limit=limit)
+    if spec == "bbc-minilm":
+        from quantwise.tasks.text import build_bbc
+
+        return build_bbc(limit=limit)
+    if ":" in spec and spec.split(":")[0].endswith(".py"):
+        from quantwise.tasks.user import build_python_task
+
+        return build_python_task(spec)
+    raise UserError(f"unknown task {spec!r}: use one of {', '.join(BUILTIN)}, path/task.py:function, or --model DIR --data FILE")
+
+
+__all__ = ["BUILTIN", "DEFAULT_TASK", "Task", "load_task"]

@@ -1,0 +1,66 @@
+"""A Task bundles a float model, its calibration and evaluation data, and how to score outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+Batch = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class Task:
+    """Everything quantwise needs to quantize and measure one model on one data set.
+
+    Attributes:
+        name: Task name (``mnist-cnn``, ``bbc-minilm``, or the user's).
+        model: The float model, in eval mode. ``model(*batch)`` returns a float tensor.
+        calibration: Batches of model inputs for calibration (and GPTQ).
+        eval_batches: Batches of model inputs for evaluation, in order.
+        score: Maps the concatenated evaluation outputs ``(N, ...)`` to a metrics dict.
+        input_names: ONNX input names, one per tensor in a batch.
+        dynamic_axes: ONNX dynamic axes, by input/output name.
+        latency_input: ``latency_input(batch_size)`` returns one batch for timing.
+        labels: Ground-truth labels of the evaluation set (classification tasks), if any.
+        primary_metric: The metric the accuracy budget applies to.
+        build_model: Rebuilds a fresh copy of the float model (to load saved artifacts).
+        train: Optional training data for formats that train (inputs batches, labels).
+    """
+
+    name: str
+    model: nn.Module
+    calibration: Sequence[Batch]
+    eval_batches: Sequence[Batch]
+    score: Callable[[np.ndarray], dict[str, Any]]
+    input_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    latency_input: Callable[[int], Batch]
+    build_model: Callable[[], nn.Module]
+    labels: np.ndarray | None = None
+    primary_metric: str = "accuracy"
+    output_names: list[str] = field(default_factory=lambda: ["output"])
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Accuracy, macro precision/recall/F1 and the confusion matrix, via scikit-learn."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    p, r, f1, _ = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "precision_macro": float(p),
+        "recall_macro": float(r),
+        "f1_macro": float(f1),
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=list(range(n_classes))).tolist(),
+    }
+
+
+def batched(x: torch.Tensor, size: int) -> list[Batch]:
+    """Split a tensor along dim 0 into 1-tuples of at most ``size`` rows."""
+    return [(x[i : i + size],) for i in range(0, len(x), size)]

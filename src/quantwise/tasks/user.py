@@ -1,0 +1,75 @@
+"""User tasks from a Python file: ``path/task.py:build``.
+
+The function takes no arguments and returns either a :class:`~quantwise.tasks.base.Task` or a
+dict with ``model`` (an ``nn.Module``), ``calibration`` (a tensor of inputs or a list of input
+tuples), ``eval_inputs`` (a tensor) and ``eval_labels`` (integer labels); the model's output
+is read as class logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantwise.errors import UserError
+from quantwise.tasks.base import Task, batched, classification_metrics
+
+
+def build_python_task(spec: str) -> Task:
+    path_s, _, func = spec.rpartition(":")
+    if not path_s or not func:
+        raise UserError(f"task {spec!r}: write a Python task as path/to/task.py:function")
+    path = Path(path_s)
+    if not path.is_file():
+        raise UserError(f"task file {path} not found: check the path before ':{func}'")
+    mod_spec = importlib.util.spec_from_file_location(f"quantwise_user_task_{path.stem}", path)
+    assert mod_spec and mod_spec.loader
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[mod_spec.name] = module
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: report, don't crash with a traceback
+        raise UserError(f"task file {path} failed to import: {type(e).__name__}: {e}") from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise UserError(f"task file {path} has no function {func!r}: define def {func}(): returning the model and data")
+    result = fn()
+    if isinstance(result, Task):
+        return result
+    if not isinstance(result, dict):
+        raise UserError(f"{spec} must return a quantwise Task or a dict with model, calibration, eval_inputs, eval_labels")
+    return _from_dict(path.stem, result)
+
+
+def _from_dict(name: str, d: dict[str, Any]) -> Task:
+    missing = [k for k in ("model", "calibration", "eval_inputs", "eval_labels") if k not in d]
+    if missing:
+        raise UserError(f"task {name}: the returned dict lacks {', '.join(missing)}")
+    model = d["model"]
+    if not isinstance(model, nn.Module):
+        raise UserError(f"task {name}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    calib = d["calibration"]
+    calib = batched(torch.as_tensor(calib), 64) if isinstance(calib, (torch.Tensor, np.ndarray)) else [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in calib]
+    x = torch.as_tensor(d["eval_inputs"])
+    labels = np.asarray(d["eval_labels"]).astype(np.int64)
+    n_classes = int(d.get("num_classes", labels.max() + 1))
+    snapshot = copy.deepcopy(model).eval()
+    return Task(
+        name=d.get("name", name),
+        model=model.eval(),
+        calibration=calib,
+        eval_batches=batched(x, 256),
+        score=lambda out: classification_metrics(labels, out.argmax(axis=1), n_classes),
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        latency_input=lambda n: (x[:n] if n <= len(x) else x[torch.arange(n) % len(x)],),
+        build_model=lambda: copy.deepcopy(snapshot),
+        labels=labels,
+    )

@@ -1,0 +1,154 @@
+"""Handlers that turn (float model, recipe, calibration data) into a QuantizedModel."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from quantwise.calibrate.collect import observing, run_calibration
+from quantwise.calibrate.observers import make_observer
+from quantwise.numerics import INT4, INT8, UINT4, UINT8, choose_qparams, quantize_tensor
+from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
+from quantwise.progress import progress_iter
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
+from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
+from quantwise.transform.fusion import find_relu_after, fold_batchnorm
+from quantwise.transform.gptq import gptq_quantize, hessian_update
+from quantwise.transform.registry import Batch, register_handler
+from quantwise.transform.select import select_layers
+
+
+def _kind(mod: nn.Module) -> str:
+    return "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
+
+
+def _weight_layer(mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True) -> LayerQuant:
+    """Round-to-nearest weight quantization of one layer."""
+    qtype = (INT8 if symmetric else UINT8) if bits == 8 else (INT4 if symmetric else UINT4)
+    gran = PerGroup(group) if group else (PerChannel(0) if per_channel else PerTensor())
+    w = mod.weight.detach().to(torch.float32)
+    q, s, z = quantize_tensor(w, qtype, gran, symmetric)
+    return LayerQuant(_kind(mod), mode, q, s, z, qtype.name, gran)
+
+
+@register_handler(CastRecipe)
+def cast_handler(model: nn.Module, recipe: CastRecipe, calib: Sequence[Batch]) -> QuantizedModel:
+    return QuantizedModel(model=copy.deepcopy(model).eval(), recipe=recipe, cast=recipe.dtype)
+
+
+@register_handler(WeightOnlyRecipe)
+def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Sequence[Batch]) -> QuantizedModel:
+    model = copy.deepcopy(model).eval()
+    chosen, skipped = select_layers(model, recipe)
+    layers: dict[str, LayerQuant] = {}
+    todo = []
+    for name, mod in chosen:
+        k = mod.weight[0].numel()
+        if recipe.group_size and isinstance(mod, nn.Conv2d):
+            skipped[name] = "per-group scales apply to Linear layers; Conv2d kept in float (use group_size=0 for per-channel)"
+        elif recipe.group_size and k % recipe.group_size:
+            skipped[name] = f"input size {k} is not a multiple of group size {recipe.group_size}"
+        else:
+            todo.append((name, mod))
+    info: dict[str, object] = {}
+    if recipe.method == "gptq":
+        layers, info = _gptq_layers(model, recipe, todo, calib)
+    else:
+        for name, mod in todo:
+            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, recipe.group_size, recipe.symmetric)
+    _write_back(model, layers)
+    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
+
+
+def _gptq_layers(model: nn.Module, recipe: WeightOnlyRecipe, todo: list[tuple[str, nn.Module]], calib: Sequence[Batch]) -> tuple[dict[str, LayerQuant], dict[str, object]]:
+    """GPTQ on Linear layers; Conv2d layers use round-to-nearest (listed in ``info``).
+
+    Hessians are gathered for all Linear layers in one pass over the calibration set
+    (memory: one K x K float64 matrix per layer), then layers are quantized one at a time.
+    """
+    linear = [(n, m) for n, m in todo if isinstance(m, nn.Linear)]
+    hess = {n: [torch.zeros(m.in_features, m.in_features, dtype=torch.float64), 0] for n, m in linear}
+    handles = []
+
+    def make_hook(name: str):  # noqa: ANN202
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            h, n = hess[name]
+            hess[name][0], hess[name][1] = hessian_update(h, n, args[0].detach())
+
+        return hook
+
+    try:
+        for n, m in linear:
+            handles.append(m.register_forward_pre_hook(make_hook(n)))
+        run_calibration(model, calib, "GPTQ: collecting Hessians")
+    finally:
+        for h in handles:
+            h.remove()
+    qtype = (INT8 if recipe.symmetric else UINT8) if recipe.bits == 8 else (INT4 if recipe.symmetric else UINT4)
+    layers: dict[str, LayerQuant] = {}
+    for name, mod in progress_iter(todo, "GPTQ: quantizing layers"):
+        if isinstance(mod, nn.Linear):
+            q, s, z = gptq_quantize(mod.weight, hess[name][0], qtype, recipe.group_size, recipe.symmetric, recipe.gptq_damp)
+            gran = PerGroup(recipe.group_size) if recipe.group_size else PerChannel(0)
+            layers[name] = LayerQuant("linear", "weight_only", q, s, z, qtype.name, gran)
+        else:
+            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, recipe.group_size, recipe.symmetric)
+    rtn = [n for n, m in todo if not isinstance(m, nn.Linear)]
+    return layers, {"gptq_layers": len(linear), "rtn_fallback_layers": rtn}
+
+
+@register_handler(DynamicInt8Recipe)
+def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
+    model = copy.deepcopy(model).eval()
+    chosen, skipped = select_layers(model, recipe)
+    layers = {}
+    for name, mod in chosen:
+        if isinstance(mod, nn.Conv2d):
+            skipped[name] = "dynamic INT8 covers Linear layers; use static-int8 for convolutions"
+            continue
+        layers[name] = _weight_layer(mod, "dynamic", 8, 0, True, recipe.per_channel)
+    _write_back(model, layers)
+    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped)
+
+
+@register_handler(StaticInt8Recipe)
+def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
+    model = copy.deepcopy(model).eval()
+    folded = fold_batchnorm(model) if recipe.fold_bn else {}
+    chosen, skipped = select_layers(model, recipe)
+    relus = find_relu_after(model) if recipe.fuse_relu else {}
+    kw = {"percentile": recipe.percentile} if recipe.calibration == "percentile" else {}
+    in_obs = {n: make_observer(recipe.calibration, **kw) for n, _ in chosen}
+    # Output quantization where the runtime needs it for an integer kernel (Conv) or a ReLU is fused.
+    out_at = {n: relus.get(n, n) for n, m in chosen if isinstance(m, nn.Conv2d) or n in relus}
+    out_obs = {target: make_observer(recipe.calibration, **kw) for target in out_at.values()}
+    with observing(model, in_obs, out_obs):
+        run_calibration(model, calib, f"calibrating ({recipe.calibration})")
+    act_t = INT8 if recipe.symmetric_activations else UINT8
+    layers = {}
+    for name, mod in chosen:
+        lq = _weight_layer(mod, "static", 8, 0, True, recipe.per_channel)
+        lq.input = _act(in_obs[name].range(), act_t, recipe.symmetric_activations)
+        if name in out_at:
+            lq.output = _act(out_obs[out_at[name]].range(), act_t, recipe.symmetric_activations)
+            lq.fused_relu = relus.get(name)
+        layers[name] = lq
+    _write_back(model, layers)
+    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, folded=folded,
+                          info={"calibration_batches": len(calib)})
+
+
+def _act(rng: tuple[float, float], qtype: object, symmetric: bool) -> ActQuant:
+    s, z = choose_qparams(torch.tensor(rng[0]), torch.tensor(rng[1]), qtype, symmetric)  # type: ignore[arg-type]
+    return ActQuant(float(s), int(z), qtype.name)  # type: ignore[attr-defined]
+
+
+def _write_back(model: nn.Module, layers: dict[str, LayerQuant]) -> None:
+    """Store the dequantized weights in the float model, so it matches what was quantized."""
+    with torch.no_grad():
+        for name, lq in layers.items():
+            mod = model.get_submodule(name)
+            mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))

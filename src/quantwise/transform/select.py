@@ -1,0 +1,38 @@
+"""Which layers a recipe touches, and why the others stay in float."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatch
+
+from torch import nn
+
+from quantwise.recipes import Recipe
+
+_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
+
+
+def select_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """Eligible layers for ``recipe``, and ``{name: reason}`` for layers left in float.
+
+    Only ``nn.Linear`` and ``nn.Conv2d`` (groups=1, no dilation beyond 1 is required) are
+    candidates; other heavy layers are reported as skipped rather than silently ignored.
+    """
+    wanted = tuple(_TYPES[t] for t in (recipe.module_types or tuple(_TYPES)))
+    chosen, skipped = [], {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Embedding)):
+            skipped[name] = f"{type(mod).__name__} is not supported by quantwise yet"
+            continue
+        if not isinstance(mod, (nn.Linear, nn.Conv2d)):
+            continue
+        if not isinstance(mod, wanted):
+            skipped[name] = f"{type(mod).__name__} not in recipe module_types {list(recipe.module_types)}"
+        elif recipe.include and not any(fnmatch(name, p) for p in recipe.include):
+            skipped[name] = "not matched by include patterns"
+        elif any(fnmatch(name, p) for p in recipe.exclude):
+            skipped[name] = "matched an exclude pattern"
+        elif isinstance(mod, nn.Conv2d) and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
+            skipped[name] = "Conv2d with groups/padding mode/string padding is not supported yet"
+        else:
+            chosen.append((name, mod))
+    return chosen, skipped
