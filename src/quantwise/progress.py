@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sized
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
@@ -37,10 +38,34 @@ def make_progress() -> Progress:
     )
 
 
-def progress_iter(items: Iterable[T], label: str) -> Iterator[T]:
-    """Iterate with a progress bar labelled ``label``."""
-    total = len(items) if isinstance(items, Sized) else None
+_active: list[Progress] = []
+
+
+@contextmanager
+def live_progress() -> Iterator[Progress]:
+    """A progress display that nested :func:`progress_iter` calls add their bars to."""
     with make_progress() as p:
+        _active.append(p)
+        try:
+            yield p
+        finally:
+            _active.pop()
+
+
+def progress_iter(items: Iterable[T], label: str) -> Iterator[T]:
+    """Iterate with a progress bar labelled ``label`` (inside the active display, if any)."""
+    total = len(items) if isinstance(items, Sized) else None
+    if _active:
+        p = _active[-1]
+        task = p.add_task(label, total=total)
+        try:
+            for item in items:
+                yield item
+                p.advance(task)
+        finally:
+            p.remove_task(task)
+        return
+    with live_progress() as p:
         task = p.add_task(label, total=total)
         for item in items:
             yield item

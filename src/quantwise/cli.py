@@ -1,0 +1,156 @@
+"""Command line: argument parsing and printing only; the work is in :mod:`quantwise.api`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from quantwise.errors import UserError
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="built-in task (mnist-cnn, bbc-minilm) or path/task.py:function (default: mnist-cnn)")
+    p.add_argument("--model", help="a local Hugging Face model folder (with --data)")
+    p.add_argument("--data", help="CSV or JSONL file with text and label columns (with --model)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test examples only (quick runs)")
+    p.add_argument("--threads", type=int, default=1, help="threads for inference and timing (default 1)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or the JSON result record")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a separate process)")
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="fp16, bf16, weight-int8, weight-int4, dynamic-int8, static-int8")
+    p.add_argument("--recipe-file", help="a recipe as JSON or YAML (keys as in `quantwise recipes`)")
+    p.add_argument("--calibration", help="static-int8 observer: minmax, moving-average, percentile, entropy, mse")
+    p.add_argument("--percentile", type=float, help="percentile for --calibration percentile (default 99.99)")
+    p.add_argument("--group-size", type=int, help="weight-only: 0 per-channel, or 16/32/64/128/256")
+    p.add_argument("--method", choices=("rtn", "gptq"), help="weight-only rounding: rtn (default) or gptq")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per-channel")
+    p.add_argument("--symmetric-activations", action="store_true", help="static-int8: int8 symmetric activations")
+    p.add_argument("--include", action="append", default=[], help="quantize only modules matching this pattern (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], help="keep modules matching this pattern in float (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantwise", description="Build, run and measure quantization formats on your model and data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate", help="FP32 metrics, latency, size and memory of a task's model")
+    _task_args(ev)
+    ev.add_argument("--runtime", default="torch", help="torch (default) or onnxruntime")
+    q = sub.add_parser("quantize", help="quantize with one recipe, run it, and print its metrics beside FP32")
+    _task_args(q)
+    _recipe_args(q)
+    q.add_argument("--runtime", default="torch", help="torch (default) or onnxruntime")
+    q.add_argument("--out", help="folder to write the quantized model, its lowered artifact and result.json")
+    sub.add_parser("recipes", help="list recipes and their keys")
+    from quantwise.sweep.cli import add_compare_parser
+
+    add_compare_parser(sub, _task_args)
+    return parser
+
+
+def recipe_from_args(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from quantwise.recipes import RECIPES, get_recipe, recipe_from_text
+
+    if args.recipe_file:
+        path = Path(args.recipe_file)
+        if not path.is_file():
+            raise UserError(f"recipe file {path} not found")
+        return recipe_from_text(path.read_text())
+    if not args.recipe:
+        raise UserError("quantize needs --recipe NAME or --recipe-file FILE (see `quantwise recipes`)")
+    if args.recipe not in RECIPES:
+        raise UserError(f"unknown recipe {args.recipe!r}: choose one of {', '.join(RECIPES)}")
+    over: dict[str, Any] = {}
+    for flag, key in (("calibration", "calibration"), ("percentile", "percentile"), ("group_size", "group_size"), ("method", "method")):
+        v = getattr(args, flag)
+        if v is not None:
+            over[key] = v
+    if args.per_tensor:
+        over["per_channel"] = False
+    if args.symmetric_activations:
+        over["symmetric_activations"] = True
+    if args.include:
+        over["include"] = tuple(args.include)
+    if args.exclude:
+        over["exclude"] = tuple(args.exclude)
+    return get_recipe(args.recipe, **over)
+
+
+def _load_task(args: argparse.Namespace) -> Any:
+    from quantwise.tasks import load_task
+
+    return load_task(args.task, model=args.model, data=args.data, text_column=args.text_column,
+                     label_column=args.label_column, limit=args.limit)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from quantwise.api import evaluate
+    from quantwise.report.terminal import print_records
+
+    task = _load_task(args)
+    rec = evaluate(task, None, args.runtime, threads=args.threads, measure_memory=not args.no_memory)
+    if args.format == "json":
+        print(json.dumps(rec, indent=2))
+    else:
+        print_records([rec], f"{task.name}: FP32 in {args.runtime}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from quantwise.api import evaluate
+    from quantwise.report.terminal import print_records
+
+    recipe = recipe_from_args(args)  # validate before loading anything heavy
+    task = _load_task(args)
+    base = evaluate(task, None, args.runtime, threads=args.threads, measure_memory=not args.no_memory)
+    rec = evaluate(task, recipe, args.runtime, out=args.out, threads=args.threads, measure_memory=not args.no_memory)
+    rec["baseline"] = {"metrics": base["metrics"], "latency_ms": base["latency_ms"], "size_bytes": base["size_bytes"],
+                       "peak_memory_bytes": base["peak_memory_bytes"]}
+    if args.format == "json":
+        print(json.dumps(rec, indent=2))
+    else:
+        print_records([base, rec], f"{task.name}: {recipe.name} vs FP32 in {args.runtime}")
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_recipes(_args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from quantwise.recipes import RECIPES
+
+    for name, (cls, defaults) in RECIPES.items():
+        keys = [f"{f.name}={defaults.get(f.name, f.default)!r}" for f in dataclasses.fields(cls)]
+        print(f"{name}: {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
+        print(f"    keys: {', '.join(keys)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"evaluate": cmd_evaluate, "quantize": cmd_quantize, "recipes": cmd_recipes}
+    try:
+        if args.command == "compare":
+            from quantwise.sweep.cli import cmd_compare
+
+            return cmd_compare(args)
+        return handlers[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

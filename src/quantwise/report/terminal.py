@@ -1,0 +1,109 @@
+"""Terminal tables (rich) for result records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def fmt_ms(lat: dict[str, Any] | None, key: str = "p50") -> str:
+    return f"{lat[key]:.2f}" if lat else "n/a"
+
+
+def int_share(rec: dict[str, Any]) -> str:
+    ops = rec.get("integer_ops") or {}
+    return f"{ops.get('integer', 0)}/{ops.get('total', 0)}" if ops else "n/a"
+
+
+def records_table(records: list[dict[str, Any]], title: str) -> Table:
+    """One row per record: metrics, latency, size, memory, integer share."""
+    t = Table(title=title, header_style="bold")
+    for col in ("format", "runtime", "accuracy", "macro F1", "lat b1 p50 ms", "lat b32 p50 ms", "size", "peak mem", "int ops"):
+        t.add_column(col, justify="left" if col in ("format", "runtime") else "right")
+    for r in records:
+        m = r["metrics"]
+        t.add_row(
+            r["recipe"], r["runtime"], f"{100 * m['accuracy']:.2f}%", f"{m['f1_macro']:.4f}",
+            fmt_ms(r["latency_ms"].get("batch_1")), fmt_ms(r["latency_ms"].get("batch_32")),
+            fmt_bytes(r["size_bytes"]), fmt_bytes(r["peak_memory_bytes"]), int_share(r),
+        )
+    return t
+
+
+def make_console() -> Console:
+    """stdout console; wide enough for the compare table when stdout is a file or pipe."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=220)
+
+
+def print_records(records: list[dict[str, Any]], title: str, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(records_table(records, title))
+    for r in records:
+        extra = [f"{k}={v:.4f}" for k, v in r["metrics"].items() if isinstance(v, float) and k not in ("accuracy", "f1_macro")]
+        if extra:
+            console.print(f"[dim]{r['recipe']} · {r['runtime']}: {', '.join(extra)}[/dim]")
+        if r.get("float_layers"):
+            names = ", ".join(list(r["float_layers"])[:6]) + (" ..." if len(r["float_layers"]) > 6 else "")
+            console.print(f"[yellow]{r['recipe']}: {len(r['float_layers'])} layer(s) kept in float: {names}[/yellow]")
+        ops = r.get("integer_ops") or {}
+        if ops.get("float") and r["recipe"] != "fp32":
+            console.print(f"[yellow]{r['recipe']} · {r['runtime']}: {len(ops['float'])} heavy op(s) run in float kernels[/yellow]")
+
+
+def compare_table(result: dict[str, Any]) -> Table:
+    """The side-by-side table of a compare run."""
+    metric = result["recommendation"]["metric"]
+    batch_n = f"batch_{result['settings']['batch_n']}"
+    b1 = f"batch_{result['settings']['latency_batch']}"
+    t = Table(title=f"{result['task']}: every format, side by side ({result['settings']['threads']} thread)", header_style="bold")
+    cols = ["format", "runtime", metric, "Δ pts", "macro F1", f"{b1} p50/p90 ms", f"{batch_n} p50/p90 ms", "speedup",
+            "size", "compr.", "peak mem", "quantize s", "int ops"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("format", "runtime") else "right")
+    win = (result["recommendation"].get("winner") or {}).get("key")
+    for r in result["records"]:
+        k = f"{r['format']} · {r['runtime']}"
+        if r.get("status") != "ok":
+            t.add_row(r["format"], r["runtime"], "[red]failed[/red]", *[""] * (len(cols) - 3))
+            continue
+        lat = r["latency_ms"]
+        sp = r.get("speedup", {}).get(b1)
+        t.add_row(
+            f"[bold green]{r['format']} ★[/bold green]" if k == win else r["format"], r["runtime"],
+            f"{100 * r['metrics'][metric]:.2f}%", f"{r.get('accuracy_change_points', 0):+.2f}", f"{r['metrics'].get('f1_macro', float('nan')):.4f}",
+            f"{fmt_ms(lat.get(b1))}/{fmt_ms(lat.get(b1), 'p90')}", f"{fmt_ms(lat.get(batch_n))}/{fmt_ms(lat.get(batch_n), 'p90')}",
+            f"{sp:.2f}x" if sp else "n/a", fmt_bytes(r["size_bytes"]),
+            f"{r['compression']:.2f}x" if r.get("compression") else "n/a", fmt_bytes(r["peak_memory_bytes"]),
+            f"{r['time_to_quantize_s']:.1f}", int_share(r),
+        )
+    return t
+
+
+def print_compare(result: dict[str, Any], console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(compare_table(result))
+    rec = result["recommendation"]
+    console.print(f"[bold]{rec['message']}[/bold]  (target {rec['target']}, optimize {rec['objective']}, budget {rec['budget']})")
+    if rec.get("runner_up"):
+        console.print(f"runner-up: {rec['runner_up']['key']}")
+    for k, why in rec["others"].items():
+        if not why.startswith("runner-up"):
+            console.print(f"[dim]  {k}: {why}[/dim]")
+    console.print(f"Pareto front, accuracy vs latency: {', '.join(rec['pareto']['latency'])}")
+    console.print(f"Pareto front, accuracy vs size: {', '.join(rec['pareto']['size'])}")
+    for n in rec.get("notes", []):
+        console.print(f"[yellow]note: {n}[/yellow]")

@@ -1,0 +1,59 @@
+"""The ``compare`` subcommand: parsing and printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+
+def add_compare_parser(sub: Any, task_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("compare", help="every format in every runtime, side by side, and a recommendation")
+    task_args(p)
+    p.add_argument("--formats", help="comma-separated formats (prefixes allowed, e.g. static-int8); default: all")
+    p.add_argument("--runtimes", help="comma-separated runtimes (torch, onnxruntime); default: all")
+    p.add_argument("--max-drop", default="1.0", help="accuracy budget: points (0.5) or relative to FP32 (1%%); default 1.0")
+    p.add_argument("--optimize", default="latency", choices=("latency", "size", "memory"))
+    p.add_argument("--target", default="this-machine", help="this-machine, x86-avx2, x86-avx512-vnni, arm64, mcu-no-fpu, gpu")
+    p.add_argument("--out", default="quantwise-compare", help="folder for records, results.json, report.html, the exported winner")
+    p.add_argument("--resume", action="store_true", help="keep finished formats from an interrupted run in --out")
+    p.add_argument("--batch", type=int, default=32, help="the larger batch size for latency (default 32)")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from quantwise.report.html import write_html
+    from quantwise.report.terminal import print_compare
+    from quantwise.sweep.compare import CompareSettings, _write_json, export_recommended, run_compare
+    from quantwise.sweep.formats import select_formats
+    from quantwise.sweep.profiles import get_profile
+    from quantwise.sweep.recommend import parse_budget
+    from quantwise.tasks import load_task
+
+    settings = CompareSettings(formats=args.formats, runtimes=args.runtimes, max_drop=parse_budget(args.max_drop),
+                               optimize=args.optimize, target=args.target, threads=args.threads,
+                               measure_memory=not args.no_memory, batch_n=args.batch)
+    get_profile(args.target)
+    select_formats(args.formats, args.runtimes)  # validate names before loading anything
+    task = load_task(args.task, model=args.model, data=args.data, text_column=args.text_column,
+                     label_column=args.label_column, limit=args.limit)
+    out = Path(args.out)
+    result = run_compare(task, settings, out, resume=args.resume)
+    exported = export_recommended(task, result, out, args.threads)
+    result["exported"] = str(exported) if exported else None
+    _write_json(out / "results.json", result)
+    write_html(result, out / "report.html")
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print_compare(result)
+        print(f"results: {out / 'results.json'} · report: {out / 'report.html'}" + (f" · model: {exported}" if exported else ""))
+    failed = [r for r in result["records"] if r.get("status") != "ok"]
+    if failed:
+        print(f"{len(failed)} format(s) failed: " + "; ".join(f"{r['format']} · {r['runtime']}: {r['error']}" for r in failed), file=sys.stderr)
+        return 1
+    return 0
+

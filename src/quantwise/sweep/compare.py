@@ -1,0 +1,139 @@
+"""``compare``: every format in every runtime, saved as each finishes, resumable, then a recommendation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantwise.api import evaluate
+from quantwise.errors import UserError
+from quantwise.measure.env import environment
+from quantwise.progress import live_progress
+from quantwise.sweep.formats import Format, select_formats
+from quantwise.sweep.profiles import get_profile
+from quantwise.sweep.recommend import Budget, recommend
+from quantwise.tasks.base import Task
+
+COMPARE_SCHEMA = "quantwise.compare/1"
+
+
+@dataclass
+class CompareSettings:
+    formats: str | None = None
+    runtimes: str | None = None
+    max_drop: Budget = Budget(1.0, False)
+    optimize: str = "latency"
+    target: str = "this-machine"
+    threads: int = 1
+    measure_memory: bool = True
+    latency_batch: int = 1
+    batch_n: int = 32
+    latency_seconds: float = 3.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"formats": self.formats, "runtimes": self.runtimes, "max_drop": str(self.max_drop), "optimize": self.optimize,
+                "target": self.target, "threads": self.threads, "latency_batch": self.latency_batch, "batch_n": self.batch_n}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool = False) -> dict[str, Any]:
+    """Run the sweep; every finished entry is saved to ``out/records/`` before the next starts."""
+    profile = get_profile(settings.target)
+    pairs = select_formats(settings.formats, settings.runtimes)
+    records_dir = out / "records"
+    run_file = out / "run.json"
+    identity = {"task": task.name, "n_eval": sum(len(b[0]) for b in task.eval_batches), "threads": settings.threads}
+    if resume and run_file.exists():
+        prev = json.loads(run_file.read_text())
+        if prev.get("identity") != identity:
+            raise UserError(f"--resume: {out} holds a run of {prev.get('identity')}, not {identity}; use another --out or drop --resume")
+    elif records_dir.exists():
+        shutil.rmtree(records_dir)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_file, {"identity": identity, "settings": settings.to_dict()})
+    records: list[dict[str, Any]] = []
+    with live_progress() as progress:
+        overall = progress.add_task("compare: all formats", total=len(pairs))
+        for fmt, runtime in pairs:
+            path = records_dir / f"{fmt.id}__{runtime}.json"
+            if resume and path.exists():
+                records.append(json.loads(path.read_text()))
+                progress.advance(overall)
+                continue
+            progress.update(overall, description=f"compare: {fmt.id} · {runtime}")
+            rec = _run_one(task, fmt, runtime, settings)
+            _write_json(path, rec)
+            records.append(rec)
+            progress.advance(overall)
+    _derive(records)
+    rec_result = recommend(records, settings.max_drop, settings.optimize, profile, task.primary_metric,
+                           f"batch_{settings.latency_batch}")
+    return {
+        "schema": COMPARE_SCHEMA,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": task.name,
+        "settings": settings.to_dict(),
+        "records": records,
+        "recommendation": rec_result,
+        "env": environment(settings.threads),
+    }
+
+
+def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings) -> dict[str, Any]:
+    try:
+        rec = evaluate(task, fmt.build_recipe(), runtime, threads=s.threads, batch_sizes=(s.latency_batch, s.batch_n),
+                       measure_memory=s.measure_memory, latency_seconds=s.latency_seconds)
+        rec.pop("env", None)
+    except UserError:
+        raise
+    except Exception as e:  # one failing format must not stop the others; it is recorded with its error
+        rec = {"schema": "quantwise.result/1", "task": task.name, "recipe": fmt.recipe or "fp32", "runtime": runtime,
+               "status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+               "traceback": traceback.format_exc(limit=5)}
+    rec["format"] = fmt.id
+    rec["family"] = fmt.family
+    return rec
+
+
+def _derive(records: list[dict[str, Any]]) -> None:
+    """Add change vs FP32, speedup and compression (vs FP32 in the same runtime) to each record."""
+    base = {r["runtime"]: r for r in records if r["format"] == "fp32" and r.get("status") == "ok"}
+    for r in records:
+        b = base.get(r["runtime"])
+        if r.get("status") != "ok" or b is None:
+            continue
+        r["accuracy_change_points"] = 100 * (r["metrics"]["accuracy"] - b["metrics"]["accuracy"])
+        r["speedup"] = {k: b["latency_ms"][k]["p50"] / v["p50"] for k, v in r["latency_ms"].items() if k in b["latency_ms"] and v["p50"] > 0}
+        r["compression"] = b["size_bytes"] / r["size_bytes"] if r["size_bytes"] else None
+
+
+def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: int = 1) -> Path | None:
+    """Rebuild the winner (deterministic) and write it with a metadata file to ``out/recommended``."""
+    from quantwise.sweep.formats import FORMATS
+
+    w = result["recommendation"]["winner"]
+    if not w:
+        return None
+    fmt = FORMATS[w["format"]]
+    dest = out / "recommended"
+    evaluate(task, fmt.build_recipe(), w["runtime"], out=dest, threads=threads, batch_sizes=(1,), measure_memory=False,
+             latency_seconds=0.5)
+    artifact = "model.onnx" if w["runtime"] == "onnxruntime" else "quantized/"
+    how = ("onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])" if w["runtime"] == "onnxruntime"
+           else "quantwise.QuantizedModel.load('quantized', model=<fresh float model>) then quantwise.runtime.torch_sim.lower_torch(qm)")
+    meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": fmt.build_recipe().to_dict() if fmt.recipe else None,
+            "task": task.name, "artifact": artifact, "how_to_load": how, "inputs": task.input_names,
+            "accuracy_drop_points": w["drop_points"], "made_by": "quantwise compare", "created": result["created"]}
+    _write_json(dest / "quantwise-export.json", meta)
+    return dest

@@ -1,0 +1,79 @@
+"""The formats ``compare`` sweeps: an explicit registry from format id to recipe and runtimes.
+
+Later schemes (QAT, mixed precision, fixed point) slot in by adding an entry here; the
+compare loop itself does not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantwise.errors import UserError
+from quantwise.recipes import Recipe, get_recipe
+
+
+@dataclass(frozen=True)
+class Format:
+    """One candidate format.
+
+    Attributes:
+        id: The name shown in tables and typed in ``--formats``.
+        recipe: Registered recipe name (``None`` for the FP32 baseline).
+        overrides: Recipe field overrides.
+        runtimes: Runtimes that can run it.
+        family: Kernel family, for hardware profiles: fp32, fp16, bf16, int8, int4-weight, int8-weight.
+    """
+
+    id: str
+    recipe: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    runtimes: tuple[str, ...] = ("torch", "onnxruntime")
+    family: str = "fp32"
+
+    def build_recipe(self) -> Recipe | None:
+        return get_recipe(self.recipe, **self.overrides) if self.recipe else None
+
+
+FORMATS: dict[str, Format] = {
+    f.id: f
+    for f in (
+        Format("fp32", None, family="fp32"),
+        Format("fp16", "fp16", family="fp16"),
+        Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
+        Format("dynamic-int8", "dynamic-int8", family="int8"),
+        Format("static-int8-minmax", "static-int8", {"calibration": "minmax"}, family="int8"),
+        Format("static-int8-percentile", "static-int8", {"calibration": "percentile"}, family="int8"),
+        Format("static-int8-entropy", "static-int8", {"calibration": "entropy"}, family="int8"),
+        Format("static-int8-mse", "static-int8", {"calibration": "mse"}, family="int8"),
+        Format("weight-int8", "weight-int8", family="int8-weight"),
+        Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
+        Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
+    )
+}
+
+
+def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Format, str]]:
+    """``(format, runtime)`` pairs to run, from comma-separated ``--formats``/``--runtimes`` (None: all).
+
+    A format name may be a prefix (``static-int8`` selects every calibration). FP32 is always
+    included as the baseline.
+    """
+    from quantwise.api import RUNTIMES
+
+    rts = [r.strip() for r in runtimes.split(",")] if runtimes else list(RUNTIMES)
+    for r in rts:
+        if r not in RUNTIMES:
+            raise UserError(f"unknown runtime {r!r} in --runtimes: choose from {', '.join(RUNTIMES)}")
+    chosen: list[Format] = []
+    if formats:
+        for name in (n.strip() for n in formats.split(",")):
+            hits = [f for f in FORMATS.values() if f.id == name or f.id.startswith(name + "-")]
+            if not hits:
+                raise UserError(f"unknown format {name!r} in --formats: choose from {', '.join(FORMATS)}")
+            chosen += [h for h in hits if h not in chosen]
+        if FORMATS["fp32"] not in chosen:
+            chosen.insert(0, FORMATS["fp32"])
+    else:
+        chosen = list(FORMATS.values())
+    return [(f, r) for f in chosen for r in rts if r in f.runtimes]

@@ -1,0 +1,189 @@
+"""Choosing a format: accuracy budget, objective, hardware profile. Pure functions on result records.
+
+A record here needs ``format``, ``runtime``, ``status``, ``family``, ``metrics[metric]``,
+``latency_ms``, ``size_bytes`` and ``peak_memory_bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from quantwise.errors import UserError
+from quantwise.sweep.profiles import Profile
+
+OBJECTIVES = ("latency", "size", "memory")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An accuracy budget: absolute points, or a percentage of the FP32 score."""
+
+    value: float
+    relative: bool
+
+    def points(self, baseline: float) -> float:
+        """Allowed drop in points (percent units) for a baseline score in [0, 1]."""
+        return self.value * baseline if self.relative else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.relative else f"{self.value:g} points"
+
+
+def parse_budget(text: str | float) -> Budget:
+    """``"0.5"`` means 0.5 accuracy points; ``"1%"`` means 1% of the FP32 score."""
+    s = str(text).strip()
+    rel = s.endswith("%")
+    try:
+        v = float(s[:-1] if rel else s)
+    except ValueError:
+        raise UserError(f"--max-drop {text!r} is not a number: write points like 0.5 or a relative drop like 1%") from None
+    if v < 0:
+        raise UserError(f"--max-drop must not be negative, got {text!r}")
+    return Budget(v, rel)
+
+
+def key(r: dict[str, Any]) -> str:
+    return f"{r['format']} · {r['runtime']}"
+
+
+def _objective(r: dict[str, Any], objective: str, batch: str) -> float | None:
+    if objective == "latency":
+        lat = r.get("latency_ms", {}).get(batch)
+        return lat["p50"] if lat else None
+    if objective == "size":
+        return r.get("size_bytes")
+    return r.get("peak_memory_bytes")
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """Names of points not dominated: lower cost (x) and higher accuracy (y) are better."""
+    front = []
+    for name, x, y in points:
+        dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for n2, x2, y2 in points if n2 != name)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def recommend(
+    records: list[dict[str, Any]],
+    budget: Budget,
+    objective: str = "latency",
+    profile: Profile | None = None,
+    metric: str = "accuracy",
+    latency_batch: str = "batch_1",
+) -> dict[str, Any]:
+    """Winner, runner-up, why each other format lost, and the Pareto fronts.
+
+    FP32 is the reference, never the answer: when no quantized format meets the budget the
+    result says so and names the closest one.
+    """
+    if objective not in OBJECTIVES:
+        raise UserError(f"--optimize must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    ok = [r for r in records if r.get("status") == "ok"]
+    base = {r["runtime"]: r for r in ok if r["format"] == "fp32"}
+    if not base:
+        raise UserError("no successful FP32 baseline among the results: the comparison needs one")
+    base_score = max(r["metrics"][metric] for r in base.values())
+    allowed = budget.points(base_score) / 100.0
+    measured = profile is None or profile.measured
+    reasons: dict[str, str] = {}
+    candidates = []
+    for r in records:
+        k = key(r)
+        if r["format"] == "fp32":
+            continue
+        if r.get("status") != "ok":
+            reasons[k] = f"failed: {r.get('error', 'unknown error')}"
+            continue
+        drop = base_score - r["metrics"][metric]
+        if profile is not None and (r.get("family") not in profile.families or r["runtime"] not in profile.runtimes):
+            reasons[k] = f"no kernels on {profile.name} for {r.get('family')} in {r['runtime']}"
+            continue
+        if drop > allowed + 1e-12:
+            reasons[k] = f"over budget: drops {100 * drop:.2f} points (budget {100 * allowed:.2f})"
+            continue
+        if objective == "latency" and measured:
+            b = base.get(r["runtime"])
+            v, bv = _objective(r, objective, latency_batch), _objective(b, objective, latency_batch) if b else None
+            if v is None or bv is None:
+                reasons[k] = "latency not measured"
+                continue
+            if v >= bv:
+                reasons[k] = f"slower than FP32 in {r['runtime']} ({bv / v:.2f}x): not a speed win"
+                continue
+        candidates.append(r)
+
+    def rank(r: dict[str, Any]) -> tuple[Any, ...]:
+        drop = base_score - r["metrics"][metric]
+        if objective == "latency" and not measured:
+            speed_class = 0 if r.get("family") in ("int8",) else 1 if r.get("family") in ("fp16", "bf16", "int4-weight", "int8-weight") else 2
+            return (speed_class, r.get("size_bytes") or 0, drop, key(r))
+        v = _objective(r, objective, latency_batch)
+        return (v if v is not None else float("inf"), drop, r.get("size_bytes") or 0, key(r))
+
+    candidates.sort(key=rank)
+    winner = candidates[0] if candidates else None
+    runner_up = candidates[1] if len(candidates) > 1 else None
+    for r in candidates[2:]:
+        reasons[key(r)] = _lost_to(r, winner, objective, latency_batch, measured)  # type: ignore[arg-type]
+    if runner_up is not None:
+        reasons[key(runner_up)] = "runner-up: " + _lost_to(runner_up, winner, objective, latency_batch, measured)  # type: ignore[arg-type]
+    closest = None
+    if winner is None:
+        quantized = [r for r in ok if r["format"] != "fp32"]
+        if quantized:
+            c = min(quantized, key=lambda r: base_score - r["metrics"][metric])
+            closest = {"key": key(c), "drop_points": 100 * (base_score - c["metrics"][metric])}
+    notes = []
+    if profile is not None and not profile.measured:
+        notes.append(f"latency was not measured on {profile.name}; ranking uses the kernel families it has, then size")
+    if profile is not None and profile.notes:
+        notes.append(profile.notes)
+    return {
+        "objective": objective,
+        "budget": str(budget),
+        "budget_points": 100 * allowed,
+        "metric": metric,
+        "target": profile.name if profile else "this-machine",
+        "baseline_score": base_score,
+        "winner": _summary(winner, base_score, metric) if winner else None,
+        "runner_up": _summary(runner_up, base_score, metric) if runner_up else None,
+        "others": reasons,
+        "closest": closest,
+        "message": _message(winner, closest, budget, objective),
+        "pareto": {
+            "latency": pareto_front(_points(ok, metric, lambda r: _objective(r, "latency", latency_batch))),
+            "size": pareto_front(_points(ok, metric, lambda r: r.get("size_bytes"))),
+        },
+        "notes": notes,
+    }
+
+
+def _points(ok: list[dict[str, Any]], metric: str, cost: Any) -> list[tuple[str, float, float]]:
+    return [(key(r), float(cost(r)), float(r["metrics"][metric])) for r in ok if cost(r) is not None]
+
+
+def _summary(r: dict[str, Any], base_score: float, metric: str) -> dict[str, Any]:
+    return {"key": key(r), "format": r["format"], "runtime": r["runtime"], "drop_points": 100 * (base_score - r["metrics"][metric])}
+
+
+def _lost_to(r: dict[str, Any], w: dict[str, Any], objective: str, batch: str, measured: bool) -> str:
+    if objective == "latency" and not measured:
+        return f"ranked below {key(w)} by kernel family and size"
+    a, b = _objective(r, objective, batch), _objective(w, objective, batch)
+    unit = {"latency": "ms", "size": "bytes", "memory": "bytes"}[objective]
+    word = {"latency": "slower", "size": "larger", "memory": "uses more memory"}[objective]
+    if a is not None and b is not None and a == b:
+        return f"ties {key(w)} on {objective}; loses on accuracy, size or name"
+    return f"{word} than {key(w)} ({a:.4g} vs {b:.4g} {unit})" if a is not None and b is not None else f"{objective} unknown"
+
+
+def _message(winner: dict[str, Any] | None, closest: dict[str, Any] | None, budget: Budget, objective: str) -> str:
+    if winner:
+        return f"recommended: {key(winner)} (best {objective} within a drop of {budget})"
+    if closest:
+        return (f"no quantized format meets the budget of {budget} with a {objective} gain; closest: {closest['key']} "
+                f"(drops {closest['drop_points']:.2f} points). Keep FP32 or relax --max-drop.")
+    return "no quantized format ran successfully; keep FP32"
