@@ -1,0 +1,18 @@
+# The README's two commands. Each creates the environment it needs (scripts/bootstrap.sh).
+.PHONY: compare test setup browser
+
+export HF_HUB_OFFLINE := 1
+
+setup:
+	@scripts/bootstrap.sh
+
+# Main job: every format on the built-in default task (mnist-cnn), side by side, and a recommendation.
+compare: setup
+	.venv/bin/quantwise compare --out quantwise-compare
+
+# Headless Chromium for the HTML report test (Debian package), installed when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; the HTML browser test will fail" >&2
+
+test: setup browser
+	.venv/bin/python -m pytest -n 2 --durations=15

@@ -1,0 +1,151 @@
+"""Affine math against PyTorch's reference quantization ops, and its properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantwise.numerics import (INT4, INT8, UINT4, UINT8, PerChannel, PerGroup, PerTensor, choose_qparams, dequantize,
+                                fake_quantize, pack_int4, quantize, unpack_int4)
+
+POW2_SCALES = [2.0 ** -k for k in range(2, 9)]
+
+
+@pytest.mark.parametrize("scale", POW2_SCALES)
+@pytest.mark.parametrize("zp,qt,tdt", [(0, INT8, torch.qint8), (4, INT8, torch.qint8), (128, UINT8, torch.quint8), (2, UINT8, torch.quint8)])
+def test_quantize_per_tensor_matches_torch_exactly(scale, zp, qt, tdt):
+    # With power-of-two scales x/scale and x*(1/scale) are the same float, and with an even
+    # zero point round_half_even(t + zp) == round_half_even(t) + zp, so the definitions coincide.
+    x = torch.randn(4096) * 40 * scale
+    ref = torch.quantize_per_tensor(x, scale, zp, tdt)
+    q = quantize(x, torch.tensor(scale), torch.tensor(zp), qt)
+    assert torch.equal(q.to(torch.int32), ref.int_repr().to(torch.int32))
+    assert torch.equal(dequantize(q, torch.tensor(scale), torch.tensor(zp)), ref.dequantize())
+
+
+def test_odd_zero_point_ties_differ_by_one_step_as_documented():
+    # ONNX (and quantwise) round x/scale, then add the zero point; torch rounds x/scale + zp.
+    # At an exact tie with an odd zero point the two differ by one step.
+    x = torch.tensor([-0.248046875])  # x / 2**-8 == -63.5 exactly
+    ref = torch.quantize_per_tensor(x, 2.0**-8, 5, torch.qint8).int_repr()
+    ours = quantize(x, torch.tensor(2.0**-8), torch.tensor(5), INT8)
+    assert int(ours) == -64 + 5 and int(ref) == -58
+
+
+def test_quantize_per_tensor_general_scale_within_one_step():
+    # For arbitrary scales torch rounds x * (1/scale) and ONNX rounds x / scale: they can
+    # differ by one step exactly at rounding ties; everywhere else they agree.
+    x = torch.randn(100_000) * 3
+    scale, zp = 0.0237, 7
+    ref = torch.quantize_per_tensor(x, scale, zp, torch.qint8).int_repr().to(torch.int32)
+    q = quantize(x, torch.tensor(scale), torch.tensor(zp), INT8).to(torch.int32)
+    diff = (q - ref).abs()
+    assert int(diff.max()) <= 1
+    assert float((diff > 0).float().mean()) < 1e-3
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_quantize_per_channel_matches_torch_exactly(axis):
+    x = torch.randn(16, 24) * 2
+    n = x.shape[axis]
+    scales = torch.tensor([POW2_SCALES[i % len(POW2_SCALES)] for i in range(n)], dtype=torch.float64)
+    zps = 2 * torch.randint(-5, 5, (n,))  # even: see the tie note above
+    ref = torch.quantize_per_channel(x, scales, zps, axis, torch.qint8)
+    q = quantize(x, scales.float(), zps.int(), INT8, PerChannel(axis))
+    assert torch.equal(q.to(torch.int32), ref.int_repr().to(torch.int32))
+    assert torch.equal(dequantize(q, scales.float(), zps.int(), PerChannel(axis)), ref.dequantize())
+
+
+@pytest.mark.parametrize("scale", POW2_SCALES[:4])
+def test_fake_quantize_per_tensor_matches_torch_forward_and_grad(scale):
+    x = (torch.randn(2048) * 200 * scale).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    ours = fake_quantize(x, torch.tensor(scale), torch.tensor(3), INT8)
+    ref = torch.fake_quantize_per_tensor_affine(x2, scale, 3, -128, 127)
+    assert torch.equal(ours, ref)
+    ours.sum().backward()
+    ref.sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    assert 0 < float(x.grad.sum()) < x.numel()  # some values clipped, some passed straight through
+
+
+def test_fake_quantize_per_channel_matches_torch():
+    x = torch.randn(8, 32) * 3
+    scales = torch.tensor([POW2_SCALES[i % len(POW2_SCALES)] for i in range(8)], dtype=torch.float32)
+    zps = torch.zeros(8, dtype=torch.int32)
+    ref = torch.fake_quantize_per_channel_affine(x, scales, zps, 0, -128, 127)
+    assert torch.equal(fake_quantize(x, scales, zps, INT8, PerChannel(0)), ref)
+
+
+def test_choose_qparams_matches_torch_observer():
+    from torch.ao.quantization.observer import MinMaxObserver
+
+    x = torch.randn(1000) * 3 + 1
+    for sym, qscheme, dtype, qt in [(True, torch.per_tensor_symmetric, torch.qint8, INT8), (False, torch.per_tensor_affine, torch.quint8, UINT8)]:
+        obs = MinMaxObserver(dtype=dtype, qscheme=qscheme)
+        obs(x)
+        s_ref, z_ref = obs.calculate_qparams()
+        s, z = choose_qparams(x.min(), x.max(), qt, symmetric=sym)
+        assert torch.allclose(s, s_ref.squeeze(), rtol=1e-6, atol=0)
+        assert int(z) == int(z_ref)
+
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(finite, min_size=2, max_size=64), st.sampled_from([INT8, UINT8, INT4, UINT4]), st.booleans())
+def test_error_within_half_step_inside_range(values, qt, symmetric):
+    x = torch.tensor(values, dtype=torch.float32)
+    s, z = choose_qparams(x.min(), x.max(), qt, symmetric)
+    xh = dequantize(quantize(x, s, z, qt), s, z)
+    lo, hi = (qt.qmin - int(z)) * float(s), (qt.qmax - int(z)) * float(s)
+    inside = (x >= lo) & (x <= hi)
+    assert torch.all((x - xh).abs()[inside] <= float(s) / 2 * (1 + 1e-5) + 1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-128, 127), st.floats(1e-4, 10), st.integers(-20, 20))
+def test_grid_values_unchanged(q, scale, zp):
+    s, z = torch.tensor(scale), torch.tensor(zp)
+    qv = max(-128, min(127, q))
+    x = (torch.tensor([qv]) - zp).float() * s
+    assert int(quantize(x, s, z, INT8)) == qv
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(1e-3, 1.0), st.sampled_from([INT8, UINT8, INT4, UINT4]))
+def test_clamping_at_both_ends(scale, qt):
+    s, z = torch.tensor(scale), torch.tensor(0 if qt.signed else qt.qmin)
+    x = torch.tensor([-1e9, 1e9])
+    q = quantize(x, s, z, qt)
+    assert int(q[0]) == qt.qmin and int(q[1]) == qt.qmax
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-8, 7), min_size=2, max_size=64).filter(lambda v: len(v) % 2 == 0), st.booleans())
+def test_int4_packing_round_trips(values, signed):
+    q = torch.tensor(values, dtype=torch.int8) if signed else (torch.tensor(values) + 8).to(torch.uint8)
+    assert torch.equal(unpack_int4(pack_int4(q), signed), q)
+
+
+def test_int4_packing_layout_low_nibble_first():
+    packed = pack_int4(torch.tensor([1, 2, -1, 7], dtype=torch.int8))
+    assert packed.tolist() == [0x21, 0x7F]
+
+
+def test_per_group_quantization_uses_one_scale_per_group():
+    w = torch.randn(4, 64)
+    w[:, :32] *= 100  # first group much larger
+    from quantwise.numerics import quantize_tensor
+
+    q, s, z = quantize_tensor(w, INT4, PerGroup(32), symmetric=True)
+    assert s.shape == (4, 2)
+    assert torch.all(s[:, 0] > 10 * s[:, 1])
+    err = (dequantize(q, s, z, PerGroup(32)) - w)[:, 32:].abs().max()
+    assert float(err) <= float(s[:, 1].max()) / 2 + 1e-6
+    assert np.isfinite(float(err))
+    _ = PerTensor()
