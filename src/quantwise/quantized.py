@@ -121,7 +121,7 @@ class QuantizedModel:
                     tensors[f"float::{k}"] = v.detach().contiguous()
             for name, lq in self.layers.items():
                 qt = get_qtype(lq.weight_qtype)
-                wq = pack_int4(lq.weight_q.reshape(lq.weight_q.shape[0], -1)) if qt.bits == 4 else lq.weight_q
+                wq = _pack4(lq.weight_q) if qt.bits == 4 else lq.weight_q
                 tensors[f"q::{name}::weight_q"] = wq.contiguous()
                 tensors[f"q::{name}::weight_scale"] = lq.weight_scale.contiguous()
                 tensors[f"q::{name}::weight_zero_point"] = lq.weight_zero_point.contiguous()
@@ -165,7 +165,8 @@ class QuantizedModel:
             qt = get_qtype(m["weight_qtype"])
             wq = tensors[f"q::{name}::weight_q"]
             if qt.bits == 4:
-                wq = unpack_int4(wq, qt.signed).reshape(m["weight_shape"])
+                n = int(torch.tensor(m["weight_shape"]).prod())
+                wq = unpack_int4(wq, qt.signed)[:n].reshape(m["weight_shape"])
             lq = LayerQuant(
                 kind=m["kind"],
                 mode=m["mode"],
@@ -192,6 +193,14 @@ class QuantizedModel:
             cast=meta["cast"],
             info=meta["info"],
         )
+
+
+def _pack4(q: torch.Tensor) -> torch.Tensor:
+    """Flatten and pack two 4-bit values per byte (padded with one zero if the count is odd)."""
+    flat = q.reshape(-1)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, torch.zeros(1, dtype=flat.dtype)])
+    return pack_int4(flat)
 
 
 def artifact_size(path: str | os.PathLike[str]) -> int:

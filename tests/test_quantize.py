@@ -1,0 +1,88 @@
+"""The QuantizedModel: what the handlers put in it, and that saving and loading is lossless."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantwise import QuantizedModel, get_recipe, quantize
+from quantwise.errors import UserError
+from quantwise.numerics import dequantize
+from quantwise.runtime.torch_sim import lower_torch
+
+RECIPES = [
+    get_recipe("static-int8"),
+    get_recipe("static-int8", calibration="percentile", per_channel=False, symmetric_activations=True),
+    get_recipe("dynamic-int8"),
+    get_recipe("weight-int8"),
+    get_recipe("weight-int4", group_size=32),
+    get_recipe("weight-int4", group_size=0),
+    get_recipe("weight-int4", group_size=32, method="gptq"),
+    get_recipe("fp16"),
+]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.name}-{hash(r) % 1000}")
+def test_save_load_gives_identical_outputs(mnist, recipe, tmp_path):
+    qm = quantize(mnist.model, recipe, mnist.calibration)
+    x = mnist.eval_batches[0][0][:64]
+    with torch.no_grad():
+        before = lower_torch(qm)(x)
+    qm.save(tmp_path / "qm")
+    loaded = QuantizedModel.load(tmp_path / "qm", mnist.build_model())
+    with torch.no_grad():
+        after = lower_torch(loaded)(x)
+    assert torch.equal(before, after)
+    assert loaded.recipe == recipe
+    for name, lq in qm.layers.items():
+        assert torch.equal(loaded.layers[name].weight_q, lq.weight_q)
+
+
+def test_static_records_every_parameter_the_runtimes_need(mnist):
+    qm = quantize(mnist.model, "static-int8", mnist.calibration)
+    assert set(qm.layers) == {"features.0", "features.3", "classifier.0", "classifier.2"}
+    for name, lq in qm.layers.items():
+        assert lq.input is not None and lq.input.scale > 0
+        w = mnist.model.get_submodule(name).weight
+        err = (dequantize(lq.weight_q, lq.weight_scale, lq.weight_zero_point, lq.weight_granularity) - w).abs()
+        assert float(err.max()) <= float(lq.weight_scale.max()) / 2 + 1e-7
+    # ReLUs after features.0/features.3/classifier.0 are fused into output quantization (zero point 0 on uint8)
+    assert qm.layers["features.0"].fused_relu == "features.1" and qm.layers["features.0"].output.zero_point == 0
+    assert qm.layers["classifier.2"].output is None
+
+
+def test_layer_selection_and_skips_are_listed(mnist):
+    qm = quantize(mnist.model, get_recipe("static-int8", exclude=["classifier.*"]), mnist.calibration)
+    assert set(qm.layers) == {"features.0", "features.3"}
+    assert qm.skipped == {"classifier.0": "matched an exclude pattern", "classifier.2": "matched an exclude pattern"}
+    qm = quantize(mnist.model, get_recipe("weight-int4", group_size=128), mnist.calibration)
+    assert "classifier.0" in qm.skipped and "not a multiple" in qm.skipped["classifier.0"]  # K = 3136
+
+
+def test_gptq_beats_round_to_nearest_on_layer_output(mnist):
+    layer = "classifier.0"
+    x = torch.cat([mnist.model.features(b[0]).flatten(1) for b in mnist.calibration])  # (1000, 3136)
+    w = mnist.model.get_submodule(layer).weight
+    errs = {}
+    for method in ("rtn", "gptq"):
+        qm = quantize(mnist.model, get_recipe("weight-int4", group_size=32, method=method, include=[layer]), mnist.calibration)
+        wq = qm.layers[layer].dequantized_weight()
+        errs[method] = float(((x @ (wq - w).t()) ** 2).mean())
+    assert errs["gptq"] < 0.8 * errs["rtn"], errs
+
+
+def test_empty_calibration_and_nan_weights_are_user_errors(mnist):
+    with pytest.raises(UserError, match="calibration set is empty"):
+        quantize(mnist.model, "static-int8", [])
+    bad = mnist.build_model()
+    with torch.no_grad():
+        bad.classifier[0].weight[0, 0] = float("nan")
+    with pytest.raises(UserError, match="classifier.0.weight contains NaN"):
+        quantize(bad, "weight-int8")
+
+
+def test_wrong_calibration_shape_fails_before_work(mnist):
+    with pytest.raises(UserError, match=r"calibration data does not fit the model \(got \(4, 3, 28, 28\) float32\)"):
+        quantize(mnist.model, "static-int8", [(torch.zeros(4, 3, 28, 28),)])
+    with pytest.raises(UserError, match="NaN or Inf"):
+        quantize(mnist.model, "static-int8", [(torch.full((2, 1, 28, 28), float("inf")),)])
