@@ -22,7 +22,7 @@ RECIPES = [
 ]
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.name}-{hash(r) % 1000}")
+@pytest.mark.parametrize("recipe", RECIPES, ids=[f"{i}-{r.name}" for i, r in enumerate(RECIPES)])
 def test_save_load_gives_identical_outputs(mnist, recipe, tmp_path):
     qm = quantize(mnist.model, recipe, mnist.calibration)
     x = mnist.eval_batches[0][0][:64]

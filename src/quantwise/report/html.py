@@ -65,7 +65,8 @@ def scatter(result: dict[str, Any], cost_name: str, cost: Any, unit: str, front:
                      f'stroke="{"#2a9d4a" if name in front else "none"}" stroke-width="2"><title>{_esc(name)}: {y:.2f}%, {c:.4g} {_esc(unit)}</title></circle>')
         if name == win:
             parts.append(f'<text x="{sx(c):.1f}" y="{sy(y) - 10:.1f}" font-size="18" text-anchor="middle" fill="#c00">★</text>')
-        parts.append(f'<text x="{sx(c) + 7:.1f}" y="{sy(y) + 3:.1f}" font-size="9" fill="#333">{_esc(name)}</text>')
+        if name in front or name == win:  # label the front and the winner; every point has a tooltip
+            parts.append(f'<text x="{sx(c) + 7:.1f}" y="{sy(y) + 3:.1f}" font-size="9" fill="#333">{_esc(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -75,14 +76,14 @@ def bars(result: dict[str, Any], title: str, value: Any, fmt: str) -> str:
     rows = [(_key(r), value(r), r["runtime"]) for r in _ok(result) if value(r) is not None]
     if not rows:
         return "<p>no data</p>"
-    vmax = max(v for _, v, _ in rows) or 1.0
+    vmax = max(abs(v) for _, v, _ in rows) or 1.0
     bh, left = 18, 230
     h = len(rows) * (bh + 4) + 30
     parts = [f'<svg class="plot" viewBox="0 0 {W + 120} {h}" width="{W + 120}" height="{h}" role="img" aria-label="{_esc(title)}">',
              f'<text x="4" y="14" font-size="12" font-weight="bold">{_esc(title)}</text>']
     for i, (name, v, rt) in enumerate(rows):
         y = 24 + i * (bh + 4)
-        wv = max(1.0, (W - left) * v / vmax)
+        wv = max(1.0, (W - left) * max(v, 0.0) / vmax)
         parts.append(f'<text x="{left - 6}" y="{y + 13}" font-size="10" text-anchor="end">{_esc(name)}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{wv:.1f}" height="{bh}" fill="{_COLORS.get(rt, "#777")}"><title>{_esc(name)}: {fmt.format(v)}</title></rect>')
         parts.append(f'<text x="{left + wv + 4:.1f}" y="{y + 13}" font-size="10">{fmt.format(v)}</text>')
@@ -181,7 +182,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 <div class="plots">
 {bars(result, f"latency {lat_key.replace('_', ' ')} p50 (ms)", lat, "{:.2f} ms")}
 {bars(result, "size on disk (MB)", lambda r: r['size_bytes'] / 1e6, "{:.2f} MB")}
-{bars(result, f"{rec['metric']} (%)", lambda r: 100 * r['metrics'][rec['metric']], "{:.2f}%")}
+{bars(result, f"{rec['metric']} drop vs FP32 (points; negative: better than FP32)", lambda r: -r.get('accuracy_change_points', 0.0), "{:+.2f}")}
 </div>
 <h2>All results</h2>
 {_table(result)}

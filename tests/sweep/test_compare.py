@@ -1,0 +1,91 @@
+"""compare end to end on a small slice of mnist: records, resume, failures, exports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantwise.sweep import compare as cmp
+from quantwise.sweep.compare import CompareSettings, export_recommended, run_compare
+from quantwise.sweep.recommend import Budget
+
+FORMATS = "fp32,dynamic-int8,static-int8-minmax,weight-int8"
+
+
+def settings(**kw):
+    return CompareSettings(formats=FORMATS, runtimes="onnxruntime", max_drop=Budget(1.0, False), measure_memory=False,
+                           latency_seconds=0.2, **kw)
+
+
+def test_compare_records_recommends_and_exports(mnist, tmp_path):
+    result = run_compare(mnist, settings(), tmp_path)
+    keys = [(r["format"], r["runtime"]) for r in result["records"]]
+    assert keys == [("fp32", "onnxruntime"), ("dynamic-int8", "onnxruntime"), ("static-int8-minmax", "onnxruntime"),
+                    ("weight-int8", "onnxruntime")]
+    assert all(r["status"] == "ok" for r in result["records"])
+    assert len(list((tmp_path / "records").glob("*.json"))) == 4
+    st = next(r for r in result["records"] if r["format"] == "static-int8-minmax")
+    assert st["integer_ops"]["integer"] == 4 and st["compression"] > 3.5
+    rec = result["recommendation"]
+    assert rec["winner"] is not None and rec["winner"]["drop_points"] <= 1.0
+    assert set(rec["others"]) | {rec["winner"]["key"]} == {f"{f} · onnxruntime" for f in FORMATS.split(",")[1:]}
+    dest = export_recommended(mnist, result, tmp_path)
+    meta = json.loads((dest / "quantwise-export.json").read_text())
+    assert meta["format"] == rec["winner"]["format"] and (dest / meta["artifact"].rstrip("/")).exists()
+
+
+def test_interrupted_run_resumes_without_recomputing(mnist, tmp_path, monkeypatch):
+    real = cmp._run_one
+    calls = []
+
+    def interrupt_third(task, fmt, runtime, s):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(fmt.id)
+        return real(task, fmt, runtime, s)
+
+    monkeypatch.setattr(cmp, "_run_one", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(mnist, settings(), tmp_path)
+    assert sorted(p.stem for p in (tmp_path / "records").glob("*.json")) == ["dynamic-int8__onnxruntime", "fp32__onnxruntime"]
+    finished = {p.name: p.read_text() for p in (tmp_path / "records").glob("*.json")}
+
+    resumed = []
+
+    def count(task, fmt, runtime, s):
+        resumed.append(fmt.id)
+        return real(task, fmt, runtime, s)
+
+    monkeypatch.setattr(cmp, "_run_one", count)
+    result = run_compare(mnist, settings(), tmp_path, resume=True)
+    assert resumed == ["static-int8-minmax", "weight-int8"]
+    assert len(result["records"]) == 4
+    for name, text in finished.items():
+        assert (tmp_path / "records" / name).read_text() == text
+
+
+def test_failing_format_is_recorded_and_others_go_on(mnist, tmp_path, monkeypatch):
+    import quantwise.sweep.compare as c
+
+    real = c.evaluate
+
+    def flaky(task, recipe, runtime, **kw):
+        if recipe is not None and recipe.name == "dynamic-int8":
+            raise RuntimeError("ONNX export failed: planted")
+        return real(task, recipe, runtime, **kw)
+
+    monkeypatch.setattr(c, "evaluate", flaky)
+    result = run_compare(mnist, settings(), tmp_path)
+    bad = [r for r in result["records"] if r["status"] != "ok"]
+    assert [r["format"] for r in bad] == ["dynamic-int8"] and "planted" in bad[0]["error"]
+    assert sum(r["status"] == "ok" for r in result["records"]) == 3
+    assert result["recommendation"]["others"]["dynamic-int8 · onnxruntime"].startswith("failed")
+
+
+def test_resume_refuses_a_different_task(mnist, bbc_small, tmp_path):
+    from quantwise.errors import UserError
+
+    run_compare(mnist, CompareSettings(formats="fp32", runtimes="onnxruntime", measure_memory=False, latency_seconds=0.1), tmp_path)
+    with pytest.raises(UserError, match="--resume"):
+        run_compare(bbc_small, CompareSettings(formats="fp32", runtimes="onnxruntime", measure_memory=False), tmp_path, resume=True)

