@@ -28,7 +28,7 @@ from quantwise.transform import schemes as _schemes  # noqa: F401  (registers th
 from quantwise.transform.registry import HANDLERS, Batch, needs_calibration
 
 RESULT_SCHEMA = "quantwise.result/1"
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "torch-int8", "onnxruntime")
 
 
 def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[Batch] | None = None) -> QuantizedModel:
@@ -84,6 +84,14 @@ def check_batch(model: nn.Module, batch: Batch, what: str) -> None:
 
 def lower(qm: QuantizedModel | None, task: Task, runtime: str, workdir: Path, threads: int = 1) -> tuple[Any, nn.Module]:
     """Lower a QuantizedModel (None: the FP32 baseline) to ``runtime``; returns ``(runner, torch_module)``."""
+    if runtime == "torch-int8":
+        from quantwise.runtime.torch_int8 import lower_torch_int8
+        from quantwise.runtime.torch_rt import TorchRunner
+
+        if qm is None:
+            raise RuntimeError("torch-int8 runs quantized models; FP32 runs in the torch runtime")
+        module = lower_torch_int8(qm)
+        return TorchRunner(module, qm.save(workdir / "quantized"), threads, runtime="torch-int8"), module
     module = lower_torch(qm) if qm is not None else task.model
     if runtime == "torch":
         from quantwise.runtime.torch_rt import TorchRunner

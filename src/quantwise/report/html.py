@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 W, H, PAD = 560, 340, 56
-_COLORS = {"torch": "#d9822b", "onnxruntime": "#2b6cd9"}
+_COLORS = {"torch": "#d9822b", "torch-int8": "#8e44ad", "onnxruntime": "#2b6cd9"}
 
 
 def _esc(x: Any) -> str:
@@ -173,7 +173,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 {f"<br>runner-up: {_esc(rec['runner_up']['key'])}" if rec.get('runner_up') else ""}</div>
 <ul>{notes}</ul>
 <h2>Accuracy against cost</h2>
-<p class="legend">runtime:<span style="background:{_COLORS['torch']}"></span>torch<span style="background:{_COLORS['onnxruntime']}"></span>onnxruntime · green ring and dashed line: Pareto front · ★ recommended</p>
+<p class="legend">runtime:<span style="background:{_COLORS['torch']}"></span>torch<span style="background:{_COLORS['torch-int8']}"></span>torch-int8<span style="background:{_COLORS['onnxruntime']}"></span>onnxruntime · green ring and dashed line: Pareto front · ★ recommended</p>
 <div class="plots">
 {scatter(result, f"latency {lat_key.replace('_', ' ')} p50", lat, "ms", rec['pareto']['latency'], log_x=True)}
 {scatter(result, "size on disk", lambda r: r.get('size_bytes') and r['size_bytes'] / 1e6, "MB", rec['pareto']['size'])}

@@ -15,12 +15,12 @@ from quantwise.runtime.qmodules import QConv2d, QLinear
 
 
 class TorchRunner:
-    """Runs a module in PyTorch. For quantized layers this is fake-quant *simulation*: the
-    arithmetic is float, so it reports zero integer kernels, honestly."""
+    """Runs a module in PyTorch eagerly. In the ``torch`` runtime quantized layers are fake-quant
+    *simulation* (float arithmetic, counted as float); in ``torch-int8`` they are PyTorch's
+    int8 CPU kernels (counted as integer)."""
 
-    runtime = "torch"
-
-    def __init__(self, module: nn.Module, artifact: Path, threads: int = 1) -> None:
+    def __init__(self, module: nn.Module, artifact: Path, threads: int = 1, runtime: str = "torch") -> None:
+        self.runtime = runtime
         self.module = module.eval()
         self.artifact = artifact
         self.threads = threads
@@ -31,12 +31,25 @@ class TorchRunner:
             return self.module(*batch).to(torch.float32).numpy()
 
     def integer_ops(self) -> dict[str, Any]:
+        from quantwise.runtime.torch_int8 import Int8Conv2d, Int8Linear
+
         ops = IntegerOps()
+        kinds: dict[str, int] = {}
         for name, m in self.module.named_modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d, QLinear, QConv2d)):
-                ops.total += 1
+            if isinstance(m, (Int8Linear, Int8Conv2d)):
+                ops.integer += 1
+                kind = f"int8 {type(m).__name__[4:]} ({getattr(m, 'mode', 'static')})"
+            elif isinstance(m, (QLinear, QConv2d)):
                 ops.float_ops.append(name)
-        ops.kernels = {"float (simulated quantization)": ops.total}
+                kind = "float (simulated quantization)"
+            elif isinstance(m, (nn.Linear, nn.Conv2d)):
+                ops.float_ops.append(name)
+                kind = "float"
+            else:
+                continue
+            ops.total += 1
+            kinds[kind] = kinds.get(kind, 0) + 1
+        ops.kernels = kinds
         return ops.to_dict()
 
 

@@ -17,7 +17,7 @@ from quantwise.measure.env import environment
 from quantwise.progress import live_progress
 from quantwise.sweep.formats import Format, select_formats
 from quantwise.sweep.profiles import get_profile
-from quantwise.sweep.recommend import Budget, recommend
+from quantwise.sweep.recommend import Budget, baseline_runtime, recommend
 from quantwise.tasks.base import Task
 
 COMPARE_SCHEMA = "quantwise.compare/1"
@@ -110,7 +110,7 @@ def _derive(records: list[dict[str, Any]]) -> None:
     """Add change vs FP32, speedup and compression (vs FP32 in the same runtime) to each record."""
     base = {r["runtime"]: r for r in records if r["format"] == "fp32" and r.get("status") == "ok"}
     for r in records:
-        b = base.get(r["runtime"])
+        b = base.get(baseline_runtime(r["runtime"]))
         if r.get("status") != "ok" or b is None:
             continue
         r["accuracy_change_points"] = 100 * (r["metrics"]["accuracy"] - b["metrics"]["accuracy"])

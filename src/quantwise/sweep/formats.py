@@ -35,17 +35,19 @@ class Format:
         return get_recipe(self.recipe, **self.overrides) if self.recipe else None
 
 
+_INT8_RT = ("torch", "torch-int8", "onnxruntime")
+
 FORMATS: dict[str, Format] = {
     f.id: f
     for f in (
         Format("fp32", None, family="fp32"),
         Format("fp16", "fp16", family="fp16"),
         Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
-        Format("dynamic-int8", "dynamic-int8", family="int8"),
-        Format("static-int8-minmax", "static-int8", {"calibration": "minmax"}, family="int8"),
-        Format("static-int8-percentile", "static-int8", {"calibration": "percentile"}, family="int8"),
-        Format("static-int8-entropy", "static-int8", {"calibration": "entropy"}, family="int8"),
-        Format("static-int8-mse", "static-int8", {"calibration": "mse"}, family="int8"),
+        Format("dynamic-int8", "dynamic-int8", runtimes=_INT8_RT, family="int8"),
+        Format("static-int8-minmax", "static-int8", {"calibration": "minmax"}, runtimes=_INT8_RT, family="int8"),
+        Format("static-int8-percentile", "static-int8", {"calibration": "percentile"}, runtimes=_INT8_RT, family="int8"),
+        Format("static-int8-entropy", "static-int8", {"calibration": "entropy"}, runtimes=_INT8_RT, family="int8"),
+        Format("static-int8-mse", "static-int8", {"calibration": "mse"}, runtimes=_INT8_RT, family="int8"),
         Format("weight-int8", "weight-int8", family="int8-weight"),
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
         Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
@@ -76,4 +78,7 @@ def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Form
             chosen.insert(0, FORMATS["fp32"])
     else:
         chosen = list(FORMATS.values())
-    return [(f, r) for f in chosen for r in rts if r in f.runtimes]
+    pairs = [(f, r) for f in chosen for r in rts if r in f.runtimes]
+    if "torch-int8" in rts and "torch" not in rts and FORMATS["fp32"] in chosen:
+        pairs.insert(0, (FORMATS["fp32"], "torch"))  # torch-int8's speedups are measured against torch FP32
+    return pairs

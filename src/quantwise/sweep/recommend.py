@@ -43,6 +43,11 @@ def parse_budget(text: str | float) -> Budget:
     return Budget(v, rel)
 
 
+def baseline_runtime(runtime: str) -> str:
+    """The runtime whose FP32 record a runtime's speedups are measured against."""
+    return "torch" if runtime == "torch-int8" else runtime
+
+
 def key(r: dict[str, Any]) -> str:
     return f"{r['format']} · {r['runtime']}"
 
@@ -105,7 +110,7 @@ def recommend(
             reasons[k] = f"over budget: drops {100 * drop:.2f} points (budget {100 * allowed:.2f})"
             continue
         if objective == "latency" and measured:
-            b = base.get(r["runtime"])
+            b = base.get(baseline_runtime(r["runtime"]))
             v, bv = _objective(r, objective, latency_batch), _objective(b, objective, latency_batch) if b else None
             if v is None or bv is None:
                 reasons[k] = "latency not measured"

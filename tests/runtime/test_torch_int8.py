@@ -1,0 +1,48 @@
+"""PyTorch's real int8 kernels against the simulation of the same QuantizedModel.
+
+Static layers: within one output step (PyTorch requantizes with a folded multiplier, as ONNX
+Runtime does) and at most one input step of difference in the quantized input where
+``x * (1/scale)`` and ``x / scale`` round differently. Dynamic layers: fbgemm chooses its own
+run-time activation parameters by the same min/max rule, so outputs agree to a fraction of
+one activation step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quantwise import get_recipe, quantize
+from quantwise.api import evaluate, lower
+from quantwise.runtime.torch_sim import lower_torch
+
+
+@pytest.mark.parametrize("recipe", ["static-int8", "dynamic-int8"])
+def test_cnn_int8_kernels_track_the_simulation(mnist, recipe, tmp_path):
+    qm = quantize(mnist.model, recipe, mnist.calibration)
+    runner, module = lower(qm, mnist, "torch-int8", tmp_path)
+    sim = lower_torch(qm)
+    x = mnist.eval_batches[0][0]
+    with torch.no_grad():
+        ref = sim(x).numpy()
+    out = runner.run((x,))
+    assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.995
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
+    ops = runner.integer_ops()
+    assert ops["integer"] == (4 if recipe == "static-int8" else 2)
+
+
+def test_transformer_dynamic_int8_kernels(bbc_small, tmp_path):
+    rec = evaluate(bbc_small, "dynamic-int8", "torch-int8", measure_memory=False, batch_sizes=(1,), latency_seconds=0.2)
+    assert rec["integer_ops"]["integer"] == 37 and rec["integer_ops"]["total"] == 37
+    assert rec["metrics"]["cosine_to_fp32"] > 0.99
+
+
+def test_formats_without_int8_kernels_are_refused_with_the_reason(mnist, tmp_path):
+    for recipe, why in [(get_recipe("weight-int4"), "int4 weights have no PyTorch int8 kernel"),
+                        (get_recipe("fp16"), "float cast"),
+                        (get_recipe("static-int8", symmetric_activations=True), "uint8 activations")]:
+        qm = quantize(mnist.model, recipe, mnist.calibration)
+        with pytest.raises(RuntimeError, match=why):
+            lower(qm, mnist, "torch-int8", tmp_path)
