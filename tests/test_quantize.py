@@ -86,3 +86,41 @@ def test_wrong_calibration_shape_fails_before_work(mnist):
         quantize(mnist.model, "static-int8", [(torch.zeros(4, 3, 28, 28),)])
     with pytest.raises(UserError, match="NaN or Inf"):
         quantize(mnist.model, "static-int8", [(torch.full((2, 1, 28, 28), float("inf")),)])
+
+
+def test_embeddings_are_int8_per_row_unless_asked_not_to(bbc_small):
+    qm = quantize(bbc_small.model, "dynamic-int8", bbc_small.calibration)
+    emb = qm.layers["encoder.embeddings.word_embeddings"]
+    table = bbc_small.model.encoder.embeddings.word_embeddings.weight
+    assert emb.kind == "embedding" and emb.weight_qtype == "int8" and emb.weight_scale.shape == (table.shape[0],)
+    err = (emb.dequantized_weight() - table).abs().amax(dim=1)  # per row: at most half that row's step
+    assert torch.all(err <= emb.weight_scale / 2 + 1e-7)
+    kept = quantize(bbc_small.model, get_recipe("dynamic-int8", embeddings=False), bbc_small.calibration)
+    assert "encoder.embeddings.word_embeddings" not in kept.layers
+    assert "kept in float" in kept.skipped["encoder.embeddings.word_embeddings"]
+
+
+def test_per_token_dynamic_beats_per_tensor_on_layer_outputs(bbc_small):
+    from quantwise.runtime.qmodules import QLinear
+
+    errs = {}
+    for acts in ("per-tensor", "per-token"):
+        qm = quantize(bbc_small.model, get_recipe("dynamic-int8", activations=acts, embeddings=False))
+        sim = lower_torch(qm)
+        err, seen = 0.0, {}
+        def keep(n):
+            def hook(_m, a, o):
+                seen.setdefault(n, (a[0], o))  # returns None: the output is left alone
+            return hook
+
+        hooks = [m.register_forward_hook(keep(n)) for n, m in sim.named_modules() if isinstance(m, QLinear)]
+        with torch.no_grad():
+            sim(*bbc_small.eval_batches[0])
+        for h in hooks:
+            h.remove()
+        for n, (x, y) in seen.items():
+            ref = torch.nn.functional.linear(x, bbc_small.model.get_submodule(n).weight, bbc_small.model.get_submodule(n).bias)
+            w_err = torch.nn.functional.linear(x, qm.layers[n].dequantized_weight() - bbc_small.model.get_submodule(n).weight)
+            err += float(((y - ref + w_err) ** 2).mean())  # activation-quantization error only
+        errs[acts] = err
+    assert errs["per-token"] < 0.5 * errs["per-tensor"], errs

@@ -31,6 +31,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("rtn", "gptq"), help="weight-only rounding: rtn (default) or gptq")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per-channel")
     p.add_argument("--symmetric-activations", action="store_true", help="static-int8: int8 symmetric activations")
+    p.add_argument("--activations", choices=("per-tensor", "per-token"), help="dynamic-int8: activation scales per tensor (default) or per token")
+    p.add_argument("--float-embeddings", action="store_true", help="keep embedding tables in float (default: int8, one scale per row)")
     p.add_argument("--include", action="append", default=[], help="quantize only modules matching this pattern (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="keep modules matching this pattern in float (repeatable)")
 
@@ -76,6 +78,10 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         over["per_channel"] = False
     if args.symmetric_activations:
         over["symmetric_activations"] = True
+    if args.activations:
+        over["activations"] = args.activations
+    if args.float_embeddings:
+        over["embeddings"] = False
     if args.include:
         over["include"] = tuple(args.include)
     if args.exclude:

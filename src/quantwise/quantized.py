@@ -44,7 +44,7 @@ class LayerQuant:
     """Quantization of one Linear or Conv2d layer.
 
     Attributes:
-        kind: ``linear`` or ``conv2d``.
+        kind: ``linear``, ``conv2d`` or ``embedding``.
         mode: ``weight_only``, ``dynamic`` or ``static``.
         weight_q: integer weight values, the layer's weight shape (int4 held in int8/uint8).
         weight_scale: float32 scales, one per block of ``weight_granularity``.
@@ -66,6 +66,7 @@ class LayerQuant:
     input: ActQuant | None = None
     output: ActQuant | None = None
     fused_relu: str | None = None
+    dynamic_granularity: str = "per-tensor"
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight the runtimes compute with: ``(q - zp) * scale``."""
@@ -81,6 +82,7 @@ class LayerQuant:
             "input": self.input.to_dict() if self.input else None,
             "output": self.output.to_dict() if self.output else None,
             "fused_relu": self.fused_relu,
+            "dynamic_granularity": self.dynamic_granularity,
         }
 
 
@@ -178,6 +180,7 @@ class QuantizedModel:
                 input=ActQuant(**m["input"]) if m["input"] else None,
                 output=ActQuant(**m["output"]) if m["output"] else None,
                 fused_relu=m["fused_relu"],
+                dynamic_granularity=m.get("dynamic_granularity", "per-tensor"),
             )
             layers[name] = lq
             # the float copy of a quantized weight is the dequantized value (keeps the model usable)

@@ -91,6 +91,7 @@ class WeightOnlyRecipe(Recipe):
         symmetric: symmetric weight grid (zero point 0).
         method: ``rtn`` (round to nearest) or ``gptq`` (Hessian-based error compensation).
         gptq_damp: GPTQ diagonal dampening, as a fraction of the mean Hessian diagonal.
+        embeddings: also store embedding tables as int8, one scale per row.
     """
 
     kind: ClassVar[str] = "weight-int8"
@@ -99,6 +100,7 @@ class WeightOnlyRecipe(Recipe):
     symmetric: bool = True
     method: str = "rtn"
     gptq_damp: float = 0.01
+    embeddings: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,11 +120,26 @@ class WeightOnlyRecipe(Recipe):
 
 @dataclass(frozen=True)
 class DynamicInt8Recipe(Recipe):
-    """INT8 per-channel weights; activations quantized per tensor at run time (uint8, affine)."""
+    """INT8 per-channel weights; activations quantized per tensor at run time (uint8, affine).
+
+    Attributes:
+        per_channel: per-channel weights (else per tensor).
+        activations: ``per-tensor`` (one uint8 affine scale for the whole input) or ``per-token``
+            (one symmetric int8 scale per row of the flattened ``(tokens, features)`` input, which
+            isolates transformers' outlier tokens).
+        embeddings: also store embedding tables as int8, one scale per row.
+    """
 
     kind: ClassVar[str] = "dynamic-int8"
     per_channel: bool = True
+    activations: str = "per-tensor"
     module_types: tuple[str, ...] = ("Linear",)
+    embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.activations not in ("per-tensor", "per-token"):
+            raise UserError(f"recipe dynamic-int8: activations must be per-tensor or per-token, got {self.activations!r}")
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,7 @@ class StaticInt8Recipe(Recipe):
         symmetric_activations: int8 symmetric activations (else uint8 affine).
         fold_bn: fold BatchNorm into the preceding convolution before calibration.
         fuse_relu: fuse a ReLU that follows a Conv/Linear into its output quantization.
+        embeddings: also store embedding tables as int8, one scale per row.
     """
 
     kind: ClassVar[str] = "static-int8"
@@ -145,6 +163,7 @@ class StaticInt8Recipe(Recipe):
     symmetric_activations: bool = False
     fold_bn: bool = True
     fuse_relu: bool = True
+    embeddings: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

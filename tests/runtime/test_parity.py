@@ -7,7 +7,10 @@ Tolerances, and why:
   with one folded multiplier ``acc * s_in * s_w / s_out`` while the simulation rounds
   ``(acc * s_in * s_w + bias) / s_out``, which disagree next to rounding ties (under 1% of
   elements);
-- the whole CNN: the same (1e-5 relative);
+- the whole CNN: the same (1e-5 relative); with per-token dynamic activations the rows are
+  quantized with their own small scales, and the last-bit differences of ONNX Runtime's float
+  convolutions upstream move an input across a rounding boundary now and then: one step of
+  one row, bounded here at 2e-4 of the output range;
 - the whole 6-layer transformer: LayerNorm, GELU and softmax differ between the two
   runtimes in the last float bits (~1e-7); now and then that moves an activation across a
   rounding boundary, a one-step difference at one layer that later layers carry along. So
@@ -30,6 +33,7 @@ SCHEMES = {
     "static-int8": get_recipe("static-int8"),
     "static-int8-pt-sym": get_recipe("static-int8", per_channel=False, symmetric_activations=True, calibration="percentile"),
     "dynamic-int8": get_recipe("dynamic-int8"),
+    "dynamic-int8-per-token": get_recipe("dynamic-int8", activations="per-token"),
     "weight-int8": get_recipe("weight-int8"),
     "weight-int4-g32": get_recipe("weight-int4", group_size=32),
     "weight-int4-gptq": get_recipe("weight-int4", group_size=64, method="gptq"),
@@ -59,11 +63,12 @@ def test_cnn_end_to_end_parity(mnist, scheme, tmp_path):
         with torch.no_grad():
             ref = module(*b).numpy()
         out = runner.run(b)
-        assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+        tol = 2e-4 if scheme.endswith("per-token") else 1e-5
+        assert np.abs(out - ref).max() <= tol * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("task_name", ["mnist", "bbc_small"])
-@pytest.mark.parametrize("scheme", ["static-int8", "dynamic-int8", "weight-int4-g32"])
+@pytest.mark.parametrize("scheme", ["static-int8", "dynamic-int8", "dynamic-int8-per-token", "weight-int4-g32"])
 def test_every_layer_alone_matches_simulation(task_name, scheme, request, tmp_path):
     task = request.getfixturevalue(task_name)
     qm = quantize(task.model, SCHEMES[scheme], task.calibration)
@@ -77,7 +82,7 @@ def test_every_layer_alone_matches_simulation(task_name, scheme, request, tmp_pa
         module(*task.eval_batches[0])
     for h in hooks:
         h.remove()
-    assert len(inputs) == len(qm.layers)
+    assert len(inputs) == sum(lq.kind != "embedding" for lq in qm.layers.values())
     for i, (name, x) in enumerate(inputs.items()):
         layer = module.get_submodule(name)
         path = export_onnx(layer, (x,), tmp_path / f"l{i}.onnx", ["input"], {"input": {0: "batch"}})
@@ -94,7 +99,7 @@ def test_every_layer_alone_matches_simulation(task_name, scheme, request, tmp_pa
             assert diff.max() <= tol, name
 
 
-@pytest.mark.parametrize("scheme", ["static-int8", "dynamic-int8", "weight-int8", "weight-int4-g32"])
+@pytest.mark.parametrize("scheme", ["static-int8", "dynamic-int8", "dynamic-int8-per-token", "weight-int8", "weight-int4-g32"])
 def test_transformer_end_to_end_parity(bbc_small, scheme, tmp_path):
     _, runner, module = _lowered(bbc_small, SCHEMES[scheme], tmp_path)
     outs, refs = [], []

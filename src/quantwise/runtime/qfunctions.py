@@ -85,6 +85,36 @@ class DynamicQMatMul(Function):
         return g.op("Add", g.op("Mul", accf, scale), bias)
 
 
+class DynamicQMatMulPerToken(Function):
+    """Dynamic INT8 matmul with one symmetric int8 scale per row (token) of ``x`` (M, K).
+
+    ONNX: ``ReduceMax(|x|)`` per row -> scale -> ``QuantizeLinear(axis=0)`` to int8 ->
+    ``MatMulInteger`` (int8 x int8, zero points 0) -> rescale by ``a_scale (M, 1) * w_scale (N,)``.
+    Symmetric, because ONNX Runtime's fused ``MatMulIntegerToFloat`` accepts only a scalar
+    activation zero point.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        a_scale = torch.clamp(x.abs().amax(dim=1, keepdim=True) / 127.0, min=1e-12)  # (M, 1)
+        xq = torch.clamp(torch.round(x / a_scale), -128, 127)
+        acc = xq.to(torch.float64) @ w_t.to(torch.float64)  # (M, N), exact int32
+        return (acc.to(torch.float32) * w_scale) * a_scale + bias
+
+    @staticmethod
+    def symbolic(g, x, w_t, w_scale, bias):  # noqa: ANN001, ANN205
+        amax = g.op("ReduceMax", g.op("Abs", x), axes_i=[1], keepdims_i=1)  # (M, 1)
+        a_scale = g.op("Max", g.op("Div", amax, _const(g, torch.tensor(127.0))), _const(g, torch.tensor(1e-12)))
+        flat = g.op("Reshape", a_scale, _const(g, torch.tensor([-1], dtype=torch.int64)))  # (M,)
+        zp = g.op("Cast", g.op("Mul", flat, _const(g, torch.tensor(0.0))), to_i=3)  # INT8 zeros, (M,)
+        xq = g.op("QuantizeLinear", x, flat, zp, axis_i=0)
+        acc = g.op("MatMulInteger", xq, w_t)
+        # Per-column weight scale first, per-row activation scale after: ONNX Runtime fuses
+        # MatMulInteger+Cast+Mul into MatMulIntegerToFloat, which reads a (M, 1) scale wrongly.
+        y = g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), w_scale), a_scale)
+        return g.op("Add", y, bias)
+
+
 class MatMulNBits(Function):
     """Block-wise 4/8-bit weight-only matmul: ONNX Runtime's ``com.microsoft::MatMulNBits``.
 

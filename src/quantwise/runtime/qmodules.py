@@ -14,7 +14,7 @@ from torch import nn
 from quantwise.numerics import get_qtype, pack_int4
 from quantwise.numerics.granularity import PerGroup, PerTensor
 from quantwise.quantized import ActQuant, LayerQuant
-from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, MatMulNBits
+from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, DynamicQMatMulPerToken, MatMulNBits
 
 
 def _qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
@@ -83,6 +83,7 @@ class QLinear(_QLayer):
     def __init__(self, lq: LayerQuant, layer: nn.Linear) -> None:
         super().__init__(lq, layer)
         self.k, self.n = layer.in_features, layer.out_features
+        self.per_token = lq.dynamic_granularity == "per-token"
         if self.mode == "dynamic":
             self.register_buffer("w_t", self.w_q.t().contiguous())  # (K, N) int8
         g = lq.weight_granularity
@@ -114,7 +115,8 @@ class QLinear(_QLayer):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.k)  # (M, K)
         if self.mode == "dynamic":
-            y = DynamicQMatMul.apply(x2, self.w_t, self.w_scale, self.bias)
+            fn = DynamicQMatMulPerToken if self.per_token else DynamicQMatMul
+            y = fn.apply(x2, self.w_t, self.w_scale, self.bias)
         elif hasattr(self, "nb_packed"):
             y = MatMulNBits.apply(x2, self.w_deq, self.nb_packed, self.nb_scales, self.nb_zp, self.bias, self.k, self.n, self.bits, self.block)
         else:
@@ -123,6 +125,20 @@ class QLinear(_QLayer):
             y = F.linear(x2, self._weight(), self._bias())
         y = self._finish(y)
         return y.reshape(*lead, self.n)
+
+
+class QEmbedding(nn.Module):
+    """An embedding table stored as int8 with one scale per row: ``Gather(DequantizeLinear(table), ids)``."""
+
+    def __init__(self, lq: LayerQuant, layer: nn.Embedding) -> None:
+        super().__init__()
+        self.padding_idx = layer.padding_idx
+        self.register_buffer("w_q", lq.weight_q.to(torch.int8).contiguous())  # (V, D)
+        self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1))  # (V,)
+        self.register_buffer("w_zp", lq.weight_zero_point.to(torch.int8).reshape(-1))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
+        return F.embedding(ids, DQ.apply(self.w_q, self.w_scale, self.w_zp, 0), self.padding_idx)
 
 
 def _nbits_block_ok(block: int, k: int) -> bool:

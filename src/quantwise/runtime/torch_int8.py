@@ -78,15 +78,31 @@ class Int8Conv2d(nn.Module):
         return op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
 
 
+class Int8Embedding(nn.Module):
+    """An int8 embedding table (one scale per row): rows are gathered, then scaled."""
+
+    def __init__(self, lq: LayerQuant, layer: nn.Embedding) -> None:
+        super().__init__()
+        self.register_buffer("w", lq.weight_q.to(torch.int8).contiguous())  # (V, D)
+        self.register_buffer("s", lq.weight_scale.reshape(-1, 1).float())  # (V, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
+        return self.w[ids].to(torch.float32) * self.s[ids]
+
+
 def why_not_int8(qm: QuantizedModel) -> str | None:
     """None when every quantized layer has a PyTorch int8 kernel here, else the reason."""
     if qm.cast:
         return f"{qm.cast} is a float cast: no int8 kernels (run it with --runtime torch)"
-    if not qm.layers:
-        return "no quantized layers"
+    if not any(lq.kind != "embedding" for lq in qm.layers.values()):
+        return "no quantized Linear or Conv2d layers"
     for name, lq in qm.layers.items():
         if lq.weight_qtype != "int8":
             return f"{name}: {lq.weight_qtype} weights have no PyTorch int8 kernel (use --runtime onnxruntime for MatMulNBits)"
+        if lq.kind == "embedding":
+            continue
+        if lq.mode == "dynamic" and lq.dynamic_granularity != "per-tensor":
+            return f"{name}: PyTorch's dynamic int8 kernel quantizes activations per tensor, not {lq.dynamic_granularity}"
         if lq.mode == "weight_only":
             return f"{name}: weight-only formats have no fast PyTorch CPU kernel here (use --runtime onnxruntime)"
         if lq.mode == "static" and (lq.input.qtype != "uint8" or (lq.output and lq.output.qtype != "uint8")):
@@ -105,7 +121,8 @@ def lower_torch_int8(qm: QuantizedModel) -> nn.Module:
     model = copy.deepcopy(qm.model).eval()
     for name, lq in qm.layers.items():
         layer = model.get_submodule(name)
-        set_module(model, name, Int8Conv2d(lq, layer) if lq.kind == "conv2d" else Int8Linear(lq, layer))
+        cls = {"conv2d": Int8Conv2d, "linear": Int8Linear, "embedding": Int8Embedding}[lq.kind]
+        set_module(model, name, cls(lq, layer))
         if lq.fused_relu:
             set_module(model, lq.fused_relu, nn.Identity())
     return model

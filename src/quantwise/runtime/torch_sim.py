@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from quantwise.quantized import QuantizedModel
-from quantwise.runtime.qmodules import CastModel, QConv2d, QLinear
+from quantwise.runtime.qmodules import CastModel, QConv2d, QEmbedding, QLinear
 from quantwise.transform.fusion import set_module
 
 _CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -23,7 +23,7 @@ def lower_torch(qm: QuantizedModel) -> nn.Module:
     model = copy.deepcopy(qm.model).eval()
     for name, lq in qm.layers.items():
         layer = model.get_submodule(name)
-        new = QConv2d(lq, layer) if lq.kind == "conv2d" else QLinear(lq, layer)
+        new = {"conv2d": QConv2d, "linear": QLinear, "embedding": QEmbedding}[lq.kind](lq, layer)
         set_module(model, name, new)
         if lq.fused_relu:
             set_module(model, lq.fused_relu, nn.Identity())

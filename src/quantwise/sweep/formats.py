@@ -44,6 +44,7 @@ FORMATS: dict[str, Format] = {
         Format("fp16", "fp16", family="fp16"),
         Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
         Format("dynamic-int8", "dynamic-int8", runtimes=_INT8_RT, family="int8"),
+        Format("dynamic-int8-per-token", "dynamic-int8", {"activations": "per-token"}, family="int8"),
         Format("static-int8-minmax", "static-int8", {"calibration": "minmax"}, runtimes=_INT8_RT, family="int8"),
         Format("static-int8-percentile", "static-int8", {"calibration": "percentile"}, runtimes=_INT8_RT, family="int8"),
         Format("static-int8-entropy", "static-int8", {"calibration": "entropy"}, runtimes=_INT8_RT, family="int8"),
@@ -58,7 +59,8 @@ FORMATS: dict[str, Format] = {
 def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Format, str]]:
     """``(format, runtime)`` pairs to run, from comma-separated ``--formats``/``--runtimes`` (None: all).
 
-    A format name may be a prefix (``static-int8`` selects every calibration). FP32 is always
+    A name selects that format; a name that is no format's id selects every format it prefixes
+    (``static-int8`` selects every calibration). FP32 is always
     included as the baseline.
     """
     from quantwise.api import RUNTIMES
@@ -70,7 +72,7 @@ def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Form
     chosen: list[Format] = []
     if formats:
         for name in (n.strip() for n in formats.split(",")):
-            hits = [f for f in FORMATS.values() if f.id == name or f.id.startswith(name + "-")]
+            hits = [FORMATS[name]] if name in FORMATS else [f for f in FORMATS.values() if f.id.startswith(name + "-")]
             if not hits:
                 raise UserError(f"unknown format {name!r} in --formats: choose from {', '.join(FORMATS)}")
             chosen += [h for h in hits if h not in chosen]

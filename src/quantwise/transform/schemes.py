@@ -18,11 +18,21 @@ from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, W
 from quantwise.transform.fusion import find_relu_after, fold_batchnorm
 from quantwise.transform.gptq import gptq_quantize, hessian_update
 from quantwise.transform.registry import Batch, register_handler
-from quantwise.transform.select import select_layers
+from quantwise.transform.select import select_embeddings, select_layers
 
 
 def _kind(mod: nn.Module) -> str:
+    if isinstance(mod, nn.Embedding):
+        return "embedding"
     return "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
+
+
+def _embeddings(model: nn.Module, recipe: object, layers: dict[str, LayerQuant], skipped: dict[str, str]) -> None:
+    """Int8 tables, one symmetric scale per row (per token vector), for recipes that ask."""
+    chosen, skip = select_embeddings(model, recipe)  # type: ignore[arg-type]
+    skipped.update(skip)
+    for name, mod in chosen:
+        layers[name] = _weight_layer(mod, "weight_only", 8, 0, True)
 
 
 def _weight_layer(mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True) -> LayerQuant:
@@ -59,6 +69,7 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
     else:
         for name, mod in todo:
             layers[name] = _weight_layer(mod, "weight_only", recipe.bits, recipe.group_size, recipe.symmetric)
+    _embeddings(model, recipe, layers, skipped)
     _write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
 
@@ -110,6 +121,8 @@ def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence
             skipped[name] = "dynamic INT8 covers Linear layers; use static-int8 for convolutions"
             continue
         layers[name] = _weight_layer(mod, "dynamic", 8, 0, True, recipe.per_channel)
+        layers[name].dynamic_granularity = recipe.activations
+    _embeddings(model, recipe, layers, skipped)
     _write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped)
 
@@ -136,6 +149,7 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
             lq.output = _act(out_obs[out_at[name]].range(), act_t, recipe.symmetric_activations)
             lq.fused_relu = relus.get(name)
         layers[name] = lq
+    _embeddings(model, recipe, layers, skipped)
     _write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, folded=folded,
                           info={"calibration_batches": len(calib)})

@@ -20,7 +20,11 @@ def select_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.
     wanted = tuple(_TYPES[t] for t in (recipe.module_types or tuple(_TYPES)))
     chosen, skipped = [], {}
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Embedding)):
+        if isinstance(mod, nn.Embedding):
+            if not getattr(recipe, "embeddings", False):
+                skipped[name] = "embedding table kept in float (recipe embeddings=false or not an integer scheme)"
+            continue
+        if isinstance(mod, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d)):
             skipped[name] = f"{type(mod).__name__} is not supported by quantwise yet"
             continue
         if not isinstance(mod, (nn.Linear, nn.Conv2d)):
@@ -33,6 +37,25 @@ def select_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.
             skipped[name] = "matched an exclude pattern"
         elif isinstance(mod, nn.Conv2d) and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
             skipped[name] = "Conv2d with groups/padding mode/string padding is not supported yet"
+        else:
+            chosen.append((name, mod))
+    return chosen, skipped
+
+
+def select_embeddings(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """Embedding tables to store as int8 (recipes with ``embeddings=True``), and the skipped ones."""
+    chosen, skipped = [], {}
+    if not getattr(recipe, "embeddings", False):
+        return chosen, skipped
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Embedding):
+            continue
+        if recipe.include and not any(fnmatch(name, p) for p in recipe.include):
+            skipped[name] = "not matched by include patterns"
+        elif any(fnmatch(name, p) for p in recipe.exclude):
+            skipped[name] = "matched an exclude pattern"
+        elif mod.max_norm is not None or mod.sparse:
+            skipped[name] = "Embedding with max_norm or sparse gradients is not supported"
         else:
             chosen.append((name, mod))
     return chosen, skipped
