@@ -27,6 +27,7 @@ SCHEMES = [
     ("fp32", None),
     ("fp16", get_recipe("fp16")),
     ("dynamic-int8", get_recipe("dynamic-int8")),
+    ("dynamic-int8 per-token", get_recipe("dynamic-int8", activations="per-token")),
     ("static-int8 minmax", get_recipe("static-int8")),
     ("static-int8 percentile", get_recipe("static-int8", calibration="percentile")),
     ("static-int8 entropy", get_recipe("static-int8", calibration="entropy")),
@@ -64,7 +65,8 @@ def main() -> None:
         base = None
         for rt in args.runtimes.split(","):
             for name, recipe in SCHEMES:
-                if rt == "torch-int8" and (recipe is None or recipe.name not in ("dynamic-int8", "static-int8")):
+                if rt == "torch-int8" and (recipe is None or recipe.name not in ("dynamic-int8", "static-int8")
+                                           or getattr(recipe, "activations", "") == "per-token"):
                     continue  # no PyTorch int8 kernels for the other formats (see runtime/torch_int8.py)
                 rec = evaluate(task, recipe, rt, measure_memory=False, latency_seconds=args.seconds)
                 if base is None:

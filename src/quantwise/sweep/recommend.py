@@ -110,13 +110,14 @@ def recommend(
             reasons[k] = f"over budget: drops {100 * drop:.2f} points (budget {100 * allowed:.2f})"
             continue
         if objective == "latency" and measured:
-            b = base.get(baseline_runtime(r["runtime"]))
+            brt = baseline_runtime(r["runtime"])
+            b = base.get(brt)
             v, bv = _objective(r, objective, latency_batch), _objective(b, objective, latency_batch) if b else None
             if v is None or bv is None:
                 reasons[k] = "latency not measured"
                 continue
             if v >= bv:
-                reasons[k] = f"slower than FP32 in {r['runtime']} ({bv / v:.2f}x): not a speed win"
+                reasons[k] = f"slower than FP32 in {brt} ({bv / v:.2f}x): not a speed win"
                 continue
         candidates.append(r)
 
