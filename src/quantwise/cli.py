@@ -12,10 +12,14 @@ from quantwise.errors import UserError
 
 def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="built-in task (mnist-cnn, bbc-minilm) or path/task.py:function (default: mnist-cnn)")
-    p.add_argument("--model", help="a local Hugging Face model folder (with --data)")
-    p.add_argument("--data", help="CSV or JSONL file with text and label columns (with --model)")
+    p.add_argument("--model", help="a local Hugging Face model folder, or a .pt model file for image folders (with --data)")
+    p.add_argument("--data", help="CSV/JSONL file with text and label columns, or a folder of images in class sub-folders")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--image-size", type=int, default=28, help="image folders: resize to N x N (default 28)")
+    p.add_argument("--rgb", action="store_true", help="image folders: 3 colour channels (default: grayscale)")
+    p.add_argument("--mean", type=float, nargs="+", help="image folders: per-channel mean to subtract (after /255)")
+    p.add_argument("--std", type=float, nargs="+", help="image folders: per-channel std to divide by")
     p.add_argument("--limit", type=int, help="evaluate on the first N test examples only (quick runs)")
     p.add_argument("--threads", type=int, default=1, help="threads for inference and timing (default 1)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or the JSON result record")
@@ -93,7 +97,8 @@ def _load_task(args: argparse.Namespace) -> Any:
     from quantwise.tasks import load_task
 
     return load_task(args.task, model=args.model, data=args.data, text_column=args.text_column,
-                     label_column=args.label_column, limit=args.limit)
+                     label_column=args.label_column, limit=args.limit, image_size=args.image_size,
+                     grayscale=not args.rgb, mean=args.mean, std=args.std)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

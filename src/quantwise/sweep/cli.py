@@ -39,7 +39,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     get_profile(args.target)
     select_formats(args.formats, args.runtimes)  # validate names before loading anything
     task = load_task(args.task, model=args.model, data=args.data, text_column=args.text_column,
-                     label_column=args.label_column, limit=args.limit)
+                     label_column=args.label_column, limit=args.limit, image_size=args.image_size,
+                     grayscale=not args.rgb, mean=args.mean, std=args.std)
     out = Path(args.out)
     result = run_compare(task, settings, out, resume=args.resume)
     exported = export_recommended(task, result, out, args.threads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from quantwise.errors import UserError
 from quantwise.tasks.base import Task
 
@@ -17,11 +19,20 @@ def load_task(
     text_column: str = "text",
     label_column: str = "label",
     limit: int | None = None,
+    image_size: int = 28,
+    grayscale: bool = True,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> Task:
-    """Resolve a task: a built-in name, ``path/task.py:function``, or ``--model DIR --data FILE``."""
+    """Resolve a task: a built-in name, ``path/task.py:function``, ``--model DIR --data FILE``
+    (Hugging Face folder + CSV/JSONL) or ``--model FILE.pt --data IMAGE_DIR``."""
     if model or data:
         if not (model and data):
-            raise UserError("a Hugging Face task needs both --model DIR and --data FILE.csv|.jsonl")
+            raise UserError("a user task needs both --model and --data (a Hugging Face folder + CSV/JSONL, or a .pt model + image folder)")
+        if Path(data).is_dir():
+            from quantwise.tasks.images import build_image_task
+
+            return build_image_task(model, data, image_size, grayscale, mean, std, limit=limit)
         from quantwise.tasks.text import build_hf_csv
 
         return build_hf_csv(model, data, text_column, label_column, limit=limit)

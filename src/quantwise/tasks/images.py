@@ -1,0 +1,98 @@
+"""A user's image classifier on a folder of images in class sub-folders.
+
+``--model model.pt`` is a TorchScript file or a whole pickled ``nn.Module`` (``torch.save(model)``);
+``--data DIR`` holds one sub-folder per class (class index = sorted folder order). Images are
+resized to ``--image-size``, scaled to [0, 1], normalised by ``--mean``/``--std``. Stratified
+70/30 split (random_state=0): calibration from the first 128 training images, evaluation on
+the test part.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantwise.errors import UserError
+from quantwise.tasks.base import Task, batched, classification_metrics
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def load_model_file(path: Path) -> nn.Module:
+    """A TorchScript file or a pickled ``nn.Module``."""
+    if not path.is_file():
+        raise UserError(f"model file {path} not found: pass a TorchScript file or a torch.save(model) file")
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:  # unpickling errors come in many types
+        raise UserError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if not isinstance(obj, nn.Module):
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a model: save the module itself with torch.save(model, path)")
+    return obj.eval()
+
+
+def read_images(root: Path, size: int, grayscale: bool, mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(images (N, C, size, size) float32, labels, class names)``."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError("image folders need Pillow: pip install pillow") from None
+    if not root.is_dir():
+        raise UserError(f"image folder {root} not found: pass a folder with one sub-folder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise UserError(f"{root} needs at least two class sub-folders, found {len(classes)}")
+    xs, ys = [], []
+    for i, c in enumerate(classes):
+        for f in sorted((root / c).iterdir()):
+            if f.suffix.lower() not in EXTENSIONS:
+                continue
+            img = Image.open(f).convert("L" if grayscale else "RGB").resize((size, size))
+            a = np.asarray(img, dtype=np.float32) / 255.0
+            a = a[None] if grayscale else a.transpose(2, 0, 1)  # (C, H, W)
+            xs.append(a)
+            ys.append(i)
+    if not xs:
+        raise UserError(f"no images ({', '.join(sorted(EXTENSIONS))}) under {root}")
+    x = np.stack(xs)
+    c = x.shape[1]
+    m = np.array(mean * c if len(mean) == 1 else mean, dtype=np.float32).reshape(1, c, 1, 1)
+    s = np.array(std * c if len(std) == 1 else std, dtype=np.float32).reshape(1, c, 1, 1)
+    return (x - m) / s, np.array(ys), classes
+
+
+def build_image_task(model_path: str, data: str, size: int = 28, grayscale: bool = True,
+                     mean: list[float] | None = None, std: list[float] | None = None, limit: int | None = None) -> Task:
+    from sklearn.model_selection import train_test_split
+
+    path = Path(model_path)
+    model = load_model_file(path)
+    x, y, classes = read_images(Path(data), size, grayscale, mean or [0.0], std or [1.0])
+    try:
+        tr, te = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=0)
+    except ValueError as e:
+        raise UserError(f"cannot split the images 70/30 by class: {e}; give at least 2 images per class") from None
+    if limit:
+        te = te[:limit]
+    xt = torch.from_numpy(x)
+    labels = y[te]
+    return Task(
+        name=f"images:{Path(data).name}",
+        model=model,
+        calibration=batched(xt[tr[:128]], 32),
+        eval_batches=batched(xt[te], 256),
+        score=lambda out: classification_metrics(labels, out.argmax(axis=1), len(classes)),
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        latency_input=lambda n: (xt[np.resize(te, n)],),
+        build_model=lambda: load_model_file(path),
+        labels=labels,
+        info={"classes": classes, "n_test": len(te)},
+    )
