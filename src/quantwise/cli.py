@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--runtime", default="torch", help="torch (default) or onnxruntime")
     q.add_argument("--out", help="folder to write the quantized model, its lowered artifact and result.json")
     sub.add_parser("recipes", help="list recipes and their keys")
+    ex = sub.add_parser("explain", help="per-layer sensitivity of a recipe: where accuracy went and what would fix it")
+    _task_args(ex)
+    _recipe_args(ex)
+    ex.add_argument("--samples", type=int, default=256, help="evaluation examples to measure on (default 256)")
+    ex.add_argument("--top", type=int, default=5, help="diagnose causes for the N most sensitive layers (default 5)")
+    ex.add_argument("--out", help="folder for explain.json and explain.html")
     from quantwise.sweep.cli import add_compare_parser
 
     add_compare_parser(sub, _task_args)
@@ -133,6 +139,26 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantwise.explain.run import explain, explain_table, write_explain
+    from quantwise.report.terminal import make_console
+
+    recipe = recipe_from_args(args)
+    if args.samples <= 0 or args.top <= 0:
+        raise UserError("--samples and --top must be positive")
+    task = _load_task(args)
+    result = explain(task, recipe, samples=args.samples, top=args.top)
+    if args.out:
+        write_explain(result, Path(args.out))
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        make_console().print(explain_table(result))
+    return 0
+
+
 def cmd_recipes(_args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -148,7 +174,7 @@ def cmd_recipes(_args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"evaluate": cmd_evaluate, "quantize": cmd_quantize, "recipes": cmd_recipes}
+    handlers = {"evaluate": cmd_evaluate, "quantize": cmd_quantize, "recipes": cmd_recipes, "explain": cmd_explain}
     try:
         if args.command == "compare":
             from quantwise.sweep.cli import cmd_compare
