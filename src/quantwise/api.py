@@ -47,7 +47,7 @@ def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[
         recipe = get_recipe(recipe)
     handler = HANDLERS.get(type(recipe))
     if handler is None:
-        raise UserError(f"no quantization handler for recipe {recipe.name!r}")
+        raise UserError(f"recipe {recipe.name!r} needs a task (it searches on validation data): use quantwise.evaluate(task, recipe)")
     check_finite_weights(model)
     calib = list(calibration_data or [])
     if needs_calibration(recipe):
@@ -58,6 +58,17 @@ def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[
     qm = handler(model, recipe, calib)
     qm.info["time_to_quantize_s"] = time.perf_counter() - t0
     return qm
+
+
+def _build(task: Task, recipe: Recipe) -> QuantizedModel:
+    """Quantize for a task; searches that need the task's validation data (mixed) go here."""
+    from quantwise.recipes import MixedRecipe
+
+    if isinstance(recipe, MixedRecipe):
+        from quantwise.transform.mixed import search_mixed
+
+        return search_mixed(task, recipe)
+    return quantize(task.model, recipe, task.calibration)
 
 
 def check_finite_weights(model: nn.Module) -> None:
@@ -128,11 +139,12 @@ def evaluate(
     batch_sizes: tuple[int, ...] = (1, 32),
     measure_memory: bool = True,
     latency_seconds: float = 5.0,
+    quantized: QuantizedModel | None = None,
 ) -> dict[str, Any]:
     """Quantize (unless ``recipe`` is None: FP32), lower, run and measure; returns the result record.
 
     With ``out``, the artifacts and ``result.json`` are written there (atomically: a temporary
-    folder renamed when complete).
+    folder renamed when complete). ``quantized`` reuses a QuantizedModel already built for ``recipe``.
     """
     if isinstance(recipe, str):
         recipe = None if recipe == "fp32" else get_recipe(recipe)
@@ -143,7 +155,7 @@ def evaluate(
     name = recipe.name if recipe else "fp32"
     tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
     try:
-        qm = quantize(task.model, recipe, task.calibration) if recipe else None
+        qm = quantized if quantized is not None else (_build(task, recipe) if recipe else None)
         runner, module = lower(qm, task, runtime, tmp, threads)
         outputs = run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating")
         record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)

@@ -27,7 +27,7 @@ def _task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="fp16, bf16, weight-int8, weight-int4, dynamic-int8, static-int8")
+    p.add_argument("--recipe", help="fp16, bf16, weight-int8, weight-int4, dynamic-int8, static-int8, mixed")
     p.add_argument("--recipe-file", help="a recipe as JSON or YAML (keys as in `quantwise recipes`)")
     p.add_argument("--calibration", help="static-int8 observer: minmax, moving-average, percentile, entropy, mse")
     p.add_argument("--percentile", type=float, help="percentile for --calibration percentile (default 99.99)")
@@ -37,6 +37,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetric-activations", action="store_true", help="static-int8: int8 symmetric activations")
     p.add_argument("--activations", choices=("per-tensor", "per-token"), help="dynamic-int8: activation scales per tensor (default) or per token")
     p.add_argument("--float-embeddings", action="store_true", help="keep embedding tables in float (default: int8, one scale per row)")
+    p.add_argument("--max-drop", type=float, help="mixed: budget in points of validation predictions that may change (default 0.2)")
+    p.add_argument("--base", choices=("static-int8", "dynamic-int8"), help="mixed: the INT8 scheme for the layers it quantizes")
     p.add_argument("--include", action="append", default=[], help="quantize only modules matching this pattern (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="keep modules matching this pattern in float (repeatable)")
 
@@ -80,7 +82,8 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     if args.recipe not in RECIPES:
         raise UserError(f"unknown recipe {args.recipe!r}: choose one of {', '.join(RECIPES)}")
     over: dict[str, Any] = {}
-    for flag, key in (("calibration", "calibration"), ("percentile", "percentile"), ("group_size", "group_size"), ("method", "method")):
+    for flag, key in (("calibration", "calibration"), ("percentile", "percentile"), ("group_size", "group_size"), ("method", "method"),
+                      ("max_drop", "max_drop"), ("base", "base")):
         v = getattr(args, flag)
         if v is not None:
             over[key] = v

@@ -173,6 +173,31 @@ class StaticInt8Recipe(Recipe):
             raise UserError(f"recipe static-int8: percentile must be in (50, 100], got {self.percentile}")
 
 
+@dataclass(frozen=True)
+class MixedRecipe(Recipe):
+    """Mixed precision: a base INT8 scheme with the most sensitive layers kept in FP32.
+
+    Attributes:
+        base: ``static-int8`` or ``dynamic-int8``.
+        calibration: observer for a static base.
+        max_drop: budget in points of validation predictions that may change vs FP32.
+    """
+
+    kind: ClassVar[str] = "mixed"
+    base: str = "static-int8"
+    calibration: str = "minmax"
+    max_drop: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.base not in ("static-int8", "dynamic-int8"):
+            raise UserError(f"recipe mixed: base must be static-int8 or dynamic-int8, got {self.base!r}")
+        if self.calibration not in OBSERVERS:
+            raise UserError(f"recipe mixed: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+        if self.max_drop < 0:
+            raise UserError(f"recipe mixed: max_drop must not be negative, got {self.max_drop}")
+
+
 # name users type -> (class, default overrides)
 RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
     "fp16": (CastRecipe, {"dtype": "fp16"}),
@@ -181,6 +206,7 @@ RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
     "weight-int4": (WeightOnlyRecipe, {"bits": 4, "group_size": 32}),
     "dynamic-int8": (DynamicInt8Recipe, {}),
     "static-int8": (StaticInt8Recipe, {}),
+    "mixed": (MixedRecipe, {}),
 }
 
 

@@ -39,11 +39,11 @@ def test_interrupted_run_resumes_without_recomputing(mnist, tmp_path, monkeypatc
     real = cmp._run_one
     calls = []
 
-    def interrupt_third(task, fmt, runtime, s):
+    def interrupt_third(task, fmt, runtime, s, built=None):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(fmt.id)
-        return real(task, fmt, runtime, s)
+        return real(task, fmt, runtime, s, built)
 
     monkeypatch.setattr(cmp, "_run_one", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
@@ -53,9 +53,9 @@ def test_interrupted_run_resumes_without_recomputing(mnist, tmp_path, monkeypatc
 
     resumed = []
 
-    def count(task, fmt, runtime, s):
+    def count(task, fmt, runtime, s, built=None):
         resumed.append(fmt.id)
-        return real(task, fmt, runtime, s)
+        return real(task, fmt, runtime, s, built)
 
     monkeypatch.setattr(cmp, "_run_one", count)
     result = run_compare(mnist, settings(), tmp_path, resume=True)

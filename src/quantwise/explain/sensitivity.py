@@ -99,6 +99,26 @@ def layer_sensitivity(task: Task, qm: QuantizedModel, samples: int = 256,
     return summary, rows
 
 
+def layer_sensitivity_on(float_model: nn.Module, qm: QuantizedModel, batches: Sequence[Batch]) -> list[LayerSensitivity]:
+    """Output SQNR with only each layer quantized, on ``batches``; most sensitive first (no labels needed)."""
+    ref_model = float_model.eval()
+    if qm.folded:
+        from quantwise.transform.fusion import fold_batchnorm
+
+        ref_model = copy.deepcopy(float_model).eval()
+        fold_batchnorm(ref_model)
+    sim = lower_torch(qm).eval()
+    ref = _run(ref_model, batches)
+    rows = []
+    for name in progress_iter(list(qm.layers), "sensitivity: one layer at a time"):
+        relu = qm.layers[name].fused_relu
+        out = _run_swapped(ref_model, {name: sim.get_submodule(name)} | ({relu: nn.Identity()} if relu else {}), batches)
+        s = sqnr_db(ref, out)
+        rows.append(LayerSensitivity(name, float("nan"), s, float("nan"), float("nan")))
+    rows.sort(key=lambda r: r.only_sqnr_db)
+    return rows
+
+
 def _run_swapped(model: nn.Module, swaps: dict[str, nn.Module], batches: Sequence[Batch]) -> np.ndarray:
     """Outputs with some submodules swapped in; the originals are always put back."""
     originals = {n: model.get_submodule(n) for n in swaps}

@@ -43,7 +43,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      grayscale=not args.rgb, mean=args.mean, std=args.std)
     out = Path(args.out)
     result = run_compare(task, settings, out, resume=args.resume)
-    exported = export_recommended(task, result, out, args.threads)
+    exported = export_recommended(task, result, out, args.threads, settings.max_drop.points(1.0))
     result["exported"] = str(exported) if exported else None
     _write_json(out / "results.json", result)
     write_html(result, out / "report.html")

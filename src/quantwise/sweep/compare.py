@@ -63,6 +63,7 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
     records_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_file, {"identity": identity, "settings": settings.to_dict()})
     records: list[dict[str, Any]] = []
+    built: dict[str, Any] = {}  # one QuantizedModel per format, shared by its runtimes
     with live_progress() as progress:
         overall = progress.add_task("compare: all formats", total=len(pairs))
         for fmt, runtime in pairs:
@@ -72,7 +73,7 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
                 progress.advance(overall)
                 continue
             progress.update(overall, description=f"compare: {fmt.id} · {runtime}")
-            rec = _run_one(task, fmt, runtime, settings)
+            rec = _run_one(task, fmt, runtime, settings, built)
             _write_json(path, rec)
             records.append(rec)
             progress.advance(overall)
@@ -90,10 +91,16 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
     }
 
 
-def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings) -> dict[str, Any]:
+def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: dict[str, Any] | None = None) -> dict[str, Any]:
+    from quantwise.api import _build
+
+    built = {} if built is None else built
     try:
-        rec = evaluate(task, fmt.build_recipe(), runtime, threads=s.threads, batch_sizes=(s.latency_batch, s.batch_n),
-                       measure_memory=s.measure_memory, latency_seconds=s.latency_seconds)
+        recipe = fmt.build_recipe(s.max_drop.points(1.0))
+        if recipe is not None and fmt.id not in built:
+            built[fmt.id] = _build(task, recipe)
+        rec = evaluate(task, recipe, runtime, threads=s.threads, batch_sizes=(s.latency_batch, s.batch_n),
+                       measure_memory=s.measure_memory, latency_seconds=s.latency_seconds, quantized=built.get(fmt.id))
         rec.pop("env", None)
     except UserError:
         raise
@@ -118,7 +125,8 @@ def _derive(records: list[dict[str, Any]]) -> None:
         r["compression"] = b["size_bytes"] / r["size_bytes"] if r["size_bytes"] else None
 
 
-def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: int = 1) -> Path | None:
+def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: int = 1,
+                       max_drop_points: float | None = None) -> Path | None:
     """Rebuild the winner (deterministic) and write it with a metadata file to ``out/recommended``."""
     from quantwise.sweep.formats import FORMATS
 
@@ -127,12 +135,12 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
         return None
     fmt = FORMATS[w["format"]]
     dest = out / "recommended"
-    evaluate(task, fmt.build_recipe(), w["runtime"], out=dest, threads=threads, batch_sizes=(1,), measure_memory=False,
+    evaluate(task, fmt.build_recipe(max_drop_points), w["runtime"], out=dest, threads=threads, batch_sizes=(1,), measure_memory=False,
              latency_seconds=0.5)
     artifact = "model.onnx" if w["runtime"] == "onnxruntime" else "quantized/"
     how = ("onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])" if w["runtime"] == "onnxruntime"
            else "quantwise.QuantizedModel.load('quantized', model=<fresh float model>) then quantwise.runtime.torch_sim.lower_torch(qm)")
-    meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": fmt.build_recipe().to_dict() if fmt.recipe else None,
+    meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": fmt.build_recipe(max_drop_points).to_dict() if fmt.recipe else None,
             "task": task.name, "artifact": artifact, "how_to_load": how, "inputs": task.input_names,
             "accuracy_drop_points": w["drop_points"], "made_by": "quantwise compare", "created": result["created"]}
     _write_json(dest / "quantwise-export.json", meta)

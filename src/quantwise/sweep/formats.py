@@ -31,8 +31,14 @@ class Format:
     runtimes: tuple[str, ...] = ("torch", "onnxruntime")
     family: str = "fp32"
 
-    def build_recipe(self) -> Recipe | None:
-        return get_recipe(self.recipe, **self.overrides) if self.recipe else None
+    def build_recipe(self, max_drop_points: float | None = None) -> Recipe | None:
+        """The recipe; a budgeted search (``mixed``) gets compare's accuracy budget."""
+        if not self.recipe:
+            return None
+        over = dict(self.overrides)
+        if self.recipe == "mixed" and max_drop_points is not None:
+            over["max_drop"] = max_drop_points
+        return get_recipe(self.recipe, **over)
 
 
 _INT8_RT = ("torch", "torch-int8", "onnxruntime")
@@ -52,6 +58,7 @@ FORMATS: dict[str, Format] = {
         Format("weight-int8", "weight-int8", family="int8-weight"),
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
         Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
+        Format("mixed", "mixed", runtimes=("onnxruntime",), family="int8"),
     )
 }
 

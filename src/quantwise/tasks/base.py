@@ -29,7 +29,9 @@ class Task:
         labels: Ground-truth labels of the evaluation set (classification tasks), if any.
         primary_metric: The metric the accuracy budget applies to.
         build_model: Rebuilds a fresh copy of the float model (to load saved artifacts).
-        train: Optional training data for formats that train (inputs batches, labels).
+        predict: Maps outputs to class predictions (argmax of logits unless the task says otherwise).
+        validation: Batches held out from the test set, for searches (mixed precision) to
+            measure on without touching the test set.
     """
 
     name: str
@@ -45,6 +47,8 @@ class Task:
     primary_metric: str = "accuracy"
     output_names: list[str] = field(default_factory=lambda: ["output"])
     info: dict[str, Any] = field(default_factory=dict)
+    predict: Callable[[np.ndarray], np.ndarray] = lambda out: out.argmax(axis=1)
+    validation: Sequence[Batch] = ()
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> dict[str, Any]:

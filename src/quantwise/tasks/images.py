@@ -95,4 +95,5 @@ def build_image_task(model_path: str, data: str, size: int = 28, grayscale: bool
         build_model=lambda: load_model_file(path),
         labels=labels,
         info={"classes": classes, "n_test": len(te)},
+        validation=batched(xt[tr], 256),
     )

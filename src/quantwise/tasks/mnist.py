@@ -62,4 +62,5 @@ def build(limit: int | None = None, batch_size: int = 256) -> Task:
         build_model=_build_model,
         labels=labels,
         info={"train": (xt[calib_idx], torch.from_numpy(y[calib_idx])), "n_test": len(test_idx)},
+        validation=batched(xt[calib_idx], 250),
     )

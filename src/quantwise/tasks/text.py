@@ -143,6 +143,8 @@ def build_text_task(
         build_model=rebuild,
         labels=y_te,
         info={"n_test": len(te), "n_train": len(tr), "classifier": clf},
+        predict=lambda out: clf.predict(out.astype(np.float32)),
+        validation=batches(tr[calib_size : calib_size + 256]),
     )
 
 
