@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from quantwise.api import quantize
+from quantwise.api import _build
 from quantwise.explain.causes import diagnose, input_stats, weight_error_against
 from quantwise.explain.sensitivity import _subset, layer_sensitivity, reference_model
 from quantwise.numerics.granularity import PerTensor
@@ -23,7 +23,7 @@ EXPLAIN_SCHEMA = "quantwise.explain/1"
 
 def explain(task: Task, recipe: Recipe, samples: int = 256, top: int = 5) -> dict[str, Any]:
     """Per-layer sensitivity of ``recipe`` on ``task``, worst first, with causes for the ``top`` worst."""
-    qm = quantize(task.model, recipe, task.calibration)
+    qm = _build(task, recipe)
     ref = reference_model(task, qm)
     summary, rows = layer_sensitivity(task, qm, samples, ref)
     batches, _ = _subset(task, samples)
