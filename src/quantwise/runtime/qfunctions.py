@@ -54,6 +54,24 @@ class DQ(Function):
         return g.op("DequantizeLinear", q, scale, zero_point, axis_i=axis)
 
 
+class GatherDQ(Function):
+    """Rows of an int8 table, dequantized after the gather: ``Gather(q) * Gather(scale)``.
+
+    Only the looked-up rows are dequantized, so the table stays int8 in memory too.
+    """
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # ids: (B, S) int64, q: (V, D) int8, scale: (V,) -> (B, S, D)
+        return q[ids].to(torch.float32) * scale[ids].unsqueeze(-1)
+
+    @staticmethod
+    def symbolic(g, ids, q, scale):  # noqa: ANN001, ANN205
+        rows = g.op("Cast", g.op("Gather", q, ids, axis_i=0), to_i=1)
+        s = g.op("Unsqueeze", g.op("Gather", scale, ids, axis_i=0), _const(g, torch.tensor([-1], dtype=torch.int64)))
+        return g.op("Mul", rows, s)
+
+
 class DynamicQMatMul(Function):
     """Dynamic INT8 matmul: activations quantized per tensor at run time to uint8.
 

@@ -14,7 +14,7 @@ from torch import nn
 from quantwise.numerics import get_qtype, pack_int4
 from quantwise.numerics.granularity import PerGroup, PerTensor
 from quantwise.quantized import ActQuant, LayerQuant
-from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, DynamicQMatMulPerToken, MatMulNBits
+from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, DynamicQMatMulPerToken, GatherDQ, MatMulNBits
 
 
 def _qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
@@ -128,7 +128,7 @@ class QLinear(_QLayer):
 
 
 class QEmbedding(nn.Module):
-    """An embedding table stored as int8 with one scale per row: ``Gather(DequantizeLinear(table), ids)``."""
+    """An embedding table stored as int8 with one symmetric scale per row; rows are gathered, then scaled."""
 
     def __init__(self, lq: LayerQuant, layer: nn.Embedding) -> None:
         super().__init__()
@@ -138,7 +138,7 @@ class QEmbedding(nn.Module):
         self.register_buffer("w_zp", lq.weight_zero_point.to(torch.int8).reshape(-1))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
-        return F.embedding(ids, DQ.apply(self.w_q, self.w_scale, self.w_zp, 0), self.padding_idx)
+        return GatherDQ.apply(ids, self.w_q, self.w_scale)
 
 
 def _nbits_block_ok(block: int, k: int) -> bool:
