@@ -92,6 +92,8 @@ class WeightOnlyRecipe(Recipe):
         method: ``rtn`` (round to nearest) or ``gptq`` (Hessian-based error compensation).
         gptq_damp: GPTQ diagonal dampening, as a fraction of the mean Hessian diagonal.
         embeddings: also store embedding tables as int8, one scale per row.
+        label: the use-case name it was asked for (``w8a16``, ``w4a16``: integer weights with float
+            activations, which on a CPU means FP32 activations), shown in results.
     """
 
     kind: ClassVar[str] = "weight-int8"
@@ -101,6 +103,7 @@ class WeightOnlyRecipe(Recipe):
     method: str = "rtn"
     gptq_damp: float = 0.01
     embeddings: bool = True
+    label: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,10 +115,12 @@ class WeightOnlyRecipe(Recipe):
             raise UserError(f"recipe weight-only: method must be rtn or gptq, got {self.method!r}")
         if not 0 <= self.gptq_damp < 1:
             raise UserError(f"recipe weight-only: gptq_damp must be in [0, 1), got {self.gptq_damp}")
+        if self.label not in ("", "w8a16", "w4a16"):
+            raise UserError(f"recipe weight-only: label must be empty, w8a16 or w4a16, got {self.label!r}")
 
     @property
     def name(self) -> str:
-        return f"weight-int{self.bits}"
+        return self.label or f"weight-int{self.bits}"
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,8 @@ RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
     "bf16": (CastRecipe, {"dtype": "bf16"}),
     "weight-int8": (WeightOnlyRecipe, {"bits": 8}),
     "weight-int4": (WeightOnlyRecipe, {"bits": 4, "group_size": 32}),
+    "w8a16": (WeightOnlyRecipe, {"bits": 8, "label": "w8a16"}),
+    "w4a16": (WeightOnlyRecipe, {"bits": 4, "group_size": 32, "label": "w4a16"}),
     "dynamic-int8": (DynamicInt8Recipe, {}),
     "static-int8": (StaticInt8Recipe, {}),
     "mixed": (MixedRecipe, {}),
