@@ -142,3 +142,8 @@ def test_mixed_keeps_the_sensitive_layers_in_fp32_and_meets_the_budget(mnist):
     assert float(agree) >= 0.99
     with pytest.raises(UserError, match="needs a task"):
         quantize(mnist.model, get_recipe("mixed"), mnist.calibration)
+
+
+def test_a_pattern_that_matches_nothing_names_the_nearest_layers(mnist):
+    with pytest.raises(UserError, match=r"--exclude pattern 'clasifier.0' matches no layer; nearest layer names: classifier.0"):
+        quantize(mnist.model, get_recipe("weight-int8", exclude=["clasifier.0"]))

@@ -17,6 +17,7 @@ def select_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.
     Only ``nn.Linear`` and ``nn.Conv2d`` (groups=1, no dilation beyond 1 is required) are
     candidates; other heavy layers are reported as skipped rather than silently ignored.
     """
+    check_patterns(model, recipe)
     wanted = tuple(_TYPES[t] for t in (recipe.module_types or tuple(_TYPES)))
     chosen, skipped = [], {}
     for name, mod in model.named_modules():
@@ -40,6 +41,21 @@ def select_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.
         else:
             chosen.append((name, mod))
     return chosen, skipped
+
+
+def check_patterns(model: nn.Module, recipe: Recipe) -> None:
+    """Every include/exclude pattern must match some module; a typo is named with the nearest names."""
+    import difflib
+
+    from quantwise.errors import UserError
+
+    names = [n for n, _ in model.named_modules() if n]
+    for flag, patterns in (("--include", recipe.include), ("--exclude", recipe.exclude)):
+        for p in patterns:
+            if not any(fnmatch(n, p) for n in names):
+                near = difflib.get_close_matches(p, names, n=3, cutoff=0.4)
+                hint = f"; nearest layer names: {', '.join(near)}" if near else f"; layers look like: {', '.join(names[:3])}"
+                raise UserError(f"{flag} pattern {p!r} matches no layer{hint}")
 
 
 def select_embeddings(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
