@@ -127,10 +127,10 @@ def test_per_token_dynamic_beats_per_tensor_on_layer_outputs(bbc_small):
 
 
 def test_mixed_keeps_the_sensitive_layers_in_fp32_and_meets_the_budget(mnist):
-    from quantwise.api import _build
+    from quantwise.api import build_quantized
 
     # entropy calibration clips the CNN's input layer badly (see explain); mixed must route around it
-    qm = _build(mnist, get_recipe("mixed", calibration="entropy", max_drop=0.2))
+    qm = build_quantized(mnist, get_recipe("mixed", calibration="entropy", max_drop=0.2))
     info = qm.info
     assert "features.0" in info["fp32_layers"] and info["validation_prediction_change_points"] <= 0.2
     assert info["precision_map"]["features.0"] == "fp32" and "int8" in info["precision_map"]["classifier.2"]

@@ -60,7 +60,7 @@ def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[
     return qm
 
 
-def _build(task: Task, recipe: Recipe) -> QuantizedModel:
+def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
     """Quantize for a task; searches that need the task's validation data (mixed) go here."""
     from quantwise.recipes import MixedRecipe
 
@@ -155,7 +155,7 @@ def evaluate(
     name = recipe.name if recipe else "fp32"
     tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
     try:
-        qm = quantized if quantized is not None else (_build(task, recipe) if recipe else None)
+        qm = quantized if quantized is not None else (build_quantized(task, recipe) if recipe else None)
         runner, module = lower(qm, task, runtime, tmp, threads)
         outputs = run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating")
         record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)

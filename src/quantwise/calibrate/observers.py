@@ -170,7 +170,6 @@ def _kl_threshold(hist: np.ndarray, bound: float, levels: int) -> float:
             m = nz[a:b]
             if m.any():
                 q[a:b][m] = seg.sum() / m.sum()
-        q[i - 1] += 0  # the outlier mass is not representable in Q: it stays out
         ps, qs = p[nz], q[nz]
         if ps.sum() == 0 or (qs == 0).any():
             continue

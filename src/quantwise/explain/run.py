@@ -11,9 +11,9 @@ from typing import Any
 
 from rich.table import Table
 
-from quantwise.api import _build
+from quantwise.api import build_quantized
 from quantwise.explain.causes import diagnose, input_stats, weight_error_against
-from quantwise.explain.sensitivity import _subset, layer_sensitivity, reference_model
+from quantwise.explain.sensitivity import first_samples, layer_sensitivity, reference_model
 from quantwise.numerics.granularity import PerTensor
 from quantwise.recipes import Recipe
 from quantwise.tasks.base import Task
@@ -23,10 +23,10 @@ EXPLAIN_SCHEMA = "quantwise.explain/1"
 
 def explain(task: Task, recipe: Recipe, samples: int = 256, top: int = 5) -> dict[str, Any]:
     """Per-layer sensitivity of ``recipe`` on ``task``, worst first, with causes for the ``top`` worst."""
-    qm = _build(task, recipe)
-    ref = reference_model(task, qm)
+    qm = build_quantized(task, recipe)
+    ref = reference_model(task.model, qm)
     summary, rows = layer_sensitivity(task, qm, samples, ref)
-    batches, _ = _subset(task, samples)
+    batches, _ = first_samples(task, samples)
     worst = [r for r in rows if qm.layers[r.name].kind != "embedding"][:top]
     stats = input_stats(qm, ref, [r.name for r in worst], batches)
     for r in worst:

@@ -51,7 +51,8 @@ def _run(model: nn.Module, batches: Sequence[Batch]) -> np.ndarray:
         return np.concatenate([model(*b).to(torch.float32).numpy() for b in batches])
 
 
-def _subset(task: Task, samples: int) -> tuple[list[Batch], int]:
+def first_samples(task: Task, samples: int) -> tuple[list[Batch], int]:
+    """The first ``samples`` evaluation examples as batches, and how many there are."""
     out, n = [], 0
     for b in task.eval_batches:
         if n >= samples:
@@ -62,25 +63,31 @@ def _subset(task: Task, samples: int) -> tuple[list[Batch], int]:
     return out, n
 
 
-def reference_model(task: Task, qm: QuantizedModel) -> nn.Module:
+def reference_model(float_model: nn.Module, qm: QuantizedModel) -> nn.Module:
     """The float model with the QuantizedModel's structure (BatchNorm folded the same way).
 
     ``qm.model`` itself holds the *dequantized* weights, so it cannot be the reference.
     """
     from quantwise.transform.fusion import fold_batchnorm
 
-    ref = copy.deepcopy(task.model).eval()
+    ref = copy.deepcopy(float_model).eval()
     if qm.folded:
         fold_batchnorm(ref)
     return ref
 
 
+def _only_it(ref_model: nn.Module, sim: nn.Module, qm: QuantizedModel, name: str, batches: Sequence[Batch]) -> np.ndarray:
+    """Outputs of the float model with only layer ``name`` quantized (its fused ReLU is inside it)."""
+    relu = qm.layers[name].fused_relu
+    return _run_swapped(ref_model, {name: sim.get_submodule(name)} | ({relu: nn.Identity()} if relu else {}), batches)
+
+
 def layer_sensitivity(task: Task, qm: QuantizedModel, samples: int = 256,
                       float_model: nn.Module | None = None) -> tuple[dict[str, Any], list[LayerSensitivity]]:
     """Measure every quantized layer alone and left out; returns (summary, rows sorted worst first)."""
-    batches, n = _subset(task, samples)
+    batches, n = first_samples(task, samples)
     metric = task.primary_metric
-    float_model = float_model if float_model is not None else reference_model(task, qm)
+    float_model = float_model if float_model is not None else reference_model(task.model, qm)
     sim = lower_torch(qm).eval()
     ref = _run(float_model, batches)
     score = _scorer(task, n)
@@ -89,10 +96,9 @@ def layer_sensitivity(task: Task, qm: QuantizedModel, samples: int = 256,
                "quantized_sqnr_db": sqnr_db(ref, full), "layers": len(qm.layers)}
     rows = []
     for name in progress_iter(list(qm.layers), "explain: one layer at a time"):
-        relu = qm.layers[name].fused_relu
-        out_only = _run_swapped(float_model, {name: sim.get_submodule(name)} | ({relu: nn.Identity()} if relu else {}), batches)
+        out_only = _only_it(float_model, sim, qm, name, batches)
         float_layer = float_model.get_submodule(name)
-        restored = nn.Sequential(float_layer, nn.ReLU()) if relu else float_layer  # the sim's ReLU is fused away
+        restored = nn.Sequential(float_layer, nn.ReLU()) if qm.layers[name].fused_relu else float_layer  # the sim's ReLU is fused away
         out_but = _run_swapped(sim, {name: restored}, batches)
         rows.append(LayerSensitivity(name, score(out_only)[metric], sqnr_db(ref, out_only), score(out_but)[metric], sqnr_db(ref, out_but)))
     rows.sort(key=lambda r: (r.only_sqnr_db, r.only_metric))
@@ -101,20 +107,11 @@ def layer_sensitivity(task: Task, qm: QuantizedModel, samples: int = 256,
 
 def layer_sensitivity_on(float_model: nn.Module, qm: QuantizedModel, batches: Sequence[Batch]) -> list[LayerSensitivity]:
     """Output SQNR with only each layer quantized, on ``batches``; most sensitive first (no labels needed)."""
-    ref_model = float_model.eval()
-    if qm.folded:
-        from quantwise.transform.fusion import fold_batchnorm
-
-        ref_model = copy.deepcopy(float_model).eval()
-        fold_batchnorm(ref_model)
+    ref_model = reference_model(float_model, qm)
     sim = lower_torch(qm).eval()
     ref = _run(ref_model, batches)
-    rows = []
-    for name in progress_iter(list(qm.layers), "sensitivity: one layer at a time"):
-        relu = qm.layers[name].fused_relu
-        out = _run_swapped(ref_model, {name: sim.get_submodule(name)} | ({relu: nn.Identity()} if relu else {}), batches)
-        s = sqnr_db(ref, out)
-        rows.append(LayerSensitivity(name, float("nan"), s, float("nan"), float("nan")))
+    rows = [LayerSensitivity(name, float("nan"), sqnr_db(ref, _only_it(ref_model, sim, qm, name, batches)), float("nan"), float("nan"))
+            for name in progress_iter(list(qm.layers), "sensitivity: one layer at a time")]
     rows.sort(key=lambda r: r.only_sqnr_db)
     return rows
 
@@ -134,19 +131,13 @@ def _run_swapped(model: nn.Module, swaps: dict[str, nn.Module], batches: Sequenc
 def _scorer(task: Task, n: int):  # noqa: ANN202
     """Score outputs of the first ``n`` evaluation examples with the task's metrics."""
     labels = task.labels[:n] if task.labels is not None else None
+    whole = n == sum(len(b[0]) for b in task.eval_batches)
 
     def score(out: np.ndarray) -> dict[str, Any]:
-        if n == sum(len(b[0]) for b in task.eval_batches):
+        if whole:
             return task.score(out)
         if labels is None:
             return {task.primary_metric: float("nan")}
-        pred = _predict(task, out)
-        return {task.primary_metric: float(np.mean(pred == labels))}
+        return {task.primary_metric: float(np.mean(task.predict(out) == labels))}
 
     return score
-
-
-def _predict(task: Task, out: np.ndarray) -> np.ndarray:
-    clf = task.info.get("classifier")
-    return clf.predict(out) if clf is not None else out.argmax(axis=1)
-

@@ -120,7 +120,7 @@ def _table(result: dict[str, Any]) -> str:
     rows = []
     for r in result["records"]:
         if r.get("status") != "ok":
-            rows.append([r["format"], r["runtime"], "", "", "", "", "", "", "", "", _esc(r.get("error", "failed"))])
+            rows.append([r["format"], r["runtime"], "", "", "", "", "", "", "", "", r.get("error", "failed")])
             continue
         lat = r["latency_ms"]
         b1, bn = lat.get(f"batch_{result['settings']['latency_batch']}"), lat.get(f"batch_{result['settings']['batch_n']}")

@@ -132,10 +132,8 @@ class QEmbedding(nn.Module):
 
     def __init__(self, lq: LayerQuant, layer: nn.Embedding) -> None:
         super().__init__()
-        self.padding_idx = layer.padding_idx
         self.register_buffer("w_q", lq.weight_q.to(torch.int8).contiguous())  # (V, D)
         self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1))  # (V,)
-        self.register_buffer("w_zp", lq.weight_zero_point.to(torch.int8).reshape(-1))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
         return GatherDQ.apply(ids, self.w_q, self.w_scale)

@@ -27,7 +27,7 @@ def add_compare_parser(sub: Any, task_args: Callable[[argparse.ArgumentParser], 
 def cmd_compare(args: argparse.Namespace) -> int:
     from quantwise.report.html import write_html
     from quantwise.report.terminal import print_compare
-    from quantwise.sweep.compare import CompareSettings, _write_json, export_recommended, run_compare
+    from quantwise.sweep.compare import CompareSettings, write_json, export_recommended, run_compare
     from quantwise.sweep.formats import select_formats
     from quantwise.sweep.profiles import get_profile
     from quantwise.sweep.recommend import parse_budget
@@ -42,10 +42,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      label_column=args.label_column, limit=args.limit, image_size=args.image_size,
                      grayscale=not args.rgb, mean=args.mean, std=args.std)
     out = Path(args.out)
-    result = run_compare(task, settings, out, resume=args.resume)
-    exported = export_recommended(task, result, out, args.threads, settings.max_drop.points(1.0))
+    built: dict = {}
+    result = run_compare(task, settings, out, resume=args.resume, built=built)
+    exported = export_recommended(task, result, out, args.threads, settings.max_drop.points(1.0), built)
     result["exported"] = str(exported) if exported else None
-    _write_json(out / "results.json", result)
+    write_json(out / "results.json", result)
     write_html(result, out / "report.html")
     if args.format == "json":
         print(json.dumps(result, indent=2))

@@ -41,14 +41,19 @@ class CompareSettings:
                 "target": self.target, "threads": self.threads, "latency_batch": self.latency_batch, "batch_n": self.batch_n}
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
 
 
-def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool = False) -> dict[str, Any]:
-    """Run the sweep; every finished entry is saved to ``out/records/`` before the next starts."""
+def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool = False,
+                built: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the sweep; every finished entry is saved to ``out/records/`` before the next starts.
+
+    ``built`` (format id -> QuantizedModel) is filled as formats are quantized, so a caller can
+    export the winner without quantizing it again.
+    """
     profile = get_profile(settings.target)
     pairs = select_formats(settings.formats, settings.runtimes)
     records_dir = out / "records"
@@ -61,9 +66,9 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
     elif records_dir.exists():
         shutil.rmtree(records_dir)
     records_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_file, {"identity": identity, "settings": settings.to_dict()})
+    write_json(run_file, {"identity": identity, "settings": settings.to_dict()})
     records: list[dict[str, Any]] = []
-    built: dict[str, Any] = {}  # one QuantizedModel per format, shared by its runtimes
+    built = {} if built is None else built  # one QuantizedModel per format, shared by its runtimes
     with live_progress() as progress:
         overall = progress.add_task("compare: all formats", total=len(pairs))
         for fmt, runtime in pairs:
@@ -74,7 +79,7 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
                 continue
             progress.update(overall, description=f"compare: {fmt.id} · {runtime}")
             rec = _run_one(task, fmt, runtime, settings, built)
-            _write_json(path, rec)
+            write_json(path, rec)
             records.append(rec)
             progress.advance(overall)
     _derive(records)
@@ -92,13 +97,13 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
 
 
 def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: dict[str, Any] | None = None) -> dict[str, Any]:
-    from quantwise.api import _build
+    from quantwise.api import build_quantized
 
     built = {} if built is None else built
     try:
         recipe = fmt.build_recipe(s.max_drop.points(1.0))
         if recipe is not None and fmt.id not in built:
-            built[fmt.id] = _build(task, recipe)
+            built[fmt.id] = build_quantized(task, recipe)
         rec = evaluate(task, recipe, runtime, threads=s.threads, batch_sizes=(s.latency_batch, s.batch_n),
                        measure_memory=s.measure_memory, latency_seconds=s.latency_seconds, quantized=built.get(fmt.id))
         rec.pop("env", None)
@@ -126,8 +131,9 @@ def _derive(records: list[dict[str, Any]]) -> None:
 
 
 def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: int = 1,
-                       max_drop_points: float | None = None) -> Path | None:
-    """Rebuild the winner (deterministic) and write it with a metadata file to ``out/recommended``."""
+                       max_drop_points: float | None = None, built: dict[str, Any] | None = None) -> Path | None:
+    """Write the winner with a metadata file to ``out/recommended``; reuses its QuantizedModel from
+    ``built`` when compare made it in this process (after ``--resume`` it is rebuilt, deterministically)."""
     from quantwise.sweep.formats import FORMATS
 
     w = result["recommendation"]["winner"]
@@ -136,12 +142,12 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
     fmt = FORMATS[w["format"]]
     dest = out / "recommended"
     evaluate(task, fmt.build_recipe(max_drop_points), w["runtime"], out=dest, threads=threads, batch_sizes=(1,), measure_memory=False,
-             latency_seconds=0.5)
+             latency_seconds=0.5, quantized=(built or {}).get(fmt.id))
     artifact = "model.onnx" if w["runtime"] == "onnxruntime" else "quantized/"
     how = ("onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])" if w["runtime"] == "onnxruntime"
            else "quantwise.QuantizedModel.load('quantized', model=<fresh float model>) then quantwise.runtime.torch_sim.lower_torch(qm)")
     meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": fmt.build_recipe(max_drop_points).to_dict() if fmt.recipe else None,
             "task": task.name, "artifact": artifact, "how_to_load": how, "inputs": task.input_names,
             "accuracy_drop_points": w["drop_points"], "made_by": "quantwise compare", "created": result["created"]}
-    _write_json(dest / "quantwise-export.json", meta)
+    write_json(dest / "quantwise-export.json", meta)
     return dest

@@ -61,6 +61,6 @@ def build(limit: int | None = None, batch_size: int = 256) -> Task:
         latency_input=lambda n: (xt[test_idx[:n]] if n <= len(test_idx) else xt[perm[:n]],),
         build_model=_build_model,
         labels=labels,
-        info={"train": (xt[calib_idx], torch.from_numpy(y[calib_idx])), "n_test": len(test_idx)},
+        info={"n_test": len(test_idx)},
         validation=batched(xt[calib_idx], 250),
     )

@@ -142,7 +142,7 @@ def build_text_task(
         latency_input=latency_input,
         build_model=rebuild,
         labels=y_te,
-        info={"n_test": len(te), "n_train": len(tr), "classifier": clf},
+        info={"n_test": len(te), "n_train": len(tr)},
         predict=lambda out: clf.predict(out.astype(np.float32)),
         validation=batches(tr[calib_size : calib_size + 256]),
     )

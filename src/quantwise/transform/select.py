@@ -32,15 +32,22 @@ def select_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.
             continue
         if not isinstance(mod, wanted):
             skipped[name] = f"{type(mod).__name__} not in recipe module_types {list(recipe.module_types)}"
-        elif recipe.include and not any(fnmatch(name, p) for p in recipe.include):
-            skipped[name] = "not matched by include patterns"
-        elif any(fnmatch(name, p) for p in recipe.exclude):
-            skipped[name] = "matched an exclude pattern"
+        elif reason := _pattern_reason(name, recipe):
+            skipped[name] = reason
         elif isinstance(mod, nn.Conv2d) and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
             skipped[name] = "Conv2d with groups/padding mode/string padding is not supported yet"
         else:
             chosen.append((name, mod))
     return chosen, skipped
+
+
+def _pattern_reason(name: str, recipe: Recipe) -> str | None:
+    """Why ``recipe``'s include/exclude patterns leave layer ``name`` out, or None."""
+    if recipe.include and not any(fnmatch(name, p) for p in recipe.include):
+        return "not matched by include patterns"
+    if any(fnmatch(name, p) for p in recipe.exclude):
+        return "matched an exclude pattern"
+    return None
 
 
 def check_patterns(model: nn.Module, recipe: Recipe) -> None:
@@ -66,10 +73,8 @@ def select_embeddings(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str,
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.Embedding):
             continue
-        if recipe.include and not any(fnmatch(name, p) for p in recipe.include):
-            skipped[name] = "not matched by include patterns"
-        elif any(fnmatch(name, p) for p in recipe.exclude):
-            skipped[name] = "matched an exclude pattern"
+        if reason := _pattern_reason(name, recipe):
+            skipped[name] = reason
         elif mod.max_norm is not None or mod.sparse:
             skipped[name] = "Embedding with max_norm or sparse gradients is not supported"
         else:
