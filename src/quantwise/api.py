@@ -24,11 +24,12 @@ from quantwise.quantized import QuantizedModel, artifact_size
 from quantwise.recipes import Recipe, get_recipe
 from quantwise.runtime.torch_sim import lower_torch
 from quantwise.tasks.base import Task
+from quantwise.fixedpoint import quantize as _fixed_point  # noqa: F401  (registers the fixed-point handler)
 from quantwise.transform import schemes as _schemes  # noqa: F401  (registers the handlers)
 from quantwise.transform.registry import HANDLERS, Batch, needs_calibration
 
 RESULT_SCHEMA = "quantwise.result/1"
-RUNTIMES = ("torch", "torch-int8", "onnxruntime")
+RUNTIMES = ("torch", "torch-int8", "onnxruntime", "integer")
 
 
 def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[Batch] | None = None) -> QuantizedModel:
@@ -95,6 +96,14 @@ def check_batch(model: nn.Module, batch: Batch, what: str) -> None:
 
 def lower(qm: QuantizedModel | None, task: Task, runtime: str, workdir: Path, threads: int = 1) -> tuple[Any, nn.Module]:
     """Lower a QuantizedModel (None: the FP32 baseline) to ``runtime``; returns ``(runner, torch_module)``."""
+    if runtime == "integer":
+        from quantwise.runtime.integer import lower_integer
+
+        if qm is None or qm.plan is None:
+            raise RuntimeError("the integer runtime runs fixed-point models only (recipe fixed-point)")
+        return lower_integer(qm, workdir)
+    if qm is not None and qm.plan is not None and runtime == "torch-int8":
+        raise RuntimeError("fixed point has no PyTorch int8 kernel lowering: run it in the integer, torch or onnxruntime runtime")
     if runtime == "torch-int8":
         from quantwise.runtime.torch_int8 import lower_torch_int8
         from quantwise.runtime.torch_rt import TorchRunner
@@ -103,7 +112,12 @@ def lower(qm: QuantizedModel | None, task: Task, runtime: str, workdir: Path, th
             raise RuntimeError("torch-int8 runs quantized models; FP32 runs in the torch runtime")
         module = lower_torch_int8(qm)
         return TorchRunner(module, qm.save(workdir / "quantized"), threads, runtime="torch-int8"), module
-    module = lower_torch(qm) if qm is not None else task.model
+    if qm is not None and qm.plan is not None:
+        from quantwise.fixedpoint.simulate import FixedPointModule
+
+        module = FixedPointModule(qm.plan, "exact" if runtime == "torch" else "qdq")
+    else:
+        module = lower_torch(qm) if qm is not None else task.model
     if runtime == "torch":
         from quantwise.runtime.torch_rt import TorchRunner
 
@@ -190,6 +204,7 @@ def _record(task: Task, name: str, recipe: Recipe | None, runtime: str, qm: Quan
         "peak_memory_bytes": None,
         "time_to_quantize_s": qm.info.get("time_to_quantize_s", 0.0) if qm else 0.0,
         "integer_ops": runner.integer_ops(),
+        "fixed_point": runner.report() if hasattr(runner, "report") else None,
         "quantized_layers": sorted(qm.layers) if qm else [],
         "float_layers": qm.skipped if qm else {},
         "info": {k: v for k, v in (qm.info.items() if qm else []) if k != "time_to_quantize_s"},

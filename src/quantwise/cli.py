@@ -27,7 +27,7 @@ def _task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="fp16, bf16, weight-int8, weight-int4, dynamic-int8, static-int8, mixed")
+    p.add_argument("--recipe", help="fp16, bf16, weight-int8, weight-int4, w8a16, w4a16, dynamic-int8, static-int8, mixed, fixed-point")
     p.add_argument("--recipe-file", help="a recipe as JSON or YAML (keys as in `quantwise recipes`)")
     p.add_argument("--calibration", help="static-int8 observer: minmax, moving-average, percentile, entropy, mse")
     p.add_argument("--percentile", type=float, help="percentile for --calibration percentile (default 99.99)")
@@ -39,6 +39,12 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float-embeddings", action="store_true", help="keep embedding tables in float (default: int8, one scale per row)")
     p.add_argument("--max-drop", type=float, help="mixed: budget in points of validation predictions that may change (default 0.2)")
     p.add_argument("--base", choices=("static-int8", "dynamic-int8"), help="mixed: the INT8 scheme for the layers it quantizes")
+    p.add_argument("--bits", type=int, choices=(8, 16), help="fixed-point: activation width (default 8)")
+    p.add_argument("--weight-bits", type=int, choices=(8, 16), help="fixed-point: weight width (default 8)")
+    p.add_argument("--pot-scales", action="store_true", help="fixed-point: power-of-two scales (Qm.n formats, rescaling by shifts)")
+    p.add_argument("--accumulator", type=int, choices=(32, 16), help="fixed-point: accumulator width (default 32)")
+    p.add_argument("--on-overflow", choices=("refuse", "saturate"),
+                   help="fixed-point: when the worst case overflows the accumulator, refuse (default) or saturate and count")
     p.add_argument("--include", action="append", default=[], help="quantize only modules matching this pattern (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="keep modules matching this pattern in float (repeatable)")
 
@@ -52,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize with one recipe, run it, and print its metrics beside FP32")
     _task_args(q)
     _recipe_args(q)
-    q.add_argument("--runtime", default="torch", help="torch (default) or onnxruntime")
+    q.add_argument("--runtime", default="torch", help="torch (default), torch-int8, onnxruntime, or integer (fixed-point)")
     q.add_argument("--out", help="folder to write the quantized model, its lowered artifact and result.json")
     sub.add_parser("recipes", help="list recipes and their keys")
     ex = sub.add_parser("explain", help="per-layer sensitivity of a recipe: where accuracy went and what would fix it")
@@ -83,10 +89,13 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         raise UserError(f"unknown recipe {args.recipe!r}: choose one of {', '.join(RECIPES)}")
     over: dict[str, Any] = {}
     for flag, key in (("calibration", "calibration"), ("percentile", "percentile"), ("group_size", "group_size"), ("method", "method"),
-                      ("max_drop", "max_drop"), ("base", "base")):
+                      ("max_drop", "max_drop"), ("base", "base"), ("bits", "bits"), ("weight_bits", "weight_bits"),
+                      ("accumulator", "accumulator"), ("on_overflow", "on_overflow")):
         v = getattr(args, flag)
         if v is not None:
             over[key] = v
+    if args.pot_scales:
+        over["pot_scales"] = True
     if args.per_tensor:
         over["per_channel"] = False
     if args.symmetric_activations:
@@ -129,14 +138,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     recipe = recipe_from_args(args)  # validate before loading anything heavy
     task = _load_task(args)
-    base = evaluate(task, None, args.runtime, threads=args.threads, measure_memory=not args.no_memory)
+    base_runtime = "torch" if args.runtime == "integer" else args.runtime  # FP32 has no integer-only form
+    base = evaluate(task, None, base_runtime, threads=args.threads, measure_memory=not args.no_memory)
     rec = evaluate(task, recipe, args.runtime, out=args.out, threads=args.threads, measure_memory=not args.no_memory)
     rec["baseline"] = {"metrics": base["metrics"], "latency_ms": base["latency_ms"], "size_bytes": base["size_bytes"],
                        "peak_memory_bytes": base["peak_memory_bytes"]}
     if args.format == "json":
         print(json.dumps(rec, indent=2))
     else:
-        print_records([base, rec], f"{task.name}: {recipe.name} vs FP32 in {args.runtime}")
+        print_records([base, rec], f"{task.name}: {recipe.name} in {args.runtime} vs FP32 in {base_runtime}")
         if args.out:
             print(f"wrote {args.out}")
     return 0

@@ -98,6 +98,8 @@ class QuantizedModel:
         folded: ``{conv_name: bn_name}`` BatchNorm layers folded into convolutions.
         cast: ``fp16``/``bf16`` when the whole model is cast, else None.
         info: free-form facts (time to quantize, calibration samples ...).
+        plan: the integer-only program of a fixed-point model
+            (:class:`~quantwise.fixedpoint.plan.FixedPointPlan`), else None.
     """
 
     model: nn.Module
@@ -107,6 +109,7 @@ class QuantizedModel:
     folded: dict[str, str] = field(default_factory=dict)
     cast: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    plan: Any = None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``model.safetensors`` and ``quantwise.json`` into directory ``path`` atomically."""
@@ -127,6 +130,8 @@ class QuantizedModel:
                 tensors[f"q::{name}::weight_q"] = wq.contiguous()
                 tensors[f"q::{name}::weight_scale"] = lq.weight_scale.contiguous()
                 tensors[f"q::{name}::weight_zero_point"] = lq.weight_zero_point.contiguous()
+            if self.plan is not None:
+                tensors.update(self.plan.tensors())
             save_file(tensors, str(tmp / "model.safetensors"))
             meta = {
                 "format_version": FORMAT_VERSION,
@@ -136,6 +141,7 @@ class QuantizedModel:
                 "folded": self.folded,
                 "cast": self.cast,
                 "info": self.info,
+                "plan": self.plan.meta() if self.plan is not None else None,
             }
             (tmp / "quantwise.json").write_text(json.dumps(meta, indent=2))
             if path.exists():
@@ -187,8 +193,14 @@ class QuantizedModel:
             mod = model.get_submodule(name)
             with torch.no_grad():
                 mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))
+        plan = None
+        if meta.get("plan"):
+            from quantwise.fixedpoint.plan import FixedPointPlan
+
+            plan = FixedPointPlan.from_saved(meta["plan"], tensors, {n: (lq.weight_q, lq.weight_scale) for n, lq in layers.items()})
         return cls(
             model=model.eval(),
+            plan=plan,
             recipe=recipe_from_dict(meta["recipe"]),
             layers=layers,
             skipped=meta["skipped"],

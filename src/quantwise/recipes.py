@@ -203,6 +203,43 @@ class MixedRecipe(Recipe):
             raise UserError(f"recipe mixed: max_drop must not be negative, got {self.max_drop}")
 
 
+@dataclass(frozen=True)
+class FixedPointRecipe(Recipe):
+    """Integer-only fixed point for hardware without an FPU: every tensor an integer with zero
+    point 0, int32 (or int16) accumulators, rescaling by an integer multiplier and right shift.
+
+    Attributes:
+        bits: activation width, 8 or 16 (tensors after a ReLU use the unsigned type).
+        weight_bits: weight width, 8 or 16 (per output channel, symmetric).
+        pot_scales: power-of-two scales, so every tensor is a Qm.n format and rescaling a shift.
+        accumulator: accumulator width, 32 or 16.
+        on_overflow: when the worst case does not fit the accumulator: ``refuse`` (an error naming
+            the layers) or ``saturate`` (accumulate with saturation and count every event).
+        calibration: observer for activation ranges.
+    """
+
+    kind: ClassVar[str] = "fixed-point"
+    bits: int = 8
+    weight_bits: int = 8
+    pot_scales: bool = False
+    accumulator: int = 32
+    on_overflow: str = "refuse"
+    calibration: str = "minmax"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bits not in (8, 16) or self.weight_bits not in (8, 16):
+            raise UserError(f"recipe fixed-point: bits and weight_bits must be 8 or 16, got {self.bits} and {self.weight_bits}")
+        if self.accumulator not in (16, 32):
+            raise UserError(f"recipe fixed-point: accumulator must be 32 or 16, got {self.accumulator}")
+        if self.accumulator == 16 and (self.bits, self.weight_bits) != (8, 8):
+            raise UserError("recipe fixed-point: a 16-bit accumulator cannot hold one product of 16-bit values: use accumulator 32")
+        if self.on_overflow not in ("refuse", "saturate"):
+            raise UserError(f"recipe fixed-point: on_overflow must be refuse or saturate, got {self.on_overflow!r}")
+        if self.calibration not in OBSERVERS:
+            raise UserError(f"recipe fixed-point: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+
+
 # name users type -> (class, default overrides)
 RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
     "fp16": (CastRecipe, {"dtype": "fp16"}),
@@ -214,6 +251,7 @@ RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
     "dynamic-int8": (DynamicInt8Recipe, {}),
     "static-int8": (StaticInt8Recipe, {}),
     "mixed": (MixedRecipe, {}),
+    "fixed-point": (FixedPointRecipe, {}),
 }
 
 

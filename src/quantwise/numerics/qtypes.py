@@ -47,11 +47,12 @@ UINT8 = QType("uint8", 8, False, torch_dtype=torch.uint8)
 INT4 = QType("int4", 4, True, torch_dtype=torch.int8)
 UINT4 = QType("uint4", 4, False, torch_dtype=torch.uint8)
 INT16 = QType("int16", 16, True, torch_dtype=torch.int16)
+UINT16 = QType("uint16", 16, False, torch_dtype=torch.uint16)
 INT32 = QType("int32", 32, True, torch_dtype=torch.int32)
 FP16 = QType("fp16", 16, True, is_float=True, torch_dtype=torch.float16)
 BF16 = QType("bf16", 16, True, is_float=True, torch_dtype=torch.bfloat16)
 
-QTYPES: dict[str, QType] = {t.name: t for t in (INT8, UINT8, INT4, UINT4, INT16, INT32, FP16, BF16)}
+QTYPES: dict[str, QType] = {t.name: t for t in (INT8, UINT8, INT4, UINT4, INT16, UINT16, INT32, FP16, BF16)}
 
 
 def get_qtype(name: str) -> QType:

@@ -33,8 +33,13 @@ class TorchRunner:
     def integer_ops(self) -> dict[str, Any]:
         from quantwise.runtime.torch_int8 import Int8Conv2d, Int8Linear
 
+        from quantwise.fixedpoint.simulate import FixedPointModule
+
         ops = IntegerOps()
         kinds: dict[str, int] = {}
+        if isinstance(self.module, FixedPointModule):  # integer arithmetic simulated with float64/int64 torch ops
+            heavy = [n.layer for n in self.module.plan.program.heavy()]
+            return IntegerOps(0, len(heavy), heavy, {"exact fixed-point simulation (float64 accumulation)": len(heavy)}).to_dict()
         for name, m in self.module.named_modules():
             if isinstance(m, (Int8Linear, Int8Conv2d)):
                 ops.integer += 1

@@ -30,6 +30,6 @@ def register_handler(recipe_type: type[Recipe]) -> Callable[[H], H]:
 
 def needs_calibration(recipe: Recipe) -> bool:
     """Whether a recipe reads calibration data."""
-    from quantwise.recipes import StaticInt8Recipe, WeightOnlyRecipe
+    from quantwise.recipes import FixedPointRecipe, StaticInt8Recipe, WeightOnlyRecipe
 
-    return isinstance(recipe, StaticInt8Recipe) or (isinstance(recipe, WeightOnlyRecipe) and recipe.method == "gptq")
+    return isinstance(recipe, (StaticInt8Recipe, FixedPointRecipe)) or (isinstance(recipe, WeightOnlyRecipe) and recipe.method == "gptq")

@@ -1,0 +1,1 @@
+"""Fixed-point, integer-only inference: capture, plan, integer executor, simulation, C export."""
