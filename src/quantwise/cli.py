@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--samples", type=int, default=256, help="evaluation examples to measure on (default 256)")
     ex.add_argument("--top", type=int, default=5, help="diagnose causes for the N most sensitive layers (default 5)")
     ex.add_argument("--out", help="folder for explain.json and explain.html")
+    from quantwise.fixedpoint.cli import add_export_c_parser
     from quantwise.sweep.cli import add_compare_parser
+
+    add_export_c_parser(sub, _task_args, _recipe_args)
 
     add_compare_parser(sub, _task_args)
     return parser
@@ -189,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"evaluate": cmd_evaluate, "quantize": cmd_quantize, "recipes": cmd_recipes, "explain": cmd_explain}
     try:
+        if args.command == "export-c":
+            from quantwise.fixedpoint.cli import cmd_export_c
+
+            return cmd_export_c(args, recipe_from_args, _load_task)
         if args.command == "compare":
             from quantwise.sweep.cli import cmd_compare
 

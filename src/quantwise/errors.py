@@ -15,3 +15,11 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class UnsupportedModel(UserError):
+    """The model cannot take this format (an operator a scheme or runtime cannot handle).
+
+    Alone it is a user error (exit 2); inside ``compare`` that format is marked not applicable
+    and the others go on.
+    """

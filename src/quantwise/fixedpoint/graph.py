@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantwise.errors import UserError
+from quantwise.errors import UnsupportedModel
 
 SUPPORTED = ("conv2d", "linear", "relu", "relu6", "maxpool", "avgpool", "add", "flatten", "reshape")
 HEAVY = ("conv2d", "linear")
@@ -74,17 +74,17 @@ def capture(model: nn.Module, example: torch.Tensor) -> Program:
     the Conv2d/Linear before them when nothing else reads the layer's raw output.
 
     Raises:
-        UserError: an operator or pattern the integer executor cannot run, with its layer.
+        UnsupportedModel: an operator or pattern the integer executor cannot run, with its layer.
     """
     try:
         ep = torch.export.export(model.eval(), (example,))
     except Exception as e:  # noqa: BLE001  (torch.export's own message says what it could not trace)
-        raise UserError(f"the integer executor needs a model torch.export can capture: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise UnsupportedModel(f"the integer executor needs a model torch.export can capture: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     params = ep.graph_signature.inputs_to_parameters
     user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name not in params
                    and n.name not in ep.graph_signature.inputs_to_buffers]
     if len(user_inputs) != 1:
-        raise UserError(f"the integer executor runs models with one input tensor; this one takes {len(user_inputs)}")
+        raise UnsupportedModel(f"the integer executor runs models with one input tensor; this one takes {len(user_inputs)}")
     alias: dict[str, str] = {}
     nodes: list[Node] = []
     output = ""
@@ -92,7 +92,7 @@ def capture(model: nn.Module, example: torch.Tensor) -> Program:
         if n.op == "output":
             outs = n.args[0]
             if len(outs) != 1:
-                raise UserError(f"the integer executor runs models with one output tensor; this one returns {len(outs)}")
+                raise UnsupportedModel(f"the integer executor runs models with one output tensor; this one returns {len(outs)}")
             output = alias.get(outs[0].name, outs[0].name)
         elif n.op == "call_function":
             node = _convert(n, params, alias)
@@ -114,8 +114,8 @@ def _convert(n: torch.fx.Node, params: dict[str, str], alias: dict[str, str]) ->
     shape = list(n.meta["val"].shape[1:]) if "val" in n.meta and hasattr(n.meta["val"], "shape") else []
     where = _module_of(n) or n.name
 
-    def refuse(why: str) -> UserError:
-        return UserError(f"layer {where!r} ({t}): {why}; the integer executor runs {', '.join(SUPPORTED)}")
+    def refuse(why: str) -> UnsupportedModel:
+        return UnsupportedModel(f"layer {where!r} ({t}): {why}; the integer executor runs {', '.join(SUPPORTED)}")
 
     if t in ("aten.clone.default", "aten.contiguous.default", "aten.dropout.default", "aten.alias.default",
              "aten.detach.default"):

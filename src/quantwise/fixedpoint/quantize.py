@@ -64,7 +64,7 @@ def fixed_point_handler(model: nn.Module, recipe: FixedPointRecipe, calib: Seque
             lq, lp = _layer(n.op, n.layer, mod, fin, fout, wq_type, recipe)
             layers[n.layer], plans[n.layer] = lq, lp
             if lp.worst_bits > recipe.accumulator:
-                too_wide.append(f"{n.layer} needs {lp.worst_bits} bits ({lp.worst_bits - recipe.accumulator} more)")
+                too_wide.append(f"{n.layer} (needs {lp.worst_bits} bits, {lp.worst_bits - recipe.accumulator} more)")
         if n.op in HEAVY + ("relu", "relu6"):
             act = n.attrs.get("act", n.op if n.op in ("relu", "relu6") else None)
             lo = 0 if act else fout.qmin
@@ -78,8 +78,9 @@ def fixed_point_handler(model: nn.Module, recipe: FixedPointRecipe, calib: Seque
             n.attrs["multiplier"], n.attrs["shift"] = [m for m, _ in ms], [r for _, r in ms]
             n.attrs["clip"] = [fout.qmin, fout.qmax]
     if too_wide and recipe.on_overflow == "refuse":
-        raise UserError(f"the worst case overflows the {recipe.accumulator}-bit accumulator in {'; '.join(too_wide)}: "
-                        "use accumulator 32, or on_overflow saturate to accumulate with saturation and count it")
+        fix = "accumulator 32" if recipe.accumulator == 16 else "8-bit activations and weights"
+        raise UserError(f"the worst case overflows the {recipe.accumulator}-bit accumulator in {', '.join(too_wide)}: "
+                        f"use {fix}, or on_overflow saturate to accumulate with saturation and count every event")
     plan = FixedPointPlan(prog, formats, plans, recipe.accumulator, recipe.on_overflow, ranges)
     with torch.no_grad():
         for name, lq in layers.items():

@@ -78,7 +78,8 @@ def compare_table(result: dict[str, Any]) -> Table:
     for r in result["records"]:
         k = f"{r['format']} · {r['runtime']}"
         if r.get("status") != "ok":
-            t.add_row(r["format"], r["runtime"], "[red]failed[/red]", *[""] * (len(cols) - 3))
+            label = "[yellow]n/a[/yellow]" if r.get("status") == "unsupported" else "[red]failed[/red]"
+            t.add_row(r["format"], r["runtime"], label, *[""] * (len(cols) - 3))
             continue
         lat = r["latency_ms"]
         sp = r.get("speedup", {}).get(b1)

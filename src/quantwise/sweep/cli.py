@@ -53,7 +53,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print_compare(result)
         print(f"results: {out / 'results.json'} · report: {out / 'report.html'}" + (f" · model: {exported}" if exported else ""))
-    failed = [r for r in result["records"] if r.get("status") != "ok"]
+    failed = [r for r in result["records"] if r.get("status") == "failed"]
     if failed:
         print(f"{len(failed)} format(s) failed: " + "; ".join(f"{r['format']} · {r['runtime']}: {r['error']}" for r in failed), file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from quantwise.api import evaluate
-from quantwise.errors import UserError
+from quantwise.errors import UnsupportedModel, UserError
 from quantwise.measure.env import environment
 from quantwise.progress import live_progress
 from quantwise.sweep.formats import Format, select_formats
@@ -103,10 +103,18 @@ def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: d
     try:
         recipe = fmt.build_recipe(s.max_drop.points(1.0))
         if recipe is not None and fmt.id not in built:
-            built[fmt.id] = build_quantized(task, recipe)
+            try:
+                built[fmt.id] = build_quantized(task, recipe)
+            except UnsupportedModel as e:
+                built[fmt.id] = e  # the same answer for every runtime of this format
+        if isinstance(built.get(fmt.id), UnsupportedModel):
+            raise built[fmt.id]
         rec = evaluate(task, recipe, runtime, threads=s.threads, batch_sizes=(s.latency_batch, s.batch_n),
                        measure_memory=s.measure_memory, latency_seconds=s.latency_seconds, quantized=built.get(fmt.id))
         rec.pop("env", None)
+    except UnsupportedModel as e:
+        rec = {"schema": "quantwise.result/1", "task": task.name, "recipe": fmt.recipe or "fp32", "runtime": runtime,
+               "status": "unsupported", "error": str(e)}
     except UserError:
         raise
     except Exception as e:  # one failing format must not stop the others; it is recorded with its error
@@ -139,13 +147,22 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
     w = result["recommendation"]["winner"]
     if not w:
         return None
+    from quantwise.api import build_quantized
+
     fmt = FORMATS[w["format"]]
     dest = out / "recommended"
-    evaluate(task, fmt.build_recipe(max_drop_points), w["runtime"], out=dest, threads=threads, batch_sizes=(1,), measure_memory=False,
-             latency_seconds=0.5, quantized=(built or {}).get(fmt.id))
+    recipe = fmt.build_recipe(max_drop_points)
+    qm = (built or {}).get(fmt.id) or (build_quantized(task, recipe) if recipe else None)
+    evaluate(task, recipe, w["runtime"], out=dest, threads=threads, batch_sizes=(1,), measure_memory=False,
+             latency_seconds=0.5, quantized=qm)
     artifact = "model.onnx" if w["runtime"] == "onnxruntime" else "quantized/"
     how = ("onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])" if w["runtime"] == "onnxruntime"
            else "quantwise.QuantizedModel.load('quantized', model=<fresh float model>) then quantwise.runtime.torch_sim.lower_torch(qm)")
+    if w["runtime"] == "integer" and qm is not None:
+        from quantwise.fixedpoint.cexport import BUILD, export_c
+
+        export_c(qm, dest / "c")
+        artifact, how = "c/ (C99) and quantized/", f"microcontroller: compile c/ into your firmware (host test: cd c && {BUILD})"
     meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": fmt.build_recipe(max_drop_points).to_dict() if fmt.recipe else None,
             "task": task.name, "artifact": artifact, "how_to_load": how, "inputs": task.input_names,
             "accuracy_drop_points": w["drop_points"], "made_by": "quantwise compare", "created": result["created"]}

@@ -22,7 +22,7 @@ class Format:
         recipe: Registered recipe name (``None`` for the FP32 baseline).
         overrides: Recipe field overrides.
         runtimes: Runtimes that can run it.
-        family: Kernel family, for hardware profiles: fp32, fp16, bf16, int8, int4-weight, int8-weight.
+        family: Kernel family, for hardware profiles: fp32, fp16, bf16, int8, int4-weight, int8-weight, fixed-point.
     """
 
     id: str
@@ -59,6 +59,8 @@ FORMATS: dict[str, Format] = {
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
         Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
         Format("mixed", "mixed", runtimes=("onnxruntime",), family="int8"),
+        Format("fixed-point", "fixed-point", runtimes=("integer", "onnxruntime", "torch"), family="fixed-point"),
+        Format("fixed-point-pot", "fixed-point", {"pot_scales": True}, runtimes=("integer", "onnxruntime", "torch"), family="fixed-point"),
     )
 }
 
@@ -88,6 +90,6 @@ def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Form
     else:
         chosen = list(FORMATS.values())
     pairs = [(f, r) for f in chosen for r in rts if r in f.runtimes]
-    if "torch-int8" in rts and "torch" not in rts and FORMATS["fp32"] in chosen:
-        pairs.insert(0, (FORMATS["fp32"], "torch"))  # torch-int8's speedups are measured against torch FP32
+    if any(r in rts for r in ("torch-int8", "integer")) and "torch" not in rts and FORMATS["fp32"] in chosen:
+        pairs.insert(0, (FORMATS["fp32"], "torch"))  # torch-int8's and integer's speedups are measured against torch FP32
     return pairs

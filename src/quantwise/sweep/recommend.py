@@ -45,7 +45,7 @@ def parse_budget(text: str | float) -> Budget:
 
 def baseline_runtime(runtime: str) -> str:
     """The runtime whose FP32 record a runtime's speedups are measured against."""
-    return "torch" if runtime == "torch-int8" else runtime
+    return "torch" if runtime in ("torch-int8", "integer") else runtime
 
 
 def key(r: dict[str, Any]) -> str:
@@ -100,7 +100,8 @@ def recommend(
         if r["format"] == "fp32":
             continue
         if r.get("status") != "ok":
-            reasons[k] = f"failed: {r.get('error', 'unknown error')}"
+            what = "not applicable" if r.get("status") == "unsupported" else "failed"
+            reasons[k] = f"{what}: {r.get('error', 'unknown error')}"
             continue
         drop = base_score - r["metrics"][metric]
         if profile is not None and (r.get("family") not in profile.families or r["runtime"] not in profile.runtimes):
