@@ -180,3 +180,26 @@ def test_image_folder_errors(capsys, tmp_path):
     (tmp_path / "m.pt").write_bytes(b"not a model")
     (tmp_path / "imgs" / "only").mkdir(parents=True)
     assert "cannot load" in _user_error(capsys, ["evaluate", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "imgs")])
+
+
+def test_fixed_point_in_the_integer_runtime_and_export_c(tmp_path):
+    p = run_cli(["quantize", "--task", "mnist-cnn", "--recipe", "fixed-point", "--pot-scales", "--runtime", "integer",
+                 "--format", "json", "--limit", "300", "--no-memory"])
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["runtime"] == "integer" and rec["integer_ops"]["integer"] == rec["integer_ops"]["total"] == 4
+    assert rec["fixed_point"]["classifier.0"]["accumulator_bits_observed"] <= rec["fixed_point"]["classifier.0"]["accumulator_bits_worst_case"]
+    assert abs(rec["metrics"]["accuracy"] - rec["baseline"]["metrics"]["accuracy"]) <= 0.01
+    p = run_cli(["export-c", "--task", "mnist-cnn", "--limit", "100", "--out", str(tmp_path / "c"), "--check", "16"])
+    assert p.returncode == 0, p.stderr
+    assert "bit-identical to the integer executor on 16 samples" in p.stdout and (tmp_path / "c" / "qw_model.c").exists()
+
+
+def test_fixed_point_errors(capsys, tmp_path):
+    err = _user_error(capsys, ["export-c", "--task", "mnist-cnn", "--recipe", "static-int8", "--out", str(tmp_path / "c")])
+    assert "export-c exports fixed-point models" in err and not (tmp_path / "c").exists()
+    err = _user_error(capsys, ["quantize", "--task", "mnist-cnn", "--recipe", "static-int8", "--runtime", "integer", "--limit", "20", "--no-memory"])
+    assert "integer runtime runs fixed-point models only" in err
+    err = _user_error(capsys, ["quantize", "--task", "mnist-cnn", "--recipe", "fixed-point", "--accumulator", "16", "--limit", "20",
+                               "--runtime", "integer", "--no-memory", "--out", str(tmp_path / "q")])
+    assert "overflows the 16-bit accumulator in features.0 (needs 18 bits, 2 more)" in err and not (tmp_path / "q").exists()

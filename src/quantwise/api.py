@@ -100,10 +100,10 @@ def lower(qm: QuantizedModel | None, task: Task, runtime: str, workdir: Path, th
         from quantwise.runtime.integer import lower_integer
 
         if qm is None or qm.plan is None:
-            raise RuntimeError("the integer runtime runs fixed-point models only (recipe fixed-point)")
+            raise UserError("the integer runtime runs fixed-point models only: use --recipe fixed-point, or another runtime")
         return lower_integer(qm, workdir)
     if qm is not None and qm.plan is not None and runtime == "torch-int8":
-        raise RuntimeError("fixed point has no PyTorch int8 kernel lowering: run it in the integer, torch or onnxruntime runtime")
+        raise UserError("fixed point has no PyTorch int8 kernel lowering: use --runtime integer, torch or onnxruntime")
     if runtime == "torch-int8":
         from quantwise.runtime.torch_int8 import lower_torch_int8
         from quantwise.runtime.torch_rt import TorchRunner

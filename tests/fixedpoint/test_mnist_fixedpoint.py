@@ -108,5 +108,5 @@ def test_sixteen_bit_activations_refuse_or_saturate_and_onnxruntime_says_why_not
         ref = mnist.model(torch.cat([b[0] for b in mnist.eval_batches])[:32]).numpy()
     assert (ref.argmax(1) == got.argmax(1)).all()
     assert np.abs(got * fout.scale - ref).max() < 0.05 * np.abs(ref).max()  # 16 bits: far finer than int8
-    with pytest.raises(RuntimeError, match="16-bit"):
+    with pytest.raises(UserError, match="16-bit"):
         lower(qm, mnist, "onnxruntime", tmp_path)

@@ -96,7 +96,7 @@ def test_planted_16_bit_overflow_is_refused_or_saturated_visibly(tmp_path):
     # the same saturating order in C gives the same numbers
     assert np.array_equal(compile_and_run(export_c(qm, tmp_path / "c"), xi, got.shape[1]), got)
     # the torch simulation does not emulate order-dependent saturation and says so
-    with pytest.raises(RuntimeError, match="saturate"):
+    with pytest.raises(UserError, match="saturate"):
         FixedPointModule(qm.plan, "exact")
     # with a 32-bit accumulator nothing overflows
     qm32 = quantize(model, "fixed-point", calib)

@@ -89,3 +89,42 @@ def test_resume_refuses_a_different_task(mnist, bbc_small, tmp_path):
     run_compare(mnist, CompareSettings(formats="fp32", runtimes="onnxruntime", measure_memory=False, latency_seconds=0.1), tmp_path)
     with pytest.raises(UserError, match="--resume"):
         run_compare(bbc_small, CompareSettings(formats="fp32", runtimes="onnxruntime", measure_memory=False), tmp_path, resume=True)
+
+
+def test_mcu_profile_offers_only_fixed_point_and_exports_c(mnist, tmp_path):
+    s = CompareSettings(formats="fp32,static-int8-minmax,fixed-point", runtimes="integer,onnxruntime", target="mcu-no-fpu",
+                        max_drop=Budget(1.0, False), measure_memory=False, latency_seconds=0.2)
+    result = run_compare(mnist, s, tmp_path)
+    by_key = {(r["format"], r["runtime"]): r for r in result["records"]}
+    assert by_key[("fixed-point", "integer")]["integer_ops"]["integer"] == 4
+    assert by_key[("fixed-point", "onnxruntime")]["integer_ops"]["integer"] == 4
+    rec = result["recommendation"]
+    assert rec["winner"]["key"] == "fixed-point · integer"
+    assert "no kernels on mcu-no-fpu" in rec["others"]["static-int8-minmax · onnxruntime"]
+    dest = export_recommended(mnist, result, tmp_path)
+    meta = json.loads((dest / "quantwise-export.json").read_text())
+    assert meta["artifact"] == "c/" and (dest / "c" / "qw_model.c").exists() and (dest / "quantized").is_dir()
+
+
+def test_a_model_fixed_point_cannot_capture_is_not_applicable_and_the_rest_go_on(mnist, tmp_path):
+    import dataclasses
+
+    from torch import nn
+
+    class Sigmoidal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = mnist.build_model()
+            self.gate = nn.Sigmoid()
+
+        def forward(self, x):
+            return self.gate(self.inner(x))
+
+    task = dataclasses.replace(mnist, model=Sigmoidal().eval())
+    s = CompareSettings(formats="fp32,fixed-point", runtimes="integer,onnxruntime", measure_memory=False, latency_seconds=0.2)
+    result = run_compare(task, s, tmp_path)
+    fx = [r for r in result["records"] if r["format"] == "fixed-point"]
+    assert [r["status"] for r in fx] == ["unsupported", "unsupported"]
+    assert "layer 'gate' (aten.sigmoid" in fx[0]["error"]
+    assert result["recommendation"]["others"]["fixed-point · integer"].startswith("not applicable")
+    assert [r["status"] for r in result["records"] if r["format"] == "fp32"] == ["ok", "ok"]

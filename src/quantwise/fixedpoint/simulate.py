@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantwise.errors import UserError
 from quantwise.fixedpoint.graph import Node, Program
 from quantwise.fixedpoint.plan import FixedPointPlan, TensorFormat
 from quantwise.numerics.fixedpoint import requantize, rounding_shift
@@ -92,12 +93,12 @@ class FixedPointModule(nn.Module):
         if mode == "qdq":
             wide = sorted({f.qtype for f in plan.formats.values() if f.bits != 8})
             if wide or any(lp.weight.abs().max() > 127 for lp in plan.layers.values()):
-                raise RuntimeError("ONNX Runtime has no integer kernels for 16-bit fixed point: run it in the integer or torch runtime")
+                raise UserError("ONNX Runtime has no integer kernels for 16-bit fixed point: use --runtime integer (or torch)")
         else:
             over = [n for n, lp in plan.layers.items() if lp.worst_bits > plan.accumulator]
             if over:
-                raise RuntimeError(f"layers {', '.join(over)} can saturate the {plan.accumulator}-bit accumulator, which depends on "
-                                   "the order of accumulation: only the integer runtime (and the C export) emulate it")
+                raise UserError(f"layers {', '.join(over)} can saturate the {plan.accumulator}-bit accumulator, which depends on "
+                                   "the order of accumulation: only the integer runtime (and the C export) emulate it; use --runtime integer")
         self.plan, self.mode = plan, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -162,7 +162,8 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
         from quantwise.fixedpoint.cexport import BUILD, export_c
 
         export_c(qm, dest / "c")
-        artifact, how = "c/ (C99) and quantized/", f"microcontroller: compile c/ into your firmware (host test: cd c && {BUILD})"
+        artifact = "c/"
+        how = f"compile c/ into the firmware and call qw_model_run (host test: cd c && {BUILD}); quantized/ holds the QuantizedModel"
     meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": fmt.build_recipe(max_drop_points).to_dict() if fmt.recipe else None,
             "task": task.name, "artifact": artifact, "how_to_load": how, "inputs": task.input_names,
             "accuracy_drop_points": w["drop_points"], "made_by": "quantwise compare", "created": result["created"]}
