@@ -48,7 +48,8 @@ def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[
         recipe = get_recipe(recipe)
     handler = HANDLERS.get(type(recipe))
     if handler is None:
-        raise UserError(f"recipe {recipe.name!r} needs a task (it searches on validation data): use quantwise.evaluate(task, recipe)")
+        raise UserError(f"recipe {recipe.name!r} needs a task (it searches or trains on the task's data): use quantwise.evaluate(task, recipe), "
+                        "or for your own training loop quantwise.transform.qat.prepare_qat / convert_qat")
     check_finite_weights(model)
     calib = list(calibration_data or [])
     if needs_calibration(recipe):
@@ -63,12 +64,16 @@ def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[
 
 def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
     """Quantize for a task; searches that need the task's validation data (mixed) go here."""
-    from quantwise.recipes import MixedRecipe
+    from quantwise.recipes import MixedRecipe, QATRecipe
 
     if isinstance(recipe, MixedRecipe):
         from quantwise.transform.mixed import search_mixed
 
         return search_mixed(task, recipe)
+    if isinstance(recipe, QATRecipe):
+        from quantwise.train.run import build_qat
+
+        return build_qat(task, recipe)
     return quantize(task.model, recipe, task.calibration)
 
 

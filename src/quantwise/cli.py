@@ -27,7 +27,8 @@ def _task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="fp16, bf16, weight-int8, weight-int4, w8a16, w4a16, dynamic-int8, static-int8, mixed, fixed-point")
+    p.add_argument("--recipe", help="fp16, bf16, weight-int8, weight-int4, w8a16, w4a16, dynamic-int8, static-int8, static-w4a8, mixed, "
+                   "fixed-point, qat-w8a8, qat-w4a8, qat-w4 (see `quantwise recipes`)")
     p.add_argument("--recipe-file", help="a recipe as JSON or YAML (keys as in `quantwise recipes`)")
     p.add_argument("--calibration", help="static-int8 observer: minmax, moving-average, percentile, entropy, mse")
     p.add_argument("--percentile", type=float, help="percentile for --calibration percentile (default 99.99)")
@@ -40,7 +41,13 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-drop", type=float, help="mixed: budget in points of validation predictions that may change (default 0.2)")
     p.add_argument("--base", choices=("static-int8", "dynamic-int8"), help="mixed: the INT8 scheme for the layers it quantizes")
     p.add_argument("--bits", type=int, choices=(8, 16), help="fixed-point: activation width (default 8)")
-    p.add_argument("--weight-bits", type=int, choices=(8, 16), help="fixed-point: weight width (default 8)")
+    p.add_argument("--weight-bits", type=int, choices=(4, 8, 16), help="weight width: static-int8 and qat 8 or 4, fixed-point 8 or 16")
+    p.add_argument("--epochs", type=int, help="qat: passes over the training data (default: the task's, mnist 10, bbc 1)")
+    p.add_argument("--steps", type=int, help="qat: optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, help="qat: learning rate (default: the task's, mnist 1e-4, bbc 2e-5)")
+    p.add_argument("--lsq", action="store_true", help="qat: learn the quantization step sizes (LSQ)")
+    p.add_argument("--distill", action="store_true", help="qat: knowledge distillation from the FP32 model")
+    p.add_argument("--patience", type=int, help="qat: early stop after N epochs without validation improvement")
     p.add_argument("--pot-scales", action="store_true", help="fixed-point: power-of-two scales (Qm.n formats, rescaling by shifts)")
     p.add_argument("--accumulator", type=int, choices=(32, 16), help="fixed-point: accumulator width (default 32)")
     p.add_argument("--on-overflow", choices=("refuse", "saturate"),
@@ -91,14 +98,22 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     if args.recipe not in RECIPES:
         raise UserError(f"unknown recipe {args.recipe!r}: choose one of {', '.join(RECIPES)}")
     over: dict[str, Any] = {}
+    for flag in ("lr", "epochs", "steps"):
+        v = getattr(args, flag, None)
+        if v is not None and not v > 0:
+            raise UserError(f"--{flag} must be a positive number, got {v}")
     for flag, key in (("calibration", "calibration"), ("percentile", "percentile"), ("group_size", "group_size"), ("method", "method"),
                       ("max_drop", "max_drop"), ("base", "base"), ("bits", "bits"), ("weight_bits", "weight_bits"),
-                      ("accumulator", "accumulator"), ("on_overflow", "on_overflow")):
+                      ("accumulator", "accumulator"), ("on_overflow", "on_overflow"), ("epochs", "epochs"), ("steps", "steps"),
+                      ("lr", "lr"), ("patience", "patience")):
         v = getattr(args, flag)
         if v is not None:
             over[key] = v
     if args.pot_scales:
         over["pot_scales"] = True
+    for flag in ("lsq", "distill"):
+        if getattr(args, flag):
+            over[flag] = True
     if args.per_tensor:
         over["per_channel"] = False
     if args.symmetric_activations:

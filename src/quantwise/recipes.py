@@ -159,6 +159,7 @@ class StaticInt8Recipe(Recipe):
         fold_bn: fold BatchNorm into the preceding convolution before calibration.
         fuse_relu: fuse a ReLU that follows a Conv/Linear into its output quantization.
         embeddings: also store embedding tables as int8, one scale per row.
+        weight_bits: 8, or 4 for W4A8 (int4 weight values, run by the int8 kernels).
     """
 
     kind: ClassVar[str] = "static-int8"
@@ -169,6 +170,7 @@ class StaticInt8Recipe(Recipe):
     fold_bn: bool = True
     fuse_relu: bool = True
     embeddings: bool = True
+    weight_bits: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,6 +178,68 @@ class StaticInt8Recipe(Recipe):
             raise UserError(f"recipe static-int8: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
         if not 50 < self.percentile <= 100:
             raise UserError(f"recipe static-int8: percentile must be in (50, 100], got {self.percentile}")
+        if self.weight_bits not in (4, 8):
+            raise UserError(f"recipe static-int8: weight_bits must be 8 or 4, got {self.weight_bits}")
+
+    @property
+    def name(self) -> str:
+        return "static-w4a8" if self.weight_bits == 4 else "static-int8"
+
+
+@dataclass(frozen=True)
+class QATRecipe(Recipe):
+    """Quantization-aware training: fake quantization in the forward pass, straight-through
+    gradients, then conversion to the same QuantizedModel post-training quantization makes.
+
+    Attributes:
+        weight_bits: 8 or 4 (symmetric, per channel unless ``per_channel`` is false).
+        activations: quantize activations to 8 bits (W8A8, W4A8); false: weight-only (W4).
+        per_channel: per-channel weights (else per tensor).
+        group_size: weight-only: elements per scale along the input (0: per channel).
+        lsq: learn the step sizes (LSQ) instead of fixed calibrated activation ranges and
+            min-max weight ranges.
+        distill: add knowledge distillation from the FP32 model (alone when labels are missing).
+        epochs: passes over the training data (0: the task's default).
+        steps: optimizer steps; overrides ``epochs`` when positive.
+        lr: learning rate (0: the task's default); cosine decay after a 5% linear warm-up.
+        calibration: observer that initialises activation ranges (training starts where PTQ ends).
+        freeze_bn_steps: BatchNorm running statistics stop updating after this many steps.
+        patience: early stop after this many validations without improvement (0: never).
+    """
+
+    kind: ClassVar[str] = "qat-w8a8"
+    weight_bits: int = 8
+    activations: bool = True
+    per_channel: bool = True
+    group_size: int = 0
+    lsq: bool = False
+    distill: bool = False
+    epochs: int = 0
+    steps: int = 0
+    lr: float = 0.0
+    calibration: str = "minmax"
+    freeze_bn_steps: int = 200
+    patience: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weight_bits not in (4, 8):
+            raise UserError(f"recipe {self.name}: weight_bits must be 8 or 4, got {self.weight_bits}")
+        if self.group_size not in (0, 16, 32, 64, 128) or (self.group_size and self.activations):
+            raise UserError(f"recipe {self.name}: group_size must be 0, or 16/32/64/128 for weight-only QAT, got {self.group_size}")
+        for key in ("epochs", "steps", "freeze_bn_steps", "patience"):
+            if getattr(self, key) < 0:
+                raise UserError(f"recipe {self.name}: {key} must not be negative, got {getattr(self, key)}")
+        if self.lr < 0 or self.lr != self.lr:
+            raise UserError(f"recipe {self.name}: lr must be a positive number (0 for the task's default), got {self.lr}")
+        if self.calibration not in OBSERVERS:
+            raise UserError(f"recipe {self.name}: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+
+    @property
+    def name(self) -> str:
+        if not self.activations:
+            return f"qat-w{self.weight_bits}"
+        return f"qat-w{self.weight_bits}a8"
 
 
 @dataclass(frozen=True)
@@ -252,6 +316,11 @@ RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
     "static-int8": (StaticInt8Recipe, {}),
     "mixed": (MixedRecipe, {}),
     "fixed-point": (FixedPointRecipe, {}),
+    "static-w4a8": (StaticInt8Recipe, {"weight_bits": 4}),
+    "qat-w8a8": (QATRecipe, {}),
+    "qat-w4a8": (QATRecipe, {"weight_bits": 4}),
+    "qat-w4": (QATRecipe, {"weight_bits": 4, "activations": False, "group_size": 32}),
+    "qat-w8": (QATRecipe, {"activations": False}),
 }
 
 

@@ -126,3 +126,29 @@ def quantize_tensor(
     lo, hi = reduce_min_max(x.detach().to(torch.float32), granularity)
     scale, zp = choose_qparams(lo, hi, qtype, symmetric)
     return quantize(x, scale, zp, qtype, granularity), scale, zp
+
+
+def fake_quantize_lsq(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
+    """Fake quantization differentiable in ``x`` *and* ``scale`` (LSQ, Esser et al. 2020).
+
+    ``scale`` and ``zero_point`` must already broadcast against ``x``. The forward value is
+    ``(clamp(round(x / s) + z, qmin, qmax) - z) * s``, as :func:`fake_quantize`. The rounding is
+    straight-through, so ``x`` gets the clip-masked gradient and ``s`` gets LSQ's
+    ``round(x/s) - x/s`` inside the grid and ``qmin - z`` / ``qmax - z`` where it clips, scaled by
+    ``grad_scale`` (LSQ uses ``1 / sqrt(numel * qmax)``). A scale that does not require grad
+    makes this the fixed-range straight-through fake quantizer.
+    """
+    sg = scale * grad_scale
+    s = scale.detach() + (sg - sg.detach())  # exactly the value of scale, gradient scaled by grad_scale
+    z = zero_point.to(x.dtype)
+    t = x / s
+    r = t + (torch.round(t) - t).detach()  # round(x/s) with a straight-through gradient, then add z (as ONNX)
+    v = torch.clamp(r + z, qmin, qmax)
+    return (v - z) * s

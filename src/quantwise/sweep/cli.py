@@ -21,6 +21,7 @@ def add_compare_parser(sub: Any, task_args: Callable[[argparse.ArgumentParser], 
     p.add_argument("--target", default="this-machine", help="this-machine, x86-avx2, x86-avx512-vnni, arm64, mcu-no-fpu, gpu")
     p.add_argument("--out", default="quantwise-compare", help="folder for records, results.json, report.html, the exported winner")
     p.add_argument("--resume", action="store_true", help="keep finished formats from an interrupted run in --out")
+    p.add_argument("--no-train", action="store_true", help="skip the quantization-aware training formats (qat-*)")
     p.add_argument("--batch", type=int, default=32, help="the larger batch size for latency (default 32)")
 
 
@@ -35,7 +36,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     settings = CompareSettings(formats=args.formats, runtimes=args.runtimes, max_drop=parse_budget(args.max_drop),
                                optimize=args.optimize, target=args.target, threads=args.threads,
-                               measure_memory=not args.no_memory, batch_n=args.batch)
+                               measure_memory=not args.no_memory, batch_n=args.batch, train=not args.no_train)
     get_profile(args.target)
     select_formats(args.formats, args.runtimes)  # validate names before loading anything
     task = load_task(args.task, model=args.model, data=args.data, text_column=args.text_column,

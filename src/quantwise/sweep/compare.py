@@ -35,9 +35,10 @@ class CompareSettings:
     latency_batch: int = 1
     batch_n: int = 32
     latency_seconds: float = 3.0
+    train: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"formats": self.formats, "runtimes": self.runtimes, "max_drop": str(self.max_drop), "optimize": self.optimize,
+        return {"formats": self.formats, "runtimes": self.runtimes, "max_drop": str(self.max_drop), "optimize": self.optimize, "train": self.train,
                 "target": self.target, "threads": self.threads, "latency_batch": self.latency_batch, "batch_n": self.batch_n}
 
 
@@ -56,6 +57,8 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
     """
     profile = get_profile(settings.target)
     pairs = select_formats(settings.formats, settings.runtimes)
+    untrained = sorted({f.id for f, _ in pairs if f.trains and not (settings.train and task.train_batches)})
+    pairs = [(f, r) for f, r in pairs if f.id not in untrained]
     records_dir = out / "records"
     run_file = out / "run.json"
     identity = {"task": task.name, "n_eval": sum(len(b[0]) for b in task.eval_batches), "threads": settings.threads}
@@ -92,6 +95,7 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
         "settings": settings.to_dict(),
         "records": records,
         "recommendation": rec_result,
+        "skipped_formats": {f: ("--no-train" if not settings.train else "the task has no training data") for f in untrained},
         "env": environment(settings.threads),
     }
 

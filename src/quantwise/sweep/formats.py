@@ -31,6 +31,11 @@ class Format:
     runtimes: tuple[str, ...] = ("torch", "onnxruntime")
     family: str = "fp32"
 
+    @property
+    def trains(self) -> bool:
+        """Quantization-aware training: needs the task's training data."""
+        return bool(self.recipe and self.recipe.startswith("qat-"))
+
     def build_recipe(self, max_drop_points: float | None = None) -> Recipe | None:
         """The recipe; a budgeted search (``mixed``) gets compare's accuracy budget."""
         if not self.recipe:
@@ -58,6 +63,10 @@ FORMATS: dict[str, Format] = {
         Format("weight-int8", "weight-int8", family="int8-weight"),
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
         Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
+        Format("static-w4a8", "static-w4a8", runtimes=_INT8_RT, family="int8"),
+        Format("qat-w8a8", "qat-w8a8", runtimes=_INT8_RT, family="int8"),
+        Format("qat-w4a8", "qat-w4a8", runtimes=_INT8_RT, family="int8"),
+        Format("qat-w4", "qat-w4", family="int4-weight"),
         Format("mixed", "mixed", runtimes=("onnxruntime",), family="int8"),
         Format("fixed-point", "fixed-point", runtimes=("integer", "onnxruntime", "torch"), family="fixed-point"),
         Format("fixed-point-pot", "fixed-point", {"pot_scales": True}, runtimes=("integer", "onnxruntime", "torch"), family="fixed-point"),

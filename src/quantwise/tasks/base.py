@@ -32,6 +32,12 @@ class Task:
         predict: Maps outputs to class predictions (argmax of logits unless the task says otherwise).
         validation: Batches held out from the test set, for searches (mixed precision) to
             measure on without touching the test set.
+        train_batches: Batches of model inputs to train on (quantization-aware training).
+        train_labels: Class labels, one tensor per training batch (empty: unlabeled, distill only).
+        val_labels: Class labels of the ``validation`` batches (empty: QAT validates on the
+            last 10% of the training batches).
+        head: Maps model outputs to class logits, differentiably (None: outputs are logits).
+        train_defaults: ``{"epochs": ..., "lr": ...}`` used when a QAT recipe leaves them at 0.
     """
 
     name: str
@@ -49,6 +55,11 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict)
     predict: Callable[[np.ndarray], np.ndarray] = lambda out: out.argmax(axis=1)
     validation: Sequence[Batch] = ()
+    train_batches: Sequence[Batch] = ()
+    train_labels: Sequence[torch.Tensor] = ()
+    val_labels: Sequence[torch.Tensor] = ()
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> dict[str, Any]:

@@ -63,4 +63,7 @@ def build(limit: int | None = None, batch_size: int = 256) -> Task:
         labels=labels,
         info={"n_test": len(test_idx)},
         validation=batched(xt[calib_idx], 250),
+        train_batches=batched(xt[calib_idx], 50),
+        train_labels=[torch.from_numpy(y[calib_idx[i : i + 50]]) for i in range(0, len(calib_idx), 50)],
+        train_defaults={"epochs": 10, "lr": 1e-4},
     )

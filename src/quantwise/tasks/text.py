@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,9 @@ def build_text_task(
     def rebuild() -> nn.Module:
         return load_encoder(model_dir)[0]
 
+    # QAT trains on the training split minus the validation documents, through the fitted head
+    val_ix = tr[calib_size : calib_size + 256]
+    train_ix = np.concatenate([tr[:calib_size], tr[calib_size + 256 :]])
     return Task(
         name=name,
         model=model,
@@ -144,8 +148,28 @@ def build_text_task(
         labels=y_te,
         info={"n_test": len(te), "n_train": len(tr)},
         predict=lambda out: clf.predict(out.astype(np.float32)),
-        validation=batches(tr[calib_size : calib_size + 256]),
+        validation=batches(val_ix),
+        train_batches=batches(train_ix),
+        train_labels=_label_batches(labels, train_ix, batch_size),
+        val_labels=_label_batches(labels, val_ix, batch_size),
+        head=_linear_head(clf),
+        train_defaults={"epochs": 1, "lr": 2e-5},
     )
+
+
+def _label_batches(labels: np.ndarray, ix: np.ndarray, size: int) -> list[torch.Tensor]:
+    return [torch.from_numpy(labels[ix[i : i + size]]) for i in range(0, len(ix), size)]
+
+
+def _linear_head(clf: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fitted logistic regression as a differentiable torch function (its decision function)."""
+    w = torch.tensor(clf.coef_, dtype=torch.float32)  # (classes, hidden)
+    b = torch.tensor(clf.intercept_, dtype=torch.float32)
+
+    def head(e: torch.Tensor) -> torch.Tensor:
+        return e @ w.T + b
+
+    return head
 
 
 def build_bbc(limit: int | None = None) -> Task:

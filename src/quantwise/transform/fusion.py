@@ -58,11 +58,17 @@ def fold_batchnorm_structure(model: nn.Module, folded: dict[str, str]) -> None:
 
 
 def find_relu_after(model: nn.Module) -> dict[str, str]:
-    """``{layer_name: relu_name}`` for each Conv2d/Linear directly followed by ``nn.ReLU``."""
+    """``{layer_name: relu_name}`` for each Conv2d/Linear followed by ``nn.ReLU`` in the same
+    ``nn.Sequential``, with only ``nn.Identity`` (a folded BatchNorm) between them."""
     out = {}
-    for a_name, a, b_name, b in _adjacent_pairs(model):
-        if isinstance(a, (nn.Conv2d, nn.Linear)) and isinstance(b, nn.ReLU):
-            out[a_name] = b_name
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        prefix = f"{parent_name}." if parent_name else ""
+        kids = [(n, m) for n, m in parent.named_children() if not isinstance(m, nn.Identity)]
+        for (a_name, a), (b_name, b) in zip(kids, kids[1:]):
+            if isinstance(a, (nn.Conv2d, nn.Linear)) and isinstance(b, nn.ReLU):
+                out[prefix + a_name] = prefix + b_name
     return out
 
 

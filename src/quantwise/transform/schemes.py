@@ -143,7 +143,7 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
     act_t = INT8 if recipe.symmetric_activations else UINT8
     layers = {}
     for name, mod in chosen:
-        lq = _weight_layer(mod, "static", 8, 0, True, recipe.per_channel)
+        lq = _weight_layer(mod, "static", recipe.weight_bits, 0, True, recipe.per_channel)
         lq.input = _act(in_obs[name].range(), act_t, recipe.symmetric_activations)
         if name in out_at:
             lq.output = _act(out_obs[out_at[name]].range(), act_t, recipe.symmetric_activations)
