@@ -15,8 +15,8 @@ import pytest
 from quantwise.cli import main
 
 
-def run_cli(args, cwd=None):
-    env = {**os.environ, "QUANTWISE_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+def run_cli(args, cwd=None, **extra_env):
+    env = {**os.environ, "QUANTWISE_PROGRESS": "0", "HF_HUB_OFFLINE": "1", **extra_env}
     return subprocess.run([sys.executable, "-m", "quantwise.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
@@ -203,3 +203,23 @@ def test_fixed_point_errors(capsys, tmp_path):
     err = _user_error(capsys, ["quantize", "--task", "mnist-cnn", "--recipe", "fixed-point", "--accumulator", "16", "--limit", "20",
                                "--runtime", "integer", "--no-memory", "--out", str(tmp_path / "q")])
     assert "overflows the 16-bit accumulator in features.0 (needs 18 bits, 2 more)" in err and not (tmp_path / "q").exists()
+
+
+def test_qat_trains_converts_runs_in_onnxruntime_and_reuses_its_checkpoint(tmp_path):
+    argv = ["quantize", "--task", "mnist-cnn", "--recipe", "qat-w4a8", "--runtime", "onnxruntime", "--format", "json",
+            "--steps", "6", "--limit", "200", "--no-memory"]
+    p = run_cli(argv, QUANTWISE_CACHE=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    train = rec["info"]["training"]
+    assert rec["recipe"] == "qat-w4a8" and train["steps"] == 6 and train["resumed_from_step"] == 0
+    assert rec["integer_ops"]["integer"] == 4 and rec["metrics"]["accuracy"] > 0.97
+    assert (Path(train["checkpoint_dir"]) / "checkpoint.pt").exists() and str(tmp_path) in train["checkpoint_dir"]
+    again = json.loads(run_cli(argv, QUANTWISE_CACHE=str(tmp_path)).stdout)
+    assert again["info"]["training"]["resumed_from_step"] == 6 and again["metrics"] == rec["metrics"]
+
+
+def test_qat_bad_numbers(capsys):
+    base = ["quantize", "--task", "mnist-cnn", "--recipe", "qat-w8a8", "--limit", "10"]
+    assert "--lr must be a positive number" in _user_error(capsys, [*base, "--lr", "0"])
+    assert "--steps must be a positive number" in _user_error(capsys, [*base, "--steps", "-3"])

@@ -63,9 +63,9 @@ FORMATS: dict[str, Format] = {
         Format("weight-int8", "weight-int8", family="int8-weight"),
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
         Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
-        Format("static-w4a8", "static-w4a8", runtimes=_INT8_RT, family="int8"),
+        Format("static-w4a8", "static-w4a8", family="int8"),  # torch-int8 refuses int4 weight values
         Format("qat-w8a8", "qat-w8a8", runtimes=_INT8_RT, family="int8"),
-        Format("qat-w4a8", "qat-w4a8", runtimes=_INT8_RT, family="int8"),
+        Format("qat-w4a8", "qat-w4a8", family="int8"),
         Format("qat-w4", "qat-w4", family="int4-weight"),
         Format("mixed", "mixed", runtimes=("onnxruntime",), family="int8"),
         Format("fixed-point", "fixed-point", runtimes=("integer", "onnxruntime", "torch"), family="fixed-point"),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+
+import torch
 
 from quantwise.quantized import QuantizedModel
 from quantwise.recipes import QATRecipe
@@ -23,7 +26,12 @@ def build_qat(task: Task, recipe: QATRecipe, checkpoint_dir: Path | None = None)
     epochs = recipe.epochs or int(task.train_defaults.get("epochs", DEFAULT_EPOCHS))
     lr = recipe.lr or float(task.train_defaults.get("lr", DEFAULT_LR))
     folder = checkpoint_dir or checkpoint_dir_for(task, prepared)
-    result = train_qat(prepared, data, task.model if recipe.distill else None, epochs, recipe.steps, lr, folder, recipe.patience)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # training uses every core; inference timing keeps its own setting
+    try:
+        result = train_qat(prepared, data, task.model if recipe.distill else None, epochs, recipe.steps, lr, folder, recipe.patience)
+    finally:
+        torch.set_num_threads(threads)
     qm = convert_qat(prepared)
     qm.info["training"] = {**result.to_dict(), "epochs": epochs, "lr": lr, "checkpoint_dir": str(folder),
                            "train_examples": sum(len(b[0]) for b in data.batches)}
