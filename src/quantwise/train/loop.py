@@ -76,18 +76,21 @@ def _logits(out: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor] | No
     return head(out) if head is not None else out
 
 
-def _accuracy(model: nn.Module, data: TrainData) -> float | None:
+def _validate(model: nn.Module, data: TrainData) -> tuple[float, float] | None:
+    """Validation accuracy and mean cross-entropy (the tie-breaker when accuracy saturates)."""
     if not data.val_batches or not data.val_labels:
         return None
     model.eval()
     right = total = 0
+    loss = 0.0
     with torch.no_grad():
         for b, y in zip(data.val_batches, data.val_labels):
-            pred = _logits(model(*b), data.head).argmax(-1)
-            right += int((pred == y).sum())
+            logits = _logits(model(*b), data.head)
+            right += int((logits.argmax(-1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
             total += len(y)
     model.train()
-    return right / max(total, 1)
+    return right / max(total, 1), loss / max(total, 1)
 
 
 def _schedule(total: int) -> Callable[[int], float]:
@@ -130,7 +133,7 @@ def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None,
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total))
     res = TrainResult()
-    state = {"step": 0, "best": -1.0, "best_model": None, "since_best": 0}
+    state = {"step": 0, "best": -1.0, "best_loss": math.inf, "best_model": None, "since_best": 0}
     ckpt = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
     if ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
@@ -172,19 +175,22 @@ def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None,
                     break
             if res.stopped:
                 break
-            val = _accuracy(model, data)
-            res.history.append({"epoch": epoch + 1, "step": state["step"], "loss": sum(losses) / max(len(losses), 1), "val_accuracy": val})
+            v = _validate(model, data)
+            val = v[0] if v else None
+            res.history.append({"epoch": epoch + 1, "step": state["step"], "loss": sum(losses) / max(len(losses), 1),
+                                "val_accuracy": val, "val_loss": v[1] if v else None})
             progress.update(bar, description=f"QAT {recipe.name} · epoch {epoch + 1} · loss {res.history[-1]['loss']:.4f}"
                             + (f" · val {100 * val:.2f}%" if val is not None else ""))
-            if val is not None and val > state["best"]:
-                state["best"], state["best_model"], state["since_best"] = val, copy.deepcopy(model.state_dict()), 0
-            elif val is not None:
+            if v is not None and (v[0], -v[1]) > (state["best"], -state["best_loss"]):
+                state["best"], state["best_loss"] = v
+                state["best_model"], state["since_best"] = copy.deepcopy(model.state_dict()), 0
+            elif v is not None:
                 state["since_best"] += 1
             last_good, good_step = copy.deepcopy(model.state_dict()), state["step"]
             if ckpt is not None:
                 _save(ckpt, model, opt, sched, state, res.history)
             if patience and state["since_best"] >= patience:
-                res.stopped = f"early stop: validation accuracy did not improve for {patience} epochs"
+                res.stopped = f"early stop: validation accuracy (then loss) did not improve for {patience} epochs"
                 break
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
