@@ -29,7 +29,7 @@ from quantwise.transform import schemes as _schemes  # noqa: F401  (registers th
 from quantwise.transform.registry import HANDLERS, Batch, needs_calibration
 
 RESULT_SCHEMA = "quantwise.result/1"
-RUNTIMES = ("torch", "torch-int8", "onnxruntime", "integer")
+RUNTIMES = ("torch", "torch-int8", "onnxruntime", "integer", "tflite")
 
 
 def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[Batch] | None = None) -> QuantizedModel:
@@ -99,8 +99,23 @@ def check_batch(model: nn.Module, batch: Batch, what: str) -> None:
         raise UserError(f"{what} data does not fit the model (got {shapes}): {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def lower(qm: QuantizedModel | None, task: Task, runtime: str, workdir: Path, threads: int = 1) -> tuple[Any, nn.Module]:
-    """Lower a QuantizedModel (None: the FP32 baseline) to ``runtime``; returns ``(runner, torch_module)``."""
+def lower(qm: QuantizedModel | None, task: Task, runtime: str, workdir: Path, threads: int = 1,
+          batch_sizes: Sequence[int] = (1,)) -> tuple[Any, nn.Module]:
+    """Lower a QuantizedModel (None: the FP32 baseline) to ``runtime``; returns ``(runner, torch_module)``.
+
+    ``batch_sizes`` matter to runtimes that fix the batch when converting (tflite).
+    """
+    if runtime == "tflite":
+        from quantwise.runtime.tflite import TfliteRunner, check_tflite_available, convert
+        from quantwise.runtime.tflite_lower import lower_tflite_module
+
+        check_tflite_available()
+        module, mode = lower_tflite_module(qm, task.model)
+        paths = {}
+        for bs in sorted({1, *batch_sizes}):
+            status(f"converting to .tflite at batch {bs}")
+            paths[bs] = convert(module, task.latency_input(bs), mode, workdir / f"model_b{bs}.tflite")
+        return TfliteRunner(paths, threads), module
     if runtime == "integer":
         from quantwise.runtime.integer import lower_integer
 
@@ -175,7 +190,7 @@ def evaluate(
     tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
     try:
         qm = quantized if quantized is not None else (build_quantized(task, recipe) if recipe else None)
-        runner, module = lower(qm, task, runtime, tmp, threads)
+        runner, module = lower(qm, task, runtime, tmp, threads, batch_sizes)
         outputs = run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating")
         record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
         status("measuring latency")
@@ -209,7 +224,8 @@ def _record(task: Task, name: str, recipe: Recipe | None, runtime: str, qm: Quan
         "peak_memory_bytes": None,
         "time_to_quantize_s": qm.info.get("time_to_quantize_s", 0.0) if qm else 0.0,
         "integer_ops": runner.integer_ops(),
-        "fixed_point": runner.report() if hasattr(runner, "report") else None,
+        "fixed_point": runner.report() if getattr(runner, "runtime", "") == "integer" else None,
+        "tflite": runner.report(qm) if getattr(runner, "runtime", "") == "tflite" else None,
         "quantized_layers": sorted(qm.layers) if qm else [],
         "float_layers": qm.skipped if qm else {},
         "info": {k: v for k, v in (qm.info.items() if qm else []) if k != "time_to_quantize_s"},
@@ -218,7 +234,7 @@ def _record(task: Task, name: str, recipe: Recipe | None, runtime: str, qm: Quan
 
 
 def _memory(runtime: str, runner: Any, module: nn.Module, task: Task, tmp: Path, threads: int) -> int | None:
-    if runtime == "onnxruntime":
+    if runtime in ("onnxruntime", "tflite"):
         artifact = runner.artifact
     else:
         artifact = tmp / "module.pt"

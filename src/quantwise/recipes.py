@@ -160,6 +160,9 @@ class StaticInt8Recipe(Recipe):
         fuse_relu: fuse a ReLU that follows a Conv/Linear into its output quantization.
         embeddings: also store embedding tables as int8, one scale per row.
         weight_bits: 8, or 4 for W4A8 (int4 weight values, run by the int8 kernels).
+        quantize_outputs: calibrate and quantize every layer's output, not only where a
+            runtime's integer kernel needs it, so nothing runs in float between layers
+            (full-integer TFLite).
     """
 
     kind: ClassVar[str] = "static-int8"
@@ -171,6 +174,7 @@ class StaticInt8Recipe(Recipe):
     fuse_relu: bool = True
     embeddings: bool = True
     weight_bits: int = 8
+    quantize_outputs: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

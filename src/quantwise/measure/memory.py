@@ -69,6 +69,11 @@ def _child(runtime: str, artifact: str, inputs: str, threads: int) -> None:
         base = _baseline()
         sess = ort.InferenceSession(artifact, so, providers=["CPUExecutionProvider"])
         sess.run(None, data)
+    elif runtime == "tflite":
+        from quantwise.runtime.tflite import TfliteRunner
+
+        base = _baseline()
+        TfliteRunner({1: Path(artifact)}, threads).run(tuple(torch.from_numpy(v) for v in data.values()))
     else:
         torch.set_num_threads(threads)
         import quantwise.runtime.qmodules  # noqa: F401  (classes the pickled module refers to)

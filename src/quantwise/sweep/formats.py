@@ -47,24 +47,26 @@ class Format:
 
 
 _INT8_RT = ("torch", "torch-int8", "onnxruntime")
+_TFL = ("torch", "onnxruntime", "tflite")
 
 FORMATS: dict[str, Format] = {
     f.id: f
     for f in (
-        Format("fp32", None, family="fp32"),
-        Format("fp16", "fp16", family="fp16"),
+        Format("fp32", None, runtimes=_TFL, family="fp32"),
+        Format("fp16", "fp16", runtimes=_TFL, family="fp16"),
         Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
-        Format("dynamic-int8", "dynamic-int8", runtimes=_INT8_RT, family="int8"),
+        Format("dynamic-int8", "dynamic-int8", runtimes=(*_INT8_RT, "tflite"), family="int8"),
         Format("dynamic-int8-per-token", "dynamic-int8", {"activations": "per-token"}, family="int8"),
         Format("static-int8-minmax", "static-int8", {"calibration": "minmax"}, runtimes=_INT8_RT, family="int8"),
+        Format("static-int8-full", "static-int8", {"quantize_outputs": True}, runtimes=(*_INT8_RT, "tflite"), family="int8"),
         Format("static-int8-percentile", "static-int8", {"calibration": "percentile"}, runtimes=_INT8_RT, family="int8"),
         Format("static-int8-entropy", "static-int8", {"calibration": "entropy"}, runtimes=_INT8_RT, family="int8"),
         Format("static-int8-mse", "static-int8", {"calibration": "mse"}, runtimes=_INT8_RT, family="int8"),
-        Format("weight-int8", "weight-int8", family="int8-weight"),
+        Format("weight-int8", "weight-int8", runtimes=_TFL, family="int8-weight"),
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
         Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
         Format("static-w4a8", "static-w4a8", family="int8"),  # torch-int8 refuses int4 weight values
-        Format("qat-w8a8", "qat-w8a8", runtimes=_INT8_RT, family="int8"),
+        Format("qat-w8a8", "qat-w8a8", runtimes=(*_INT8_RT, "tflite"), family="int8"),
         Format("qat-w4a8", "qat-w4a8", family="int8"),
         Format("qat-w4", "qat-w4", family="int4-weight"),
         Format("mixed", "mixed", runtimes=("onnxruntime",), family="int8"),
@@ -87,6 +89,15 @@ def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Form
     for r in rts:
         if r not in RUNTIMES:
             raise UserError(f"unknown runtime {r!r} in --runtimes: choose from {', '.join(RUNTIMES)}")
+    if "tflite" in rts:
+        from quantwise.runtime.tflite import check_tflite_available
+
+        try:
+            check_tflite_available()
+        except UserError:
+            if runtimes:  # asked for by name: say what to install
+                raise
+            rts.remove("tflite")  # the default set: run what is installed
     chosen: list[Format] = []
     if formats:
         for name in (n.strip() for n in formats.split(",")):

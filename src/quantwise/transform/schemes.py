@@ -136,7 +136,7 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
     kw = {"percentile": recipe.percentile} if recipe.calibration == "percentile" else {}
     in_obs = {n: make_observer(recipe.calibration, **kw) for n, _ in chosen}
     # Output quantization where the runtime needs it for an integer kernel (Conv) or a ReLU is fused.
-    out_at = {n: relus.get(n, n) for n, m in chosen if isinstance(m, nn.Conv2d) or n in relus}
+    out_at = {n: relus.get(n, n) for n, m in chosen if recipe.quantize_outputs or isinstance(m, nn.Conv2d) or n in relus}
     out_obs = {target: make_observer(recipe.calibration, **kw) for target in out_at.values()}
     with observing(model, in_obs, out_obs):
         run_calibration(model, calib, f"calibrating ({recipe.calibration})")
