@@ -128,3 +128,15 @@ def test_a_model_fixed_point_cannot_capture_is_not_applicable_and_the_rest_go_on
     assert "layer 'gate' (aten.sigmoid" in fx[0]["error"]
     assert result["recommendation"]["others"]["fixed-point · integer"].startswith("not applicable")
     assert [r["status"] for r in result["records"] if r["format"] == "fp32"] == ["ok", "ok"]
+
+
+def test_compare_in_tflite_reports_integer_tensors_and_our_scales(mnist, tmp_path):
+    pytest.importorskip("litert_torch")
+    s = CompareSettings(formats="fp32,static-int8-full,weight-int8", runtimes="tflite", measure_memory=True, latency_seconds=0.2)
+    result = run_compare(mnist, s, tmp_path)
+    by = {(r["format"], r["runtime"]): r for r in result["records"]}
+    assert set(by) == {("fp32", "tflite"), ("static-int8-full", "tflite")}  # weight-int8 lists no tflite: LiteRT folds it to float
+    full = by[("static-int8-full", "tflite")]
+    assert full["status"] == "ok" and full["integer_ops"]["integer"] == 4 and full["speedup"]["batch_1"] > 0
+    assert full["tflite"]["quantwise_scales"]["not_in_file"] == [] and full["peak_memory_bytes"]
+    assert abs(full["accuracy_change_points"]) <= 0.5

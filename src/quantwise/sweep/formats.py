@@ -62,7 +62,7 @@ FORMATS: dict[str, Format] = {
         Format("static-int8-percentile", "static-int8", {"calibration": "percentile"}, runtimes=_INT8_RT, family="int8"),
         Format("static-int8-entropy", "static-int8", {"calibration": "entropy"}, runtimes=_INT8_RT, family="int8"),
         Format("static-int8-mse", "static-int8", {"calibration": "mse"}, runtimes=_INT8_RT, family="int8"),
-        Format("weight-int8", "weight-int8", runtimes=_TFL, family="int8-weight"),
+        Format("weight-int8", "weight-int8", family="int8-weight"),  # LiteRT folds weight-only int8 back to float
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
         Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
         Format("static-w4a8", "static-w4a8", family="int8"),  # torch-int8 refuses int4 weight values
