@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,6 +143,42 @@ def test_mixed_keeps_the_sensitive_layers_in_fp32_and_meets_the_budget(mnist):
     assert float(agree) >= 0.99
     with pytest.raises(UserError, match="needs a task"):
         quantize(mnist.model, get_recipe("mixed"), mnist.calibration)
+
+
+def test_mixed_for_size_starts_at_int4_and_promotes_the_sensitive_layers_to_int8(mnist, tmp_path):
+    from quantwise.api import build_quantized, lower
+
+    strict = build_quantized(mnist, get_recipe("mixed", optimize="size", max_drop=0.0))
+    info = strict.info
+    assert info["optimize"] == "size" and info["validation_prediction_change_points"] == 0.0
+    kinds = {n: lq.weight_qtype for n, lq in strict.layers.items()}
+    assert set(kinds.values()) <= {"int4", "int8"} and sorted(n for n, t in kinds.items() if t == "int8") == sorted(info["int8_layers"])
+    assert all(info["precision_map"][n] == f"{kinds[n]} weights" for n in kinds)
+    loose = build_quantized(mnist, get_recipe("mixed", optimize="size", max_drop=5.0))
+    assert loose.info["int8_layers"] == [] and {lq.weight_qtype for lq in loose.layers.values()} == {"int4"}
+    # the assembled mix runs in ONNX Runtime as one model and matches its simulation
+    runner, _ = lower(strict, mnist, "onnxruntime", tmp_path)
+    out = np.concatenate([runner.run(b) for b in mnist.eval_batches])
+    with torch.no_grad():
+        sim = torch.cat([lower_torch(strict)(*b) for b in mnist.eval_batches]).numpy()
+    assert np.abs(out - sim).max() < 1e-3 * np.abs(sim).max()
+
+
+def test_int4_embedding_tables_run_as_gather_block_quantized(bbc_small, tmp_path):
+    from quantwise.api import lower
+
+    qm = quantize(bbc_small.model, get_recipe("weight-int4", embedding_bits=4))
+    emb = qm.layers["encoder.embeddings.word_embeddings"]
+    assert emb.weight_qtype == "int4" and emb.weight_granularity.to_dict() == {"type": "per_group", "size": 32}
+    runner, _ = lower(qm, bbc_small, "onnxruntime", tmp_path)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(runner.artifact)).graph.node}
+    assert "GatherBlockQuantized" in ops
+    out = np.concatenate([runner.run(b) for b in bbc_small.eval_batches])
+    with torch.no_grad():
+        sim = torch.cat([lower_torch(qm)(*b) for b in bbc_small.eval_batches]).numpy()
+    assert np.abs(out - sim).max() < 1e-5
 
 
 def test_a_pattern_that_matches_nothing_names_the_nearest_layers(mnist):

@@ -40,6 +40,9 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float-embeddings", action="store_true", help="keep embedding tables in float (default: int8, one scale per row)")
     p.add_argument("--max-drop", type=float, help="mixed: budget in points of validation predictions that may change (default 0.2)")
     p.add_argument("--base", choices=("static-int8", "dynamic-int8"), help="mixed: the INT8 scheme for the layers it quantizes")
+    p.add_argument("--optimize", choices=("latency", "size"),
+                   help="mixed: latency (INT8 base, sensitive layers FP32; default) or size (INT4, sensitive layers INT8)")
+    p.add_argument("--embedding-bits", type=int, choices=(8, 4), help="weight-only: embedding tables at 8 (default) or 4 bits")
     p.add_argument("--bits", type=int, choices=(8, 16), help="fixed-point: activation width (default 8)")
     p.add_argument("--weight-bits", type=int, choices=(4, 8, 16), help="weight width: static-int8 and qat 8 or 4, fixed-point 8 or 16")
     p.add_argument("--epochs", type=int, help="qat: passes over the training data (default: the task's, mnist 10, bbc 1)")
@@ -103,7 +106,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         if v is not None and not v > 0:
             raise UserError(f"--{flag} must be a positive number, got {v}")
     for flag, key in (("calibration", "calibration"), ("percentile", "percentile"), ("group_size", "group_size"), ("method", "method"),
-                      ("max_drop", "max_drop"), ("base", "base"), ("bits", "bits"), ("weight_bits", "weight_bits"),
+                      ("max_drop", "max_drop"), ("base", "base"), ("optimize", "optimize"), ("embedding_bits", "embedding_bits"), ("bits", "bits"), ("weight_bits", "weight_bits"),
                       ("accumulator", "accumulator"), ("on_overflow", "on_overflow"), ("epochs", "epochs"), ("steps", "steps"),
                       ("lr", "lr"), ("patience", "patience")):
         v = getattr(args, flag)

@@ -91,7 +91,9 @@ class WeightOnlyRecipe(Recipe):
         symmetric: symmetric weight grid (zero point 0).
         method: ``rtn`` (round to nearest) or ``gptq`` (Hessian-based error compensation).
         gptq_damp: GPTQ diagonal dampening, as a fraction of the mean Hessian diagonal.
-        embeddings: also store embedding tables as int8, one scale per row.
+        embeddings: also store embedding tables as integers (see ``embedding_bits``).
+        embedding_bits: 8 (one scale per row) or 4 (one scale per 32 values of a row; ONNX
+            Runtime's GatherBlockQuantized).
         label: the use-case name it was asked for (``w8a16``, ``w4a16``: integer weights with float
             activations, which on a CPU means FP32 activations), shown in results.
     """
@@ -103,6 +105,7 @@ class WeightOnlyRecipe(Recipe):
     method: str = "rtn"
     gptq_damp: float = 0.01
     embeddings: bool = True
+    embedding_bits: int = 8
     label: str = ""
 
     def __post_init__(self) -> None:
@@ -115,6 +118,8 @@ class WeightOnlyRecipe(Recipe):
             raise UserError(f"recipe weight-only: method must be rtn or gptq, got {self.method!r}")
         if not 0 <= self.gptq_damp < 1:
             raise UserError(f"recipe weight-only: gptq_damp must be in [0, 1), got {self.gptq_damp}")
+        if self.embedding_bits not in (4, 8):
+            raise UserError(f"recipe weight-only: embedding_bits must be 8 or 4, got {self.embedding_bits}")
         if self.label not in ("", "w8a16", "w4a16"):
             raise UserError(f"recipe weight-only: label must be empty, w8a16 or w4a16, got {self.label!r}")
 
@@ -248,18 +253,24 @@ class QATRecipe(Recipe):
 
 @dataclass(frozen=True)
 class MixedRecipe(Recipe):
-    """Mixed precision: a base INT8 scheme with the most sensitive layers kept in FP32.
+    """Mixed precision within an accuracy budget, per layer.
+
+    ``optimize="latency"``: a base INT8 scheme with the most sensitive layers kept in FP32.
+    ``optimize="size"``: every Linear and embedding table at INT4 (weights; GPTQ for Linear, blocks
+    of 32) with the most sensitive ones promoted to INT8.
 
     Attributes:
-        base: ``static-int8`` or ``dynamic-int8``.
+        base: ``static-int8`` or ``dynamic-int8`` (latency).
         calibration: observer for a static base.
         max_drop: budget in points of validation predictions that may change vs FP32.
+        optimize: ``latency`` or ``size``.
     """
 
     kind: ClassVar[str] = "mixed"
     base: str = "static-int8"
     calibration: str = "minmax"
     max_drop: float = 0.2
+    optimize: str = "latency"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -269,6 +280,8 @@ class MixedRecipe(Recipe):
             raise UserError(f"recipe mixed: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
         if self.max_drop < 0:
             raise UserError(f"recipe mixed: max_drop must not be negative, got {self.max_drop}")
+        if self.optimize not in ("latency", "size"):
+            raise UserError(f"recipe mixed: optimize must be latency or size, got {self.optimize!r}")
 
 
 @dataclass(frozen=True)

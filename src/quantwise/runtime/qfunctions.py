@@ -72,6 +72,25 @@ class GatherDQ(Function):
         return g.op("Mul", rows, s)
 
 
+class GatherBlockDQ(Function):
+    """Rows of a 4-bit table with one scale per block of the row: ONNX Runtime's
+    ``com.microsoft::GatherBlockQuantized`` (uint8 data, two values per byte, low nibble first).
+
+    ``q`` is the ``(V, D)`` int4 values held in int8 for the simulation; ``packed`` ``(V, D/2)``
+    and ``zero_points`` (packed, 8 = signed zero) are what the graph stores.
+    """
+
+    @staticmethod
+    def forward(ctx, ids, q, scales, packed, zero_points, block: int):  # type: ignore[override]
+        # ids: (B, S), q: (V, D) int8 in [-8, 7], scales: (V, D / block) -> (B, S, D)
+        return q[ids].to(torch.float32) * scales[ids].repeat_interleave(block, dim=-1)
+
+    @staticmethod
+    def symbolic(g, ids, q, scales, packed, zero_points, block: int):  # noqa: ANN001, ANN205
+        return g.op("com.microsoft::GatherBlockQuantized", packed, ids, scales, zero_points,
+                    bits_i=4, block_size_i=block, gather_axis_i=0, quantize_axis_i=1)
+
+
 class DynamicQMatMul(Function):
     """Dynamic INT8 matmul: activations quantized per tensor at run time to uint8.
 

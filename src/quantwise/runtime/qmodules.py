@@ -14,7 +14,7 @@ from torch import nn
 from quantwise.numerics import get_qtype, pack_int4
 from quantwise.numerics.granularity import PerGroup, PerTensor
 from quantwise.quantized import ActQuant, LayerQuant
-from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, DynamicQMatMulPerToken, GatherDQ, MatMulNBits
+from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, DynamicQMatMulPerToken, GatherBlockDQ, GatherDQ, MatMulNBits
 
 
 def _qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
@@ -128,14 +128,27 @@ class QLinear(_QLayer):
 
 
 class QEmbedding(nn.Module):
-    """An embedding table stored as int8 with one symmetric scale per row; rows are gathered, then scaled."""
+    """An embedding table stored as int8 with one symmetric scale per row, or as int4 with one
+    scale per block of 32 in a row; rows are gathered, then scaled."""
 
     def __init__(self, lq: LayerQuant, layer: nn.Embedding) -> None:
         super().__init__()
         self.register_buffer("w_q", lq.weight_q.to(torch.int8).contiguous())  # (V, D)
-        self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1))  # (V,)
+        self.block = lq.weight_granularity.size if isinstance(lq.weight_granularity, PerGroup) else 0
+        if self.block:
+            v, d = lq.weight_q.shape
+            self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(v, d // self.block))
+            u = (lq.weight_q.to(torch.int16) + 8).to(torch.uint8)  # signed int4 as unsigned with zero point 8
+            self.register_buffer("packed", pack_int4(u.reshape(-1)).reshape(v, d // 2))
+            nblk = d // self.block
+            zp = torch.full((v, nblk + nblk % 2), 8, dtype=torch.uint8)
+            self.register_buffer("zp", pack_int4(zp.reshape(-1)).reshape(v, -1))
+        else:
+            self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1))  # (V,)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
+        if self.block:
+            return GatherBlockDQ.apply(ids, self.w_q, self.w_scale, self.packed, self.zp, self.block)
         return GatherDQ.apply(ids, self.w_q, self.w_scale)
 
 

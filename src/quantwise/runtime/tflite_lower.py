@@ -91,6 +91,8 @@ class _TfliteEmbedding(nn.Module):
 
     def __init__(self, lq: LayerQuant) -> None:
         super().__init__()
+        if get_qtype(lq.weight_qtype).bits != 8:
+            raise UserError("int4 embedding tables (blocks of 32) have no TFLite kernel here: use --runtime onnxruntime")
         self.register_buffer("w", lq.dequantized_weight().to(torch.float32))
         self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1))
         self.register_buffer("w_zp", torch.zeros(self.w_scale.shape, dtype=torch.int64))

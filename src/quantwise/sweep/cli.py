@@ -45,7 +45,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     built: dict = {}
     result = run_compare(task, settings, out, resume=args.resume, built=built)
-    exported = export_recommended(task, result, out, args.threads, settings.max_drop.points(1.0), built)
+    exported = export_recommended(task, result, out, args.threads, settings.max_drop.points(1.0), built, settings.optimize)
     result["exported"] = str(exported) if exported else None
     write_json(out / "results.json", result)
     write_html(result, out / "report.html")

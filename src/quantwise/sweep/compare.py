@@ -105,7 +105,7 @@ def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: d
 
     built = {} if built is None else built
     try:
-        recipe = fmt.build_recipe(s.max_drop.points(1.0))
+        recipe = fmt.build_recipe(s.max_drop.points(1.0), s.optimize)
         if recipe is not None and fmt.id not in built:
             try:
                 built[fmt.id] = build_quantized(task, recipe)
@@ -143,7 +143,8 @@ def _derive(records: list[dict[str, Any]]) -> None:
 
 
 def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: int = 1,
-                       max_drop_points: float | None = None, built: dict[str, Any] | None = None) -> Path | None:
+                       max_drop_points: float | None = None, built: dict[str, Any] | None = None,
+                       optimize: str | None = None) -> Path | None:
     """Write the winner with a metadata file to ``out/recommended``; reuses its QuantizedModel from
     ``built`` when compare made it in this process (after ``--resume`` it is rebuilt, deterministically)."""
     from quantwise.sweep.formats import FORMATS
@@ -155,7 +156,7 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
 
     fmt = FORMATS[w["format"]]
     dest = out / "recommended"
-    recipe = fmt.build_recipe(max_drop_points)
+    recipe = fmt.build_recipe(max_drop_points, optimize)
     qm = (built or {}).get(fmt.id) or (build_quantized(task, recipe) if recipe else None)
     evaluate(task, recipe, w["runtime"], out=dest, threads=threads, batch_sizes=(1,), measure_memory=False,
              latency_seconds=0.5, quantized=qm)
@@ -168,7 +169,7 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
         export_c(qm, dest / "c")
         artifact = "c/"
         how = f"compile c/ into the firmware and call qw_model_run (host test: cd c && {BUILD}); quantized/ holds the QuantizedModel"
-    meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": fmt.build_recipe(max_drop_points).to_dict() if fmt.recipe else None,
+    meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": recipe.to_dict() if recipe else None,
             "task": task.name, "artifact": artifact, "how_to_load": how, "inputs": task.input_names,
             "accuracy_drop_points": w["drop_points"], "made_by": "quantwise compare", "created": result["created"]}
     write_json(dest / "quantwise-export.json", meta)

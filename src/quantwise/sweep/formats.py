@@ -36,13 +36,15 @@ class Format:
         """Quantization-aware training: needs the task's training data."""
         return bool(self.recipe and self.recipe.startswith("qat-"))
 
-    def build_recipe(self, max_drop_points: float | None = None) -> Recipe | None:
-        """The recipe; a budgeted search (``mixed``) gets compare's accuracy budget."""
+    def build_recipe(self, max_drop_points: float | None = None, optimize: str | None = None) -> Recipe | None:
+        """The recipe; a budgeted search (``mixed``) gets compare's accuracy budget and objective."""
         if not self.recipe:
             return None
         over = dict(self.overrides)
         if self.recipe == "mixed" and max_drop_points is not None:
             over["max_drop"] = max_drop_points
+        if self.recipe == "mixed" and optimize is not None:
+            over["optimize"] = "latency" if optimize == "latency" else "size"  # memory follows size
         return get_recipe(self.recipe, **over)
 
 

@@ -9,12 +9,18 @@ The search, and why it is this one:
    above, so the budget is kept conservatively. k is found by binary search over the ranking
    (end-to-end results are close to monotone in k): about log2(layers) + 1 full evaluations.
 
+With ``optimize="size"`` the same search runs from the other end of the size scale: every Linear
+and embedding table starts at INT4 weights (GPTQ, blocks of 32; tables in blocks of 32 per row)
+and the k most sensitive are promoted to INT8. Both quantizations are made once and each
+candidate is assembled from them, since weight-only layers are quantized independently.
+
 A greedy/knapsack over per-layer cost estimates was not used: per-layer accuracy effects do
 not add up reliably, and every candidate would need an end-to-end check anyway.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any
@@ -26,7 +32,7 @@ from quantwise.errors import UserError
 from quantwise.explain.sensitivity import layer_sensitivity_on
 from quantwise.progress import status
 from quantwise.quantized import QuantizedModel
-from quantwise.recipes import MixedRecipe, Recipe, get_recipe
+from quantwise.recipes import MixedRecipe, Recipe, WeightOnlyRecipe, get_recipe
 from quantwise.runtime.torch_sim import lower_torch
 from quantwise.tasks.base import Task
 
@@ -44,6 +50,18 @@ def base_recipe(recipe: MixedRecipe, exclude: tuple[str, ...] = ()) -> Recipe:
     return get_recipe(recipe.base, **over)
 
 
+def _assemble(low: QuantizedModel, high: QuantizedModel, promoted: list[str], recipe: Recipe) -> QuantizedModel:
+    """``low`` with the ``promoted`` layers taken from ``high`` (both weight-only: no fusion to undo)."""
+    model = copy.deepcopy(low.model)
+    layers = dict(low.layers)
+    with torch.no_grad():
+        for n in promoted:
+            layers[n] = high.layers[n]
+            mod = model.get_submodule(n)
+            mod.weight.copy_(high.layers[n].dequantized_weight().reshape(mod.weight.shape))
+    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=dict(low.skipped), info=dict(low.info))
+
+
 def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     """The mixed-precision QuantizedModel for ``task`` within ``recipe.max_drop`` points (validation)."""
     from quantwise.api import quantize
@@ -51,25 +69,38 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     if not task.validation:
         raise UserError(f"task {task.name} has no validation data: mixed precision needs held-out data to search on")
     t0 = time.perf_counter()
-    full = quantize(task.model, base_recipe(recipe), task.calibration)
+    size = recipe.optimize == "size"
+    common = {"include": recipe.include, "exclude": recipe.exclude, "module_types": recipe.module_types}
+    if size:  # INT4 everywhere, the most sensitive promoted to INT8; both quantized once, then assembled per candidate
+        full = quantize(task.model, WeightOnlyRecipe(bits=4, group_size=32, method="gptq", embedding_bits=4, **common), task.calibration)
+        high = quantize(task.model, WeightOnlyRecipe(bits=8, **common))
+    else:
+        full = quantize(task.model, base_recipe(recipe), task.calibration)
     ref_pred = _predictions(task.model, task)
     ranking = [r.name for r in layer_sensitivity_on(task.model, full, task.validation)]
-    ranking = [n for n in ranking if full.layers[n].kind != "embedding"]
+    if not size:
+        ranking = [n for n in ranking if full.layers[n].kind != "embedding"]
     evaluations = {"sensitivity passes": len(ranking) + 1, "end-to-end": 0}
     cache: dict[int, tuple[QuantizedModel, float]] = {}
 
     def changed(k: int) -> tuple[QuantizedModel, float]:
         if k not in cache:
-            qm = full if k == 0 else quantize(task.model, base_recipe(recipe, tuple(ranking[:k])), task.calibration)
+            if size:
+                qm = _assemble(full, high, ranking[:k], recipe)
+            else:
+                qm = full if k == 0 else quantize(task.model, base_recipe(recipe, tuple(ranking[:k])), task.calibration)
             evaluations["end-to-end"] += 1
             cache[k] = (qm, 100.0 * float(np.mean(_predictions(lower_torch(qm), task) != ref_pred)))
-            status(f"mixed: {k} layer(s) in FP32 -> {cache[k][1]:.2f}% of validation predictions change")
+            status(f"mixed: {k} layer(s) in {'INT8' if size else 'FP32'} -> {cache[k][1]:.2f}% of validation predictions change")
         return cache[k]
 
     lo, hi = 0, len(ranking)
     if changed(0)[1] > recipe.max_drop:
         if changed(hi)[1] > recipe.max_drop:
-            raise UserError(f"mixed: even with every layer in FP32 the budget of {recipe.max_drop} points is not met")
+            top = "INT8" if size else "FP32"
+            raise UserError(f"mixed: even with every layer in {top} the budget of {recipe.max_drop} points is not met "
+                            f"({changed(hi)[1]:.2f}% of validation predictions change): widen --max-drop"
+                            + (" or use --optimize latency" if size else ""))
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if changed(mid)[1] <= recipe.max_drop:
@@ -81,8 +112,9 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
         k = 0
     qm, drop = changed(k)
     qm = dataclasses.replace(qm, recipe=recipe)
-    precision = {n: ("fp32" if n in ranking[:k] else _precision(qm, n)) for n in ranking}
-    qm.info.update({"precision_map": precision, "fp32_layers": ranking[:k], "validation_prediction_change_points": drop,
+    precision = {n: ("fp32" if n in ranking[:k] and not size else _precision(qm, n)) for n in ranking}
+    qm.info.update({"precision_map": precision, ("int8_layers" if size else "fp32_layers"): ranking[:k],
+                    "validation_prediction_change_points": drop, "optimize": recipe.optimize,
                     "evaluations": evaluations, "time_to_quantize_s": time.perf_counter() - t0,
                     "search": "binary search over the sensitivity ranking, verified end to end on validation data"})
     return qm

@@ -28,11 +28,14 @@ def _kind(mod: nn.Module) -> str:
 
 
 def _embeddings(model: nn.Module, recipe: object, layers: dict[str, LayerQuant], skipped: dict[str, str]) -> None:
-    """Int8 tables, one symmetric scale per row (per token vector), for recipes that ask."""
+    """Int8 tables with one symmetric scale per row (per token vector), or int4 tables with one
+    per 32 values of a row (``embedding_bits=4``), for recipes that ask."""
     chosen, skip = select_embeddings(model, recipe)  # type: ignore[arg-type]
     skipped.update(skip)
+    bits = getattr(recipe, "embedding_bits", 8)
     for name, mod in chosen:
-        layers[name] = _weight_layer(mod, "weight_only", 8, 0, True)
+        bits_here = 8 if bits == 4 and mod.embedding_dim % 32 else bits  # int4 blocks of 32 need a width divisible by 32
+        layers[name] = _weight_layer(mod, "weight_only", bits_here, 32 if bits_here == 4 else 0, True)
 
 
 def _weight_layer(mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True) -> LayerQuant:
