@@ -133,7 +133,7 @@ def test_mixed_keeps_the_sensitive_layers_in_fp32_and_meets_the_budget(mnist):
     # entropy calibration clips the CNN's input layer badly (see explain); mixed must route around it
     qm = build_quantized(mnist, get_recipe("mixed", calibration="entropy", max_drop=0.2))
     info = qm.info
-    assert "features.0" in info["fp32_layers"] and info["validation_prediction_change_points"] <= 0.2
+    assert "features.0" in info["fp32_layers"] and info["validation_drop_points"] <= 0.2
     assert info["precision_map"]["features.0"] == "fp32" and "int8" in info["precision_map"]["classifier.2"]
     assert info["evaluations"]["end-to-end"] <= 4  # binary search over 4 layers
     sim = lower_torch(qm)
@@ -150,7 +150,7 @@ def test_mixed_for_size_starts_at_int4_and_promotes_the_sensitive_layers_to_int8
 
     strict = build_quantized(mnist, get_recipe("mixed", optimize="size", max_drop=0.0))
     info = strict.info
-    assert info["optimize"] == "size" and info["validation_prediction_change_points"] == 0.0
+    assert info["optimize"] == "size" and info["validation_drop_points"] == 0.0
     kinds = {n: lq.weight_qtype for n, lq in strict.layers.items()}
     assert set(kinds.values()) <= {"int4", "int8"} and sorted(n for n, t in kinds.items() if t == "int8") == sorted(info["int8_layers"])
     assert all(info["precision_map"][n] == f"{kinds[n]} weights" for n in kinds)
