@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 W, H, PAD = 560, 340, 56
-_COLORS = {"torch": "#d9822b", "torch-int8": "#8e44ad", "onnxruntime": "#2b6cd9"}
+_COLORS = {"torch": "#d9822b", "torch-int8": "#8e44ad", "onnxruntime": "#2b6cd9", "tflite": "#16a3a3", "integer": "#5b5b5b"}
 
 
 def _esc(x: Any) -> str:
@@ -156,6 +156,8 @@ def render_html(result: dict[str, Any]) -> str:
     others = "".join(f"<li><b>{_esc(k)}</b>: {_esc(v)}</li>" for k, v in rec["others"].items())
     notes = "".join(f"<li>{_esc(n)}</li>" for n in rec.get("notes", []))
     env_rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in env.items())
+    runtimes = list(dict.fromkeys(r["runtime"] for r in result["records"]))
+    legend = "".join(f'<span style="background:{_COLORS.get(rt, "#777")}"></span>{_esc(rt)}' for rt in runtimes)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>quantwise compare: {_esc(result['task'])}</title>
 <style>
@@ -173,7 +175,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 {f"<br>runner-up: {_esc(rec['runner_up']['key'])}" if rec.get('runner_up') else ""}</div>
 <ul>{notes}</ul>
 <h2>Accuracy against cost</h2>
-<p class="legend">runtime:<span style="background:{_COLORS['torch']}"></span>torch<span style="background:{_COLORS['torch-int8']}"></span>torch-int8<span style="background:{_COLORS['onnxruntime']}"></span>onnxruntime · green ring and dashed line: Pareto front · ★ recommended</p>
+<p class="legend">runtime:{legend} · green ring and dashed line: Pareto front · ★ recommended</p>
 <div class="plots">
 {scatter(result, f"latency {lat_key.replace('_', ' ')} p50", lat, "ms", rec['pareto']['latency'], log_x=True)}
 {scatter(result, "size on disk", lambda r: r.get('size_bytes') and r['size_bytes'] / 1e6, "MB", rec['pareto']['size'])}
