@@ -56,3 +56,13 @@ def test_report_confusion_change_is_shown(mnist, tmp_path):
     page = write_html(result, tmp_path / "r.html")
     dom, _ = open_in_browser(page, tmp_path / "p2")
     assert '<table class="cm">' in dom
+
+
+def test_mixed_precision_map_is_shown_per_layer():
+    from quantwise.report.html import precision_maps
+
+    rec = {"format": "mixed", "runtime": "onnxruntime", "status": "ok",
+           "info": {"precision_map": {"a.0": "int4 weights", "a.1": "int8 weights", "a.2": "int4 weights"}}}
+    html = precision_maps({"records": [rec, {"format": "fp32", "runtime": "onnxruntime", "status": "ok", "info": {}}]})
+    assert "mixed · onnxruntime: 2 × int4 weights, 1 × int8 weights" in html
+    assert html.count("<tr><td>") == 3 and precision_maps({"records": []}) == ""

@@ -189,6 +189,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 <h2>All results</h2>
 {_table(result)}
 <h2>Why the others lost</h2><ul>{others}</ul>
+{precision_maps(result)}
 <h2>Confusion matrix change</h2>
 {confusion_change(result)}
 <h2>Environment</h2><table>{env_rows}</table>
@@ -196,6 +197,29 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 <script>{_SCRIPT}</script>
 </body></html>
 """
+
+
+def precision_maps(result: dict[str, Any]) -> str:
+    """Per-layer precision of each mixed-precision record (one table per distinct map)."""
+    seen: dict[str, list[str]] = {}
+    maps: dict[str, dict[str, str]] = {}
+    for r in _ok(result):
+        pm = (r.get("info") or {}).get("precision_map")
+        if pm:
+            k = repr(sorted(pm.items()))
+            seen.setdefault(k, []).append(f"{r['format']} · {r['runtime']}")
+            maps[k] = pm
+    if not maps:
+        return ""
+    out = ["<h2>Mixed precision: per-layer map</h2>"]
+    for k, pm in maps.items():
+        counts: dict[str, int] = {}
+        for v in pm.values():
+            counts[v] = counts.get(v, 0) + 1
+        rows = "".join(f"<tr><td>{_esc(n)}</td><td>{_esc(v)}</td></tr>" for n, v in pm.items())
+        out.append(f"<p>{_esc(', '.join(seen[k]))}: " + ", ".join(f"{c} × {_esc(v)}" for v, c in counts.items())
+                   + f"</p><table class=\"data\"><tr><th>layer</th><th>precision</th></tr>{rows}</table>")
+    return "".join(out)
 
 
 def write_html(result: dict[str, Any], path: Path) -> Path:

@@ -106,5 +106,12 @@ def print_compare(result: dict[str, Any], console: Console | None = None) -> Non
             console.print(f"[dim]  {k}: {why}[/dim]")
     console.print(f"Pareto front, accuracy vs latency: {', '.join(rec['pareto']['latency'])}")
     console.print(f"Pareto front, accuracy vs size: {', '.join(rec['pareto']['size'])}")
+    for r in result["records"]:
+        pm = (r.get("info") or {}).get("precision_map") if r.get("status") == "ok" else None
+        if pm:
+            counts: dict[str, int] = {}
+            for v in pm.values():
+                counts[v] = counts.get(v, 0) + 1
+            console.print(f"precision map of {r['format']} · {r['runtime']}: " + ", ".join(f"{c} × {v}" for v, c in counts.items()))
     for n in rec.get("notes", []):
         console.print(f"[yellow]note: {n}[/yellow]")
