@@ -2,7 +2,7 @@
 
 The search, and why it is this one:
 1. Rank layers by sensitivity: the output SQNR with *only that layer* quantized, measured on
-   the task's validation data (never the test set). One pass per layer.
+   the first 64 examples of the task's validation data (never the test set). One pass per layer.
 2. Find the smallest number k of most-sensitive layers to keep in FP32 such that the whole
    mixed model, measured end to end on the validation data, loses at most ``max_drop`` points:
    of accuracy when the task labels its validation data (bbc-minilm), else of predictions
@@ -50,6 +50,20 @@ def base_recipe(recipe: MixedRecipe, exclude: tuple[str, ...] = ()) -> Recipe:
     return get_recipe(recipe.base, **over)
 
 
+RANK_SAMPLES = 64  # the ranking needs an order, not a score; every candidate is still verified on all validation data
+
+
+def _first(batches: list, n: int) -> list:
+    """The first batches holding at least ``n`` examples."""
+    out, seen = [], 0
+    for b in batches:
+        if seen >= n:
+            break
+        out.append(b)
+        seen += len(b[0])
+    return out
+
+
 def _assemble(low: QuantizedModel, high: QuantizedModel, promoted: list[str], recipe: Recipe) -> QuantizedModel:
     """``low`` with the ``promoted`` layers taken from ``high`` (both weight-only: no fusion to undo)."""
     model = copy.deepcopy(low.model)
@@ -86,7 +100,7 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
             return 100.0 * (float(np.mean(ref_pred == labels)) - float(np.mean(pred == labels)))
         return 100.0 * float(np.mean(pred != ref_pred))
 
-    ranking = [r.name for r in layer_sensitivity_on(task.model, full, task.validation)]
+    ranking = [r.name for r in layer_sensitivity_on(task.model, full, _first(task.validation, RANK_SAMPLES))]
     if not size:
         ranking = [n for n in ranking if full.layers[n].kind != "embedding"]
     evaluations = {"sensitivity passes": len(ranking) + 1, "end-to-end": 0}
