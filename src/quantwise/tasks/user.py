@@ -3,7 +3,8 @@
 The function takes no arguments and returns either a :class:`~quantwise.tasks.base.Task` or a
 dict with ``model`` (an ``nn.Module``), ``calibration`` (a tensor of inputs or a list of input
 tuples), ``eval_inputs`` (a tensor) and ``eval_labels`` (integer labels); the model's output
-is read as class logits.
+is read as class logits. Optional ``train_inputs`` (a tensor) and ``train_labels`` (integer
+labels, optional with ``--distill``) let the QAT recipes train.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ def _from_dict(name: str, d: dict[str, Any]) -> Task:
     labels = np.asarray(d["eval_labels"]).astype(np.int64)
     n_classes = int(d.get("num_classes", labels.max() + 1))
     snapshot = copy.deepcopy(model).eval()
+    train_batches, train_labels = [], []
+    if "train_inputs" in d:
+        xt = torch.as_tensor(d["train_inputs"])
+        train_batches = batched(xt, 64)
+        if d.get("train_labels") is not None:
+            yt = torch.as_tensor(np.asarray(d["train_labels"]).astype(np.int64))
+            if len(yt) != len(xt):
+                raise UserError(f"task {name}: {len(xt)} train_inputs but {len(yt)} train_labels")
+            train_labels = [yt[i : i + 64] for i in range(0, len(yt), 64)]
     return Task(
         name=d.get("name", name),
         model=model.eval(),
@@ -72,4 +82,6 @@ def _from_dict(name: str, d: dict[str, Any]) -> Task:
         latency_input=lambda n: (x[:n] if n <= len(x) else x[torch.arange(n) % len(x)],),
         build_model=lambda: copy.deepcopy(snapshot),
         labels=labels,
+        train_batches=train_batches,
+        train_labels=train_labels,
     )
