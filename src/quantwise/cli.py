@@ -193,6 +193,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+_ALIASES = {  # registry names that share a class with another, said in their own terms
+    "bf16": "Cast the whole model to bfloat16",
+    "weight-int4": "INT4 weights in groups of 32, float activations",
+    "w8a16": "INT8 weights, float (FP32 on a CPU) activations: weight-int8 named by the use case",
+    "w4a16": "INT4 weights in groups of 32, float activations: weight-int4 named by the use case",
+    "static-w4a8": "W4A8: int4 weight values with static INT8 activations (the PTQ baseline for qat-w4a8)",
+    "qat-w4a8": "Quantization-aware training at W4A8, started from static-w4a8",
+    "qat-w4": "Quantization-aware training of INT4 weights (groups of 32), float activations",
+    "qat-w8": "Quantization-aware training of INT8 weights, float activations",
+}
+
+
 def cmd_recipes(_args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -200,7 +212,8 @@ def cmd_recipes(_args: argparse.Namespace) -> int:
 
     for name, (cls, defaults) in RECIPES.items():
         keys = [f"{f.name}={defaults.get(f.name, f.default)!r}" for f in dataclasses.fields(cls)]
-        print(f"{name}: {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
+        doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
+        print(f"{name}: {_ALIASES.get(name, doc.split('. ')[0].rstrip('.'))}")
         print(f"    keys: {', '.join(keys)}")
     return 0
 
