@@ -49,7 +49,8 @@ class LayerQuant:
         weight_q: integer weight values, the layer's weight shape (int4 held in int8/uint8).
         weight_scale: float32 scales, one per block of ``weight_granularity``.
         weight_zero_point: int32 zero points, same shape as the scales.
-        weight_qtype: name of the weight type (``int8``, ``int4``, ``uint4``).
+        weight_qtype: name of the weight type (``int8``, ``int4``, ``uint4``, or ``fp16``: weights
+            stored in half precision, computed in float32; scale 1 and zero point 0).
         weight_granularity: which weight elements share a scale.
         input: static input quantization (``static`` mode only).
         output: static output quantization, applied after a fused ReLU (``static`` only).
@@ -69,7 +70,9 @@ class LayerQuant:
     dynamic_granularity: str = "per-tensor"
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The float weight the runtimes compute with: ``(q - zp) * scale``."""
+        """The float weight the runtimes compute with: ``(q - zp) * scale`` (fp16 weights: cast up)."""
+        if get_qtype(self.weight_qtype).is_float:
+            return self.weight_q.to(torch.float32)
         return dequantize(self.weight_q, self.weight_scale, self.weight_zero_point, self.weight_granularity)
 
     def meta(self) -> dict[str, Any]:

@@ -72,6 +72,22 @@ class GatherDQ(Function):
         return g.op("Mul", rows, s)
 
 
+class HalfToFloat(Function):
+    """FP16-stored weights used in float32: ``CastLike(w, x)`` of a float16 initializer.
+
+    ``CastLike`` to the activation (not ``Cast``) so that export-time constant folding cannot turn
+    the float16 initializer back into a float32 one: the file keeps half the bytes.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return w.to(like.dtype)
+
+    @staticmethod
+    def symbolic(g, w, like):  # noqa: ANN001, ANN205
+        return g.op("CastLike", w, like)
+
+
 class GatherBlockDQ(Function):
     """Rows of a 4-bit table with one scale per block of the row: ONNX Runtime's
     ``com.microsoft::GatherBlockQuantized`` (uint8 data, two values per byte, low nibble first).

@@ -14,7 +14,7 @@ from torch import nn
 from quantwise.numerics import get_qtype, pack_int4
 from quantwise.numerics.granularity import PerGroup, PerTensor
 from quantwise.quantized import ActQuant, LayerQuant
-from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, DynamicQMatMulPerToken, GatherBlockDQ, GatherDQ, MatMulNBits
+from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, DynamicQMatMulPerToken, GatherBlockDQ, GatherDQ, HalfToFloat, MatMulNBits
 
 
 def _qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
@@ -46,7 +46,9 @@ class _QLayer(nn.Module):
             self.register_buffer("b_scale", s_b.to(torch.float32).expand(bias.shape).contiguous())
             self.register_buffer("b_zp", torch.zeros(bias.shape, dtype=torch.int32))
 
-    def _weight(self) -> torch.Tensor:
+    def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        if self.w_q.dtype == torch.float16:  # fp16 storage, float32 arithmetic
+            return HalfToFloat.apply(self.w_q, like)
         return DQ.apply(self.w_q, self.w_scale, self.w_zp, 0)
 
     def _bias(self) -> torch.Tensor:
@@ -72,7 +74,7 @@ class QConv2d(_QLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         if self.input_q is not None:
             x = _qdq(x, self.input_q)
-        y = F.conv2d(x, self._weight(), self._bias(), self.stride, self.padding, self.dilation)
+        y = F.conv2d(x, self._weight(x), self._bias(), self.stride, self.padding, self.dilation)
         return self._finish(y)
 
 
@@ -122,7 +124,7 @@ class QLinear(_QLayer):
         else:
             if self.input_q is not None:
                 x2 = _qdq(x2, self.input_q)
-            y = F.linear(x2, self._weight(), self._bias())
+            y = F.linear(x2, self._weight(x2), self._bias())
         y = self._finish(y)
         return y.reshape(*lead, self.n)
 

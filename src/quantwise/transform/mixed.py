@@ -14,6 +14,10 @@ and embedding table starts at INT4 weights (GPTQ, blocks of 32; tables in blocks
 and the k most sensitive are promoted to INT8. Both quantizations are made once and each
 candidate is assembled from them, since weight-only layers are quantized independently.
 
+Then the layers kept in float are tried as FP16 weights (half the bytes, the same float32
+arithmetic on this CPU), kept if the end-to-end check still meets the budget: this is the
+"W8A8 with FP16 for the sensitive layers" hybrid.
+
 A greedy/knapsack over per-layer cost estimates was not used: per-layer accuracy effects do
 not add up reliably, and every candidate would need an end-to-end check anyway.
 """
@@ -134,9 +138,16 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     else:
         k = 0
     qm, drop = changed(k)
+    if k and not size:  # the layers kept in float: FP16 storage halves them, if the budget still holds
+        half = _with_fp16(qm, ranking[:k], recipe)
+        evaluations["end-to-end"] += 1
+        half_drop = drop_of(_predictions(lower_torch(half), task))
+        status(f"mixed: those {k} layer(s) in FP16 -> {half_drop:.2f} points lost on validation")
+        if half_drop <= recipe.max_drop:
+            qm, drop = half, half_drop
     qm = dataclasses.replace(qm, recipe=recipe)
-    precision = {n: ("fp32" if n in ranking[:k] and not size else _precision(qm, n)) for n in ranking}
-    qm.info.update({"precision_map": precision, ("int8_layers" if size else "fp32_layers"): ranking[:k],
+    precision = {n: _precision(qm, n) for n in ranking}
+    qm.info.update({"precision_map": precision, ("int8_layers" if size else "float_layers"): ranking[:k],
                     "validation_drop_points": drop, "optimize": recipe.optimize,
                     "validation_criterion": "accuracy vs labels" if labels is not None else "predictions changed vs FP32",
                     "evaluations": evaluations, "time_to_quantize_s": time.perf_counter() - t0,
@@ -144,8 +155,25 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     return qm
 
 
+def _with_fp16(qm: QuantizedModel, names: list[str], recipe: Recipe) -> QuantizedModel:
+    """``qm`` with the float layers ``names`` stored as FP16 weights."""
+    from quantwise.transform.schemes import fp16_layer
+
+    model = copy.deepcopy(qm.model)
+    layers = dict(qm.layers)
+    with torch.no_grad():
+        for n in names:
+            mod = model.get_submodule(n)
+            layers[n] = fp16_layer(mod)
+            mod.weight.copy_(layers[n].dequantized_weight())
+    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped={k: v for k, v in qm.skipped.items() if k not in names},
+                          folded=dict(qm.folded), info=dict(qm.info))
+
+
 def _precision(qm: QuantizedModel, name: str) -> str:
     lq = qm.layers.get(name)
     if lq is None:
         return "fp32"
+    if lq.weight_qtype == "fp16":
+        return "fp16 weights"
     return {"static": "int8 (W8A8 static)", "dynamic": "int8 (dynamic)", "weight_only": f"{lq.weight_qtype} weights"}[lq.mode]

@@ -38,6 +38,12 @@ def _embeddings(model: nn.Module, recipe: object, layers: dict[str, LayerQuant],
         layers[name] = _weight_layer(mod, "weight_only", bits_here, 32 if bits_here == 4 else 0, True)
 
 
+def fp16_layer(mod: nn.Module) -> LayerQuant:
+    """A Conv2d/Linear whose weights are stored in half precision (computed in float32)."""
+    w = mod.weight.detach().to(torch.float16)
+    return LayerQuant(_kind(mod), "weight_only", w, torch.ones(()), torch.zeros((), dtype=torch.int32), "fp16", PerTensor())
+
+
 def _weight_layer(mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True) -> LayerQuant:
     """Round-to-nearest weight quantization of one layer."""
     qtype = (INT8 if symmetric else UINT8) if bits == 8 else (INT4 if symmetric else UINT4)
