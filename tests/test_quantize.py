@@ -205,3 +205,24 @@ def test_int4_embedding_tables_run_as_gather_block_quantized(bbc_small, tmp_path
 def test_a_pattern_that_matches_nothing_names_the_nearest_layers(mnist):
     with pytest.raises(UserError, match=r"--exclude pattern 'clasifier.0' matches no layer; nearest layer names: classifier.0"):
         quantize(mnist.model, get_recipe("weight-int8", exclude=["clasifier.0"]))
+
+
+def test_a_budget_nothing_meets_returns_the_closest_mix_and_says_so(mnist, monkeypatch, capsys):
+    from quantwise.api import build_quantized
+    from quantwise.transform import mixed
+
+    real = mixed._predictions
+
+    def one_always_wrong(model, task):  # every quantized candidate changes one validation prediction
+        pred = real(model, task)
+        if model is not task.model:
+            pred = pred.copy()
+            pred[0] = (pred[0] + 1) % 10
+        return pred
+
+    monkeypatch.setattr(mixed, "_predictions", one_always_wrong)
+    monkeypatch.setenv("QUANTWISE_PROGRESS", "1")
+    qm = build_quantized(mnist, get_recipe("mixed", optimize="size", max_drop=0.0))
+    assert qm.info["budget_met"] is False and qm.info["validation_drop_points"] > 0
+    assert sorted(qm.info["int8_layers"]) == sorted(qm.layers)  # the closest mix: everything promoted
+    assert "budget of 0.0 points is not met" in capsys.readouterr().err

@@ -76,3 +76,8 @@ def status(message: str) -> None:
     """One line of status on stderr (only when progress is enabled)."""
     if enabled():
         _console.print(f"[dim]{message}[/dim]")
+
+
+def warn(message: str) -> None:
+    """One line on stderr, always (something the user must know, not progress)."""
+    _console.print(f"[yellow]warning: {message}[/yellow]", soft_wrap=True)

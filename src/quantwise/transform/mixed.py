@@ -34,7 +34,7 @@ import torch
 
 from quantwise.errors import UserError
 from quantwise.explain.sensitivity import layer_sensitivity_on
-from quantwise.progress import status
+from quantwise.progress import status, warn
 from quantwise.quantized import QuantizedModel
 from quantwise.recipes import MixedRecipe, Recipe, WeightOnlyRecipe, get_recipe
 from quantwise.runtime.torch_sim import lower_torch
@@ -122,12 +122,16 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
         return cache[k]
 
     lo, hi = 0, len(ranking)
+    met = True
+    if changed(0)[1] > recipe.max_drop and changed(hi)[1] > recipe.max_drop:
+        # nothing meets the budget: say so, and give the closest mix (everything promoted)
+        met = False
+        top = "INT8" if size else "FP32"
+        warn(f"mixed: even with every layer in {top} the budget of {recipe.max_drop} points is not met "
+             f"({changed(hi)[1]:.2f} points lost on validation); returning that closest mix: widen --max-drop"
+             + (" or use --optimize latency" if size else ""))
+        lo = hi - 1
     if changed(0)[1] > recipe.max_drop:
-        if changed(hi)[1] > recipe.max_drop:
-            top = "INT8" if size else "FP32"
-            raise UserError(f"mixed: even with every layer in {top} the budget of {recipe.max_drop} points is not met "
-                            f"({changed(hi)[1]:.2f} points lost on validation): widen --max-drop"
-                            + (" or use --optimize latency" if size else ""))
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if changed(mid)[1] <= recipe.max_drop:
@@ -148,7 +152,7 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     qm = dataclasses.replace(qm, recipe=recipe)
     precision = {n: _precision(qm, n) for n in ranking}
     qm.info.update({"precision_map": precision, ("int8_layers" if size else "float_layers"): ranking[:k],
-                    "validation_drop_points": drop, "optimize": recipe.optimize,
+                    "validation_drop_points": drop, "optimize": recipe.optimize, "budget_met": met,
                     "validation_criterion": "accuracy vs labels" if labels is not None else "predictions changed vs FP32",
                     "evaluations": evaluations, "time_to_quantize_s": time.perf_counter() - t0,
                     "search": "binary search over the sensitivity ranking, verified end to end on validation data"})
