@@ -132,7 +132,8 @@ def test_a_model_fixed_point_cannot_capture_is_not_applicable_and_the_rest_go_on
 
 def test_compare_in_tflite_reports_integer_tensors_and_our_scales(mnist, tmp_path):
     pytest.importorskip("litert_torch")
-    s = CompareSettings(formats="fp32,static-int8-full,weight-int8", runtimes="tflite", measure_memory=True, latency_seconds=0.2)
+    s = CompareSettings(formats="fp32,static-int8-full,weight-int8", runtimes="tflite", measure_memory=True, latency_seconds=0.2,
+                        optimize="size")
     result = run_compare(mnist, s, tmp_path)
     by = {(r["format"], r["runtime"]): r for r in result["records"]}
     assert set(by) == {("fp32", "tflite"), ("static-int8-full", "tflite")}  # weight-int8 lists no tflite: LiteRT folds it to float
@@ -140,3 +141,7 @@ def test_compare_in_tflite_reports_integer_tensors_and_our_scales(mnist, tmp_pat
     assert full["status"] == "ok" and full["integer_ops"]["integer"] == 4 and full["speedup"]["batch_1"] > 0
     assert full["tflite"]["quantwise_scales"]["not_in_file"] == [] and full["peak_memory_bytes"]
     assert abs(full["accuracy_change_points"]) <= 0.5
+    assert result["recommendation"]["winner"]["key"] == "static-int8-full · tflite"
+    dest = export_recommended(mnist, result, tmp_path)
+    meta = json.loads((dest / "quantwise-export.json").read_text())
+    assert meta["artifact"] == "model_b1.tflite" and (dest / meta["artifact"]).stat().st_size > 0

@@ -163,6 +163,10 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
     artifact = "model.onnx" if w["runtime"] == "onnxruntime" else "quantized/"
     how = ("onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])" if w["runtime"] == "onnxruntime"
            else "quantwise.QuantizedModel.load('quantized', model=<fresh float model>) then quantwise.runtime.torch_sim.lower_torch(qm)")
+    if w["runtime"] == "tflite":
+        artifact = "model_b1.tflite"
+        how = ("ai_edge_litert.interpreter.Interpreter(model_path='model_b1.tflite') (batch 1; int8 inputs and outputs "
+               "carry their scale and zero point in get_input_details()/get_output_details())")
     if w["runtime"] == "integer" and qm is not None:
         from quantwise.fixedpoint.cexport import BUILD, export_c
 
