@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from quantwise.errors import UnsupportedModel, UserError
+from quantwise.quiet import import_torchao_quietly, native_output_silenced
 from quantwise.runtime.base import IntegerOps
 
 HEAVY = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
@@ -29,9 +30,12 @@ EXTRA = "quantwise[tflite]"
 
 def check_tflite_available() -> None:
     """A one-line error naming the extra when LiteRT is not installed."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import_torchao_quietly()
     try:
-        import ai_edge_litert  # noqa: F401
-        import litert_torch  # noqa: F401
+        with native_output_silenced():  # the converter's native libraries log on fd 2 as they load
+            import ai_edge_litert  # noqa: F401
+            import litert_torch  # noqa: F401
     except ImportError:
         raise UserError(f"the tflite runtime needs LiteRT: pip install '{EXTRA}' (litert-torch and ai-edge-litert)") from None
 
@@ -39,6 +43,7 @@ def check_tflite_available() -> None:
 def convert(module: nn.Module, example: tuple[torch.Tensor, ...], mode: str, path: Path) -> Path:
     """Convert ``module`` at ``example``'s shapes to ``path`` (written via a temporary name)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import_torchao_quietly()
     import litert_torch
 
     kw: dict[str, Any] = {}
@@ -51,7 +56,7 @@ def convert(module: nn.Module, example: tuple[torch.Tensor, ...], mode: str, pat
         cfg = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=mode == "dynamic")
         kw["quant_config"] = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(cfg))
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), native_output_silenced():
             edge = litert_torch.convert(module.eval(), example, **kw)
             tmp = path.with_name(f".{path.name}.tmp")
             edge.export(str(tmp))
@@ -75,8 +80,9 @@ class TfliteRunner:
         self.artifact = paths[1]
         self.interpreters = {}
         for bs, p in paths.items():
-            it = Interpreter(model_path=str(p), num_threads=threads, **kw)
-            it.allocate_tensors()
+            with native_output_silenced():  # LiteRT announces its XNNPACK delegate on fd 2
+                it = Interpreter(model_path=str(p), num_threads=threads, **kw)
+                it.allocate_tensors()
             self.interpreters[bs] = it
 
     def _invoke(self, it: Any, arrays: list[np.ndarray]) -> np.ndarray:

@@ -19,6 +19,7 @@ from torch import nn
 
 from quantwise.errors import UserError
 from quantwise.progress import progress_iter
+from quantwise.quiet import import_torchao_quietly
 from quantwise.tasks.base import Batch, Task, classification_metrics
 
 MAX_LEN = 128
@@ -41,7 +42,7 @@ class MeanPoolEncoder(nn.Module):
 def load_encoder(model_dir: Path) -> tuple[nn.Module, Any]:
     """Load a local Hugging Face encoder folder (no network) and its tokenizer."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _import_torchao_quietly()
+    import_torchao_quietly()
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -55,22 +56,6 @@ def load_encoder(model_dir: Path) -> tuple[nn.Module, Any]:
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}") from None
     return MeanPoolEncoder(model).eval(), tok
-
-
-def _import_torchao_quietly() -> None:
-    """transformers imports torchao when it is installed (the tflite extra brings it), and torchao
-    logs warnings about optional CUDA kernels a CPU machine never loads: import it once, silenced."""
-    import logging
-
-    # torchao registers Enum types torch now supports natively; torch logs a deprecation for each
-    logging.getLogger("torch.utils._pytree").addFilter(lambda r: "natively supported by torch.compile" not in r.getMessage())
-    logging.disable(logging.WARNING)
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _cache_dir() -> Path:
