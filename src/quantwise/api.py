@@ -20,7 +20,7 @@ from quantwise.measure.env import environment
 from quantwise.measure.latency import measure_latency
 from quantwise.measure.memory import peak_memory
 from quantwise.progress import progress_iter, status
-from quantwise.quantized import QuantizedModel, artifact_size
+from quantwise.quantized import QuantizedModel, artifact_size, atomic_dir
 from quantwise.recipes import Recipe, get_recipe
 from quantwise.runtime.torch_sim import lower_torch
 from quantwise.tasks.base import Task
@@ -249,10 +249,5 @@ def _publish(tmp: Path, out: Path, record: dict[str, Any]) -> None:
     for f in tmp.glob("*.optimized.onnx"):
         f.unlink()
     (tmp / "result.json").write_text(json.dumps(record, indent=2))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    shutil.rmtree(staged)
-    shutil.copytree(tmp, staged)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staged, out)
+    with atomic_dir(out) as staged:
+        shutil.copytree(tmp, staged, dirs_exist_ok=True)

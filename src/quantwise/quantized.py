@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,9 +119,7 @@ class QuantizedModel:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``model.safetensors`` and ``quantwise.json`` into directory ``path`` atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             tensors: dict[str, torch.Tensor] = {}
             quantized_params = {f"{n}.weight" for n in self.layers}
             for k, v in self.model.state_dict().items():
@@ -147,12 +147,6 @@ class QuantizedModel:
                 "plan": self.plan.meta() if self.plan is not None else None,
             }
             (tmp / "quantwise.json").write_text(json.dumps(meta, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
@@ -192,10 +186,7 @@ class QuantizedModel:
                 dynamic_granularity=m.get("dynamic_granularity", "per-tensor"),
             )
             layers[name] = lq
-            # the float copy of a quantized weight is the dequantized value (keeps the model usable)
-            mod = model.get_submodule(name)
-            with torch.no_grad():
-                mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))
+        write_back(model, layers)  # the float copy of a quantized weight is its dequantized value
         plan = None
         if meta.get("plan"):
             from quantwise.fixedpoint.plan import FixedPointPlan
@@ -211,6 +202,31 @@ class QuantizedModel:
             cast=meta["cast"],
             info=meta["info"],
         )
+
+
+def write_back(model: nn.Module, layers: dict[str, LayerQuant]) -> None:
+    """Store each layer's dequantized weight in the float model, so it computes what was quantized."""
+    with torch.no_grad():
+        for name, lq in layers.items():
+            mod = model.get_submodule(name)
+            mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; it replaces ``path`` whole when the block
+    succeeds and is removed if it fails, so ``path`` is never left half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _pack4(q: torch.Tensor) -> torch.Tensor:

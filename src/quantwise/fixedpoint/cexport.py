@@ -18,13 +18,12 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from quantwise.fixedpoint.executor import integer_params
-from quantwise.quantized import QuantizedModel
+from quantwise.quantized import QuantizedModel, atomic_dir
 
 C_DIR = Path(__file__).parent / "c"
 C_FILES = ("qw_kernels.c", "qw_kernels.h", "qw_main.c")
@@ -123,22 +122,13 @@ def export_c(qm: QuantizedModel, out: str | os.PathLike[str]) -> Path:
               "Rescaling: y = round_half_even(acc * multiplier / 2^shift), then clip (qw_kernels.c).\n")
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with atomic_dir(out) as tmp:
         for f in C_FILES:
             shutil.copy(C_DIR / f, tmp / f)
         (tmp / "qw_config.h").write_text(config)
         (tmp / "qw_model.h").write_text(header)
         (tmp / "qw_model.c").write_text("".join(body))
         (tmp / "README.txt").write_text(readme)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

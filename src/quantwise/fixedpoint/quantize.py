@@ -25,7 +25,7 @@ from quantwise.numerics.fixedpoint import bits_needed, int_range, pot_scale, qua
 from quantwise.numerics.granularity import PerChannel
 from quantwise.numerics.qtypes import INT8, INT16
 from quantwise.progress import progress_iter
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import FixedPointRecipe
 from quantwise.transform.fusion import fold_batchnorm
 from quantwise.transform.registry import Batch, register_handler
@@ -82,10 +82,7 @@ def fixed_point_handler(model: nn.Module, recipe: FixedPointRecipe, calib: Seque
         raise UserError(f"the worst case overflows the {recipe.accumulator}-bit accumulator in {', '.join(too_wide)}: "
                         f"use {fix}, or on_overflow saturate to accumulate with saturation and count every event")
     plan = FixedPointPlan(prog, formats, plans, recipe.accumulator, recipe.on_overflow, ranges)
-    with torch.no_grad():
-        for name, lq in layers.items():
-            mod = model.get_submodule(name)
-            mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))
+    write_back(model, layers)
     info = {"calibration_batches": len(calib), "fixed_point": plan.summary(),
             "accumulator_overflow_possible": too_wide}
     return QuantizedModel(model=model, recipe=recipe, layers=layers, folded=folded, info=info, plan=plan)

@@ -40,10 +40,10 @@ def _float_op(n: Node, model: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor
     if n.op == "linear":
         m = model.get_submodule(n.layer)
         return _act(F.linear(x, m.weight, m.bias), a.get("act"))
-    return _shape_op(n, xs, lambda t: t)
+    return _shape_op(n, xs)
 
 
-def _shape_op(n: Node, xs: list[torch.Tensor], to_float: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _shape_op(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     """Operators that need no rescaling (same scale in and out), in float."""
     x, a = xs[0], n.attrs
     if n.op == "relu":
@@ -51,7 +51,7 @@ def _shape_op(n: Node, xs: list[torch.Tensor], to_float: Callable[[torch.Tensor]
     if n.op == "relu6":
         return x.clamp(0, 6)
     if n.op == "maxpool":
-        return F.max_pool2d(to_float(x), a["kernel"], a["stride"], a["padding"])
+        return F.max_pool2d(x, a["kernel"], a["stride"], a["padding"])
     if n.op == "avgpool":
         return F.avg_pool2d(x, a["kernel"], a["stride"])
     if n.op == "add":
@@ -129,7 +129,7 @@ class FixedPointModule(nn.Module):
                 y = F.linear(xs[0], w, b)
             y = _act(y, n.attrs.get("act"))
         else:
-            y = _shape_op(n, xs, lambda t: t)
+            y = _shape_op(n, xs)
         return QDQ.apply(y, f.scale, 0, f.signed)
 
     def _exact(self, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:

@@ -35,10 +35,11 @@ import torch
 from quantwise.errors import UserError
 from quantwise.explain.sensitivity import layer_sensitivity_on
 from quantwise.progress import status, warn
-from quantwise.quantized import QuantizedModel
+from quantwise.quantized import LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import MixedRecipe, Recipe, WeightOnlyRecipe, get_recipe
 from quantwise.runtime.torch_sim import lower_torch
 from quantwise.tasks.base import Task
+from quantwise.transform.schemes import fp16_layer
 
 
 def _predictions(model: torch.nn.Module, task: Task) -> np.ndarray:
@@ -68,16 +69,13 @@ def _first(batches: list, n: int) -> list:
     return out
 
 
-def _assemble(low: QuantizedModel, high: QuantizedModel, promoted: list[str], recipe: Recipe) -> QuantizedModel:
-    """``low`` with the ``promoted`` layers taken from ``high`` (both weight-only: no fusion to undo)."""
-    model = copy.deepcopy(low.model)
-    layers = dict(low.layers)
-    with torch.no_grad():
-        for n in promoted:
-            layers[n] = high.layers[n]
-            mod = model.get_submodule(n)
-            mod.weight.copy_(high.layers[n].dequantized_weight().reshape(mod.weight.shape))
-    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=dict(low.skipped), info=dict(low.info))
+def _with_layers(qm: QuantizedModel, replaced: dict[str, LayerQuant], recipe: Recipe) -> QuantizedModel:
+    """A copy of ``qm`` whose layers ``replaced`` are quantized as given (their weights written back)."""
+    model = copy.deepcopy(qm.model)
+    write_back(model, replaced)
+    return QuantizedModel(model=model, recipe=recipe, layers={**qm.layers, **replaced},
+                          skipped={k: v for k, v in qm.skipped.items() if k not in replaced},
+                          folded=dict(qm.folded), info=dict(qm.info))
 
 
 def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
@@ -113,7 +111,7 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     def changed(k: int) -> tuple[QuantizedModel, float]:
         if k not in cache:
             if size:
-                qm = _assemble(full, high, ranking[:k], recipe)
+                qm = _with_layers(full, {n: high.layers[n] for n in ranking[:k]}, recipe)  # weight-only: nothing to unfuse
             else:
                 qm = full if k == 0 else quantize(task.model, base_recipe(recipe, tuple(ranking[:k])), task.calibration)
             evaluations["end-to-end"] += 1
@@ -143,7 +141,7 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
         k = 0
     qm, drop = changed(k)
     if k and not size:  # the layers kept in float: FP16 storage halves them, if the budget still holds
-        half = _with_fp16(qm, ranking[:k], recipe)
+        half = _with_layers(qm, {n: fp16_layer(qm.model.get_submodule(n)) for n in ranking[:k]}, recipe)
         evaluations["end-to-end"] += 1
         half_drop = drop_of(_predictions(lower_torch(half), task))
         status(f"mixed: those {k} layer(s) in FP16 -> {half_drop:.2f} points lost on validation")
@@ -157,21 +155,6 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
                     "evaluations": evaluations, "time_to_quantize_s": time.perf_counter() - t0,
                     "search": "binary search over the sensitivity ranking, verified end to end on validation data"})
     return qm
-
-
-def _with_fp16(qm: QuantizedModel, names: list[str], recipe: Recipe) -> QuantizedModel:
-    """``qm`` with the float layers ``names`` stored as FP16 weights."""
-    from quantwise.transform.schemes import fp16_layer
-
-    model = copy.deepcopy(qm.model)
-    layers = dict(qm.layers)
-    with torch.no_grad():
-        for n in names:
-            mod = model.get_submodule(n)
-            layers[n] = fp16_layer(mod)
-            mod.weight.copy_(layers[n].dequantized_weight())
-    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped={k: v for k, v in qm.skipped.items() if k not in names},
-                          folded=dict(qm.folded), info=dict(qm.info))
 
 
 def _precision(qm: QuantizedModel, name: str) -> str:

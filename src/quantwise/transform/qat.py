@@ -28,7 +28,7 @@ from quantwise.errors import UserError
 from quantwise.numerics import PerChannel, PerGroup, get_qtype, quantize
 from quantwise.numerics.affine import fake_quantize_lsq
 from quantwise.numerics.granularity import expand_param
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import QATRecipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.fusion import set_module
 from quantwise.transform.registry import Batch
@@ -213,7 +213,6 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
             w2 = w.reshape(w.shape[0], -1) if isinstance(m.granularity, PerGroup) else w
             q = quantize(w2.detach(), s, zp, m.qtype, m.granularity).reshape(w.shape)
             layer = m.layer
-            layer.weight.copy_(w)
             if layer.bias is None:
                 layer.bias = nn.Parameter(b.detach().clone())
             else:
@@ -222,10 +221,9 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
                         input=m.input_fq.act_quant() if m.input_fq else None,
                         output=m.output_fq.act_quant() if m.output_fq else None,
                         fused_relu=relus.get(name))
-        with torch.no_grad():
-            layer.weight.copy_(lq.dequantized_weight().reshape(layer.weight.shape))
         layers[name] = lq
         set_module(model, name, layer)
+    write_back(model, layers)
     for p in model.parameters():
         p.requires_grad_(False)
     return QuantizedModel(model=model, recipe=prepared.recipe, layers=layers, skipped=prepared.skipped, folded=folded,

@@ -13,7 +13,7 @@ from quantwise.calibrate.observers import make_observer
 from quantwise.numerics import INT4, INT8, UINT4, UINT8, choose_qparams, quantize_tensor
 from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.progress import progress_iter
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.fusion import find_relu_after, fold_batchnorm
 from quantwise.transform.gptq import gptq_quantize, hessian_update
@@ -79,7 +79,7 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
         for name, mod in todo:
             layers[name] = _weight_layer(mod, "weight_only", recipe.bits, recipe.group_size, recipe.symmetric)
     _embeddings(model, recipe, layers, skipped)
-    _write_back(model, layers)
+    write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
 
 
@@ -132,7 +132,7 @@ def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence
         layers[name] = _weight_layer(mod, "dynamic", 8, 0, True, recipe.per_channel)
         layers[name].dynamic_granularity = recipe.activations
     _embeddings(model, recipe, layers, skipped)
-    _write_back(model, layers)
+    write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped)
 
 
@@ -159,7 +159,7 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
             lq.fused_relu = relus.get(name)
         layers[name] = lq
     _embeddings(model, recipe, layers, skipped)
-    _write_back(model, layers)
+    write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, folded=folded,
                           info={"calibration_batches": len(calib)})
 
@@ -167,11 +167,3 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
 def _act(rng: tuple[float, float], qtype: object, symmetric: bool) -> ActQuant:
     s, z = choose_qparams(torch.tensor(rng[0]), torch.tensor(rng[1]), qtype, symmetric)  # type: ignore[arg-type]
     return ActQuant(float(s), int(z), qtype.name)  # type: ignore[attr-defined]
-
-
-def _write_back(model: nn.Module, layers: dict[str, LayerQuant]) -> None:
-    """Store the dequantized weights in the float model, so it matches what was quantized."""
-    with torch.no_grad():
-        for name, lq in layers.items():
-            mod = model.get_submodule(name)
-            mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))
