@@ -117,3 +117,67 @@ def test_recipe_refuses_impossible_combinations():
         get_recipe("fixed-point", bits=16, accumulator=16)
     with pytest.raises(UserError, match="on_overflow"):
         get_recipe("fixed-point", on_overflow="wrap")
+
+
+class Separable(nn.Module):
+    """A depthwise-separable CNN (as in MobileNet or a keyword-spotting DS-CNN): depthwise 3x3,
+    pointwise 1x1, a grouped 3x3 (2 channels per group) with stride 2, global pooling, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=8), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.head(self.grouped(self.pw(self.dw(self.stem(x)))))
+
+
+@pytest.mark.parametrize("pot", [False, True])
+def test_depthwise_and_grouped_convolutions_run_integer_only_everywhere(pot, tmp_path):
+    from quantwise.runtime.onnxrt import OrtRunner, export_onnx
+
+    torch.manual_seed(0)
+    model = Separable().eval()
+    with torch.no_grad():
+        for bn in (model.stem[1], model.dw[1]):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2)
+    calib = [(torch.randn(16, 1, 16, 16),) for _ in range(4)]
+    qm = quantize(model, get_recipe("fixed-point", pot_scales=pot), calib)
+    convs = {n.layer: n.attrs["groups"] for n in qm.plan.program.heavy() if n.op == "conv2d"}
+    assert convs == {"stem.0": 1, "dw.0": 8, "pw.0": 1, "grouped.0": 8}
+    assert tuple(qm.plan.layers["dw.0"].weight.shape) == (8, 1, 3, 3)
+    x = torch.randn(40, 1, 16, 16)  # 8x8 before global pooling: 1/64 is a power of two
+    fin, fout = qm.plan.formats[qm.plan.program.input], qm.plan.formats[qm.plan.program.output]
+    xi = enter(x, fin).numpy()
+    got = execute(integer_params(qm.plan), xi)
+    with torch.no_grad():
+        sim = FixedPointModule(qm.plan, "exact")(x)
+        ref = model(x)
+    assert np.array_equal(np.round(sim.double().numpy() / fout.scale).astype(np.int64), got)
+    assert np.array_equal(compile_and_run(export_c(qm, tmp_path / "c"), xi, got.shape[1]), got)
+    assert np.abs(got * fout.scale - ref.numpy()).max() < 8 * fout.scale
+    # ONNX Runtime runs all four convolutions (depthwise included) and the Gemm as integer kernels
+    path = export_onnx(FixedPointModule(qm.plan, "qdq"), (x[:2],), tmp_path / "m.onnx", ["x"], {"x": {0: "batch"}})
+    ort = OrtRunner(path, ["x"])
+    ours = np.round(ort.run((x,)) / fout.scale).astype(np.int64)
+    census = ort.integer_ops()
+    assert census["integer"] == census["total"] == 5, census
+    assert np.abs(ours - got).max() <= (0 if pot else 1)
+
+
+def test_grouped_convolution_saturates_in_the_same_order_as_c(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).eval()
+    with torch.no_grad():
+        model[0].weight.uniform_(0.5, 1.0)
+    calib = [(torch.rand(8, 4, 6, 6),)]
+    qm = quantize(model, get_recipe("fixed-point", accumulator=16, on_overflow="saturate"), calib)
+    p = integer_params(qm.plan)
+    xi = enter(torch.rand(16, 4, 6, 6), qm.plan.formats[qm.plan.program.input]).numpy()
+    got = execute(p, xi)
+    assert p.stats["0"].accumulator_overflows > 0
+    assert np.array_equal(compile_and_run(export_c(qm, tmp_path / "c"), xi, got.shape[1]), got)

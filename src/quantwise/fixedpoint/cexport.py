@@ -4,7 +4,10 @@ Writes, into one folder (atomically: a temporary folder renamed when complete):
 
 * ``qw_config.h``: weight type and accumulator width;
 * ``qw_model.h`` / ``qw_model.c``: the integer weights, int32 biases, per-channel multipliers and
-  shifts, one static buffer per tensor, and ``qw_model_run(in, out)`` calling the kernels in order;
+  shifts, one static arena for the activations, and ``qw_model_run(in, out)`` calling the kernels
+  in order. Each activation is stored at its format's width (1 byte for 8-bit formats) at an
+  offset in the arena chosen so that tensors alive at the same time never overlap (flatten and
+  reshape share their input's bytes); ``QW_ARENA_BYTES`` is the RAM it needs;
 * ``qw_kernels.h`` / ``qw_kernels.c``: the operators (no float, no heap);
 * ``qw_main.c``: a host harness reading int32 samples on stdin and writing outputs on stdout;
 * ``README.txt``: how to build and call it, and the input and output formats.
@@ -18,7 +21,9 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +33,77 @@ from quantwise.quantized import QuantizedModel, atomic_dir
 C_DIR = Path(__file__).parent / "c"
 C_FILES = ("qw_kernels.c", "qw_kernels.h", "qw_main.c")
 BUILD = "gcc -std=c99 -Wall -Werror -O2 qw_main.c qw_model.c qw_kernels.c -o qw_model"
+
+
+C_TYPES = {"int8": "QW_I8", "uint8": "QW_U8", "int16": "QW_I16", "uint16": "QW_U16"}
+
+
+@dataclass
+class MemoryPlan:
+    """Where each activation lives in the C arena.
+
+    Attributes:
+        root: tensor -> the tensor whose bytes it uses (itself, or for flatten/reshape its input's root).
+        offsets: root tensor -> byte offset in the arena (multiples of 4).
+        arena_bytes: the arena's size.
+        unshared_bytes: what one buffer per tensor, at the same widths, would take.
+        constant_bytes: weights (1 or 2 bytes each), int32 biases and multipliers, uint8 shifts.
+    """
+
+    root: dict[str, str]
+    offsets: dict[str, int]
+    arena_bytes: int
+    unshared_bytes: int
+    constant_bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"activation_ram_bytes": self.arena_bytes, "activation_bytes_unshared": self.unshared_bytes,
+                "constant_bytes": self.constant_bytes}
+
+
+def plan_memory(plan: Any) -> MemoryPlan:
+    """Place every activation in one arena: greedy, largest first, at the lowest 4-aligned offset
+    free of every tensor whose lifetime (producer to last reader, in program order) overlaps."""
+    prog = plan.program
+    root = {prog.input: prog.input}
+    life = {prog.input: [-1, -1]}
+    for i, n in enumerate(prog.nodes):
+        for t in n.inputs:
+            life[root[t]][1] = i
+        if n.op in ("flatten", "reshape"):
+            root[n.output] = root[n.inputs[0]]
+        else:
+            root[n.output] = n.output
+            life[n.output] = [i, i]
+    life[root[prog.output]][1] = len(prog.nodes)  # read after the last node
+    shapes = _shapes(prog)
+    nbytes = {t: math.prod(shapes[t]) * plan.formats[t].bits // 8 for t in life}
+    placed: list[tuple[int, int, int, int]] = []  # offset, end, first, last
+    offsets = {}
+    for t in sorted(life, key=lambda t: (-nbytes[t], life[t][0])):
+        first, last = life[t]
+        off = 0
+        for o, e, f, l_ in sorted(p for p in placed if not (p[3] < first or last < p[2])):
+            if off + nbytes[t] <= o:
+                break
+            off = max(off, (e + 3) // 4 * 4)
+        placed.append((off, off + nbytes[t], first, last))
+        offsets[t] = off
+    order = {t: i for i, t in enumerate(life)}
+    wb = 2 if _wide(plan) else 1
+    constants = sum(lp.weight.numel() * wb + lp.bias.numel() * 9 for lp in plan.layers.values())  # bias, multiplier, shift
+    return MemoryPlan(root, dict(sorted(offsets.items(), key=lambda kv: order[kv[0]])),
+                      max(e for _, e, _, _ in placed), sum(nbytes.values()), constants)
+
+
+def _wide(plan: Any) -> bool:
+    """Whether any weight needs 16 bits."""
+    return any(int(lp.weight.abs().max()) > 127 for lp in plan.layers.values())
+
+
+def _shapes(prog: Any) -> dict[str, list[int]]:
+    """Every tensor's shape without the batch dimension."""
+    return {prog.input: list(prog.input_shape)} | {n.output: n.attrs["shape"] for n in prog.nodes}
 
 
 def _ident(name: str) -> str:
@@ -46,19 +122,15 @@ def export_c(qm: QuantizedModel, out: str | os.PathLike[str]) -> Path:
         raise RuntimeError("C export needs a fixed-point model (recipe fixed-point)")
     plan, p = qm.plan, integer_params(qm.plan)
     prog = plan.program
-    wide = any(int(np.abs(w).max()) > 127 for w, *_ in p.layers.values())
-    wtype = "int16_t" if wide else "int8_t"
-    shapes = {prog.input: list(prog.input_shape)} | {n.output: n.attrs["shape"] for n in prog.nodes}
+    wtype = "int16_t" if _wide(plan) else "int8_t"
+    shapes = _shapes(prog)
     size = {k: math.prod(v) for k, v in shapes.items()}
 
-    data, calls, buffers = [], [], {}
-    alias: dict[str, str] = {}
+    mem = plan_memory(plan)
+    data, calls = [], []
 
     def buf(t: str) -> str:
-        if t in alias:
-            return alias[t]
-        buffers.setdefault(t, f"t_{_ident(t)}")
-        return buffers[t]
+        return f"t_{_ident(mem.root[t])}"
 
     for n in prog.nodes:
         a = n.attrs
@@ -75,7 +147,7 @@ def export_c(qm: QuantizedModel, out: str | os.PathLike[str]) -> Path:
                 c_out, ho, wo = a["shape"]
                 kh, kw = a["kernel"]
                 data.append(f"static const qw_conv_t c_{lid} = {{{c_in}, {h}, {wd}, {c_out}, {ho}, {wo}, {kh}, {kw}, "
-                            f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}, {lo}, {hi}, {sat}}};\n")
+                            f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}, {a.get('groups', 1)}, {lo}, {hi}, {sat}}};\n")
                 calls.append(f"qw_conv2d(&c_{lid}, {x}, w_{lid}, b_{lid}, m_{lid}, s_{lid}, {buf(n.output)});")
             else:
                 calls.append(f"qw_linear({w.shape[1]}, {w.shape[0]}, {sat}, {lo}, {hi}, {x}, w_{lid}, b_{lid}, m_{lid}, s_{lid}, {buf(n.output)});")
@@ -94,32 +166,37 @@ def export_c(qm: QuantizedModel, out: str | os.PathLike[str]) -> Path:
             y = buf(n.inputs[1])
             (ma, mb), (ra, rb) = a["multiplier"], a["shift"]
             calls.append(f"qw_add({size[n.output]}, {x}, {ma}, {ra}, {y}, {mb}, {rb}, {a['clip'][0]}, {a['clip'][1]}, {buf(n.output)});")
-        else:  # flatten / reshape: same memory, NCHW order kept
-            alias[n.output] = x
+        # flatten / reshape: no call, the output shares its input's bytes (NCHW order kept)
 
     in_buf, out_buf = buf(prog.input), buf(prog.output)
     fin, fout = plan.formats[prog.input], plan.formats[prog.output]
     header = (
         "/* Generated by quantwise: fixed-point model, integer only. */\n#ifndef QW_MODEL_H\n#define QW_MODEL_H\n\n#include <stdint.h>\n\n"
         f"#define QW_INPUT_SIZE {size[prog.input]}   /* {fin.qtype}, real value = q * {fin.scale!r} */\n"
-        f"#define QW_OUTPUT_SIZE {size[prog.output]}  /* {fout.qtype}, real value = q * {fout.scale!r} */\n\n"
+        f"#define QW_OUTPUT_SIZE {size[prog.output]}  /* {fout.qtype}, real value = q * {fout.scale!r} */\n"
+        f"#define QW_ARENA_BYTES {mem.arena_bytes}  /* activation RAM (static, inside qw_model.c) */\n\n"
         "/* One sample: in[QW_INPUT_SIZE] (NCHW, batch of one) -> out[QW_OUTPUT_SIZE]. Not reentrant (static buffers). */\n"
         "void qw_model_run(const int32_t *in, int32_t *out);\n\n#endif\n"
     )
     body = ["/* Generated by quantwise: weights, integer rescaling parameters and the operator sequence. */\n",
-            "#include <string.h>\n#include \"qw_kernels.h\"\n#include \"qw_model.h\"\n\n", *data, "\n"]
-    body += [f"static int32_t {c}[{size[t]}];\n" for t, c in buffers.items()]
-    body.append("\nvoid qw_model_run(const int32_t *in, int32_t *out) {\n")
-    body.append(f"    memcpy({in_buf}, in, sizeof(int32_t) * QW_INPUT_SIZE);\n")
+            "#include \"qw_kernels.h\"\n#include \"qw_model.h\"\n\n", *data, "\n"]
+    body.append("static int32_t qw_arena[(QW_ARENA_BYTES + 3) / 4]; /* int32_t: 4-byte aligned */\n")
+    body.append("\nvoid qw_model_run(const int32_t *in, int32_t *out) {\n    uint8_t *const arena = (uint8_t *)qw_arena;\n    int i;\n")
+    body += [f"    const qw_tensor_t t_{_ident(t)} = {{arena + {off}, {C_TYPES[plan.formats[t].qtype]}}};  /* {plan.formats[t].qtype} x {size[t]} */\n"
+             for t, off in mem.offsets.items()]
+    body.append(f"    for (i = 0; i < QW_INPUT_SIZE; ++i) qw_store({in_buf}, i, in[i]);\n")
     body += [f"    {c}\n" for c in calls]
-    body.append(f"    memcpy(out, {out_buf}, sizeof(int32_t) * QW_OUTPUT_SIZE);\n}}\n")
+    body.append(f"    for (i = 0; i < QW_OUTPUT_SIZE; ++i) out[i] = qw_load({out_buf}, i);\n}}\n")
     config = (f"#ifndef QW_CONFIG_H\n#define QW_CONFIG_H\n#include <stdint.h>\ntypedef {wtype} qw_weight_t;\n"
               f"#define QW_ACC_BITS {p.accumulator}\n#endif\n")
     readme = (f"quantwise fixed-point model ({qm.recipe.name}), integer-only C99.\n\nBuild on a host:\n  {BUILD}\n"
               f"Run: ./qw_model < input.bin > output.bin (int32 little-endian, {size[prog.input]} values in and "
               f"{size[prog.output]} out per sample).\n\nInput: {fin.qtype}, q = round(x / {fin.scale!r}) clipped to "
               f"[{fin.qmin}, {fin.qmax}].\nOutput: {fout.qtype}, x = q * {fout.scale!r}.\n"
-              "Rescaling: y = round_half_even(acc * multiplier / 2^shift), then clip (qw_kernels.c).\n")
+              "Rescaling: y = round_half_even(acc * multiplier / 2^shift), then clip (qw_kernels.c).\n"
+              f"\nMemory: {mem.arena_bytes} bytes of RAM for activations (QW_ARENA_BYTES; one tensor per "
+              f"buffer would take {mem.unshared_bytes}), {mem.constant_bytes} bytes of constants "
+              "(weights, biases, multipliers, shifts).\n")
 
     out = Path(out)
     with atomic_dir(out) as tmp:

@@ -21,7 +21,7 @@ def add_export_c_parser(sub: argparse._SubParsersAction, task_args: Callable, re
 def cmd_export_c(args: argparse.Namespace, recipe_from_args: Callable, load_task: Callable) -> int:
     from quantwise.api import quantize
     from quantwise.errors import UserError
-    from quantwise.fixedpoint.cexport import compile_and_run, export_c
+    from quantwise.fixedpoint.cexport import compile_and_run, export_c, plan_memory
     from quantwise.fixedpoint.executor import execute, integer_params
     from quantwise.fixedpoint.simulate import enter
     from quantwise.recipes import FixedPointRecipe
@@ -36,7 +36,10 @@ def cmd_export_c(args: argparse.Namespace, recipe_from_args: Callable, load_task
     task = load_task(args)
     qm = quantize(task.model, recipe, task.calibration)
     out = export_c(qm, Path(args.out))
+    mem = plan_memory(qm.plan)
     print(f"wrote {out} ({', '.join(sorted(f.name for f in out.iterdir()))})")
+    print(f"memory: {mem.arena_bytes:,} bytes of RAM for activations (one buffer per tensor: {mem.unshared_bytes:,}), "
+          f"{mem.constant_bytes:,} bytes of constants")
     for row in qm.plan.summary():
         print(f"  {row['layer']:<24} {row['op']:<7} in {_fmt(row['input'])} -> out {_fmt(row['output'])}, "
               f"accumulator worst case {row['worst_case_accumulator_bits']} bits")

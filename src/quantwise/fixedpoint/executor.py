@@ -77,7 +77,7 @@ def _run(p: IntegerParams, n: Node, xs: list[np.ndarray]) -> np.ndarray:
         win = _patches(x, a["kernel"], a["stride"], a["padding"], 0)  # (B, C, Ho, Wo, kh, kw)
         b, c, ho, wo, kh, kw = win.shape
         cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(b * ho * wo, c * kh * kw)  # order: channel, row, column
-        y = _heavy(p, n, cols)  # (B*Ho*Wo, N)
+        y = _heavy(p, n, cols, a.get("groups", 1))  # (B*Ho*Wo, N)
         return y.reshape(b, ho, wo, -1).transpose(0, 3, 1, 2)
     if n.op == "linear":
         return _heavy(p, n, xs[0])
@@ -95,17 +95,25 @@ def _run(p: IntegerParams, n: Node, xs: list[np.ndarray]) -> np.ndarray:
     return xs[0].reshape(xs[0].shape[0], *a["shape"])
 
 
-def _heavy(p: IntegerParams, n: Node, x: np.ndarray) -> np.ndarray:
-    """Accumulate ``x (M, K) @ w.T + bias`` and rescale to the output format."""
+def _heavy(p: IntegerParams, n: Node, x: np.ndarray, groups: int = 1) -> np.ndarray:
+    """Accumulate ``x (M, K) @ w.T + bias`` and rescale to the output format.
+
+    With ``groups`` g, input column block i (of K/g) meets only output channel block i (of N/g),
+    as in a grouped or depthwise convolution; ``w`` is then ``(N, K/g)``.
+    """
     w, b, m, r = p.layers[n.layer]
     st = p.stats.setdefault(n.layer, LayerStats())
     lo, hi = -(1 << (p.accumulator - 1)), (1 << (p.accumulator - 1)) - 1
+    rows, k_g = x.shape[0], w.shape[1]
+    xg = x.reshape(rows, groups, k_g).transpose(1, 0, 2)  # (g, M, K/g)
+    wg = w.reshape(groups, -1, k_g)  # (g, N/g, K/g)
     if p.worst_bits[n.layer] <= p.accumulator:
-        acc = x @ w.T + b  # exact: no partial sum can leave the accumulator's range
+        # exact: no partial sum can leave the accumulator's range
+        acc = np.matmul(xg, wg.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(rows, -1) + b
     else:
-        acc = np.broadcast_to(b, (x.shape[0], w.shape[0])).copy()
-        for k in range(w.shape[1]):  # one product at a time, saturating, as the hardware would
-            acc += x[:, k:k + 1] * w[:, k]
+        acc = np.broadcast_to(b, (rows, w.shape[0])).copy()
+        for k in range(k_g):  # one product at a time, saturating, as the hardware would
+            acc += (xg[:, :, k, None] * wg[:, None, :, k]).transpose(1, 0, 2).reshape(rows, -1)
             over = (acc < lo) | (acc > hi)
             st.accumulator_overflows += int(over.sum())
             np.clip(acc, lo, hi, out=acc)

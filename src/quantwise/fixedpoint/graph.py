@@ -30,7 +30,8 @@ class Node:
         output: name of the tensor it writes.
         layer: module name of a Conv2d/Linear (its weights), else the module the op came from.
         attrs: operator attributes (stride, padding, kernel ...) and ``shape``, the output
-            shape without the batch dimension; ``act`` on conv2d/linear is a fused activation.
+            shape without the batch dimension; ``act`` on conv2d/linear is a fused activation;
+            ``groups`` on conv2d splits channels as ``nn.Conv2d`` does (depthwise: one per channel).
     """
 
     op: str
@@ -122,13 +123,11 @@ def _convert(n: torch.fx.Node, params: dict[str, str], alias: dict[str, str]) ->
         alias[n.name] = src
         return None
     if t == "aten.conv2d.default":
-        if _arg(a, kw, 6, "groups", 1) != 1:
-            raise refuse("grouped and depthwise convolutions are not supported yet")
         if _pair(_arg(a, kw, 5, "dilation", 1)) != [1, 1]:
             raise refuse("dilated convolutions are not supported")
         layer = params[a[1].name].rsplit(".", 1)[0]
         attrs = {"stride": _pair(_arg(a, kw, 3, "stride", 1)), "padding": _pair(_arg(a, kw, 4, "padding", 0)),
-                 "kernel": list(a[1].meta["val"].shape[2:])}
+                 "kernel": list(a[1].meta["val"].shape[2:]), "groups": int(_arg(a, kw, 6, "groups", 1))}
         return Node("conv2d", [src], n.name, layer, {**attrs, "shape": shape})
     if t == "aten.linear.default":
         if len(n.meta["val"].shape) != 2:

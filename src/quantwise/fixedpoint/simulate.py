@@ -36,7 +36,7 @@ def _float_op(n: Node, model: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor
     a = n.attrs
     if n.op == "conv2d":
         m = model.get_submodule(n.layer)
-        return _act(F.conv2d(x, m.weight, m.bias, a["stride"], a["padding"]), a.get("act"))
+        return _act(F.conv2d(x, m.weight, m.bias, a["stride"], a["padding"], groups=a.get("groups", 1)), a.get("act"))
     if n.op == "linear":
         m = model.get_submodule(n.layer)
         return _act(F.linear(x, m.weight, m.bias), a.get("act"))
@@ -124,7 +124,7 @@ class FixedPointModule(nn.Module):
             w = DQ.apply(lp.weight.to(torch.int8), s_w, torch.zeros_like(s_w, dtype=torch.int8), 0)
             b = DQ.apply(lp.bias.to(torch.int32), (s_in * s_w.to(torch.float64)).to(torch.float32), torch.zeros_like(lp.bias, dtype=torch.int32), 0)
             if n.op == "conv2d":
-                y = F.conv2d(xs[0], w, b, n.attrs["stride"], n.attrs["padding"])
+                y = F.conv2d(xs[0], w, b, n.attrs["stride"], n.attrs["padding"], groups=n.attrs.get("groups", 1))
             else:
                 y = F.linear(xs[0], w, b)
             y = _act(y, n.attrs.get("act"))
@@ -140,7 +140,7 @@ class FixedPointModule(nn.Module):
             x = xs[0].to(torch.float64)
             w = lp.weight.to(torch.float64)
             if n.op == "conv2d":
-                acc = F.conv2d(x, w, None, a["stride"], a["padding"])
+                acc = F.conv2d(x, w, None, a["stride"], a["padding"], groups=a.get("groups", 1))
                 b, m, r = (t.reshape(1, -1, 1, 1) for t in (lp.bias, lp.multiplier, lp.shift))
             else:
                 acc = F.linear(x, w)
