@@ -110,3 +110,29 @@ def test_sixteen_bit_activations_refuse_or_saturate_and_onnxruntime_says_why_not
     assert np.abs(got * fout.scale - ref).max() < 0.05 * np.abs(ref).max()  # 16 bits: far finer than int8
     with pytest.raises(UserError, match="16-bit"):
         lower(qm, mnist, "onnxruntime", tmp_path)
+
+
+def test_c_arena_never_overlaps_live_tensors_and_is_as_small_as_the_largest_live_set(fixed):
+    import math
+
+    from quantwise.fixedpoint.cexport import plan_memory
+
+    plan = fixed.plan
+    prog = plan.program
+    mem = plan_memory(plan)
+    shapes = {prog.input: prog.input_shape} | {n.output: n.attrs["shape"] for n in prog.nodes}
+    nbytes = {t: math.prod(shapes[t]) * plan.formats[t].bits // 8 for t in shapes}
+    # live set at each step, computed here independently: tensors produced before and read at or after it
+    readers = {t: [i for i, n in enumerate(prog.nodes) if t in n.inputs] for t in shapes}
+    born = {prog.input: -1} | {n.output: i for i, n in enumerate(prog.nodes)}
+    last = {t: max(readers[t] + [born[t]] + ([len(prog.nodes)] if t == prog.output else [])) for t in shapes}
+    roots = {t: mem.root[t] for t in shapes}
+    span = {r: (min(born[t] for t in shapes if roots[t] == r), max(last[t] for t in shapes if roots[t] == r)) for r in mem.offsets}
+    live_peak = max(sum(nbytes[r] for r, (a, b) in span.items() if a <= i <= b) for i in range(-1, len(prog.nodes)))
+    assert mem.arena_bytes == live_peak  # optimal on this chain
+    for r1, (a1, b1) in span.items():
+        for r2, (a2, b2) in span.items():
+            if r1 < r2 and not (b1 < a2 or b2 < a1):  # alive together: their bytes must not overlap
+                o1, o2 = mem.offsets[r1], mem.offsets[r2]
+                assert o1 + nbytes[r1] <= o2 or o2 + nbytes[r2] <= o1, (r1, r2)
+    assert mem.arena_bytes < mem.unshared_bytes  # buffers are reused

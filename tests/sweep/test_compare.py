@@ -104,6 +104,7 @@ def test_mcu_profile_offers_only_fixed_point_and_exports_c(mnist, tmp_path):
     dest = export_recommended(mnist, result, tmp_path)
     meta = json.loads((dest / "quantwise-export.json").read_text())
     assert meta["artifact"] == "c/" and (dest / "c" / "qw_model.c").exists() and (dest / "quantized").is_dir()
+    assert f"#define QW_ARENA_BYTES {meta['c_memory']['activation_ram_bytes']} " in (dest / "c" / "qw_model.h").read_text()
 
 
 def test_a_model_fixed_point_cannot_capture_is_not_applicable_and_the_rest_go_on(mnist, tmp_path):

@@ -167,13 +167,15 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
         artifact = "model_b1.tflite"
         how = ("ai_edge_litert.interpreter.Interpreter(model_path='model_b1.tflite') (batch 1; int8 inputs and outputs "
                "carry their scale and zero point in get_input_details()/get_output_details())")
+    extra = {}
     if w["runtime"] == "integer" and qm is not None:
-        from quantwise.fixedpoint.cexport import BUILD, export_c
+        from quantwise.fixedpoint.cexport import BUILD, export_c, plan_memory
 
         export_c(qm, dest / "c")
         artifact = "c/"
         how = f"compile c/ into the firmware and call qw_model_run (host test: cd c && {BUILD}); quantized/ holds the QuantizedModel"
-    meta = {"format": fmt.id, "runtime": w["runtime"], "recipe": recipe.to_dict() if recipe else None,
+        extra["c_memory"] = plan_memory(qm.plan).to_dict()
+    meta = {**extra, "format": fmt.id, "runtime": w["runtime"], "recipe": recipe.to_dict() if recipe else None,
             "task": task.name, "artifact": artifact, "how_to_load": how, "inputs": task.input_names,
             "accuracy_drop_points": w["drop_points"], "made_by": "quantwise compare", "created": result["created"]}
     write_json(dest / "quantwise-export.json", meta)
