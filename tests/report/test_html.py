@@ -50,12 +50,15 @@ def test_report_renders_every_plot_without_errors(mnist, tmp_path):
     assert result["recommendation"]["winner"]["key"] in dom
 
 
-def test_report_confusion_change_is_shown(mnist, tmp_path):
-    s = CompareSettings(formats="fp32,static-int8-minmax", runtimes="onnxruntime", measure_memory=False, latency_seconds=0.1)
+def test_report_confusion_change_and_where_accuracy_was_lost_are_shown(mnist, tmp_path):
+    s = CompareSettings(formats="fp32,static-int8-minmax,static-int8-entropy", runtimes="onnxruntime", measure_memory=False,
+                        latency_seconds=0.1, max_drop=Budget(0.5, False), explain_samples=32)
     result = run_compare(mnist, s, tmp_path / "run")
     page = write_html(result, tmp_path / "r.html")
-    dom, _ = open_in_browser(page, tmp_path / "p2")
+    dom, log = open_in_browser(page, tmp_path / "p2")
+    assert "Uncaught" not in log, log
     assert '<table class="cm">' in dom
+    assert "Where accuracy was lost" in dom and "<b>static-int8-entropy</b> drops" in dom
 
 
 def test_mixed_precision_map_is_shown_per_layer():

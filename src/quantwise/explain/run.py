@@ -15,15 +15,20 @@ from quantwise.api import build_quantized
 from quantwise.explain.causes import diagnose, input_stats, weight_error_against
 from quantwise.explain.sensitivity import first_samples, layer_sensitivity, reference_model
 from quantwise.numerics.granularity import PerTensor
+from quantwise.quantized import QuantizedModel
 from quantwise.recipes import Recipe
+from quantwise.report.html import fmt_sqnr, layers_table_html
 from quantwise.tasks.base import Task
 
 EXPLAIN_SCHEMA = "quantwise.explain/1"
 
 
-def explain(task: Task, recipe: Recipe, samples: int = 256, top: int = 5) -> dict[str, Any]:
-    """Per-layer sensitivity of ``recipe`` on ``task``, worst first, with causes for the ``top`` worst."""
-    qm = build_quantized(task, recipe)
+def explain(task: Task, recipe: Recipe, samples: int = 256, top: int = 5, qm: QuantizedModel | None = None) -> dict[str, Any]:
+    """Per-layer sensitivity of ``recipe`` on ``task``, worst first, with causes for the ``top`` worst.
+
+    ``qm``: the recipe's QuantizedModel if it is already built (else it is built here).
+    """
+    qm = qm if qm is not None else build_quantized(task, recipe)
     ref = reference_model(task.model, qm)
     summary, rows = layer_sensitivity(task, qm, samples, ref)
     batches, _ = first_samples(task, samples)
@@ -43,21 +48,17 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
 
 
-def _db(v: float | None) -> str:
-    return "exact" if v is None else f"{v:.1f}"
-
-
 def explain_table(result: dict[str, Any], rows: int = 15) -> Table:
     s = result["summary"]
     m = s["metric"]
     t = Table(title=f"{result['task']} · {result['recipe']['recipe']}: per-layer sensitivity on {s['samples']} samples "
-                    f"(FP32 {100 * s['fp32_metric']:.2f}%, all quantized {100 * s['quantized_metric']:.2f}%, SQNR {_db(s['quantized_sqnr_db'])} dB)",
+                    f"(FP32 {100 * s['fp32_metric']:.2f}%, all quantized {100 * s['quantized_metric']:.2f}%, SQNR {fmt_sqnr(s['quantized_sqnr_db'])} dB)",
               header_style="bold")
     for c in ("layer", f"only it: {m}", "only it: SQNR dB", f"all but it: {m}", "all but it: SQNR dB", "measured cause", "suggestion"):
         t.add_column(c, justify="left" if c in ("layer", "measured cause", "suggestion") else "right", overflow="fold")
     for r in result["layers"][:rows]:
-        t.add_row(r["name"], f"{100 * r['only_metric']:.2f}%", _db(r["only_sqnr_db"]), f"{100 * r['all_but_metric']:.2f}%",
-                  _db(r["all_but_sqnr_db"]), "; ".join(r["causes"]), "; ".join(r["suggestions"][:2]))
+        t.add_row(r["name"], f"{100 * r['only_metric']:.2f}%", fmt_sqnr(r["only_sqnr_db"]), f"{100 * r['all_but_metric']:.2f}%",
+                  fmt_sqnr(r["all_but_sqnr_db"]), "; ".join(r["causes"]), "; ".join(r["suggestions"][:2]))
     return t
 
 
@@ -79,17 +80,14 @@ def render_explain_html(result: dict[str, Any]) -> str:
         v = r["only_sqnr_db"]
         w = 0 if v is None else max(1.0, 420 * max(v, 0.0) / max(vmax, 1e-9))
         bars.append(f'<text x="296" y="{22 + i * 18}" font-size="10" text-anchor="end">{html.escape(r["name"])}</text>'
-                    f'<rect x="300" y="{11 + i * 18}" width="{w:.1f}" height="14" fill="#2b6cd9"><title>{_db(v)} dB</title></rect>'
-                    f'<text x="{304 + w:.1f}" y="{22 + i * 18}" font-size="10">{_db(v)} dB</text>')
+                    f'<rect x="300" y="{11 + i * 18}" width="{w:.1f}" height="14" fill="#2b6cd9"><title>{fmt_sqnr(v)} dB</title></rect>'
+                    f'<text x="{304 + w:.1f}" y="{22 + i * 18}" font-size="10">{fmt_sqnr(v)} dB</text>')
     svg = f'<svg class="plot" width="800" height="{30 + 18 * len(rows)}" viewBox="0 0 800 {30 + 18 * len(rows)}">{"".join(bars)}</svg>'
-    trs = "".join(
-        f"<tr><td>{html.escape(r['name'])}</td><td>{100 * r['only_metric']:.2f}%</td><td>{_db(r['only_sqnr_db'])}</td>"
-        f"<td>{100 * r['all_but_metric']:.2f}%</td><td>{_db(r['all_but_sqnr_db'])}</td><td>{html.escape('; '.join(r['causes']))}</td>"
-        f"<td>{html.escape('; '.join(r['suggestions']))}</td></tr>" for r in rows)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>quantwise explain</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px}} td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}} table{{border-collapse:collapse}}</style></head>
 <body><h1>Where accuracy went: {html.escape(result['task'])} · {html.escape(result['recipe']['recipe'])}</h1>
-<p>{s['samples']} samples · FP32 {100 * s['fp32_metric']:.2f}% · all layers quantized {100 * s['quantized_metric']:.2f}% (output SQNR {_db(s['quantized_sqnr_db'])} dB) · {result['evaluations']} evaluations</p>
+<p>{s['samples']} samples · FP32 {100 * s['fp32_metric']:.2f}% · all layers quantized {100 * s['quantized_metric']:.2f}% (output SQNR {fmt_sqnr(s['quantized_sqnr_db'])} dB) · {result['evaluations']} evaluations</p>
 <h2>Output SQNR with only this layer quantized (lower: more sensitive)</h2>{svg}
-<h2>Per layer, worst first</h2><table><tr><th>layer</th><th>only it</th><th>SQNR dB</th><th>all but it</th><th>SQNR dB</th><th>measured cause</th><th>suggestion</th></tr>{trs}</table>
+<h2>Per layer, worst first</h2>{layers_table_html(rows)}
 </body></html>"""
+

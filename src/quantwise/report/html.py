@@ -190,6 +190,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 {_table(result)}
 <h2>Why the others lost</h2><ul>{others}</ul>
 {precision_maps(result)}
+{losses_html(result.get("losses") or {})}
 <h2>Confusion matrix change</h2>
 {confusion_change(result)}
 <h2>Environment</h2><table>{env_rows}</table>
@@ -220,6 +221,38 @@ def precision_maps(result: dict[str, Any]) -> str:
         out.append(f"<p>{_esc(', '.join(seen[k]))}: " + ", ".join(f"{c} × {_esc(v)}" for v, c in counts.items())
                    + f"</p><table class=\"data\"><tr><th>layer</th><th>precision</th></tr>{rows}</table>")
     return "".join(out)
+
+
+def losses_html(losses: dict[str, Any]) -> str:
+    """Where the over-budget formats lost accuracy, per layer (from ``explain``)."""
+    explained, skipped = losses.get("explained") or {}, losses.get("not_explained") or {}
+    if not explained and not skipped:
+        return ""
+    out = ["<h2>Where accuracy was lost</h2>"]
+    for fmt, ex in explained.items():
+        s = ex["summary"]
+        out.append(f"<p><b>{_esc(fmt)}</b> drops {ex['drop_points']:.2f} points. Measured in the PyTorch simulation on "
+                   f"{s['samples']} samples (FP32 {100 * s['fp32_metric']:.2f}%, quantized {100 * s['quantized_metric']:.2f}%): each layer "
+                   f"quantized alone and left out, most sensitive first. More: <code>{_esc(ex['command'])}</code></p>")
+        out.append(layers_table_html(ex["layers"]))
+    if skipped:
+        out.append("<ul>" + "".join(f"<li>{_esc(k)}: not explained ({_esc(v)})</li>" for k, v in skipped.items()) + "</ul>")
+    return "".join(out)
+
+
+def layers_table_html(rows: list[dict[str, Any]]) -> str:
+    """The per-layer table (worst first): alone and left out, with measured causes and suggestions."""
+    trs = "".join(
+        f"<tr><td>{_esc(r['name'])}</td><td>{100 * r['only_metric']:.2f}%</td><td>{fmt_sqnr(r['only_sqnr_db'])}</td>"
+        f"<td>{100 * r['all_but_metric']:.2f}%</td><td>{fmt_sqnr(r['all_but_sqnr_db'])}</td><td>{_esc('; '.join(r['causes']))}</td>"
+        f"<td>{_esc('; '.join(r['suggestions']))}</td></tr>" for r in rows)
+    return ("<table><tr><th>layer</th><th>only it quantized</th><th>SQNR dB</th><th>all but it</th><th>SQNR dB</th>"
+            f"<th>measured cause</th><th>suggestion</th></tr>{trs}</table>")
+
+
+def fmt_sqnr(v: float | None) -> str:
+    """An SQNR in dB; None (infinite) means the output was exact."""
+    return "exact" if v is None else f"{v:.1f}"
 
 
 def write_html(result: dict[str, Any], path: Path) -> Path:

@@ -113,5 +113,22 @@ def print_compare(result: dict[str, Any], console: Console | None = None) -> Non
             for v in pm.values():
                 counts[v] = counts.get(v, 0) + 1
             console.print(f"precision map of {r['format']} · {r['runtime']}: " + ", ".join(f"{c} × {v}" for v, c in counts.items()))
+    print_losses(result.get("losses") or {}, console)
     for n in rec.get("notes", []):
         console.print(f"[yellow]note: {n}[/yellow]")
+
+
+def print_losses(losses: dict[str, Any], console: Console, rows: int = 3) -> None:
+    """Where each explained over-budget format lost accuracy: its most sensitive layers, cause and fix."""
+    for fmt, ex in (losses.get("explained") or {}).items():
+        s = ex["summary"]
+        console.print(f"[bold]where {fmt} lost {ex['drop_points']:.2f} points[/bold] (PyTorch simulation, {s['samples']} samples: "
+                      f"FP32 {100 * s['fp32_metric']:.2f}%, quantized {100 * s['quantized_metric']:.2f}%):")
+        for r in ex["layers"][:rows]:
+            sq = "exact" if r["only_sqnr_db"] is None else f"{r['only_sqnr_db']:.1f} dB"
+            why = "; ".join(r["causes"]) or "no single cause measured"
+            fix = f"; fix: {r['suggestions'][0]}" if r["suggestions"] else ""
+            console.print(f"  {r['name']}: alone {100 * r['only_metric']:.2f}% (SQNR {sq}), all but it {100 * r['all_but_metric']:.2f}%: {why}{fix}")
+        console.print(f"[dim]  more: {ex['command']}[/dim]")
+    for fmt, why in (losses.get("not_explained") or {}).items():
+        console.print(f"[dim]over budget, not explained: {fmt} ({why})[/dim]")

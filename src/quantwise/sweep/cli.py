@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def add_compare_parser(sub: Any, task_args: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser("compare", help="every format in every runtime, side by side, and a recommendation")
     task_args(p)
@@ -23,9 +22,13 @@ def add_compare_parser(sub: Any, task_args: Callable[[argparse.ArgumentParser], 
     p.add_argument("--resume", action="store_true", help="keep finished formats from an interrupted run in --out")
     p.add_argument("--no-train", action="store_true", help="skip the quantization-aware training formats (qat-*)")
     p.add_argument("--batch", type=int, default=32, help="the larger batch size for latency (default 32)")
+    p.add_argument("--explain", default="worst", choices=("worst", "all", "none"),
+                   help="per-layer explanation of the formats over the budget: the largest drop (default), all, or none")
+    p.add_argument("--explain-samples", type=int, default=128, help="evaluation examples explain measures on (default 128)")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from quantwise.errors import UserError
     from quantwise.report.html import write_html
     from quantwise.report.terminal import print_compare
     from quantwise.sweep.compare import CompareSettings, write_json, export_recommended, run_compare
@@ -36,7 +39,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     settings = CompareSettings(formats=args.formats, runtimes=args.runtimes, max_drop=parse_budget(args.max_drop),
                                optimize=args.optimize, target=args.target, threads=args.threads,
-                               measure_memory=not args.no_memory, batch_n=args.batch, train=not args.no_train)
+                               measure_memory=not args.no_memory, batch_n=args.batch, train=not args.no_train,
+                               explain=args.explain, explain_samples=args.explain_samples)
+    if args.explain_samples < 1:
+        raise UserError("--explain-samples must be a positive number of examples")
     get_profile(args.target)
     select_formats(args.formats, args.runtimes)  # validate names before loading anything
     task = load_task(args.task, model=args.model, data=args.data, text_column=args.text_column,

@@ -16,6 +16,7 @@ from quantwise.errors import UnsupportedModel, UserError
 from quantwise.measure.env import environment
 from quantwise.progress import live_progress
 from quantwise.sweep.formats import Format, select_formats
+from quantwise.sweep.losses import explain_losses
 from quantwise.sweep.profiles import get_profile
 from quantwise.sweep.recommend import Budget, baseline_runtime, recommend
 from quantwise.tasks.base import Task
@@ -36,10 +37,13 @@ class CompareSettings:
     batch_n: int = 32
     latency_seconds: float = 3.0
     train: bool = True
+    explain: str = "worst"
+    explain_samples: int = 128
 
     def to_dict(self) -> dict[str, Any]:
         return {"formats": self.formats, "runtimes": self.runtimes, "max_drop": str(self.max_drop), "optimize": self.optimize, "train": self.train,
-                "target": self.target, "threads": self.threads, "latency_batch": self.latency_batch, "batch_n": self.batch_n}
+                "target": self.target, "threads": self.threads, "latency_batch": self.latency_batch, "batch_n": self.batch_n,
+                "explain": self.explain, "explain_samples": self.explain_samples}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -88,6 +92,7 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
     _derive(records)
     rec_result = recommend(records, settings.max_drop, settings.optimize, profile, task.primary_metric,
                            f"batch_{settings.latency_batch}")
+    losses = explain_losses(task, records, rec_result, settings.explain, settings.explain_samples, records_dir, resume, built)
     return {
         "schema": COMPARE_SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -95,6 +100,7 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
         "settings": settings.to_dict(),
         "records": records,
         "recommendation": rec_result,
+        "losses": losses,
         "skipped_formats": {f: ("--no-train" if not settings.train else "the task has no training data") for f in untrained},
         "env": environment(settings.threads),
     }
