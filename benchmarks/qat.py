@@ -9,6 +9,7 @@ on the task's test set in ONNX Runtime. Recovery = (QAT - PTQ) / (FP32 - PTQ) wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import warnings
@@ -26,12 +27,17 @@ PAIRS = [
     ("W4A8 per-tensor", get_recipe("static-w4a8", per_channel=False), get_recipe("qat-w4a8", per_channel=False)),
     ("W4A8 per-tensor, LSQ", get_recipe("static-w4a8", per_channel=False), get_recipe("qat-w4a8", per_channel=False, lsq=True)),
     ("W4 weight-only g32", get_recipe("weight-int4", group_size=32), get_recipe("qat-w4")),
+    # no labels anywhere (training or validation): the model learns to reproduce FP32's own outputs
+    ("W4A8 per-tensor, no labels, distil outputs", get_recipe("static-w4a8", per_channel=False),
+     get_recipe("qat-w4a8", per_channel=False, distill=True, distill_on="outputs")),
 ]
+UNLABELED = "no labels"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", default="mnist-cnn,bbc-minilm")
+    ap.add_argument("--only", help="run the schemes whose label contains this text")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     print(f"{environment(1).get('cpu')}, training on {os.cpu_count()} threads, evaluation in onnxruntime (1 thread)\n")
@@ -42,10 +48,13 @@ def main() -> None:
         kw = {"threads": 1, "measure_memory": False, "latency_seconds": 0.5, "batch_sizes": (1,)}
         fp = evaluate(task, None, "onnxruntime", **kw)["metrics"]["accuracy"]
         for label, ptq_r, qat_r in PAIRS:
+            if args.only and args.only not in label:
+                continue
             ptq = evaluate(task, ptq_r, "onnxruntime", **kw)["metrics"]["accuracy"]
+            trained_on = dataclasses.replace(task, train_labels=(), val_labels=()) if UNLABELED in label else task
             with tempfile.TemporaryDirectory() as cache:
                 os.environ["QUANTWISE_CACHE"] = cache  # a fresh checkpoint folder: train from scratch
-                rec = evaluate(task, qat_r, "onnxruntime", **kw)
+                rec = evaluate(trained_on, qat_r, "onnxruntime", **kw)
             qat, tr = rec["metrics"]["accuracy"], rec["info"]["training"]
             rec_s = f"{(qat - ptq) / (fp - ptq):.2f}" if fp - ptq > 1e-9 else "n/a (PTQ loses nothing)"
             best = f"{100 * tr['best_val_accuracy']:.2f}" if tr["best_val_accuracy"] is not None else "-"

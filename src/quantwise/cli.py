@@ -50,6 +50,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="qat: learning rate (default: the task's, mnist 1e-4, bbc 2e-5)")
     p.add_argument("--lsq", action="store_true", help="qat: learn the quantization step sizes (LSQ)")
     p.add_argument("--distill", action="store_true", help="qat: knowledge distillation from the FP32 model")
+    p.add_argument("--distill-on", choices=("logits", "outputs"),
+                   help="qat: distil the logits through the task's head (default) or the model's own outputs (embeddings; implies --distill)")
     p.add_argument("--patience", type=int, help="qat: early stop after N epochs without validation improvement")
     p.add_argument("--pot-scales", action="store_true", help="fixed-point: power-of-two scales (Qm.n formats, rescaling by shifts)")
     p.add_argument("--accumulator", type=int, choices=(32, 16), help="fixed-point: accumulator width (default 32)")
@@ -117,6 +119,8 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     for flag in ("lsq", "distill"):
         if getattr(args, flag):
             over[flag] = True
+    if args.distill_on:
+        over["distill"], over["distill_on"] = True, args.distill_on
     if args.per_tensor:
         over["per_channel"] = False
     if args.symmetric_activations:

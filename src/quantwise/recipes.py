@@ -208,6 +208,9 @@ class QATRecipe(Recipe):
         lsq: learn the step sizes (LSQ) instead of fixed calibrated activation ranges and
             min-max weight ranges.
         distill: add knowledge distillation from the FP32 model (alone when labels are missing).
+        distill_on: what distillation matches: ``logits`` (through the task's head, KL at
+            temperature 2) or ``outputs`` (the model's own outputs, such as sentence embeddings:
+            mean squared error relative to the FP32 outputs' mean square; needs no head and no labels).
         epochs: passes over the training data (0: the task's default).
         steps: optimizer steps; overrides ``epochs`` when positive.
         lr: learning rate (0: the task's default); cosine decay after a 5% linear warm-up.
@@ -223,6 +226,7 @@ class QATRecipe(Recipe):
     group_size: int = 0
     lsq: bool = False
     distill: bool = False
+    distill_on: str = "logits"
     epochs: int = 0
     steps: int = 0
     lr: float = 0.0
@@ -243,6 +247,8 @@ class QATRecipe(Recipe):
             raise UserError(f"recipe {self.name}: lr must be a positive number (0 for the task's default), got {self.lr}")
         if self.calibration not in OBSERVERS:
             raise UserError(f"recipe {self.name}: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+        if self.distill_on not in ("logits", "outputs"):
+            raise UserError(f"recipe {self.name}: distill_on must be logits or outputs, got {self.distill_on!r}")
 
     @property
     def name(self) -> str:

@@ -164,3 +164,25 @@ def test_your_own_training_loop(mnist, tmp_path):
     qm.save(tmp_path / "q")
     runner, _ = lower(qm, mnist, "onnxruntime", tmp_path / "ort")
     assert mnist.score(np.concatenate([runner.run(b) for b in mnist.eval_batches]))["accuracy"] > 0.97
+
+
+def test_output_distillation_without_labels_or_head_brings_outputs_closer_to_fp32(mnist):
+    """Label-free QAT for a model whose outputs are what matters (an embedding model): match FP32's outputs."""
+    data = task_train_data(mnist)
+    unlabeled = TrainData(data.batches, [], [], [])
+    recipe = get_recipe("qat-w4a8", per_channel=False, distill=True, distill_on="outputs")
+    prepared = prepare_qat(mnist.model, recipe, mnist.calibration)
+    held_out = torch.cat([b[0] for b in mnist.eval_batches])[:256]
+
+    def rel_error() -> float:
+        prepared.model.eval()
+        with torch.no_grad():
+            ref, got = mnist.model(held_out), prepared.model(held_out)
+        return float((got - ref).pow(2).mean() / ref.pow(2).mean())
+
+    before = rel_error()
+    res = train_qat(prepared, unlabeled, mnist.model, epochs=0, steps=40, lr=1e-4, distill_on="outputs")
+    after = rel_error()
+    assert res.steps == 40 and after < 0.8 * before
+    with pytest.raises(UserError, match="distill_on must be logits or outputs"):
+        get_recipe("qat-w8a8", distill_on="embeddings")

@@ -107,7 +107,7 @@ def _schedule(total: int) -> Callable[[int], float]:
 def checkpoint_dir_for(task: Any, prepared: QATPrepared, root: Path | None = None) -> Path:
     """A folder unique to this task, model and recipe, under ``$QUANTWISE_CACHE/qat`` by default."""
     h = hashlib.sha1(json.dumps(prepared.recipe.to_dict(), sort_keys=True).encode())
-    h.update(task.name.encode())
+    h.update(f"{task.name} labels {len(task.train_labels)}".encode())  # labelled and unlabelled runs differ
     for name, p in task.model.state_dict().items():
         h.update(f"{name}{tuple(p.shape)}{float(p.double().sum()) if p.is_floating_point() else 0}".encode())
     base = root or Path(os.environ.get("QUANTWISE_CACHE", Path.home() / ".cache" / "quantwise")) / "qat"
@@ -115,11 +115,16 @@ def checkpoint_dir_for(task: Any, prepared: QATPrepared, root: Path | None = Non
 
 
 def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None, epochs: int, steps: int, lr: float,
-              checkpoint_dir: Path | None = None, patience: int = 0, seed: int = 0) -> TrainResult:
-    """Train ``prepared.model`` in place; returns what happened. Resumes from ``checkpoint_dir`` if it holds a run."""
+              checkpoint_dir: Path | None = None, patience: int = 0, distill_on: str = "logits", seed: int = 0) -> TrainResult:
+    """Train ``prepared.model`` in place; returns what happened. Resumes from ``checkpoint_dir`` if it holds a run.
+
+    ``distill_on``: with a ``teacher``, match its ``logits`` (through ``data.head``) or its raw ``outputs``.
+    """
     recipe = prepared.recipe
     if not data.labels and teacher is None:
         raise UserError("the training data has no labels: use --distill to learn from the FP32 model instead")
+    if distill_on not in ("logits", "outputs"):
+        raise UserError(f"distill_on must be logits or outputs, got {distill_on!r}")
     if lr <= 0 or not math.isfinite(lr):
         raise UserError(f"the learning rate must be a positive number, got {lr}")
     per_epoch = len(data.batches)
@@ -157,7 +162,7 @@ def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None,
             losses = []
             for i in order[state["step"] % per_epoch:]:
                 prepared.set_step(state["step"])
-                loss = _loss(model, data, teacher, i)
+                loss = _loss(model, data, teacher, i, distill_on)
                 if not torch.isfinite(loss):
                     model.load_state_dict(last_good)
                     res.stopped = (f"loss became {float(loss.detach())} at step {state['step']}: stopped and kept the last good "
@@ -200,17 +205,21 @@ def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None,
     return res
 
 
-def _loss(model: nn.Module, data: TrainData, teacher: nn.Module | None, i: int) -> torch.Tensor:
+def _loss(model: nn.Module, data: TrainData, teacher: nn.Module | None, i: int, distill_on: str = "logits") -> torch.Tensor:
     batch = data.batches[i]
-    logits = _logits(model(*batch), data.head)
+    out = model(*batch)
     parts = []
     if data.labels:
-        parts.append(F.cross_entropy(logits, data.labels[i]))
+        parts.append(F.cross_entropy(_logits(out, data.head), data.labels[i]))
     if teacher is not None:
         with torch.no_grad():
-            t = _logits(teacher(*batch), data.head)
-        kd = F.kl_div(F.log_softmax(logits / TEMPERATURE, -1), F.softmax(t / TEMPERATURE, -1), reduction="batchmean")
-        parts.append(kd * TEMPERATURE**2)
+            t = teacher(*batch)
+        if distill_on == "outputs":  # the outputs themselves (e.g. embeddings), scale-free
+            parts.append(F.mse_loss(out, t) / t.pow(2).mean().clamp_min(1e-12))
+        else:
+            logits, t = _logits(out, data.head), _logits(t, data.head)
+            kd = F.kl_div(F.log_softmax(logits / TEMPERATURE, -1), F.softmax(t / TEMPERATURE, -1), reduction="batchmean")
+            parts.append(kd * TEMPERATURE**2)
     return sum(parts) / len(parts)
 
 
