@@ -7,6 +7,7 @@ a peer: ONNX Runtime's own quantize_static on the same calibration digits. One r
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -17,15 +18,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from peers import ort_peers  # noqa: E402
+from peers import ort_peers
 
-from quantwise.api import evaluate, lower, quantize  # noqa: E402
-from quantwise.fixedpoint.cexport import compile_and_run, export_c  # noqa: E402
-from quantwise.fixedpoint.executor import execute, integer_params  # noqa: E402
-from quantwise.fixedpoint.simulate import enter  # noqa: E402
-from quantwise.measure.env import environment  # noqa: E402
-from quantwise.recipes import get_recipe  # noqa: E402
-from quantwise.tasks import load_task  # noqa: E402
+from quantwise.api import evaluate, lower, quantize
+from quantwise.fixedpoint.cexport import compile_and_run, export_c, plan_memory
+from quantwise.fixedpoint.executor import execute, integer_params
+from quantwise.fixedpoint.simulate import enter
+from quantwise.measure.env import environment
+from quantwise.recipes import get_recipe
+from quantwise.tasks import load_task
 
 VARIANTS = [("fixed-point int8", {}), ("fixed-point int8 pot (Qm.n)", {"pot_scales": True})]
 
@@ -84,13 +85,21 @@ def _parity(task, qm, name: str) -> str:
         c = compile_and_run(folder, x, ours.shape[1])
         t_c = time.perf_counter() - t0  # includes gcc
         c_bytes = (folder / "qw_model").stat().st_size
+    mem = plan_memory(qm.plan)
     diff = np.abs(ort - ours)
     acc = {k: f"{v.to_dict(p.worst_bits[k])['accumulator_bits_observed']}/{p.worst_bits[k]}" for k, v in p.stats.items()}
     return (f"- {name}: integer vs ONNX Runtime outputs: max |diff| {diff.max()} steps, {100 * (diff > 0).mean():.3f}% differ, "
             f"top-1 agreement {100 * (ours.argmax(1) == ort.argmax(1)).mean():.2f}%; C vs integer executor bit-identical: "
             f"{np.array_equal(c, ours)} on {len(x)} digits (NumPy {t_np:.1f} s, C {t_c:.1f} s incl. gcc -O2, binary {c_bytes / 1e6:.2f} MB); "
-            f"accumulator bits observed/worst case: {acc}")
+            f"C memory: {mem.arena_bytes:,} bytes of activation RAM (one int32 buffer per tensor: {_int32_buffer_bytes(qm):,}), "
+            f"{mem.constant_bytes:,} bytes of constants; accumulator bits observed/worst case: {acc}")
 
+
+def _int32_buffer_bytes(qm) -> int:
+    """What the C took before its buffers were planned and packed: one int32 array per tensor."""
+    prog = qm.plan.program
+    shapes = [prog.input_shape] + [n.attrs["shape"] for n in prog.nodes if n.op not in ("flatten", "reshape")]
+    return 4 * sum(math.prod(s) for s in shapes)
 
 if __name__ == "__main__":
     main()

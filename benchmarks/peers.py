@@ -34,7 +34,13 @@ def _measure(task: Task, runner: Any, name: str, runtime: str, t_quant: float, b
 
 
 def ort_peers(task: Task, workdir: Path, batch_sizes: tuple[int, ...], seconds: float) -> list[dict[str, Any]]:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     fp32 = export_onnx(task.model, task.latency_input(2), workdir / "peer_fp32.onnx", task.input_names, task.dynamic_axes)
     recs = []

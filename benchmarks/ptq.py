@@ -16,12 +16,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from peers import ort_peers, torch_ao_dynamic  # noqa: E402
+from peers import ort_peers, torch_ao_dynamic
 
-from quantwise.api import evaluate  # noqa: E402
-from quantwise.measure.env import environment  # noqa: E402
-from quantwise.recipes import get_recipe  # noqa: E402
-from quantwise.tasks import load_task  # noqa: E402
+from quantwise.api import evaluate
+from quantwise.measure.env import environment
+from quantwise.recipes import get_recipe
+from quantwise.tasks import load_task
 
 SCHEMES = [
     ("fp32", None),

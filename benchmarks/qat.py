@@ -30,6 +30,8 @@ PAIRS = [
     # no labels anywhere (training or validation): the model learns to reproduce FP32's own outputs
     ("W4A8 per-tensor, no labels, distil outputs", get_recipe("static-w4a8", per_channel=False),
      get_recipe("qat-w4a8", per_channel=False, distill=True, distill_on="outputs")),
+    ("W4A8 per-tensor, no labels, distil outputs, 3 epochs", get_recipe("static-w4a8", per_channel=False),
+     get_recipe("qat-w4a8", per_channel=False, distill=True, distill_on="outputs", epochs=3)),
 ]
 UNLABELED = "no labels"
 

@@ -6,4 +6,4 @@ from quantwise.recipes import get_recipe
 from quantwise.tasks import Task, load_task
 
 __version__ = "0.1.0"
-__all__ = ["QuantizedModel", "Task", "evaluate", "get_recipe", "load_task", "lower", "quantize", "__version__"]
+__all__ = ["QuantizedModel", "Task", "__version__", "evaluate", "get_recipe", "load_task", "lower", "quantize"]

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from quantwise.errors import UserError
+from quantwise.fixedpoint import quantize as _fixed_point  # noqa: F401  (registers the fixed-point handler)
 from quantwise.measure.env import environment
 from quantwise.measure.latency import measure_latency
 from quantwise.measure.memory import peak_memory
@@ -24,7 +25,6 @@ from quantwise.quantized import QuantizedModel, artifact_size, atomic_dir
 from quantwise.recipes import Recipe, get_recipe
 from quantwise.runtime.torch_sim import lower_torch
 from quantwise.tasks.base import Task
-from quantwise.fixedpoint import quantize as _fixed_point  # noqa: F401  (registers the fixed-point handler)
 from quantwise.transform import schemes as _schemes  # noqa: F401  (registers the handlers)
 from quantwise.transform.registry import HANDLERS, Batch, needs_calibration
 

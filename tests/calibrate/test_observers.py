@@ -7,7 +7,7 @@ import torch
 
 from quantwise.calibrate.observers import make_observer
 from quantwise.errors import UserError
-from quantwise.numerics import UINT8, INT8, choose_qparams, fake_quantize
+from quantwise.numerics import INT8, UINT8, choose_qparams, fake_quantize
 
 
 def _feed(name, x, chunks=4, **kw):

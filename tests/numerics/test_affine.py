@@ -8,8 +8,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantwise.numerics import (INT4, INT8, UINT4, UINT8, PerChannel, PerGroup, PerTensor, choose_qparams, dequantize,
-                                fake_quantize, pack_int4, quantize, unpack_int4)
+from quantwise.numerics import (
+    INT4,
+    INT8,
+    UINT4,
+    UINT8,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    pack_int4,
+    quantize,
+    unpack_int4,
+)
 
 POW2_SCALES = [2.0 ** -k for k in range(2, 9)]
 

@@ -10,7 +10,7 @@ from torch import nn
 from quantwise.api import evaluate, lower, quantize
 from quantwise.errors import UnsupportedModel, UserError
 from quantwise.recipes import get_recipe
-from quantwise.runtime.tflite import TfliteRunner, read_quantization, scales_check
+from quantwise.runtime.tflite import TfliteRunner, read_quantization
 from quantwise.runtime.torch_sim import lower_torch
 
 pytest.importorskip("litert_torch", reason="the tflite extra is part of the README's set-up")

@@ -6,7 +6,7 @@ import pytest
 
 from quantwise.errors import UserError
 from quantwise.sweep.profiles import get_profile
-from quantwise.sweep.recommend import Budget, parse_budget, pareto_front, recommend
+from quantwise.sweep.recommend import Budget, pareto_front, parse_budget, recommend
 
 
 def rec(fmt, runtime, acc, lat, size, family="int8", status="ok", mem=100):

@@ -128,7 +128,7 @@ def _run_swapped(model: nn.Module, swaps: dict[str, nn.Module], batches: Sequenc
             set_module(model, n, m)
 
 
-def _scorer(task: Task, n: int):  # noqa: ANN202
+def _scorer(task: Task, n: int):
     """Score outputs of the first ``n`` evaluation examples with the task's metrics."""
     labels = task.labels[:n] if task.labels is not None else None
     whole = n == sum(len(b[0]) for b in task.eval_batches)

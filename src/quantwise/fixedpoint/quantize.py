@@ -91,7 +91,7 @@ def fixed_point_handler(model: nn.Module, recipe: FixedPointRecipe, calib: Seque
 def _format(rng: list[float], recipe: FixedPointRecipe) -> TensorFormat:
     lo, hi = rng
     signed = lo < 0
-    qmin, qmax = int_range(recipe.bits, signed)
+    qmax = int_range(recipe.bits, signed)[1]
     bound = max(abs(lo), abs(hi))
     scale = bound / qmax if bound > 0 else 1.0 / qmax
     if recipe.pot_scales:

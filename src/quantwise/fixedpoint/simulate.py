@@ -133,7 +133,6 @@ class FixedPointModule(nn.Module):
         return QDQ.apply(y, f.scale, 0, f.signed)
 
     def _exact(self, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-        f = self.plan.formats[n.output]
         a = n.attrs
         if n.op in ("conv2d", "linear"):
             lp = self.plan.layers[n.layer]

@@ -13,7 +13,7 @@ from torch.autograd import Function
 _ONNX_INT = {True: torch.int8, False: torch.uint8}
 
 
-def _const(g, value: torch.Tensor):  # noqa: ANN001, ANN202 - torch.onnx graph context
+def _const(g, value: torch.Tensor):
     return g.op("Constant", value_t=value)
 
 
@@ -29,7 +29,7 @@ class QDQ(Function):
         return (q - z) * s
 
     @staticmethod
-    def symbolic(g, x, scale: float, zero_point: int, signed: bool):  # noqa: ANN001, ANN205
+    def symbolic(g, x, scale: float, zero_point: int, signed: bool):
         s = _const(g, torch.tensor(scale, dtype=torch.float32))
         z = _const(g, torch.tensor(zero_point, dtype=_ONNX_INT[signed]))
         return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z), s, z)
@@ -50,7 +50,7 @@ class DQ(Function):
         return ((q.to(torch.int64) - z).to(torch.float64) * s.to(torch.float64)).to(torch.float32)
 
     @staticmethod
-    def symbolic(g, q, scale, zero_point, axis: int):  # noqa: ANN001, ANN205
+    def symbolic(g, q, scale, zero_point, axis: int):
         return g.op("DequantizeLinear", q, scale, zero_point, axis_i=axis)
 
 
@@ -66,7 +66,7 @@ class GatherDQ(Function):
         return q[ids].to(torch.float32) * scale[ids].unsqueeze(-1)
 
     @staticmethod
-    def symbolic(g, ids, q, scale):  # noqa: ANN001, ANN205
+    def symbolic(g, ids, q, scale):
         rows = g.op("Cast", g.op("Gather", q, ids, axis_i=0), to_i=1)
         s = g.op("Unsqueeze", g.op("Gather", scale, ids, axis_i=0), _const(g, torch.tensor([-1], dtype=torch.int64)))
         return g.op("Mul", rows, s)
@@ -84,7 +84,7 @@ class HalfToFloat(Function):
         return w.to(like.dtype)
 
     @staticmethod
-    def symbolic(g, w, like):  # noqa: ANN001, ANN205
+    def symbolic(g, w, like):
         return g.op("CastLike", w, like)
 
 
@@ -102,7 +102,7 @@ class GatherBlockDQ(Function):
         return q[ids].to(torch.float32) * scales[ids].repeat_interleave(block, dim=-1)
 
     @staticmethod
-    def symbolic(g, ids, q, scales, packed, zero_points, block: int):  # noqa: ANN001, ANN205
+    def symbolic(g, ids, q, scales, packed, zero_points, block: int):
         return g.op("com.microsoft::GatherBlockQuantized", packed, ids, scales, zero_points,
                     bits_i=4, block_size_i=block, gather_axis_i=0, quantize_axis_i=1)
 
@@ -128,7 +128,7 @@ class DynamicQMatMul(Function):
         return acc.to(torch.float32) * (a_scale * w_scale) + bias
 
     @staticmethod
-    def symbolic(g, x, w_t, w_scale, bias):  # noqa: ANN001, ANN205
+    def symbolic(g, x, w_t, w_scale, bias):
         xq, a_scale, a_zp = g.op("DynamicQuantizeLinear", x, outputs=3)
         n = w_t.type().sizes()[1] if w_t.type().sizes() else None
         w_zp = _const(g, torch.zeros(n, dtype=torch.int8)) if n else _const(g, torch.tensor(0, dtype=torch.int8))
@@ -155,7 +155,7 @@ class DynamicQMatMulPerToken(Function):
         return (acc.to(torch.float32) * w_scale) * a_scale + bias
 
     @staticmethod
-    def symbolic(g, x, w_t, w_scale, bias):  # noqa: ANN001, ANN205
+    def symbolic(g, x, w_t, w_scale, bias):
         amax = g.op("ReduceMax", g.op("Abs", x), axes_i=[1], keepdims_i=1)  # (M, 1)
         a_scale = g.op("Max", g.op("Div", amax, _const(g, torch.tensor(127.0))), _const(g, torch.tensor(1e-12)))
         flat = g.op("Reshape", a_scale, _const(g, torch.tensor([-1], dtype=torch.int64)))  # (M,)
@@ -181,7 +181,7 @@ class MatMulNBits(Function):
         return x @ w_deq.t() + bias
 
     @staticmethod
-    def symbolic(g, x, w_deq, packed, scales, zero_points, bias, k: int, n: int, bits: int, block: int):  # noqa: ANN001, ANN205
+    def symbolic(g, x, w_deq, packed, scales, zero_points, bias, k: int, n: int, bits: int, block: int):
         y = g.op(
             "com.microsoft::MatMulNBits", x, packed, scales, zero_points, K_i=k, N_i=n, bits_i=bits, block_size_i=block
         )

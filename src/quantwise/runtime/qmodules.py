@@ -14,7 +14,16 @@ from torch import nn
 from quantwise.numerics import get_qtype, pack_int4
 from quantwise.numerics.granularity import PerGroup, PerTensor
 from quantwise.quantized import ActQuant, LayerQuant
-from quantwise.runtime.qfunctions import DQ, QDQ, DynamicQMatMul, DynamicQMatMulPerToken, GatherBlockDQ, GatherDQ, HalfToFloat, MatMulNBits
+from quantwise.runtime.qfunctions import (
+    DQ,
+    QDQ,
+    DynamicQMatMul,
+    DynamicQMatMulPerToken,
+    GatherBlockDQ,
+    GatherDQ,
+    HalfToFloat,
+    MatMulNBits,
+)
 
 
 def _qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:

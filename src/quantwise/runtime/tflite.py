@@ -116,7 +116,7 @@ class TfliteRunner:
         tensors = {d["index"]: d for d in it.get_tensor_details()}
         ops = IntegerOps()
         kinds: dict[str, int] = {}
-        for op in it._get_ops_details():  # noqa: SLF001  (LiteRT's documented-in-tests op listing)
+        for op in it._get_ops_details():
             if op["op_name"] not in HEAVY:
                 continue
             types = [tensors[i]["dtype"].__name__ for i in op["inputs"] if i >= 0]

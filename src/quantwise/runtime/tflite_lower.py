@@ -29,8 +29,8 @@ from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
 from quantwise.transform.fusion import set_module
 
 
-def _ops():  # noqa: ANN202
-    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
+def _ops():
+    import torch.ao.quantization.fx._decomposed
 
     return torch.ops.quantized_decomposed
 

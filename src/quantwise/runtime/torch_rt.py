@@ -31,9 +31,8 @@ class TorchRunner:
             return self.module(*batch).to(torch.float32).numpy()
 
     def integer_ops(self) -> dict[str, Any]:
-        from quantwise.runtime.torch_int8 import Int8Conv2d, Int8Linear
-
         from quantwise.fixedpoint.simulate import FixedPointModule
+        from quantwise.runtime.torch_int8 import Int8Conv2d, Int8Linear
 
         ops = IntegerOps()
         kinds: dict[str, int] = {}

@@ -31,7 +31,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from quantwise.errors import UserError
     from quantwise.report.html import write_html
     from quantwise.report.terminal import print_compare
-    from quantwise.sweep.compare import CompareSettings, write_json, export_recommended, run_compare
+    from quantwise.sweep.compare import CompareSettings, export_recommended, run_compare, write_json
     from quantwise.sweep.formats import select_formats
     from quantwise.sweep.profiles import get_profile
     from quantwise.sweep.recommend import parse_budget

@@ -95,7 +95,7 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
     losses = explain_losses(task, records, rec_result, settings.explain, settings.explain_samples, records_dir, resume, built)
     return {
         "schema": COMPARE_SCHEMA,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "task": task.name,
         "settings": settings.to_dict(),
         "records": records,

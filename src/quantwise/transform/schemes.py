@@ -93,7 +93,7 @@ def _gptq_layers(model: nn.Module, recipe: WeightOnlyRecipe, todo: list[tuple[st
     hess = {n: [torch.zeros(m.in_features, m.in_features, dtype=torch.float64), 0] for n, m in linear}
     handles = []
 
-    def make_hook(name: str):  # noqa: ANN202
+    def make_hook(name: str):
         def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             h, n = hess[name]
             hess[name][0], hess[name][1] = hessian_update(h, n, args[0].detach())
