@@ -217,6 +217,8 @@ class QATRecipe(Recipe):
         calibration: observer that initialises activation ranges (training starts where PTQ ends).
         freeze_bn_steps: BatchNorm running statistics stop updating after this many steps.
         patience: early stop after this many validations without improvement (0: never).
+        embeddings: store embedding tables as int8, one scale per row, from the trained weights
+            (they train in float; as in post-training quantization).
     """
 
     kind: ClassVar[str] = "qat-w8a8"
@@ -233,6 +235,7 @@ class QATRecipe(Recipe):
     calibration: str = "minmax"
     freeze_bn_steps: int = 200
     patience: int = 0
+    embeddings: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

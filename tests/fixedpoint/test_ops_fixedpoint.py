@@ -181,3 +181,17 @@ def test_grouped_convolution_saturates_in_the_same_order_as_c(tmp_path):
     got = execute(p, xi)
     assert p.stats["0"].accumulator_overflows > 0
     assert np.array_equal(compile_and_run(export_c(qm, tmp_path / "c"), xi, got.shape[1]), got)
+
+
+def test_a_two_input_model_is_named_as_such():
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x, mask):
+            return self.lin(x * mask)
+
+    calib = [(torch.randn(2, 4), torch.ones(2, 4))]
+    with pytest.raises(UnsupportedModel, match="one input tensor; this one takes 2"):
+        quantize(TwoInputs().eval(), "fixed-point", calib)

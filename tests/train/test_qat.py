@@ -186,3 +186,32 @@ def test_output_distillation_without_labels_or_head_brings_outputs_closer_to_fp3
     assert res.steps == 40 and after < 0.8 * before
     with pytest.raises(UserError, match="distill_on must be logits or outputs"):
         get_recipe("qat-w8a8", distill_on="embeddings")
+
+
+def test_embedding_tables_train_in_float_and_are_stored_as_int8_per_row():
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(50, 16)
+            self.lin = nn.Linear(16, 3)
+
+        def forward(self, ids):
+            return self.lin(self.emb(ids).mean(1))
+
+    torch.manual_seed(0)
+    model = Bag().eval()
+    batches = [(torch.randint(0, 50, (8, 5)),) for _ in range(4)]
+    labels = [torch.randint(0, 3, (8,)) for _ in range(4)]
+    for keep_float in (False, True):
+        prepared = prepare_qat(model, get_recipe("qat-w8a8", embeddings=not keep_float), batches)
+        assert isinstance(prepared.model.emb, nn.Embedding)  # trained in float
+        train_qat(prepared, TrainData(batches, labels, [], []), None, epochs=0, steps=3, lr=1e-2)
+        trained = prepared.model.emb.weight.detach().clone()
+        qm = convert_qat(prepared)
+        if keep_float:
+            assert "emb" not in qm.layers and "kept in float" in qm.skipped["emb"]
+            continue
+        emb = qm.layers["emb"]
+        assert emb.kind == "embedding" and emb.weight_qtype == "int8" and emb.weight_scale.shape == (50,)
+        assert "emb" not in qm.skipped and not torch.equal(trained, model.emb.weight)  # the trained table, not the original
+        assert torch.all((emb.dequantized_weight() - trained).abs().amax(dim=1) <= emb.weight_scale * 0.5001)  # half a step per row

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from quantwise.calibrate.observers import make_observer
-from quantwise.errors import UserError
+from quantwise.errors import UnsupportedModel, UserError
 from quantwise.fixedpoint.graph import HEAVY, capture
 from quantwise.fixedpoint.plan import FixedPointPlan, LayerPlan, TensorFormat
 from quantwise.fixedpoint.simulate import float_forward
@@ -36,6 +36,9 @@ PASS_THROUGH = ("relu", "relu6", "maxpool", "avgpool", "flatten", "reshape")
 @register_handler(FixedPointRecipe)
 def fixed_point_handler(model: nn.Module, recipe: FixedPointRecipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
+    if len(calib[0]) != 1:
+        raise UnsupportedModel(f"the integer executor runs models with one input tensor; this one takes {len(calib[0])} "
+                               "(a transformer's token ids and attention mask, for instance)")
     folded = fold_batchnorm(model)
     prog = capture(model, calib[0][0])
     observers: dict[str, object] = {}

@@ -32,6 +32,7 @@ from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import QATRecipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.fusion import set_module
 from quantwise.transform.registry import Batch
+from quantwise.transform.schemes import quantize_embeddings
 
 EPS = 1e-8
 
@@ -223,8 +224,15 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
                         fused_relu=relus.get(name))
         layers[name] = lq
         set_module(model, name, layer)
+    skipped = dict(prepared.skipped)
+    if getattr(prepared.recipe, "embeddings", False):  # tables trained in float; stored as int8 per row, as PTQ does
+        tables: dict[str, LayerQuant] = {}
+        why: dict[str, str] = {}
+        quantize_embeddings(model, prepared.recipe, tables, why)
+        layers.update(tables)
+        skipped = {k: v for k, v in skipped.items() if k not in tables} | why
     write_back(model, layers)
     for p in model.parameters():
         p.requires_grad_(False)
-    return QuantizedModel(model=model, recipe=prepared.recipe, layers=layers, skipped=prepared.skipped, folded=folded,
+    return QuantizedModel(model=model, recipe=prepared.recipe, layers=layers, skipped=skipped, folded=folded,
                           info={k: v for k, v in prepared.info.items() if k not in ("bn_folded", "fused_relu")})

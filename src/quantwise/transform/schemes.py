@@ -27,7 +27,7 @@ def _kind(mod: nn.Module) -> str:
     return "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
 
 
-def _embeddings(model: nn.Module, recipe: object, layers: dict[str, LayerQuant], skipped: dict[str, str]) -> None:
+def quantize_embeddings(model: nn.Module, recipe: object, layers: dict[str, LayerQuant], skipped: dict[str, str]) -> None:
     """Int8 tables with one symmetric scale per row (per token vector), or int4 tables with one
     per 32 values of a row (``embedding_bits=4``), for recipes that ask."""
     chosen, skip = select_embeddings(model, recipe)  # type: ignore[arg-type]
@@ -78,7 +78,7 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
     else:
         for name, mod in todo:
             layers[name] = _weight_layer(mod, "weight_only", recipe.bits, recipe.group_size, recipe.symmetric)
-    _embeddings(model, recipe, layers, skipped)
+    quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
 
@@ -131,7 +131,7 @@ def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence
             continue
         layers[name] = _weight_layer(mod, "dynamic", 8, 0, True, recipe.per_channel)
         layers[name].dynamic_granularity = recipe.activations
-    _embeddings(model, recipe, layers, skipped)
+    quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped)
 
@@ -158,7 +158,7 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
             lq.output = _act(out_obs[out_at[name]].range(), act_t, recipe.symmetric_activations)
             lq.fused_relu = relus.get(name)
         layers[name] = lq
-    _embeddings(model, recipe, layers, skipped)
+    quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, folded=folded,
                           info={"calibration_batches": len(calib)})
