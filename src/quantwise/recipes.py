@@ -219,6 +219,8 @@ class QATRecipe(Recipe):
         patience: early stop after this many validations without improvement (0: never).
         embeddings: store embedding tables as int8, one scale per row, from the trained weights
             (they train in float; as in post-training quantization).
+        quantize_outputs: fake-quantize every layer's output too (as ``static-int8``'s key), so
+            the converted model is full integer in TFLite.
     """
 
     kind: ClassVar[str] = "qat-w8a8"
@@ -236,6 +238,7 @@ class QATRecipe(Recipe):
     freeze_bn_steps: int = 200
     patience: int = 0
     embeddings: bool = True
+    quantize_outputs: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -252,6 +255,8 @@ class QATRecipe(Recipe):
             raise UserError(f"recipe {self.name}: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
         if self.distill_on not in ("logits", "outputs"):
             raise UserError(f"recipe {self.name}: distill_on must be logits or outputs, got {self.distill_on!r}")
+        if self.quantize_outputs and not self.activations:
+            raise UserError(f"recipe {self.name}: quantize_outputs needs quantized activations (qat-w8a8 or qat-w4a8)")
 
     @property
     def name(self) -> str:

@@ -108,3 +108,19 @@ def test_bbc_dynamic_range_tflite(bbc_small, tmp_path):
     check = rec["tflite"]["quantwise_scales"]
     # 36 Linear and 3 int8 embedding tables; the pooler is not on the mean-pooled path, so not in the graph
     assert len(check["matched"]) == 39 and check["not_in_file"] == ["encoder.pooler.dense"]
+
+
+def test_qat_with_quantized_outputs_is_full_integer_in_tflite(mnist, tmp_path, monkeypatch):
+    from quantwise.api import build_quantized
+
+    monkeypatch.setenv("QUANTWISE_CACHE", str(tmp_path / "cache"))
+    counts = {}
+    for full in (False, True):
+        qm = build_quantized(mnist, get_recipe("qat-w8a8", steps=2, quantize_outputs=full))
+        assert all(lq.output is not None for lq in qm.layers.values()) == full
+        runner, _ = lower(qm, mnist, "tflite", tmp_path / str(full))
+        counts[full] = (runner.integer_ops()["integer"], runner.integer_ops()["total"])
+    assert counts[True] == (4, 4)  # every heavy op in int8 kernels
+    assert counts[False][0] < 4  # without an output scale the last layer stays float
+    with pytest.raises(UserError, match="quantize_outputs needs quantized activations"):
+        get_recipe("qat-w4", quantize_outputs=True)

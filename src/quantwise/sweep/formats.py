@@ -68,7 +68,9 @@ FORMATS: dict[str, Format] = {
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, family="int4-weight"),
         Format("weight-int4-g32-gptq", "weight-int4", {"group_size": 32, "method": "gptq"}, family="int4-weight"),
         Format("static-w4a8", "static-w4a8", family="int8"),  # torch-int8 refuses int4 weight values
-        Format("qat-w8a8", "qat-w8a8", runtimes=(*_INT8_RT, "tflite"), family="int8"),
+        Format("qat-w8a8", "qat-w8a8", runtimes=_INT8_RT, family="int8"),
+        # full integer: without output quantization LiteRT keeps a transformer's Linear layers float
+        Format("qat-w8a8-full", "qat-w8a8", {"quantize_outputs": True}, runtimes=(*_INT8_RT, "tflite"), family="int8"),
         Format("qat-w4a8", "qat-w4a8", family="int8"),
         Format("qat-w4", "qat-w4", family="int4-weight"),
         Format("mixed", "mixed", runtimes=("onnxruntime",), family="int8"),

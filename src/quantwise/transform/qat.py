@@ -172,7 +172,8 @@ def ptq_recipe(recipe: QATRecipe) -> StaticInt8Recipe | WeightOnlyRecipe:
     """The post-training recipe QAT starts from."""
     common = {"include": recipe.include, "exclude": recipe.exclude, "module_types": recipe.module_types, "embeddings": False}
     if recipe.activations:
-        return StaticInt8Recipe(calibration=recipe.calibration, per_channel=recipe.per_channel, weight_bits=recipe.weight_bits, **common)
+        return StaticInt8Recipe(calibration=recipe.calibration, per_channel=recipe.per_channel, weight_bits=recipe.weight_bits,
+                                quantize_outputs=recipe.quantize_outputs, **common)
     return WeightOnlyRecipe(bits=recipe.weight_bits, group_size=recipe.group_size, **common)
 
 
