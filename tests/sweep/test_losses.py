@@ -55,3 +55,23 @@ def test_compare_names_the_layer_that_lost_accuracy_and_resume_reuses_it(mnist, 
     assert again["losses"]["explained"] == result["losses"]["explained"]
     off = run_compare(mnist, _settings(explain="none"), tmp_path, resume=True)
     assert off["losses"] == {"explained": {}, "not_explained": {"static-int8-entropy": "--explain none"}}
+
+
+def test_a_failed_explanation_is_reported_and_the_next_format_is_explained(mnist, tmp_path, monkeypatch):
+    from quantwise.sweep import losses
+
+    records = [_rec("fp32", "onnxruntime", 1.0), _rec("static-int8-entropy", "onnxruntime", 0.90),
+               _rec("weight-int4-g32", "onnxruntime", 0.95)]
+    rec = {"baseline_score": 1.0, "budget_points": 1.0, "metric": "accuracy"}
+    calls = []
+
+    def flaky(task, recipe, samples, top, qm=None):
+        calls.append(recipe.name)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return {"recipe": recipe.to_dict(), "summary": {}, "evaluations": 2, "layers": []}
+
+    monkeypatch.setattr(explain_run, "explain", flaky)
+    got = losses.explain_losses(mnist, records, rec, "worst", 8, tmp_path, False, {})
+    assert got["not_explained"] == {"static-int8-entropy": "explain failed: RuntimeError: boom"}
+    assert list(got["explained"]) == ["weight-int4-g32"] and calls == ["static-int8", "weight-int4"]

@@ -63,12 +63,17 @@ def explain_losses(task: Task, records: list[dict[str, Any]], recommendation: di
         elif mode == "worst" and explained:
             skipped[fmt_id] = f"--explain worst explains only the largest drop; run {explain_command(task.name, fmt_id)}"
         else:
-            explained[fmt_id] = _explain_one(task, fmt_id, recipe, drop, samples, records_dir, resume, built, explain)
-    return {"explained": {k: v for k, v in explained.items() if v is not None}, "not_explained": skipped}
+            got = _explain_one(task, fmt_id, recipe, drop, samples, records_dir, resume, built, explain)
+            if isinstance(got, str):
+                skipped[fmt_id] = got
+            else:
+                explained[fmt_id] = got
+    return {"explained": explained, "not_explained": skipped}
 
 
 def _explain_one(task: Task, fmt_id: str, recipe: Any, drop: float, samples: int, records_dir: Path, resume: bool,
-                 built: dict[str, Any], explain: Any) -> dict[str, Any] | None:
+                 built: dict[str, Any], explain: Any) -> dict[str, Any] | str:
+    """The explanation, saved with the records; or why it could not be made."""
     from quantwise.sweep.compare import write_json
 
     path = records_dir / f"explain__{fmt_id}.json"
@@ -79,8 +84,9 @@ def _explain_one(task: Task, fmt_id: str, recipe: Any, drop: float, samples: int
         qm = built.get(fmt_id)
         full = explain(task, recipe, samples=samples, top=3, qm=qm if hasattr(qm, "layers") else None)
     except Exception as e:  # noqa: BLE001  (an explanation is extra: compare's results stand without it)
-        warn(f"could not explain {fmt_id}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        return None
+        why = f"explain failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        warn(f"{fmt_id}: {why}")
+        return why
     out = {"format": fmt_id, "drop_points": drop, "recipe": full["recipe"], "summary": full["summary"],
            "evaluations": full["evaluations"], "layers": full["layers"][:KEEP_LAYERS],
            "command": explain_command(task.name, fmt_id)}
