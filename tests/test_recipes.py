@@ -32,6 +32,7 @@ def test_unknown_key_is_named():
     ({"recipe": "static-int8", "calibration": "kl"}, "unknown calibration 'kl'"),
     ({"recipe": "weight-int4", "group_size": 48}, "group_size must be"),
     ({"recipe": "weight-int4", "bits": 3}, "bits must be 4 or 8"),
+    ({"recipe": "static-int8", "activation_bits": 4}, "activation_bits 4 has no integer kernel in ONNX Runtime .* take 8-bit"),
     ({"recipe": "static-int8", "per_channel": "yes"}, "must be true or false"),
     ({"recipe": "weight-int8", "module_types": ["LSTM"]}, "unknown module type 'LSTM'"),
     ({"recipe": "int3"}, "unknown recipe 'int3'"),

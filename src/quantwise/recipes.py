@@ -168,6 +168,8 @@ class StaticInt8Recipe(Recipe):
         quantize_outputs: calibrate and quantize every layer's output, not only where a
             runtime's integer kernel needs it, so nothing runs in float between layers
             (full-integer TFLite).
+        activation_bits: 8, the only width the runtimes' integer kernels take (any other
+            value is refused, naming what is supported).
     """
 
     kind: ClassVar[str] = "static-int8"
@@ -180,9 +182,14 @@ class StaticInt8Recipe(Recipe):
     embeddings: bool = True
     weight_bits: int = 8
     quantize_outputs: bool = False
+    activation_bits: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.activation_bits != 8:
+            raise UserError(f"recipe static-int8: activation_bits {self.activation_bits} has no integer kernel in ONNX Runtime "
+                            "(QLinearConv/QGemm), PyTorch or TFLite, which take 8-bit activations: use activation_bits 8 "
+                            "(weight_bits 4 for W4A8), or recipe fixed-point with bits 16 for 16-bit activations")
         if self.calibration not in OBSERVERS:
             raise UserError(f"recipe static-int8: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
         if not 50 < self.percentile <= 100:
