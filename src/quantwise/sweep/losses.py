@@ -49,8 +49,6 @@ def over_budget(records: list[dict[str, Any]], recommendation: dict[str, Any]) -
 def explain_losses(task: Task, records: list[dict[str, Any]], recommendation: dict[str, Any], mode: str,
                    samples: int, records_dir: Path, resume: bool, built: dict[str, Any]) -> dict[str, Any]:
     """``{"explained": {format: explanation}, "not_explained": {format: why}}`` for the formats over budget."""
-    from quantwise.explain.run import explain
-
     drops = over_budget(records, recommendation)
     explained: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -63,7 +61,7 @@ def explain_losses(task: Task, records: list[dict[str, Any]], recommendation: di
         elif mode == "worst" and explained:
             skipped[fmt_id] = f"--explain worst explains only the largest drop; run {explain_command(task.name, fmt_id)}"
         else:
-            got = _explain_one(task, fmt_id, recipe, drop, samples, records_dir, resume, built, explain)
+            got = _explain_one(task, fmt_id, recipe, drop, samples, records_dir, resume, built)
             if isinstance(got, str):
                 skipped[fmt_id] = got
             else:
@@ -72,8 +70,9 @@ def explain_losses(task: Task, records: list[dict[str, Any]], recommendation: di
 
 
 def _explain_one(task: Task, fmt_id: str, recipe: Any, drop: float, samples: int, records_dir: Path, resume: bool,
-                 built: dict[str, Any], explain: Any) -> dict[str, Any] | str:
+                 built: dict[str, Any]) -> dict[str, Any] | str:
     """The explanation, saved with the records; or why it could not be made."""
+    from quantwise.explain.run import explain
     from quantwise.sweep.compare import write_json
 
     path = records_dir / f"explain__{fmt_id}.json"

@@ -226,7 +226,7 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
         layers[name] = lq
         set_module(model, name, layer)
     skipped = dict(prepared.skipped)
-    if getattr(prepared.recipe, "embeddings", False):  # tables trained in float; stored as int8 per row, as PTQ does
+    if prepared.recipe.embeddings:  # tables trained in float; stored as int8 per row, as PTQ does
         tables: dict[str, LayerQuant] = {}
         why: dict[str, str] = {}
         quantize_embeddings(model, prepared.recipe, tables, why)
