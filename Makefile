@@ -8,11 +8,16 @@ setup:
 
 # Main job: every format on the built-in default task (mnist-cnn), side by side, and a recommendation.
 compare: setup
-	.venv/bin/quantwise compare --out quantwise-compare
+	.venv/bin/quantwise compare --out quantwise-compare --overwrite
 
 # Headless Chromium for the HTML report test (Debian package), installed when missing.
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; the HTML browser test will fail" >&2
 
+# Lint, format, types and the import-layer contract first (seconds), then the tests.
 test: setup browser
+	.venv/bin/ruff check src tests benchmarks scripts
+	.venv/bin/ruff format --check src tests benchmarks scripts
+	.venv/bin/lint-imports
+	.venv/bin/mypy
 	.venv/bin/python -m pytest -n 2 --durations=15

@@ -41,18 +41,22 @@ def main() -> None:
     print(f"mnist-cnn, {sum(len(b[0]) for b in task.eval_batches)} test digits, 1 thread, {env.get('cpu')}\n")
     kw = {"threads": 1, "latency_seconds": args.seconds, "measure_memory": False}
     base = {rt: evaluate(task, None, rt, **kw) for rt in ("torch", "onnxruntime")}
-    print("| format | runtime | accuracy % | Δ pts vs FP32 | b1 p50 ms | b32 p50 ms | speedup b32 vs FP32 (same runtime family) | integer ops |")
+    print(
+        "| format | runtime | accuracy % | Δ pts vs FP32 | b1 p50 ms | b32 p50 ms | speedup b32 vs FP32 (same runtime family) | integer ops |"
+    )
     print("|---|---|---|---|---|---|---|---|")
 
     def line(name: str, rec: dict, ref: dict) -> None:
         lat = rec["latency_ms"]
         ops = rec["integer_ops"] or {}
-        print(f"| {name} | {rec['runtime']} | {100 * rec['metrics']['accuracy']:.3f} | "
-              f"{100 * (rec['metrics']['accuracy'] - base['torch']['metrics']['accuracy']):+.3f} | {lat['batch_1']['p50']:.3f} | "
-              f"{lat['batch_32']['p50']:.2f} | {ref['latency_ms']['batch_32']['p50'] / lat['batch_32']['p50']:.2f}x | "
-              f"{ops.get('integer', 0)}/{ops.get('total', 0)} |")
+        print(
+            f"| {name} | {rec['runtime']} | {100 * rec['metrics']['accuracy']:.3f} | "
+            f"{100 * (rec['metrics']['accuracy'] - base['torch']['metrics']['accuracy']):+.3f} | {lat['batch_1']['p50']:.3f} | "
+            f"{lat['batch_32']['p50']:.2f} | {ref['latency_ms']['batch_32']['p50'] / lat['batch_32']['p50']:.2f}x | "
+            f"{ops.get('integer', 0)}/{ops.get('total', 0)} |"
+        )
 
-    for rt, rec in base.items():
+    for rec in base.values():
         line("fp32", rec, rec)
     notes = []
     for name, over in VARIANTS:
@@ -87,12 +91,16 @@ def _parity(task, qm, name: str) -> str:
         c_bytes = (folder / "qw_model").stat().st_size
     mem = plan_memory(qm.plan)
     diff = np.abs(ort - ours)
-    acc = {k: f"{v.to_dict(p.worst_bits[k])['accumulator_bits_observed']}/{p.worst_bits[k]}" for k, v in p.stats.items()}
-    return (f"- {name}: integer vs ONNX Runtime outputs: max |diff| {diff.max()} steps, {100 * (diff > 0).mean():.3f}% differ, "
-            f"top-1 agreement {100 * (ours.argmax(1) == ort.argmax(1)).mean():.2f}%; C vs integer executor bit-identical: "
-            f"{np.array_equal(c, ours)} on {len(x)} digits (NumPy {t_np:.1f} s, C {t_c:.1f} s incl. gcc -O2, binary {c_bytes / 1e6:.2f} MB); "
-            f"C memory: {mem.arena_bytes:,} bytes of activation RAM (one int32 buffer per tensor: {_int32_buffer_bytes(qm):,}), "
-            f"{mem.constant_bytes:,} bytes of constants; accumulator bits observed/worst case: {acc}")
+    acc = {
+        k: f"{v.to_dict(p.worst_bits[k])['accumulator_bits_observed']}/{p.worst_bits[k]}" for k, v in p.stats.items()
+    }
+    return (
+        f"- {name}: integer vs ONNX Runtime outputs: max |diff| {diff.max()} steps, {100 * (diff > 0).mean():.3f}% differ, "
+        f"top-1 agreement {100 * (ours.argmax(1) == ort.argmax(1)).mean():.2f}%; C vs integer executor bit-identical: "
+        f"{np.array_equal(c, ours)} on {len(x)} digits (NumPy {t_np:.1f} s, C {t_c:.1f} s incl. gcc -O2, binary {c_bytes / 1e6:.2f} MB); "
+        f"C memory: {mem.arena_bytes:,} bytes of activation RAM (one int32 buffer per tensor: {_int32_buffer_bytes(qm):,}), "
+        f"{mem.constant_bytes:,} bytes of constants; accumulator bits observed/worst case: {acc}"
+    )
 
 
 def _int32_buffer_bytes(qm) -> int:
@@ -100,6 +108,7 @@ def _int32_buffer_bytes(qm) -> int:
     prog = qm.plan.program
     shapes = [prog.input_shape] + [n.attrs["shape"] for n in prog.nodes if n.op not in ("flatten", "reshape")]
     return 4 * sum(math.prod(s) for s in shapes)
+
 
 if __name__ == "__main__":
     main()

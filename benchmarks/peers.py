@@ -23,10 +23,20 @@ from quantwise.runtime.torch_rt import TorchRunner
 from quantwise.tasks.base import Task
 
 
-def _measure(task: Task, runner: Any, name: str, runtime: str, t_quant: float, batch_sizes: tuple[int, ...], seconds: float) -> dict[str, Any]:
+def _measure(
+    task: Task, runner: Any, name: str, runtime: str, t_quant: float, batch_sizes: tuple[int, ...], seconds: float
+) -> dict[str, Any]:
     out = run_outputs(runner, task.eval_batches, f"{task.name} · {name}")
-    rec = {"task": task.name, "recipe": name, "runtime": runtime, "metrics": task.score(out), "latency_ms": {},
-           "size_bytes": artifact_size(runner.artifact), "time_to_quantize_s": t_quant, "integer_ops": runner.integer_ops()}
+    rec = {
+        "task": task.name,
+        "recipe": name,
+        "runtime": runtime,
+        "metrics": task.score(out),
+        "latency_ms": {},
+        "size_bytes": artifact_size(runner.artifact),
+        "time_to_quantize_s": t_quant,
+        "integer_ops": runner.integer_ops(),
+    }
     for bs in batch_sizes:
         b = task.latency_input(bs)
         rec["latency_ms"][f"batch_{bs}"] = measure_latency(lambda b=b: runner.run(b), max_seconds=seconds)
@@ -42,12 +52,24 @@ def ort_peers(task: Task, workdir: Path, batch_sizes: tuple[int, ...], seconds: 
         quantize_static,
     )
 
-    fp32 = export_onnx(task.model, task.latency_input(2), workdir / "peer_fp32.onnx", task.input_names, task.dynamic_axes)
+    fp32 = export_onnx(
+        task.model, task.latency_input(2), workdir / "peer_fp32.onnx", task.input_names, task.dynamic_axes
+    )
     recs = []
     t0 = time.perf_counter()
     dyn = workdir / "peer_ort_dynamic.onnx"
     quantize_dynamic(str(fp32), str(dyn), per_channel=True, weight_type=QuantType.QInt8)
-    recs.append(_measure(task, OrtRunner(dyn, task.input_names), "ort quantize_dynamic", "onnxruntime", time.perf_counter() - t0, batch_sizes, seconds))
+    recs.append(
+        _measure(
+            task,
+            OrtRunner(dyn, task.input_names),
+            "ort quantize_dynamic",
+            "onnxruntime",
+            time.perf_counter() - t0,
+            batch_sizes,
+            seconds,
+        )
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -59,9 +81,26 @@ def ort_peers(task: Task, workdir: Path, batch_sizes: tuple[int, ...], seconds: 
 
     t0 = time.perf_counter()
     st = workdir / "peer_ort_static.onnx"
-    quantize_static(str(fp32), str(st), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    recs.append(_measure(task, OrtRunner(st, task.input_names), "ort quantize_static (QDQ)", "onnxruntime", time.perf_counter() - t0, batch_sizes, seconds))
+    quantize_static(
+        str(fp32),
+        str(st),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    recs.append(
+        _measure(
+            task,
+            OrtRunner(st, task.input_names),
+            "ort quantize_static (QDQ)",
+            "onnxruntime",
+            time.perf_counter() - t0,
+            batch_sizes,
+            seconds,
+        )
+    )
     return recs
 
 

@@ -43,9 +43,11 @@ def row(name: str, rec: dict, base_ort: float) -> str:
     b1, b32 = lat.get("batch_1"), lat.get("batch_32")
     cos = f"{m['cosine_to_fp32']:.4f}" if "cosine_to_fp32" in m else "-"
     ops = rec.get("integer_ops") or {}
-    return (f"| {name} | {rec['runtime']} | {100 * m['accuracy']:.2f} | {m['f1_macro']:.4f} | {cos} | "
-            f"{b1['p50']:.2f} / {b1['p90']:.2f} | {b32['p50']:.1f} / {b32['p90']:.1f} | {base_ort / b1['p50']:.2f}x | "
-            f"{rec['size_bytes'] / 1e6:.2f} | {rec['time_to_quantize_s']:.1f} | {ops.get('integer', 0)}/{ops.get('total', 0)} |")
+    return (
+        f"| {name} | {rec['runtime']} | {100 * m['accuracy']:.2f} | {m['f1_macro']:.4f} | {cos} | "
+        f"{b1['p50']:.2f} / {b1['p90']:.2f} | {b32['p50']:.1f} / {b32['p90']:.1f} | {base_ort / b1['p50']:.2f}x | "
+        f"{rec['size_bytes'] / 1e6:.2f} | {rec['time_to_quantize_s']:.1f} | {ops.get('integer', 0)}/{ops.get('total', 0)} |"
+    )
 
 
 def main() -> None:
@@ -57,26 +59,35 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     env = environment(1)
-    print(f"machine: {env['cpu']}, {env['cores']} cores, flags {', '.join(env['cpu_flags'])}; 1 thread; "
-          f"torch {env['libraries']['torch']}, onnxruntime {env['libraries']['onnxruntime']}\n")
+    print(
+        f"machine: {env['cpu']}, {env['cores']} cores, flags {', '.join(env['cpu_flags'])}; 1 thread; "
+        f"torch {env['libraries']['torch']}, onnxruntime {env['libraries']['onnxruntime']}\n"
+    )
     for tname in args.tasks.split(","):
         task = load_task(tname)
         lines = []
         base = None
         for rt in args.runtimes.split(","):
             for name, recipe in SCHEMES:
-                if rt == "torch-int8" and (recipe is None or recipe.name not in ("dynamic-int8", "static-int8")
-                                           or getattr(recipe, "activations", "") == "per-token"):
+                if rt == "torch-int8" and (
+                    recipe is None
+                    or recipe.name not in ("dynamic-int8", "static-int8")
+                    or getattr(recipe, "activations", "") == "per-token"
+                ):
                     continue  # no PyTorch int8 kernels for the other formats (see runtime/torch_int8.py)
                 rec = evaluate(task, recipe, rt, measure_memory=False, latency_seconds=args.seconds)
                 if base is None:
                     base = rec["latency_ms"]["batch_1"]["p50"]  # ONNX Runtime FP32, the first row
                 lines.append(row(name, rec, base))
         with tempfile.TemporaryDirectory() as d:
-            for rec in ort_peers(task, Path(d), (1, 32), args.seconds) + [torch_ao_dynamic(task, Path(d), (1, 32), args.seconds)]:
+            for rec in ort_peers(task, Path(d), (1, 32), args.seconds) + [
+                torch_ao_dynamic(task, Path(d), (1, 32), args.seconds)
+            ]:
                 lines.append(row(f"peer: {rec['recipe']}", rec, base))
         print(f"### {tname}\n")
-        print("| scheme | runtime | accuracy % | macro F1 | cosine to FP32 | b1 p50 / p90 ms | b32 p50 / p90 ms | b1 speedup vs ORT FP32 | size MB | quantize s | int ops |")
+        print(
+            "| scheme | runtime | accuracy % | macro F1 | cosine to FP32 | b1 p50 / p90 ms | b32 p50 / p90 ms | b1 speedup vs ORT FP32 | size MB | quantize s | int ops |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(lines) + "\n", flush=True)
 

@@ -25,13 +25,23 @@ PAIRS = [
     ("W4A8 per-channel", get_recipe("static-w4a8"), get_recipe("qat-w4a8")),
     ("W4A8 per-channel, LSQ", get_recipe("static-w4a8"), get_recipe("qat-w4a8", lsq=True)),
     ("W4A8 per-tensor", get_recipe("static-w4a8", per_channel=False), get_recipe("qat-w4a8", per_channel=False)),
-    ("W4A8 per-tensor, LSQ", get_recipe("static-w4a8", per_channel=False), get_recipe("qat-w4a8", per_channel=False, lsq=True)),
+    (
+        "W4A8 per-tensor, LSQ",
+        get_recipe("static-w4a8", per_channel=False),
+        get_recipe("qat-w4a8", per_channel=False, lsq=True),
+    ),
     ("W4 weight-only g32", get_recipe("weight-int4", group_size=32), get_recipe("qat-w4")),
     # no labels anywhere (training or validation): the model learns to reproduce FP32's own outputs
-    ("W4A8 per-tensor, no labels, distil outputs", get_recipe("static-w4a8", per_channel=False),
-     get_recipe("qat-w4a8", per_channel=False, distill=True, distill_on="outputs")),
-    ("W4A8 per-tensor, no labels, distil outputs, 3 epochs", get_recipe("static-w4a8", per_channel=False),
-     get_recipe("qat-w4a8", per_channel=False, distill=True, distill_on="outputs", epochs=3)),
+    (
+        "W4A8 per-tensor, no labels, distil outputs",
+        get_recipe("static-w4a8", per_channel=False),
+        get_recipe("qat-w4a8", per_channel=False, distill=True, distill_on="outputs"),
+    ),
+    (
+        "W4A8 per-tensor, no labels, distil outputs, 3 epochs",
+        get_recipe("static-w4a8", per_channel=False),
+        get_recipe("qat-w4a8", per_channel=False, distill=True, distill_on="outputs", epochs=3),
+    ),
 ]
 UNLABELED = "no labels"
 
@@ -60,8 +70,11 @@ def main() -> None:
             qat, tr = rec["metrics"]["accuracy"], rec["info"]["training"]
             rec_s = f"{(qat - ptq) / (fp - ptq):.2f}" if fp - ptq > 1e-9 else "n/a (PTQ loses nothing)"
             best = f"{100 * tr['best_val_accuracy']:.2f}" if tr["best_val_accuracy"] is not None else "-"
-            print(f"| {name} | {label} | {100 * fp:.2f} | {100 * ptq:.2f} | {100 * qat:.2f} | {rec_s} | {tr['seconds']:.0f} | "
-                  f"{tr['steps']} | {best} |", flush=True)
+            print(
+                f"| {name} | {label} | {100 * fp:.2f} | {100 * ptq:.2f} | {100 * qat:.2f} | {rec_s} | {tr['seconds']:.0f} | "
+                f"{tr['steps']} | {best} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

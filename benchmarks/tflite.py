@@ -37,7 +37,9 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     print(f"{environment(1).get('cpu')}, LiteRT interpreter (default resolver), 1 thread\n")
-    print("| task | format | accuracy % | Δ pts | b1 p50 ms | b32 p50 ms | speedup b1 vs FP32 .tflite | size MB | int8 heavy ops | our scales in file |")
+    print(
+        "| task | format | accuracy % | Δ pts | b1 p50 ms | b32 p50 ms | speedup b1 vs FP32 .tflite | size MB | int8 heavy ops | our scales in file |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.tasks.split(","):
         task = load_task(name)
@@ -52,10 +54,18 @@ def main() -> None:
 def _row(task: str, label: str, r: dict, base: dict) -> None:
     lat, ops = r["latency_ms"], r["integer_ops"]
     sc = (r.get("tflite") or {}).get("quantwise_scales") or {}
-    own = f"{len(sc['matched'])}/{sc['layers']}" + (f", +{len(sc['converter_quantized_weights'])} converter's" if sc.get("converter_quantized_weights") else "") if sc.get("layers") else "-"
-    print(f"| {task} | {label} | {100 * r['metrics']['accuracy']:.2f} | {100 * (r['metrics']['accuracy'] - base['metrics']['accuracy']):+.2f} | "
-          f"{lat['batch_1']['p50']:.2f} | {lat['batch_32']['p50']:.1f} | {base['latency_ms']['batch_1']['p50'] / lat['batch_1']['p50']:.2f}x | "
-          f"{r['size_bytes'] / 1e6:.2f} | {ops['integer']}/{ops['total']} | {own} |", flush=True)
+    own = (
+        f"{len(sc['matched'])}/{sc['layers']}"
+        + (f", +{len(sc['converter_quantized_weights'])} converter's" if sc.get("converter_quantized_weights") else "")
+        if sc.get("layers")
+        else "-"
+    )
+    print(
+        f"| {task} | {label} | {100 * r['metrics']['accuracy']:.2f} | {100 * (r['metrics']['accuracy'] - base['metrics']['accuracy']):+.2f} | "
+        f"{lat['batch_1']['p50']:.2f} | {lat['batch_32']['p50']:.1f} | {base['latency_ms']['batch_1']['p50'] / lat['batch_1']['p50']:.2f}x | "
+        f"{r['size_bytes'] / 1e6:.2f} | {ops['integer']}/{ops['total']} | {own} |",
+        flush=True,
+    )
 
 
 def _peer(name: str, task, base: dict, seconds: float) -> None:
@@ -73,8 +83,15 @@ def _peer(name: str, task, base: dict, seconds: float) -> None:
         t_q = time.perf_counter() - t0
         runner = TfliteRunner(paths, 1)
         out = np.concatenate([runner.run(b) for b in task.eval_batches])
-        r = {"metrics": task.score(out), "integer_ops": runner.integer_ops(), "size_bytes": paths[1].stat().st_size,
-             "latency_ms": {f"batch_{bs}": measure_latency(lambda b=task.latency_input(bs): runner.run(b), max_seconds=seconds) for bs in (1, 32)}}
+        r = {
+            "metrics": task.score(out),
+            "integer_ops": runner.integer_ops(),
+            "size_bytes": paths[1].stat().st_size,
+            "latency_ms": {
+                f"batch_{bs}": measure_latency(lambda b=task.latency_input(bs): runner.run(b), max_seconds=seconds)
+                for bs in (1, 32)
+            },
+        }
         _row(name, f"peer: ai-edge-quantizer dynamic_wi8_afp32 ({t_q:.1f} s)", r, base)
 
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from quantwise import get_recipe
-from quantwise.explain.run import explain, render_explain_html
+from quantwise.explain.run import explain
+from quantwise.report.explain import render_explain_html
 from quantwise.tasks.user import _from_dict
 
 
@@ -42,7 +43,9 @@ def test_planted_outlier_is_named_first_with_its_cause():
     assert worst["stats"]["outlier_ratio"] > 100
     assert any("--exclude '2'" in s for s in worst["suggestions"])
     # the others are far less sensitive
-    assert result["layers"][1]["only_sqnr_db"] is None or result["layers"][1]["only_sqnr_db"] > worst["only_sqnr_db"] + 10
+    assert (
+        result["layers"][1]["only_sqnr_db"] is None or result["layers"][1]["only_sqnr_db"] > worst["only_sqnr_db"] + 10
+    )
     assert result["evaluations"] == 2 * 3 + 2
     assert "<svg" in render_explain_html(result)
 
@@ -58,5 +61,5 @@ def test_sensitivity_matches_an_independent_computation(mnist):
     x = torch.cat([b[0] for b in mnist.eval_batches])[:200]
     with torch.no_grad():
         ref, out = mnist.model(x).double(), lower_torch(qm)(x).double()
-    sqnr = 10 * math.log10(float((ref ** 2).sum() / ((out - ref) ** 2).sum()))
+    sqnr = 10 * math.log10(float((ref**2).sum() / ((out - ref) ** 2).sum()))
     assert abs(row["only_sqnr_db"] - sqnr) < 1e-3

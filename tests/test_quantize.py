@@ -66,7 +66,9 @@ def test_gptq_beats_round_to_nearest_on_layer_output(mnist):
     w = mnist.model.get_submodule(layer).weight
     errs = {}
     for method in ("rtn", "gptq"):
-        qm = quantize(mnist.model, get_recipe("weight-int4", group_size=32, method=method, include=[layer]), mnist.calibration)
+        qm = quantize(
+            mnist.model, get_recipe("weight-int4", group_size=32, method=method, include=[layer]), mnist.calibration
+        )
         wq = qm.layers[layer].dequantized_weight()
         errs[method] = float(((x @ (wq - w).t()) ** 2).mean())
     assert errs["gptq"] < 0.8 * errs["rtn"], errs
@@ -109,9 +111,11 @@ def test_per_token_dynamic_beats_per_tensor_on_layer_outputs(bbc_small):
         qm = quantize(bbc_small.model, get_recipe("dynamic-int8", activations=acts, embeddings=False))
         sim = lower_torch(qm)
         err, seen = 0.0, {}
+
         def keep(n):
             def hook(_m, a, o):
-                seen.setdefault(n, (a[0], o))  # returns None: the output is left alone
+                seen.setdefault(n, (a[0], o))  # returns None: the output is left alone  # noqa: B023 (used within the iteration)
+
             return hook
 
         hooks = [m.register_forward_hook(keep(n)) for n, m in sim.named_modules() if isinstance(m, QLinear)]
@@ -120,8 +124,12 @@ def test_per_token_dynamic_beats_per_tensor_on_layer_outputs(bbc_small):
         for h in hooks:
             h.remove()
         for n, (x, y) in seen.items():
-            ref = torch.nn.functional.linear(x, bbc_small.model.get_submodule(n).weight, bbc_small.model.get_submodule(n).bias)
-            w_err = torch.nn.functional.linear(x, qm.layers[n].dequantized_weight() - bbc_small.model.get_submodule(n).weight)
+            ref = torch.nn.functional.linear(
+                x, bbc_small.model.get_submodule(n).weight, bbc_small.model.get_submodule(n).bias
+            )
+            w_err = torch.nn.functional.linear(
+                x, qm.layers[n].dequantized_weight() - bbc_small.model.get_submodule(n).weight
+            )
             err += float(((y - ref + w_err) ** 2).mean())  # activation-quantization error only
         errs[acts] = err
     assert errs["per-token"] < 0.5 * errs["per-tensor"], errs
@@ -173,7 +181,9 @@ def test_mixed_for_size_starts_at_int4_and_promotes_the_sensitive_layers_to_int8
     info = strict.info
     assert info["optimize"] == "size" and info["validation_drop_points"] == 0.0
     kinds = {n: lq.weight_qtype for n, lq in strict.layers.items()}
-    assert set(kinds.values()) <= {"int4", "int8"} and sorted(n for n, t in kinds.items() if t == "int8") == sorted(info["int8_layers"])
+    assert set(kinds.values()) <= {"int4", "int8"} and sorted(n for n, t in kinds.items() if t == "int8") == sorted(
+        info["int8_layers"]
+    )
     assert all(info["precision_map"][n] == f"{kinds[n]} weights" for n in kinds)
     loose = build_quantized(mnist, get_recipe("mixed", optimize="size", max_drop=5.0))
     assert loose.info["int8_layers"] == [] and {lq.weight_qtype for lq in loose.layers.values()} == {"int4"}
@@ -203,13 +213,15 @@ def test_int4_embedding_tables_run_as_gather_block_quantized(bbc_small, tmp_path
 
 
 def test_a_pattern_that_matches_nothing_names_the_nearest_layers(mnist):
-    with pytest.raises(UserError, match=r"--exclude pattern 'clasifier.0' matches no layer; nearest layer names: classifier.0"):
+    with pytest.raises(
+        UserError, match=r"--exclude pattern 'clasifier.0' matches no layer; nearest layer names: classifier.0"
+    ):
         quantize(mnist.model, get_recipe("weight-int8", exclude=["clasifier.0"]))
 
 
 def test_a_budget_nothing_meets_returns_the_closest_mix_and_says_so(mnist, monkeypatch, capsys):
     from quantwise.api import build_quantized
-    from quantwise.transform import mixed
+    from quantwise.pipeline import mixed
 
     real = mixed._predictions
 

@@ -28,16 +28,22 @@ def test_unknown_key_is_named():
         recipe_from_dict({"recipe": "static-int8", "calibraton": "entropy"})
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"recipe": "static-int8", "calibration": "kl"}, "unknown calibration 'kl'"),
-    ({"recipe": "weight-int4", "group_size": 48}, "group_size must be"),
-    ({"recipe": "weight-int4", "bits": 3}, "bits must be 4 or 8"),
-    ({"recipe": "static-int8", "activation_bits": 4}, "activation_bits 4 has no integer kernel in ONNX Runtime .* take 8-bit"),
-    ({"recipe": "static-int8", "per_channel": "yes"}, "must be true or false"),
-    ({"recipe": "weight-int8", "module_types": ["LSTM"]}, "unknown module type 'LSTM'"),
-    ({"recipe": "int3"}, "unknown recipe 'int3'"),
-    ({"calibration": "minmax"}, "needs a 'recipe' key"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"recipe": "static-int8", "calibration": "kl"}, "unknown calibration 'kl'"),
+        ({"recipe": "weight-int4", "group_size": 48}, "group_size must be"),
+        ({"recipe": "weight-int4", "bits": 3}, "bits must be 4 or 8"),
+        (
+            {"recipe": "static-int8", "activation_bits": 4},
+            "activation_bits 4 has no integer kernel in ONNX Runtime .* take 8-bit",
+        ),
+        ({"recipe": "static-int8", "per_channel": "yes"}, "must be true or false"),
+        ({"recipe": "weight-int8", "module_types": ["LSTM"]}, "unknown module type 'LSTM'"),
+        ({"recipe": "int3"}, "unknown recipe 'int3'"),
+        ({"calibration": "minmax"}, "needs a 'recipe' key"),
+    ],
+)
 def test_bad_values_are_named(bad, match):
     with pytest.raises(UserError, match=match):
         recipe_from_dict(bad)
@@ -45,7 +51,9 @@ def test_bad_values_are_named(bad, match):
 
 def test_recipes_are_frozen():
     r = get_recipe("weight-int8")
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         r.bits = 4  # type: ignore[misc]
 
 

@@ -5,31 +5,30 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from quantwise.errors import UserError
-from quantwise.fixedpoint import quantize as _fixed_point  # noqa: F401  (registers the fixed-point handler)
 from quantwise.measure.env import environment
 from quantwise.measure.latency import measure_latency
 from quantwise.measure.memory import peak_memory
 from quantwise.progress import progress_iter, status
 from quantwise.quantized import QuantizedModel, artifact_size, atomic_dir
 from quantwise.recipes import Recipe, get_recipe
-from quantwise.runtime.torch_sim import lower_torch
+from quantwise.runtime.registry import RUNTIMES, check_can_run, get_runtime
 from quantwise.tasks.base import Task
-from quantwise.transform import schemes as _schemes  # noqa: F401  (registers the handlers)
-from quantwise.transform.registry import HANDLERS, Batch, needs_calibration
+from quantwise.transform.quantize import check_batch, check_finite_weights, quantize_model
+from quantwise.transform.registry import Batch
+
+__all__ = ["check_batch", "check_finite_weights", "evaluate", "lower", "quantize", "build_quantized", "check_task"]
 
 RESULT_SCHEMA = "quantwise.result/1"
-RUNTIMES = ("torch", "torch-int8", "onnxruntime", "integer", "tflite")
 
 
 def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[Batch] | None = None) -> QuantizedModel:
@@ -44,22 +43,7 @@ def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[
         >>> qm = quantize(model, "static-int8", calibration_data=[(x,) for x in batches])
         >>> qm.save("out/model")
     """
-    if isinstance(recipe, str):
-        recipe = get_recipe(recipe)
-    handler = HANDLERS.get(type(recipe))
-    if handler is None:
-        raise UserError(f"recipe {recipe.name!r} needs a task (it searches or trains on the task's data): use quantwise.evaluate(task, recipe), "
-                        "or for your own training loop quantwise.transform.qat.prepare_qat / convert_qat")
-    check_finite_weights(model)
-    calib = list(calibration_data or [])
-    if needs_calibration(recipe):
-        if not calib:
-            raise UserError(f"recipe {recipe.name} needs calibration data and the calibration set is empty: pass calibration batches")
-        check_batch(model, calib[0], "calibration")
-    t0 = time.perf_counter()
-    qm = handler(model, recipe, calib)
-    qm.info["time_to_quantize_s"] = time.perf_counter() - t0
-    return qm
+    return quantize_model(model, get_recipe(recipe) if isinstance(recipe, str) else recipe, calibration_data)
 
 
 def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
@@ -67,7 +51,7 @@ def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
     from quantwise.recipes import MixedRecipe, QATRecipe
 
     if isinstance(recipe, MixedRecipe):
-        from quantwise.transform.mixed import search_mixed
+        from quantwise.pipeline.mixed import search_mixed
 
         return search_mixed(task, recipe)
     if isinstance(recipe, QATRecipe):
@@ -77,86 +61,63 @@ def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
     return quantize(task.model, recipe, task.calibration)
 
 
-def check_finite_weights(model: nn.Module) -> None:
-    """Refuse NaN/Inf parameters, naming the first one."""
-    for name, p in model.named_parameters():
-        if p.is_floating_point() and not torch.isfinite(p).all():
-            raise UserError(f"parameter {name} contains NaN or Inf: fix or retrain the model before quantizing")
+def check_task(task: Task) -> None:
+    """Before any work, once per task: evaluation data present and finite in every batch, labels
+    within the model's outputs, and a deterministic forward (FP32 run twice on one batch)."""
+    if task.info.get("_checked"):
+        return
+    if not task.eval_batches or not len(task.eval_batches[0][0]):
+        raise UserError(f"task {task.name} has no evaluation examples: give at least one")
+    for i, b in enumerate(task.eval_batches):
+        if any(t.is_floating_point() and not torch.isfinite(t).all() for t in b):
+            raise UserError(f"evaluation batch {i} of task {task.name} contains NaN or Inf: clean the inputs")
+    check_batch(task.model, task.eval_batches[0], "evaluation")
+    b0 = task.eval_batches[0]
+    with torch.no_grad():
+        y1, y2 = task.model(*b0), task.model(*b0)
+    if isinstance(y1, torch.Tensor) and isinstance(y2, torch.Tensor):
+        if not torch.isfinite(y1).all():
+            raise UserError(
+                f"the model's FP32 output on task {task.name}'s first evaluation batch holds NaN or Inf: fix the model"
+            )
+        scale = float(y1.abs().max()) or 1.0
+        diff = float((y1 - y2).abs().max())
+        if diff > 1e-5 * scale:
+            raise UserError(
+                f"the model's forward is not deterministic: two FP32 runs on the same batch differ by {diff:.3g} "
+                "(dropout or sampling left on?): put it in eval mode and remove randomness before quantizing"
+            )
+        labels = task.labels
+        if (
+            labels is not None
+            and y1.dim() == 2
+            and task.head is None
+            and len(labels)
+            and int(labels.max()) >= y1.shape[1]
+        ):
+            raise UserError(
+                f"task {task.name}: labels go up to {int(labels.max())} but the model has {y1.shape[1]} outputs: "
+                "labels must be class indices 0..outputs-1"
+            )
+    task.info["_checked"] = True
 
 
-def check_batch(model: nn.Module, batch: Batch, what: str) -> None:
-    """Fail before any work if a batch has NaN/Inf or does not fit the model."""
-    if not isinstance(batch, tuple) or not all(isinstance(t, torch.Tensor) for t in batch):
-        raise UserError(f"{what} batches must be tuples of tensors, got {type(batch).__name__}")
-    for t in batch:
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise UserError(f"{what} data contains NaN or Inf: clean the inputs")
-    try:
-        with torch.no_grad():
-            model(*batch)
-    except Exception as e:  # the model's own error says which shape/dtype was wrong
-        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in batch)
-        raise UserError(f"{what} data does not fit the model (got {shapes}): {type(e).__name__}: {str(e).splitlines()[0]}") from None
-
-
-def lower(qm: QuantizedModel | None, task: Task, runtime: str, workdir: Path, threads: int = 1,
-          batch_sizes: Sequence[int] = (1,)) -> tuple[Any, nn.Module]:
+def lower(
+    qm: QuantizedModel | None,
+    task: Task,
+    runtime: str,
+    workdir: Path,
+    threads: int = 1,
+    batch_sizes: Sequence[int] = (1,),
+) -> tuple[Any, nn.Module]:
     """Lower a QuantizedModel (None: the FP32 baseline) to ``runtime``; returns ``(runner, torch_module)``.
 
-    ``batch_sizes`` matter to runtimes that fix the batch when converting (tflite).
+    The runtime's capability check runs first: a model it cannot run faithfully raises
+    :class:`~quantwise.errors.Unsupported` with its reason. ``batch_sizes`` matter to runtimes
+    that fix the batch when converting (tflite).
     """
-    if runtime == "tflite":
-        from quantwise.runtime.tflite import TfliteRunner, check_tflite_available, convert
-        from quantwise.runtime.tflite_lower import lower_tflite_module
-
-        check_tflite_available()
-        module, mode = lower_tflite_module(qm, task.model)
-        paths = {}
-        for bs in sorted({1, *batch_sizes}):
-            status(f"converting to .tflite at batch {bs}")
-            paths[bs] = convert(module, task.latency_input(bs), mode, workdir / f"model_b{bs}.tflite")
-        return TfliteRunner(paths, threads), module
-    if runtime == "integer":
-        from quantwise.runtime.integer import lower_integer
-
-        if qm is None or qm.plan is None:
-            raise UserError("the integer runtime runs fixed-point models only: use --recipe fixed-point, or another runtime")
-        return lower_integer(qm, workdir)
-    if qm is not None and qm.plan is not None and runtime == "torch-int8":
-        raise UserError("fixed point has no PyTorch int8 kernel lowering: use --runtime integer, torch or onnxruntime")
-    if runtime == "torch-int8":
-        from quantwise.runtime.torch_int8 import lower_torch_int8
-        from quantwise.runtime.torch_rt import TorchRunner
-
-        if qm is None:
-            raise RuntimeError("torch-int8 runs quantized models; FP32 runs in the torch runtime")
-        module = lower_torch_int8(qm)
-        return TorchRunner(module, qm.save(workdir / "quantized"), threads, runtime="torch-int8"), module
-    if qm is not None and qm.plan is not None:
-        from quantwise.fixedpoint.simulate import FixedPointModule
-
-        module = FixedPointModule(qm.plan, "exact" if runtime == "torch" else "qdq")
-    else:
-        module = lower_torch(qm) if qm is not None else task.model
-    if runtime == "torch":
-        from quantwise.runtime.torch_rt import TorchRunner
-
-        if qm is not None:
-            artifact = qm.save(workdir / "quantized")
-        else:
-            artifact = workdir / "model.safetensors"
-            save_file({k: v.contiguous() for k, v in task.model.state_dict().items()}, str(artifact))
-        return TorchRunner(module, artifact, threads), module
-    if runtime == "onnxruntime":
-        from quantwise.runtime.onnxrt import OrtRunner, check_onnx_available, export_onnx
-
-        check_onnx_available()
-        if qm is not None and qm.cast == "bf16":
-            raise RuntimeError("bf16 has no ONNX Runtime CPU kernels: run bf16 with --runtime torch")
-        example = task.latency_input(2)
-        path = export_onnx(module, example, workdir / "model.onnx", task.input_names, task.dynamic_axes)
-        return OrtRunner(path, task.input_names, threads), module
-    raise UserError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    check_can_run(runtime, qm)
+    return get_runtime(runtime).lower(qm, task, workdir, threads, batch_sizes)
 
 
 def run_outputs(runner: Any, batches: Sequence[Batch], label: str) -> np.ndarray:
@@ -182,9 +143,8 @@ def evaluate(
     """
     if isinstance(recipe, str):
         recipe = None if recipe == "fp32" else get_recipe(recipe)
-    if runtime not in RUNTIMES:
-        raise UserError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
-    check_batch(task.model, task.eval_batches[0], "evaluation")
+    get_runtime(runtime)
+    check_task(task)
     torch.set_num_threads(threads)
     name = recipe.name if recipe else "fp32"
     tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
@@ -196,7 +156,9 @@ def evaluate(
         status("measuring latency")
         for bs in batch_sizes:
             batch = task.latency_input(bs)
-            record["latency_ms"][f"batch_{bs}"] = measure_latency(lambda b=batch: runner.run(b), max_seconds=latency_seconds)
+            record["latency_ms"][f"batch_{bs}"] = measure_latency(
+                partial(runner.run, batch), max_seconds=latency_seconds
+            )
         if measure_memory:
             status("measuring peak memory in a separate process")
             record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)
@@ -209,8 +171,16 @@ def evaluate(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _record(task: Task, name: str, recipe: Recipe | None, runtime: str, qm: QuantizedModel | None, runner: Any,
-            metrics: dict[str, Any], threads: int) -> dict[str, Any]:
+def _record(
+    task: Task,
+    name: str,
+    recipe: Recipe | None,
+    runtime: str,
+    qm: QuantizedModel | None,
+    runner: Any,
+    metrics: dict[str, Any],
+    threads: int,
+) -> dict[str, Any]:
     return {
         "schema": RESULT_SCHEMA,
         "task": task.name,
@@ -234,7 +204,7 @@ def _record(task: Task, name: str, recipe: Recipe | None, runtime: str, qm: Quan
 
 
 def _memory(runtime: str, runner: Any, module: nn.Module, task: Task, tmp: Path, threads: int) -> int | None:
-    if runtime in ("onnxruntime", "tflite"):
+    if RUNTIMES[runtime].memory_loads_artifact:
         artifact = runner.artifact
     else:
         artifact = tmp / "module.pt"

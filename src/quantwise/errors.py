@@ -17,9 +17,13 @@ class UserError(Exception):
     exit_code = 2
 
 
-class UnsupportedModel(UserError):
-    """The model cannot take this format (an operator a scheme or runtime cannot handle).
+class Unsupported(UserError):
+    """A capability limit: the model cannot take this format, or a runtime cannot run it
+    faithfully (an operator a scheme or runtime cannot handle).
 
-    Alone it is a user error (exit 2); inside ``compare`` that format is marked not applicable
-    and the others go on.
+    The one outcome for every refusal: alone it is a user error (one line, exit 2); inside
+    ``compare`` that format is recorded as ``n/a`` with this reason and the others go on.
     """
+
+
+UnsupportedModel = Unsupported  # the name the transforms have always raised

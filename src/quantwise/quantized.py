@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +18,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from quantwise.errors import UserError
+from quantwise.nnutil import canonicalize, fold_batchnorm_structure
 from quantwise.numerics import dequantize, get_qtype, pack_int4, unpack_int4
 from quantwise.numerics.granularity import Granularity, granularity_from_dict
+from quantwise.outdir import atomic_dir
 from quantwise.recipes import Recipe, recipe_from_dict
 
 FORMAT_VERSION = 1
@@ -152,18 +150,30 @@ class QuantizedModel:
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: nn.Module) -> QuantizedModel:
         """Load a saved QuantizedModel onto ``model``, a fresh copy of the same float architecture."""
-        from quantwise.transform.fusion import fold_batchnorm_structure
-
         path = Path(path)
         meta_file = path / "quantwise.json"
         if not meta_file.exists():
-            raise UserError(f"{path} is not a saved quantwise model (no quantwise.json): pass the folder `quantwise quantize --out` wrote")
-        meta = json.loads(meta_file.read_text())
+            raise UserError(
+                f"{path} is not a saved quantwise model (no quantwise.json): pass the folder `quantwise quantize --out` wrote"
+            )
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{meta_file} is not valid JSON: it is corrupt; save the model again") from None
         if meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{path}: format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
-        tensors = load_file(str(path / "model.safetensors"))
+            raise UserError(
+                f"{path}: format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})"
+            )
+        try:
+            tensors = load_file(str(path / "model.safetensors"))
+        except Exception as e:
+            raise UserError(
+                f"{path / 'model.safetensors'} cannot be read ({type(e).__name__}): it is truncated or corrupt; "
+                "save the model again"
+            ) from None
+        canonicalize(model)  # the saved model holds transformers Conv1D layers as nn.Linear
         fold_batchnorm_structure(model, meta["folded"])
-        float_sd = {k[len("float::"):]: v for k, v in tensors.items() if k.startswith("float::")}
+        float_sd = {k[len("float::") :]: v for k, v in tensors.items() if k.startswith("float::")}
         model.load_state_dict(float_sd, strict=False)
         layers = {}
         for name, m in meta["layers"].items():
@@ -191,7 +201,9 @@ class QuantizedModel:
         if meta.get("plan"):
             from quantwise.fixedpoint.plan import FixedPointPlan
 
-            plan = FixedPointPlan.from_saved(meta["plan"], tensors, {n: (lq.weight_q, lq.weight_scale) for n, lq in layers.items()})
+            plan = FixedPointPlan.from_saved(
+                meta["plan"], tensors, {n: (lq.weight_q, lq.weight_scale) for n, lq in layers.items()}
+            )
         return cls(
             model=model.eval(),
             plan=plan,
@@ -212,23 +224,6 @@ def write_back(model: nn.Module, layers: dict[str, LayerQuant]) -> None:
             mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))
 
 
-@contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """A temporary folder beside ``path`` to fill; it replaces ``path`` whole when the block
-    succeeds and is removed if it fails, so ``path`` is never left half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _pack4(q: torch.Tensor) -> torch.Tensor:
     """Flatten and pack two 4-bit values per byte (padded with one zero if the count is odd)."""
     flat = q.reshape(-1)
@@ -243,4 +238,3 @@ def artifact_size(path: str | os.PathLike[str]) -> int:
     if p.is_file():
         return p.stat().st_size
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-

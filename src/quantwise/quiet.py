@@ -12,7 +12,9 @@ def import_torchao_quietly() -> None:
     """transformers and litert-torch import torchao when it is installed (the tflite extra brings it);
     torchao logs warnings about optional CUDA kernels a CPU machine never loads, and torch logs a
     deprecation for each Enum it registers. Import it once with both silenced."""
-    logging.getLogger("torch.utils._pytree").addFilter(lambda r: "natively supported by torch.compile" not in r.getMessage())
+    logging.getLogger("torch.utils._pytree").addFilter(
+        lambda r: "natively supported by torch.compile" not in r.getMessage()
+    )
     logging.disable(logging.WARNING)
     try:
         import torchao  # noqa: F401

@@ -19,10 +19,17 @@ from typing import Any, ClassVar
 
 import yaml
 
-from quantwise.calibrate.observers import OBSERVERS
 from quantwise.errors import UserError
 
 MODULE_TYPES = ("Linear", "Conv2d")
+
+CALIBRATIONS = (
+    "minmax",
+    "moving-average",
+    "percentile",
+    "entropy",
+    "mse",
+)  # calibrate.observers.OBSERVERS implements each
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,9 @@ class Recipe:
                 object.__setattr__(self, f, tuple(v))
         bad = [t for t in self.module_types if t not in MODULE_TYPES]
         if bad:
-            raise UserError(f"recipe {self.kind}: unknown module type {bad[0]!r}; choose from {', '.join(MODULE_TYPES)}")
+            raise UserError(
+                f"recipe {self.kind}: unknown module type {bad[0]!r}; choose from {', '.join(MODULE_TYPES)}"
+            )
 
     @property
     def name(self) -> str:
@@ -113,7 +122,9 @@ class WeightOnlyRecipe(Recipe):
         if self.bits not in (4, 8):
             raise UserError(f"recipe weight-only: bits must be 4 or 8, got {self.bits}")
         if self.group_size not in (0, 16, 32, 64, 128, 256):
-            raise UserError(f"recipe weight-only: group_size must be 0 (per-channel) or 16/32/64/128/256, got {self.group_size}")
+            raise UserError(
+                f"recipe weight-only: group_size must be 0 (per-channel) or 16/32/64/128/256, got {self.group_size}"
+            )
         if self.method not in ("rtn", "gptq"):
             raise UserError(f"recipe weight-only: method must be rtn or gptq, got {self.method!r}")
         if not 0 <= self.gptq_damp < 1:
@@ -149,7 +160,9 @@ class DynamicInt8Recipe(Recipe):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.activations not in ("per-tensor", "per-token"):
-            raise UserError(f"recipe dynamic-int8: activations must be per-tensor or per-token, got {self.activations!r}")
+            raise UserError(
+                f"recipe dynamic-int8: activations must be per-tensor or per-token, got {self.activations!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -187,11 +200,15 @@ class StaticInt8Recipe(Recipe):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.activation_bits != 8:
-            raise UserError(f"recipe static-int8: activation_bits {self.activation_bits} has no integer kernel in ONNX Runtime "
-                            "(QLinearConv/QGemm), PyTorch or TFLite, which take 8-bit activations: use activation_bits 8 "
-                            "(weight_bits 4 for W4A8), or recipe fixed-point with bits 16 for 16-bit activations")
-        if self.calibration not in OBSERVERS:
-            raise UserError(f"recipe static-int8: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+            raise UserError(
+                f"recipe static-int8: activation_bits {self.activation_bits} has no integer kernel in ONNX Runtime "
+                "(QLinearConv/QGemm), PyTorch or TFLite, which take 8-bit activations: use activation_bits 8 "
+                "(weight_bits 4 for W4A8), or recipe fixed-point with bits 16 for 16-bit activations"
+            )
+        if self.calibration not in CALIBRATIONS:
+            raise UserError(
+                f"recipe static-int8: unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}"
+            )
         if not 50 < self.percentile <= 100:
             raise UserError(f"recipe static-int8: percentile must be in (50, 100], got {self.percentile}")
         if self.weight_bits not in (4, 8):
@@ -252,14 +269,20 @@ class QATRecipe(Recipe):
         if self.weight_bits not in (4, 8):
             raise UserError(f"recipe {self.name}: weight_bits must be 8 or 4, got {self.weight_bits}")
         if self.group_size not in (0, 16, 32, 64, 128) or (self.group_size and self.activations):
-            raise UserError(f"recipe {self.name}: group_size must be 0, or 16/32/64/128 for weight-only QAT, got {self.group_size}")
+            raise UserError(
+                f"recipe {self.name}: group_size must be 0, or 16/32/64/128 for weight-only QAT, got {self.group_size}"
+            )
         for key in ("epochs", "steps", "freeze_bn_steps", "patience"):
             if getattr(self, key) < 0:
                 raise UserError(f"recipe {self.name}: {key} must not be negative, got {getattr(self, key)}")
         if self.lr < 0 or self.lr != self.lr:
-            raise UserError(f"recipe {self.name}: lr must be a positive number (0 for the task's default), got {self.lr}")
-        if self.calibration not in OBSERVERS:
-            raise UserError(f"recipe {self.name}: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+            raise UserError(
+                f"recipe {self.name}: lr must be a positive number (0 for the task's default), got {self.lr}"
+            )
+        if self.calibration not in CALIBRATIONS:
+            raise UserError(
+                f"recipe {self.name}: unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}"
+            )
         if self.distill_on not in ("logits", "outputs"):
             raise UserError(f"recipe {self.name}: distill_on must be logits or outputs, got {self.distill_on!r}")
         if self.quantize_outputs and not self.activations:
@@ -297,8 +320,10 @@ class MixedRecipe(Recipe):
         super().__post_init__()
         if self.base not in ("static-int8", "dynamic-int8"):
             raise UserError(f"recipe mixed: base must be static-int8 or dynamic-int8, got {self.base!r}")
-        if self.calibration not in OBSERVERS:
-            raise UserError(f"recipe mixed: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+        if self.calibration not in CALIBRATIONS:
+            raise UserError(
+                f"recipe mixed: unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}"
+            )
         if self.max_drop < 0:
             raise UserError(f"recipe mixed: max_drop must not be negative, got {self.max_drop}")
         if self.optimize not in ("latency", "size"):
@@ -331,15 +356,21 @@ class FixedPointRecipe(Recipe):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.bits not in (8, 16) or self.weight_bits not in (8, 16):
-            raise UserError(f"recipe fixed-point: bits and weight_bits must be 8 or 16, got {self.bits} and {self.weight_bits}")
+            raise UserError(
+                f"recipe fixed-point: bits and weight_bits must be 8 or 16, got {self.bits} and {self.weight_bits}"
+            )
         if self.accumulator not in (16, 32):
             raise UserError(f"recipe fixed-point: accumulator must be 32 or 16, got {self.accumulator}")
         if self.accumulator == 16 and (self.bits, self.weight_bits) != (8, 8):
-            raise UserError("recipe fixed-point: a 16-bit accumulator cannot hold one product of 16-bit values: use accumulator 32")
+            raise UserError(
+                "recipe fixed-point: a 16-bit accumulator cannot hold one product of 16-bit values: use accumulator 32"
+            )
         if self.on_overflow not in ("refuse", "saturate"):
             raise UserError(f"recipe fixed-point: on_overflow must be refuse or saturate, got {self.on_overflow!r}")
-        if self.calibration not in OBSERVERS:
-            raise UserError(f"recipe fixed-point: unknown calibration {self.calibration!r}; choose from {', '.join(OBSERVERS)}")
+        if self.calibration not in CALIBRATIONS:
+            raise UserError(
+                f"recipe fixed-point: unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}"
+            )
 
 
 # name users type -> (class, default overrides)
@@ -409,7 +440,7 @@ def _coerce(cls: type[Recipe], kwargs: dict[str, Any]) -> dict[str, Any]:
 def recipe_from_dict(d: dict[str, Any]) -> Recipe:
     """Inverse of :meth:`Recipe.to_dict`; the ``recipe`` key names the scheme."""
     if not isinstance(d, dict) or "recipe" not in d:
-        raise UserError("a recipe file needs a 'recipe' key naming the scheme, e.g. {\"recipe\": \"static-int8\"}")
+        raise UserError('a recipe file needs a \'recipe\' key naming the scheme, e.g. {"recipe": "static-int8"}')
     d = dict(d)
     return get_recipe(d.pop("recipe"), **d)
 
@@ -429,4 +460,3 @@ def recipe_from_text(text: str) -> Recipe:
     except yaml.YAMLError as e:
         raise UserError(f"recipe file is not valid JSON or YAML: {str(e).splitlines()[0]}") from None
     return recipe_from_dict(data)
-

@@ -127,7 +127,10 @@ def test_c_arena_never_overlaps_live_tensors_and_is_as_small_as_the_largest_live
     born = {prog.input: -1} | {n.output: i for i, n in enumerate(prog.nodes)}
     last = {t: max(readers[t] + [born[t]] + ([len(prog.nodes)] if t == prog.output else [])) for t in shapes}
     roots = {t: mem.root[t] for t in shapes}
-    span = {r: (min(born[t] for t in shapes if roots[t] == r), max(last[t] for t in shapes if roots[t] == r)) for r in mem.offsets}
+    span = {
+        r: (min(born[t] for t in shapes if roots[t] == r), max(last[t] for t in shapes if roots[t] == r))
+        for r in mem.offsets
+    }
     live_peak = max(sum(nbytes[r] for r, (a, b) in span.items() if a <= i <= b) for i in range(-1, len(prog.nodes)))
     assert mem.arena_bytes == live_peak  # optimal on this chain
     for r1, (a1, b1) in span.items():

@@ -24,7 +24,7 @@ from quantwise.numerics import (
     unpack_int4,
 )
 
-POW2_SCALES = [2.0 ** -k for k in range(2, 9)]
+POW2_SCALES = [2.0**-k for k in range(2, 9)]
 
 
 def _on_grid(shape, span, seed):
@@ -37,7 +37,9 @@ def _on_grid(shape, span, seed):
 
 
 @pytest.mark.parametrize("scale", POW2_SCALES)
-@pytest.mark.parametrize("zp,qt,tdt", [(0, INT8, torch.qint8), (4, INT8, torch.qint8), (128, UINT8, torch.quint8), (2, UINT8, torch.quint8)])
+@pytest.mark.parametrize(
+    "zp,qt,tdt", [(0, INT8, torch.qint8), (4, INT8, torch.qint8), (128, UINT8, torch.quint8), (2, UINT8, torch.quint8)]
+)
 def test_quantize_per_tensor_matches_torch_exactly(scale, zp, qt, tdt):
     # With power-of-two scales x/scale and x*(1/scale) are the same float, and with an even
     # zero point round_half_even(t + zp) == round_half_even(t) + zp, so the definitions coincide
@@ -75,7 +77,9 @@ def test_quantize_per_tensor_general_scale_within_one_step():
 def test_quantize_per_channel_matches_torch_exactly(axis):
     n = (16, 24)[axis]
     x = _on_grid((16, 24), 100, seed=axis)
-    x = x * torch.tensor([POW2_SCALES[i % len(POW2_SCALES)] for i in range(n)]).reshape((-1, 1) if axis == 0 else (1, -1))
+    x = x * torch.tensor([POW2_SCALES[i % len(POW2_SCALES)] for i in range(n)]).reshape(
+        (-1, 1) if axis == 0 else (1, -1)
+    )
     scales = torch.tensor([POW2_SCALES[i % len(POW2_SCALES)] for i in range(n)], dtype=torch.float64)
     zps = 2 * torch.randint(-5, 5, (n,))  # even: see the tie note above
     ref = torch.quantize_per_channel(x, scales, zps, axis, torch.qint8)
@@ -109,7 +113,10 @@ def test_choose_qparams_matches_torch_observer():
     from torch.ao.quantization.observer import MinMaxObserver
 
     x = torch.randn(1000) * 3 + 1
-    for sym, qscheme, dtype, qt in [(True, torch.per_tensor_symmetric, torch.qint8, INT8), (False, torch.per_tensor_affine, torch.quint8, UINT8)]:
+    for sym, qscheme, dtype, qt in [
+        (True, torch.per_tensor_symmetric, torch.qint8, INT8),
+        (False, torch.per_tensor_affine, torch.quint8, UINT8),
+    ]:
         obs = MinMaxObserver(dtype=dtype, qscheme=qscheme)
         obs(x)
         s_ref, z_ref = obs.calculate_qparams()

@@ -18,10 +18,24 @@ def open_in_browser(page: Path, profile: Path) -> tuple[str, str]:
     """``(dom, log)`` of a page loaded by headless Chromium."""
     assert CHROMIUM, "Debian's chromium is required (the test command installs it)"
     p = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return p.stdout, p.stderr
 
@@ -34,8 +48,13 @@ def test_error_detection_works(tmp_path):
 
 
 def test_report_renders_every_plot_without_errors(mnist, tmp_path):
-    s = CompareSettings(formats="fp32,static-int8-minmax,weight-int4-g32", runtimes="torch,onnxruntime",
-                        max_drop=Budget(1.0, False), measure_memory=False, latency_seconds=0.2)
+    s = CompareSettings(
+        formats="fp32,static-int8-minmax,weight-int4-g32",
+        runtimes="torch,onnxruntime",
+        max_drop=Budget(1.0, False),
+        measure_memory=False,
+        latency_seconds=0.2,
+    )
     result = run_compare(mnist, s, tmp_path / "run")
     page = write_html(result, tmp_path / "report.html")
     text = page.read_text()
@@ -51,8 +70,14 @@ def test_report_renders_every_plot_without_errors(mnist, tmp_path):
 
 
 def test_report_confusion_change_and_where_accuracy_was_lost_are_shown(mnist, tmp_path):
-    s = CompareSettings(formats="fp32,static-int8-minmax,static-int8-entropy", runtimes="onnxruntime", measure_memory=False,
-                        latency_seconds=0.1, max_drop=Budget(0.5, False), explain_samples=32)
+    s = CompareSettings(
+        formats="fp32,static-int8-minmax,static-int8-entropy",
+        runtimes="onnxruntime",
+        measure_memory=False,
+        latency_seconds=0.1,
+        max_drop=Budget(0.5, False),
+        explain_samples=32,
+    )
     result = run_compare(mnist, s, tmp_path / "run")
     page = write_html(result, tmp_path / "r.html")
     dom, log = open_in_browser(page, tmp_path / "p2")
@@ -64,8 +89,12 @@ def test_report_confusion_change_and_where_accuracy_was_lost_are_shown(mnist, tm
 def test_mixed_precision_map_is_shown_per_layer():
     from quantwise.report.html import precision_maps
 
-    rec = {"format": "mixed", "runtime": "onnxruntime", "status": "ok",
-           "info": {"precision_map": {"a.0": "int4 weights", "a.1": "int8 weights", "a.2": "int4 weights"}}}
+    rec = {
+        "format": "mixed",
+        "runtime": "onnxruntime",
+        "status": "ok",
+        "info": {"precision_map": {"a.0": "int4 weights", "a.1": "int8 weights", "a.2": "int4 weights"}},
+    }
     html = precision_maps({"records": [rec, {"format": "fp32", "runtime": "onnxruntime", "status": "ok", "info": {}}]})
     assert "mixed · onnxruntime: 2 × int4 weights, 1 × int8 weights" in html
     assert html.count("<tr><td>") == 3 and precision_maps({"records": []}) == ""

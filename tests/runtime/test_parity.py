@@ -31,7 +31,9 @@ from quantwise.runtime.qmodules import QConv2d, QLinear
 
 SCHEMES = {
     "static-int8": get_recipe("static-int8"),
-    "static-int8-pt-sym": get_recipe("static-int8", per_channel=False, symmetric_activations=True, calibration="percentile"),
+    "static-int8-pt-sym": get_recipe(
+        "static-int8", per_channel=False, symmetric_activations=True, calibration="percentile"
+    ),
     "dynamic-int8": get_recipe("dynamic-int8"),
     "dynamic-int8-per-token": get_recipe("dynamic-int8", activations="per-token"),
     "weight-int8": get_recipe("weight-int8"),
@@ -76,8 +78,11 @@ def test_every_layer_alone_matches_simulation(task_name, scheme, request, tmp_pa
 
     module = lower_torch(qm)
     inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: inputs.setdefault(n, a[0].detach()))
-             for n, m in module.named_modules() if isinstance(m, (QLinear, QConv2d))]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a, n=n: inputs.setdefault(n, a[0].detach()))
+        for n, m in module.named_modules()
+        if isinstance(m, (QLinear, QConv2d))
+    ]
     with torch.no_grad():
         module(*task.eval_batches[0])
     for h in hooks:
@@ -99,7 +104,9 @@ def test_every_layer_alone_matches_simulation(task_name, scheme, request, tmp_pa
             assert diff.max() <= tol, name
 
 
-@pytest.mark.parametrize("scheme", ["static-int8", "dynamic-int8", "dynamic-int8-per-token", "weight-int8", "weight-int4-g32"])
+@pytest.mark.parametrize(
+    "scheme", ["static-int8", "dynamic-int8", "dynamic-int8-per-token", "weight-int8", "weight-int4-g32"]
+)
 def test_transformer_end_to_end_parity(bbc_small, scheme, tmp_path):
     _, runner, module = _lowered(bbc_small, SCHEMES[scheme], tmp_path)
     outs, refs = [], []

@@ -83,7 +83,9 @@ def test_refusals_are_one_line_user_errors(mnist, tmp_path):
     import dataclasses
 
     task = dataclasses.replace(mnist, model=DataDependent())
-    with pytest.raises(UnsupportedModel, match="litert-torch cannot convert this model: .*onnxruntime runtime may run it"):
+    with pytest.raises(
+        UnsupportedModel, match="litert-torch cannot convert this model: .*onnxruntime runtime may run it"
+    ):
         lower(None, task, "tflite", tmp_path)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from quantwise import get_recipe, quantize
 from quantwise.api import evaluate, lower
+from quantwise.errors import Unsupported
 from quantwise.runtime.torch_sim import lower_torch
 
 
@@ -40,9 +41,11 @@ def test_transformer_dynamic_int8_kernels(bbc_small, tmp_path):
 
 
 def test_formats_without_int8_kernels_are_refused_with_the_reason(mnist, tmp_path):
-    for recipe, why in [(get_recipe("weight-int4"), "int4 weights have no PyTorch int8 kernel"),
-                        (get_recipe("fp16"), "float cast"),
-                        (get_recipe("static-int8", symmetric_activations=True), "uint8 activations")]:
+    for recipe, why in [
+        (get_recipe("weight-int4"), "int4 weights have no PyTorch int8 kernel"),
+        (get_recipe("fp16"), "float cast"),
+        (get_recipe("static-int8", symmetric_activations=True), "uint8 activations"),
+    ]:
         qm = quantize(mnist.model, recipe, mnist.calibration)
-        with pytest.raises(RuntimeError, match=why):
+        with pytest.raises(Unsupported, match=why):
             lower(qm, mnist, "torch-int8", tmp_path)

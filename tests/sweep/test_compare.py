@@ -14,15 +14,25 @@ FORMATS = "fp32,dynamic-int8,static-int8-minmax,weight-int8"
 
 
 def settings(**kw):
-    return CompareSettings(formats=FORMATS, runtimes="onnxruntime", max_drop=Budget(1.0, False), measure_memory=False,
-                           latency_seconds=0.2, **kw)
+    return CompareSettings(
+        formats=FORMATS,
+        runtimes="onnxruntime",
+        max_drop=Budget(1.0, False),
+        measure_memory=False,
+        latency_seconds=0.2,
+        **kw,
+    )
 
 
 def test_compare_records_recommends_and_exports(mnist, tmp_path):
     result = run_compare(mnist, settings(), tmp_path)
     keys = [(r["format"], r["runtime"]) for r in result["records"]]
-    assert keys == [("fp32", "onnxruntime"), ("dynamic-int8", "onnxruntime"), ("static-int8-minmax", "onnxruntime"),
-                    ("weight-int8", "onnxruntime")]
+    assert keys == [
+        ("fp32", "onnxruntime"),
+        ("dynamic-int8", "onnxruntime"),
+        ("static-int8-minmax", "onnxruntime"),
+        ("weight-int8", "onnxruntime"),
+    ]
     assert all(r["status"] == "ok" for r in result["records"])
     assert len(list((tmp_path / "records").glob("*.json"))) == 4
     st = next(r for r in result["records"] if r["format"] == "static-int8-minmax")
@@ -48,7 +58,10 @@ def test_interrupted_run_resumes_without_recomputing(mnist, tmp_path, monkeypatc
     monkeypatch.setattr(cmp, "_run_one", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
         run_compare(mnist, settings(), tmp_path)
-    assert sorted(p.stem for p in (tmp_path / "records").glob("*.json")) == ["dynamic-int8__onnxruntime", "fp32__onnxruntime"]
+    assert sorted(p.stem for p in (tmp_path / "records").glob("*.json")) == [
+        "dynamic-int8__onnxruntime",
+        "fp32__onnxruntime",
+    ]
     finished = {p.name: p.read_text() for p in (tmp_path / "records").glob("*.json")}
 
     resumed = []
@@ -83,17 +96,46 @@ def test_failing_format_is_recorded_and_others_go_on(mnist, tmp_path, monkeypatc
     assert result["recommendation"]["others"]["dynamic-int8 · onnxruntime"].startswith("failed")
 
 
-def test_resume_refuses_a_different_task(mnist, bbc_small, tmp_path):
-    from quantwise.errors import UserError
+def test_resume_recomputes_records_of_another_run_and_edited_records(mnist, tmp_path, capsys):
+    """Resume cannot lie: a changed model, or an edited record, is recomputed with a warning."""
+    import copy
+    import json
 
-    run_compare(mnist, CompareSettings(formats="fp32", runtimes="onnxruntime", measure_memory=False, latency_seconds=0.1), tmp_path)
-    with pytest.raises(UserError, match="--resume"):
-        run_compare(bbc_small, CompareSettings(formats="fp32", runtimes="onnxruntime", measure_memory=False), tmp_path, resume=True)
+    import torch
+
+    st = CompareSettings(formats="fp32,dynamic-int8", runtimes="onnxruntime", measure_memory=False, latency_seconds=0.1)
+    first = run_compare(mnist, st, tmp_path)
+    rec_file = tmp_path / "records" / "dynamic-int8__onnxruntime.json"
+    rec = json.loads(rec_file.read_text())
+    rec["size_bytes"] = 1  # a fake size that would win --optimize size
+    rec_file.write_text(json.dumps(rec))
+    again = run_compare(mnist, st, tmp_path, resume=True)
+    err = capsys.readouterr().err
+    assert "recomputing dynamic-int8 · onnxruntime" in err and "digest" in err
+    fp32 = [r for r in again["records"] if r["format"] == "fp32"][0]
+    assert fp32 == [r for r in first["records"] if r["format"] == "fp32"][0]  # the valid record was reused as is
+    assert [r for r in again["records"] if r["format"] == "dynamic-int8"][0]["size_bytes"] > 1
+
+    changed = copy.copy(mnist)
+    changed.model = copy.deepcopy(mnist.model)
+    with torch.no_grad():
+        next(changed.model.parameters()).mul_(0.0)  # the model behind the task changed
+    changed.info = {}
+    third = run_compare(changed, st, tmp_path, resume=True)
+    assert "different model, data or settings" in capsys.readouterr().err
+    acc = {r["format"]: r["metrics"]["accuracy"] for r in third["records"] if r["status"] == "ok"}
+    assert acc["fp32"] != [r for r in first["records"] if r["format"] == "fp32"][0]["metrics"]["accuracy"]
 
 
 def test_mcu_profile_offers_only_fixed_point_and_exports_c(mnist, tmp_path):
-    s = CompareSettings(formats="fp32,static-int8-minmax,fixed-point", runtimes="integer,onnxruntime", target="mcu-no-fpu",
-                        max_drop=Budget(1.0, False), measure_memory=False, latency_seconds=0.2)
+    s = CompareSettings(
+        formats="fp32,static-int8-minmax,fixed-point",
+        runtimes="integer,onnxruntime",
+        target="mcu-no-fpu",
+        max_drop=Budget(1.0, False),
+        measure_memory=False,
+        latency_seconds=0.2,
+    )
     result = run_compare(mnist, s, tmp_path)
     by_key = {(r["format"], r["runtime"]): r for r in result["records"]}
     assert by_key[("fixed-point", "integer")]["integer_ops"]["integer"] == 4
@@ -104,7 +146,9 @@ def test_mcu_profile_offers_only_fixed_point_and_exports_c(mnist, tmp_path):
     dest = export_recommended(mnist, result, tmp_path)
     meta = json.loads((dest / "quantwise-export.json").read_text())
     assert meta["artifact"] == "c/" and (dest / "c" / "qw_model.c").exists() and (dest / "quantized").is_dir()
-    assert f"#define QW_ARENA_BYTES {meta['c_memory']['activation_ram_bytes']} " in (dest / "c" / "qw_model.h").read_text()
+    assert (
+        f"#define QW_ARENA_BYTES {meta['c_memory']['activation_ram_bytes']} " in (dest / "c" / "qw_model.h").read_text()
+    )
 
 
 def test_a_model_fixed_point_cannot_capture_is_not_applicable_and_the_rest_go_on(mnist, tmp_path):
@@ -122,7 +166,9 @@ def test_a_model_fixed_point_cannot_capture_is_not_applicable_and_the_rest_go_on
             return self.gate(self.inner(x))
 
     task = dataclasses.replace(mnist, model=Sigmoidal().eval())
-    s = CompareSettings(formats="fp32,fixed-point", runtimes="integer,onnxruntime", measure_memory=False, latency_seconds=0.2)
+    s = CompareSettings(
+        formats="fp32,fixed-point", runtimes="integer,onnxruntime", measure_memory=False, latency_seconds=0.2
+    )
     result = run_compare(task, s, tmp_path)
     fx = [r for r in result["records"] if r["format"] == "fixed-point"]
     assert [r["status"] for r in fx] == ["unsupported", "unsupported"]
@@ -133,11 +179,19 @@ def test_a_model_fixed_point_cannot_capture_is_not_applicable_and_the_rest_go_on
 
 def test_compare_in_tflite_reports_integer_tensors_and_our_scales(mnist, tmp_path):
     pytest.importorskip("litert_torch")
-    s = CompareSettings(formats="fp32,static-int8-full,weight-int8", runtimes="tflite", measure_memory=True, latency_seconds=0.2,
-                        optimize="size")
+    s = CompareSettings(
+        formats="fp32,static-int8-full,weight-int8",
+        runtimes="tflite",
+        measure_memory=True,
+        latency_seconds=0.2,
+        optimize="size",
+    )
     result = run_compare(mnist, s, tmp_path)
     by = {(r["format"], r["runtime"]): r for r in result["records"]}
-    assert set(by) == {("fp32", "tflite"), ("static-int8-full", "tflite")}  # weight-int8 lists no tflite: LiteRT folds it to float
+    assert set(by) == {
+        ("fp32", "tflite"),
+        ("static-int8-full", "tflite"),
+    }  # weight-int8 lists no tflite: LiteRT folds it to float
     full = by[("static-int8-full", "tflite")]
     assert full["status"] == "ok" and full["integer_ops"]["integer"] == 4 and full["speedup"]["batch_1"] > 0
     assert full["tflite"]["quantwise_scales"]["not_in_file"] == [] and full["peak_memory_bytes"]

@@ -16,8 +16,14 @@ def _rec(fmt: str, runtime: str, acc: float, status: str = "ok") -> dict:
 
 
 def test_over_budget_takes_each_formats_worst_runtime_and_sorts_worst_first():
-    records = [_rec("fp32", "torch", 0.95), _rec("a", "torch", 0.94), _rec("a", "onnxruntime", 0.93),
-               _rec("b", "torch", 0.90), _rec("c", "torch", 0.9451), _rec("d", "torch", 0.0, "failed")]
+    records = [
+        _rec("fp32", "torch", 0.95),
+        _rec("a", "torch", 0.94),
+        _rec("a", "onnxruntime", 0.93),
+        _rec("b", "torch", 0.90),
+        _rec("c", "torch", 0.9451),
+        _rec("d", "torch", 0.0, "failed"),
+    ]
     rec = {"baseline_score": 0.95, "budget_points": 0.5, "metric": "accuracy"}
     got = over_budget(records, rec)
     assert list(got) == ["b", "a"]  # c is within 0.5 points; a failed format has no accuracy to explain
@@ -25,14 +31,27 @@ def test_over_budget_takes_each_formats_worst_runtime_and_sorts_worst_first():
 
 
 def test_the_suggested_command_reproduces_the_format():
-    assert explain_command("t", "static-int8-entropy") == "quantwise explain --task t --recipe static-int8 --calibration entropy"
-    assert explain_command("t", "weight-int4-g32-gptq") == "quantwise explain --task t --recipe weight-int4 --group-size 32 --method gptq"
+    assert (
+        explain_command("t", "static-int8-entropy")
+        == "quantwise explain --task t --recipe static-int8 --calibration entropy"
+    )
+    assert (
+        explain_command("t", "weight-int4-g32-gptq")
+        == "quantwise explain --task t --recipe weight-int4 --group-size 32 --method gptq"
+    )
     assert "quantize_outputs: true in a --recipe-file" in explain_command("t", "static-int8-full")
 
 
 def _settings(**kw) -> CompareSettings:
-    return CompareSettings(formats="fp32,static-int8-entropy,static-int8-minmax,fp16", runtimes="onnxruntime",
-                           max_drop=Budget(0.5, False), measure_memory=False, latency_seconds=0.1, explain_samples=64, **kw)
+    return CompareSettings(
+        formats="fp32,static-int8-entropy,static-int8-minmax,fp16",
+        runtimes="onnxruntime",
+        max_drop=Budget(0.5, False),
+        measure_memory=False,
+        latency_seconds=0.1,
+        explain_samples=64,
+        **kw,
+    )
 
 
 def test_compare_names_the_layer_that_lost_accuracy_and_resume_reuses_it(mnist, tmp_path, monkeypatch):
@@ -60,8 +79,11 @@ def test_compare_names_the_layer_that_lost_accuracy_and_resume_reuses_it(mnist, 
 def test_a_failed_explanation_is_reported_and_the_next_format_is_explained(mnist, tmp_path, monkeypatch):
     from quantwise.sweep import losses
 
-    records = [_rec("fp32", "onnxruntime", 1.0), _rec("static-int8-entropy", "onnxruntime", 0.90),
-               _rec("weight-int4-g32", "onnxruntime", 0.95)]
+    records = [
+        _rec("fp32", "onnxruntime", 1.0),
+        _rec("static-int8-entropy", "onnxruntime", 0.90),
+        _rec("weight-int4-g32", "onnxruntime", 0.95),
+    ]
     rec = {"baseline_score": 1.0, "budget_points": 1.0, "metric": "accuracy"}
     calls = []
 

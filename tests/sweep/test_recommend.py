@@ -10,8 +10,16 @@ from quantwise.sweep.recommend import Budget, pareto_front, parse_budget, recomm
 
 
 def rec(fmt, runtime, acc, lat, size, family="int8", status="ok", mem=100):
-    return {"format": fmt, "runtime": runtime, "status": status, "family": family, "metrics": {"accuracy": acc},
-            "latency_ms": {"batch_1": {"p50": lat, "p90": lat}}, "size_bytes": size, "peak_memory_bytes": mem}
+    return {
+        "format": fmt,
+        "runtime": runtime,
+        "status": status,
+        "family": family,
+        "metrics": {"accuracy": acc},
+        "latency_ms": {"batch_1": {"p50": lat, "p90": lat}},
+        "size_bytes": size,
+        "peak_memory_bytes": mem,
+    }
 
 
 BASE = [rec("fp32", "onnxruntime", 0.9700, 10.0, 1000, "fp32"), rec("fp32", "torch", 0.9700, 12.0, 1000, "fp32")]
@@ -23,7 +31,7 @@ def test_budget_parsing():
     assert Budget(1.0, True).points(0.97) == pytest.approx(0.97)
     with pytest.raises(UserError, match="not a number"):
         parse_budget("half")
-    with pytest.raises(UserError, match="negative"):
+    with pytest.raises(UserError, match="at least 0"):
         parse_budget("-1")
 
 
@@ -41,8 +49,11 @@ def test_relative_budget():
 
 
 def test_ties_break_on_accuracy_then_size():
-    rows = BASE + [rec("a", "onnxruntime", 0.9690, 5.0, 300), rec("b", "onnxruntime", 0.9695, 5.0, 400),
-                   rec("c", "onnxruntime", 0.9695, 5.0, 200)]
+    rows = BASE + [
+        rec("a", "onnxruntime", 0.9690, 5.0, 300),
+        rec("b", "onnxruntime", 0.9695, 5.0, 400),
+        rec("c", "onnxruntime", 0.9695, 5.0, 200),
+    ]
     r = recommend(rows, Budget(1.0, False))
     assert r["winner"]["format"] == "c" and r["runner_up"]["format"] == "b"
     assert "ties" in r["others"]["a · onnxruntime"]
@@ -66,8 +77,11 @@ def test_slower_than_fp32_is_never_a_speed_win():
 
 
 def test_target_without_kernels_and_unmeasured_latency():
-    rows = BASE + [rec("int8", "onnxruntime", 0.97, 4.0, 300, "int8"), rec("fp16", "torch", 0.97, 30.0, 500, "fp16"),
-                   rec("bf16", "torch", 0.97, 9.0, 500, "bf16")]
+    rows = BASE + [
+        rec("int8", "onnxruntime", 0.97, 4.0, 300, "int8"),
+        rec("fp16", "torch", 0.97, 30.0, 500, "fp16"),
+        rec("bf16", "torch", 0.97, 9.0, 500, "bf16"),
+    ]
     r = recommend(rows, Budget(1.0, False), "latency", get_profile("arm64"))
     assert r["winner"]["format"] == "int8"
     assert "no kernels on arm64" in r["others"]["bf16 · torch"]

@@ -24,7 +24,11 @@ def _out(model, batches):
 def _train_loss(prepared, data):
     prepared.model.eval()
     with torch.no_grad():
-        return float(np.mean([nn.functional.cross_entropy(prepared.model(*b), y).item() for b, y in zip(data.batches, data.labels)]))
+        return float(
+            np.mean(
+                [nn.functional.cross_entropy(prepared.model(*b), y).item() for b, y in zip(data.batches, data.labels)]
+            )
+        )
 
 
 @pytest.mark.parametrize("name,lsq", [("qat-w4a8", False), ("qat-w4a8", True), ("qat-w4", False)])
@@ -54,7 +58,9 @@ def test_training_lowers_the_loss_and_onnxruntime_runs_what_was_trained(mnist, t
     ort = np.concatenate([runner.run(b) for b in mnist.eval_batches])
     fq = _out(prepared.model, mnist.eval_batches).numpy()
     assert (ort.argmax(1) == fq.argmax(1)).mean() == 1.0
-    assert np.abs(ort - fq).max() < 0.02 * np.abs(fq).max()  # the last layer's output is float: a few bias/rounding steps
+    assert (
+        np.abs(ort - fq).max() < 0.02 * np.abs(fq).max()
+    )  # the last layer's output is float: a few bias/rounding steps
 
 
 class ConvBN(nn.Module):
@@ -213,5 +219,9 @@ def test_embedding_tables_train_in_float_and_are_stored_as_int8_per_row():
             continue
         emb = qm.layers["emb"]
         assert emb.kind == "embedding" and emb.weight_qtype == "int8" and emb.weight_scale.shape == (50,)
-        assert "emb" not in qm.skipped and not torch.equal(trained, model.emb.weight)  # the trained table, not the original
-        assert torch.all((emb.dequantized_weight() - trained).abs().amax(dim=1) <= emb.weight_scale * 0.5001)  # half a step per row
+        assert "emb" not in qm.skipped and not torch.equal(
+            trained, model.emb.weight
+        )  # the trained table, not the original
+        assert torch.all(
+            (emb.dequantized_weight() - trained).abs().amax(dim=1) <= emb.weight_scale * 0.5001
+        )  # half a step per row

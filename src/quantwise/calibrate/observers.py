@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from quantwise.errors import UserError
+from quantwise.recipes import CALIBRATIONS
 
 
 class Observer:
@@ -216,6 +217,7 @@ OBSERVERS = {
     "entropy": EntropyObserver,
     "mse": MSEObserver,
 }
+assert tuple(OBSERVERS) == CALIBRATIONS, "recipes.CALIBRATIONS declares the observers users can name"
 
 
 def make_observer(name: str, **kwargs: float) -> Observer:

@@ -20,13 +20,20 @@ WEIGHT_ERROR = 0.05  # relative Frobenius error of the quantized weight
 PER_CHANNEL_GAIN = 2.0  # per-tensor weight error against per-channel
 
 
-def input_stats(qm: QuantizedModel, ref: torch.nn.Module, names: Sequence[str], batches: Sequence[Batch],
-                max_values: int = 2_000_000) -> dict[str, dict[str, float]]:
+def input_stats(
+    qm: QuantizedModel,
+    ref: torch.nn.Module,
+    names: Sequence[str],
+    batches: Sequence[Batch],
+    max_values: int = 2_000_000,
+) -> dict[str, dict[str, float]]:
     """Per layer of the float model ``ref``: max |x|, its 99.99th percentile, and the share of
     inputs the stored static range clips."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    hooks = [ref.get_submodule(n).register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach().flatten()))
-             for n in names]
+    hooks = [
+        ref.get_submodule(n).register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach().flatten()))
+        for n in names
+    ]
     try:
         with torch.no_grad():
             for b in batches:
@@ -68,15 +75,23 @@ def weight_error_against(original: torch.Tensor, qm: QuantizedModel, name: str) 
     return {"weight_error": err, "per_channel_int8_error": float(torch.linalg.norm(pc - w2)) / norm}
 
 
-def diagnose(name: str, kind: str, mode: str, per_tensor: bool, inp: dict[str, float], wst: dict[str, float]) -> tuple[list[str], list[str]]:
+def diagnose(
+    name: str, kind: str, mode: str, per_tensor: bool, inp: dict[str, float], wst: dict[str, float]
+) -> tuple[list[str], list[str]]:
     """``(causes, suggestions)`` from a layer's measured numbers."""
     causes, fixes = [], []
     r = inp.get("outlier_ratio", 0.0)
     if r >= OUTLIER_RATIO and mode in ("static", "dynamic"):
-        causes.append(f"activation outliers: max |x| {inp['abs_max']:.3g} is {r:.0f}x the 99.99th percentile {inp['abs_p9999']:.3g}")
+        causes.append(
+            f"activation outliers: max |x| {inp['abs_max']:.3g} is {r:.0f}x the 99.99th percentile {inp['abs_p9999']:.3g}"
+        )
         fixes.append(f"keep {name} in higher precision (--exclude '{name}')")
         fixes.append("smooth the outliers into the weights (SmoothQuant-style per-channel scaling)")
-        fixes.append("--activations per-token (dynamic)" if mode == "dynamic" else "--calibration percentile or mse to clip the outliers")
+        fixes.append(
+            "--activations per-token (dynamic)"
+            if mode == "dynamic"
+            else "--calibration percentile or mse to clip the outliers"
+        )
     clip = inp.get("clip_fraction", 0.0)
     if clip >= CLIP_FRACTION:
         causes.append(f"clipping: {100 * clip:.2f}% of inputs fall outside the calibrated range")
@@ -87,7 +102,9 @@ def diagnose(name: str, kind: str, mode: str, per_tensor: bool, inp: dict[str, f
         fixes.append("--method gptq or a smaller --group-size, or int8 weights for this layer")
     pc = wst.get("per_channel_int8_error")
     if per_tensor and pc is not None and err >= PER_CHANNEL_GAIN * pc and err > 0:
-        causes.append(f"a per-tensor weight range: per-channel would cut weight error from {100 * err:.2f}% to {100 * pc:.2f}%")
+        causes.append(
+            f"a per-tensor weight range: per-channel would cut weight error from {100 * err:.2f}% to {100 * pc:.2f}%"
+        )
         fixes.append("per-channel weights (drop --per-tensor)")
     if not causes:
         causes.append("no single measured cause: the layer is sensitive as a whole")

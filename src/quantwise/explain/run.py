@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import html
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
-
-from rich.table import Table
 
 from quantwise.api import build_quantized
 from quantwise.explain.causes import diagnose, input_stats, weight_error_against
@@ -17,13 +11,14 @@ from quantwise.explain.sensitivity import first_samples, layer_sensitivity, refe
 from quantwise.numerics.granularity import PerTensor
 from quantwise.quantized import QuantizedModel
 from quantwise.recipes import Recipe
-from quantwise.report.html import fmt_sqnr, layers_table_html
 from quantwise.tasks.base import Task
 
 EXPLAIN_SCHEMA = "quantwise.explain/1"
 
 
-def explain(task: Task, recipe: Recipe, samples: int = 256, top: int = 5, qm: QuantizedModel | None = None) -> dict[str, Any]:
+def explain(
+    task: Task, recipe: Recipe, samples: int = 256, top: int = 5, qm: QuantizedModel | None = None
+) -> dict[str, Any]:
     """Per-layer sensitivity of ``recipe`` on ``task``, worst first, with causes for the ``top`` worst.
 
     ``qm``: the recipe's QuantizedModel if it is already built (else it is built here).
@@ -38,56 +33,18 @@ def explain(task: Task, recipe: Recipe, samples: int = 256, top: int = 5, qm: Qu
         lq = qm.layers[r.name]
         wst = weight_error_against(ref.get_submodule(r.name).weight, qm, r.name)
         r.stats = {**stats.get(r.name, {}), **wst}
-        r.causes, r.suggestions = diagnose(r.name, lq.kind, lq.mode, isinstance(lq.weight_granularity, PerTensor),
-                                           stats.get(r.name, {}), wst)
-    return {"schema": EXPLAIN_SCHEMA, "task": task.name, "recipe": recipe.to_dict(), "summary": _finite(summary),
-            "layers": [r.to_dict() for r in rows], "evaluations": 2 * len(rows) + 2}
+        r.causes, r.suggestions = diagnose(
+            r.name, lq.kind, lq.mode, isinstance(lq.weight_granularity, PerTensor), stats.get(r.name, {}), wst
+        )
+    return {
+        "schema": EXPLAIN_SCHEMA,
+        "task": task.name,
+        "recipe": recipe.to_dict(),
+        "summary": _finite(summary),
+        "layers": [r.to_dict() for r in rows],
+        "evaluations": 2 * len(rows) + 2,
+    }
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
-
-
-def explain_table(result: dict[str, Any], rows: int = 15) -> Table:
-    s = result["summary"]
-    m = s["metric"]
-    t = Table(title=f"{result['task']} · {result['recipe']['recipe']}: per-layer sensitivity on {s['samples']} samples "
-                    f"(FP32 {100 * s['fp32_metric']:.2f}%, all quantized {100 * s['quantized_metric']:.2f}%, SQNR {fmt_sqnr(s['quantized_sqnr_db'])} dB)",
-              header_style="bold")
-    for c in ("layer", f"only it: {m}", "only it: SQNR dB", f"all but it: {m}", "all but it: SQNR dB", "measured cause", "suggestion"):
-        t.add_column(c, justify="left" if c in ("layer", "measured cause", "suggestion") else "right", overflow="fold")
-    for r in result["layers"][:rows]:
-        t.add_row(r["name"], f"{100 * r['only_metric']:.2f}%", fmt_sqnr(r["only_sqnr_db"]), f"{100 * r['all_but_metric']:.2f}%",
-                  fmt_sqnr(r["all_but_sqnr_db"]), "; ".join(r["causes"]), "; ".join(r["suggestions"][:2]))
-    return t
-
-
-def write_explain(result: dict[str, Any], out: Path) -> None:
-    """``explain.json`` and a self-contained ``explain.html`` in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("explain.json", json.dumps(result, indent=2)), ("explain.html", render_explain_html(result))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
-
-
-def render_explain_html(result: dict[str, Any]) -> str:
-    s, rows = result["summary"], result["layers"]
-    vals = [r["only_sqnr_db"] for r in rows if r["only_sqnr_db"] is not None]
-    vmax = max(vals) if vals else 1.0
-    bars = []
-    for i, r in enumerate(rows):
-        v = r["only_sqnr_db"]
-        w = 0 if v is None else max(1.0, 420 * max(v, 0.0) / max(vmax, 1e-9))
-        bars.append(f'<text x="296" y="{22 + i * 18}" font-size="10" text-anchor="end">{html.escape(r["name"])}</text>'
-                    f'<rect x="300" y="{11 + i * 18}" width="{w:.1f}" height="14" fill="#2b6cd9"><title>{fmt_sqnr(v)} dB</title></rect>'
-                    f'<text x="{304 + w:.1f}" y="{22 + i * 18}" font-size="10">{fmt_sqnr(v)} dB</text>')
-    svg = f'<svg class="plot" width="800" height="{30 + 18 * len(rows)}" viewBox="0 0 800 {30 + 18 * len(rows)}">{"".join(bars)}</svg>'
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>quantwise explain</title>
-<style>body{{font-family:system-ui,sans-serif;margin:24px}} td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}} table{{border-collapse:collapse}}</style></head>
-<body><h1>Where accuracy went: {html.escape(result['task'])} · {html.escape(result['recipe']['recipe'])}</h1>
-<p>{s['samples']} samples · FP32 {100 * s['fp32_metric']:.2f}% · all layers quantized {100 * s['quantized_metric']:.2f}% (output SQNR {fmt_sqnr(s['quantized_sqnr_db'])} dB) · {result['evaluations']} evaluations</p>
-<h2>Output SQNR with only this layer quantized (lower: more sensitive)</h2>{svg}
-<h2>Per layer, worst first</h2>{layers_table_html(rows)}
-</body></html>"""
-

@@ -76,14 +76,17 @@ def reference_model(float_model: nn.Module, qm: QuantizedModel) -> nn.Module:
     return ref
 
 
-def _only_it(ref_model: nn.Module, sim: nn.Module, qm: QuantizedModel, name: str, batches: Sequence[Batch]) -> np.ndarray:
+def _only_it(
+    ref_model: nn.Module, sim: nn.Module, qm: QuantizedModel, name: str, batches: Sequence[Batch]
+) -> np.ndarray:
     """Outputs of the float model with only layer ``name`` quantized (its fused ReLU is inside it)."""
     relu = qm.layers[name].fused_relu
     return _run_swapped(ref_model, {name: sim.get_submodule(name)} | ({relu: nn.Identity()} if relu else {}), batches)
 
 
-def layer_sensitivity(task: Task, qm: QuantizedModel, samples: int = 256,
-                      float_model: nn.Module | None = None) -> tuple[dict[str, Any], list[LayerSensitivity]]:
+def layer_sensitivity(
+    task: Task, qm: QuantizedModel, samples: int = 256, float_model: nn.Module | None = None
+) -> tuple[dict[str, Any], list[LayerSensitivity]]:
     """Measure every quantized layer alone and left out; returns (summary, rows sorted worst first)."""
     batches, n = first_samples(task, samples)
     metric = task.primary_metric
@@ -92,26 +95,44 @@ def layer_sensitivity(task: Task, qm: QuantizedModel, samples: int = 256,
     ref = _run(float_model, batches)
     score = _scorer(task, n)
     full = _run(sim, batches)
-    summary = {"samples": n, "metric": metric, "fp32_metric": score(ref)[metric], "quantized_metric": score(full)[metric],
-               "quantized_sqnr_db": sqnr_db(ref, full), "layers": len(qm.layers)}
+    summary = {
+        "samples": n,
+        "metric": metric,
+        "fp32_metric": score(ref)[metric],
+        "quantized_metric": score(full)[metric],
+        "quantized_sqnr_db": sqnr_db(ref, full),
+        "layers": len(qm.layers),
+    }
     rows = []
     for name in progress_iter(list(qm.layers), "explain: one layer at a time"):
         out_only = _only_it(float_model, sim, qm, name, batches)
         float_layer = float_model.get_submodule(name)
-        restored = nn.Sequential(float_layer, nn.ReLU()) if qm.layers[name].fused_relu else float_layer  # the sim's ReLU is fused away
+        restored = (
+            nn.Sequential(float_layer, nn.ReLU()) if qm.layers[name].fused_relu else float_layer
+        )  # the sim's ReLU is fused away
         out_but = _run_swapped(sim, {name: restored}, batches)
-        rows.append(LayerSensitivity(name, score(out_only)[metric], sqnr_db(ref, out_only), score(out_but)[metric], sqnr_db(ref, out_but)))
+        rows.append(
+            LayerSensitivity(
+                name, score(out_only)[metric], sqnr_db(ref, out_only), score(out_but)[metric], sqnr_db(ref, out_but)
+            )
+        )
     rows.sort(key=lambda r: (r.only_sqnr_db, r.only_metric))
     return summary, rows
 
 
-def layer_sensitivity_on(float_model: nn.Module, qm: QuantizedModel, batches: Sequence[Batch]) -> list[LayerSensitivity]:
+def layer_sensitivity_on(
+    float_model: nn.Module, qm: QuantizedModel, batches: Sequence[Batch]
+) -> list[LayerSensitivity]:
     """Output SQNR with only each layer quantized, on ``batches``; most sensitive first (no labels needed)."""
     ref_model = reference_model(float_model, qm)
     sim = lower_torch(qm).eval()
     ref = _run(ref_model, batches)
-    rows = [LayerSensitivity(name, float("nan"), sqnr_db(ref, _only_it(ref_model, sim, qm, name, batches)), float("nan"), float("nan"))
-            for name in progress_iter(list(qm.layers), "sensitivity: one layer at a time")]
+    rows = [
+        LayerSensitivity(
+            name, float("nan"), sqnr_db(ref, _only_it(ref_model, sim, qm, name, batches)), float("nan"), float("nan")
+        )
+        for name in progress_iter(list(qm.layers), "sensitivity: one layer at a time")
+    ]
     rows.sort(key=lambda r: r.only_sqnr_db)
     return rows
 

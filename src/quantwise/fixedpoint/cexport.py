@@ -57,8 +57,11 @@ class MemoryPlan:
     constant_bytes: int
 
     def to_dict(self) -> dict[str, int]:
-        return {"activation_ram_bytes": self.arena_bytes, "activation_bytes_unshared": self.unshared_bytes,
-                "constant_bytes": self.constant_bytes}
+        return {
+            "activation_ram_bytes": self.arena_bytes,
+            "activation_bytes_unshared": self.unshared_bytes,
+            "constant_bytes": self.constant_bytes,
+        }
 
 
 def plan_memory(plan: Any) -> MemoryPlan:
@@ -83,7 +86,7 @@ def plan_memory(plan: Any) -> MemoryPlan:
     for t in sorted(life, key=lambda t: (-nbytes[t], life[t][0])):
         first, last = life[t]
         off = 0
-        for o, e, f, l_ in sorted(p for p in placed if not (p[3] < first or last < p[2])):
+        for o, e, _f, _l in sorted(p for p in placed if not (p[3] < first or last < p[2])):
             if off + nbytes[t] <= o:
                 break
             off = max(off, (e + 3) // 4 * 4)
@@ -91,9 +94,16 @@ def plan_memory(plan: Any) -> MemoryPlan:
         offsets[t] = off
     order = {t: i for i, t in enumerate(life)}
     wb = 2 if _wide(plan) else 1
-    constants = sum(lp.weight.numel() * wb + lp.bias.numel() * 9 for lp in plan.layers.values())  # bias, multiplier, shift
-    return MemoryPlan(root, dict(sorted(offsets.items(), key=lambda kv: order[kv[0]])),
-                      max(e for _, e, _, _ in placed), sum(nbytes.values()), constants)
+    constants = sum(
+        lp.weight.numel() * wb + lp.bias.numel() * 9 for lp in plan.layers.values()
+    )  # bias, multiplier, shift
+    return MemoryPlan(
+        root,
+        dict(sorted(offsets.items(), key=lambda kv: order[kv[0]])),
+        max(e for _, e, _, _ in placed),
+        sum(nbytes.values()),
+        constants,
+    )
 
 
 def _wide(plan: Any) -> bool:
@@ -112,7 +122,7 @@ def _ident(name: str) -> str:
 
 def _array(ctype: str, name: str, values: np.ndarray) -> str:
     flat = [str(int(v)) for v in values.reshape(-1)]
-    rows = [", ".join(flat[i:i + 24]) for i in range(0, len(flat), 24)]
+    rows = [", ".join(flat[i : i + 24]) for i in range(0, len(flat), 24)]
     return f"static const {ctype} {name}[{len(flat)}] = {{\n    " + ",\n    ".join(rows) + "\n};\n"
 
 
@@ -138,19 +148,27 @@ def export_c(qm: QuantizedModel, out: str | os.PathLike[str]) -> Path:
         if n.op in ("conv2d", "linear"):
             w, b, m, r = p.layers[n.layer]
             lid = _ident(n.layer)
-            data += [_array(wtype, f"w_{lid}", w), _array("int32_t", f"b_{lid}", b),
-                     _array("int32_t", f"m_{lid}", m), _array("uint8_t", f"s_{lid}", r)]
+            data += [
+                _array(wtype, f"w_{lid}", w),
+                _array("int32_t", f"b_{lid}", b),
+                _array("int32_t", f"m_{lid}", m),
+                _array("uint8_t", f"s_{lid}", r),
+            ]
             sat = int(p.worst_bits[n.layer] > p.accumulator)
             lo, hi = a["clip"]
             if n.op == "conv2d":
                 c_in, h, wd = shapes[n.inputs[0]]
                 c_out, ho, wo = a["shape"]
                 kh, kw = a["kernel"]
-                data.append(f"static const qw_conv_t c_{lid} = {{{c_in}, {h}, {wd}, {c_out}, {ho}, {wo}, {kh}, {kw}, "
-                            f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}, {a.get('groups', 1)}, {lo}, {hi}, {sat}}};\n")
+                data.append(
+                    f"static const qw_conv_t c_{lid} = {{{c_in}, {h}, {wd}, {c_out}, {ho}, {wo}, {kh}, {kw}, "
+                    f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}, {a.get('groups', 1)}, {lo}, {hi}, {sat}}};\n"
+                )
                 calls.append(f"qw_conv2d(&c_{lid}, {x}, w_{lid}, b_{lid}, m_{lid}, s_{lid}, {buf(n.output)});")
             else:
-                calls.append(f"qw_linear({w.shape[1]}, {w.shape[0]}, {sat}, {lo}, {hi}, {x}, w_{lid}, b_{lid}, m_{lid}, s_{lid}, {buf(n.output)});")
+                calls.append(
+                    f"qw_linear({w.shape[1]}, {w.shape[0]}, {sat}, {lo}, {hi}, {x}, w_{lid}, b_{lid}, m_{lid}, s_{lid}, {buf(n.output)});"
+                )
         elif n.op in ("relu", "relu6"):
             calls.append(f"qw_clip({size[n.output]}, {a['clip'][0]}, {a['clip'][1]}, {x}, {buf(n.output)});")
         elif n.op in ("maxpool", "avgpool"):
@@ -159,13 +177,19 @@ def export_c(qm: QuantizedModel, out: str | os.PathLike[str]) -> Path:
             k, s = a["kernel"], a["stride"]
             if n.op == "maxpool":
                 pd = a["padding"]
-                calls.append(f"qw_maxpool({c}, {h}, {wd}, {k[0]}, {k[1]}, {s[0]}, {s[1]}, {pd[0]}, {pd[1]}, {ho}, {wo}, {x}, {buf(n.output)});")
+                calls.append(
+                    f"qw_maxpool({c}, {h}, {wd}, {k[0]}, {k[1]}, {s[0]}, {s[1]}, {pd[0]}, {pd[1]}, {ho}, {wo}, {x}, {buf(n.output)});"
+                )
             else:
-                calls.append(f"qw_avgpool({c}, {h}, {wd}, {k[0]}, {k[1]}, {s[0]}, {s[1]}, {ho}, {wo}, {a['multiplier']}, {a['shift']}, {x}, {buf(n.output)});")
+                calls.append(
+                    f"qw_avgpool({c}, {h}, {wd}, {k[0]}, {k[1]}, {s[0]}, {s[1]}, {ho}, {wo}, {a['multiplier']}, {a['shift']}, {x}, {buf(n.output)});"
+                )
         elif n.op == "add":
             y = buf(n.inputs[1])
             (ma, mb), (ra, rb) = a["multiplier"], a["shift"]
-            calls.append(f"qw_add({size[n.output]}, {x}, {ma}, {ra}, {y}, {mb}, {rb}, {a['clip'][0]}, {a['clip'][1]}, {buf(n.output)});")
+            calls.append(
+                f"qw_add({size[n.output]}, {x}, {ma}, {ra}, {y}, {mb}, {rb}, {a['clip'][0]}, {a['clip'][1]}, {buf(n.output)});"
+            )
         # flatten / reshape: no call, the output shares its input's bytes (NCHW order kept)
 
     in_buf, out_buf = buf(prog.input), buf(prog.output)
@@ -178,25 +202,37 @@ def export_c(qm: QuantizedModel, out: str | os.PathLike[str]) -> Path:
         "/* One sample: in[QW_INPUT_SIZE] (NCHW, batch of one) -> out[QW_OUTPUT_SIZE]. Not reentrant (static buffers). */\n"
         "void qw_model_run(const int32_t *in, int32_t *out);\n\n#endif\n"
     )
-    body = ["/* Generated by quantwise: weights, integer rescaling parameters and the operator sequence. */\n",
-            "#include \"qw_kernels.h\"\n#include \"qw_model.h\"\n\n", *data, "\n"]
+    body = [
+        "/* Generated by quantwise: weights, integer rescaling parameters and the operator sequence. */\n",
+        '#include "qw_kernels.h"\n#include "qw_model.h"\n\n',
+        *data,
+        "\n",
+    ]
     body.append("static int32_t qw_arena[(QW_ARENA_BYTES + 3) / 4]; /* int32_t: 4-byte aligned */\n")
-    body.append("\nvoid qw_model_run(const int32_t *in, int32_t *out) {\n    uint8_t *const arena = (uint8_t *)qw_arena;\n    int i;\n")
-    body += [f"    const qw_tensor_t t_{_ident(t)} = {{arena + {off}, {C_TYPES[plan.formats[t].qtype]}}};  /* {plan.formats[t].qtype} x {size[t]} */\n"
-             for t, off in mem.offsets.items()]
+    body.append(
+        "\nvoid qw_model_run(const int32_t *in, int32_t *out) {\n    uint8_t *const arena = (uint8_t *)qw_arena;\n    int i;\n"
+    )
+    body += [
+        f"    const qw_tensor_t t_{_ident(t)} = {{arena + {off}, {C_TYPES[plan.formats[t].qtype]}}};  /* {plan.formats[t].qtype} x {size[t]} */\n"
+        for t, off in mem.offsets.items()
+    ]
     body.append(f"    for (i = 0; i < QW_INPUT_SIZE; ++i) qw_store({in_buf}, i, in[i]);\n")
     body += [f"    {c}\n" for c in calls]
     body.append(f"    for (i = 0; i < QW_OUTPUT_SIZE; ++i) out[i] = qw_load({out_buf}, i);\n}}\n")
-    config = (f"#ifndef QW_CONFIG_H\n#define QW_CONFIG_H\n#include <stdint.h>\ntypedef {wtype} qw_weight_t;\n"
-              f"#define QW_ACC_BITS {p.accumulator}\n#endif\n")
-    readme = (f"quantwise fixed-point model ({qm.recipe.name}), integer-only C99.\n\nBuild on a host:\n  {BUILD}\n"
-              f"Run: ./qw_model < input.bin > output.bin (int32 little-endian, {size[prog.input]} values in and "
-              f"{size[prog.output]} out per sample).\n\nInput: {fin.qtype}, q = round(x / {fin.scale!r}) clipped to "
-              f"[{fin.qmin}, {fin.qmax}].\nOutput: {fout.qtype}, x = q * {fout.scale!r}.\n"
-              "Rescaling: y = round_half_even(acc * multiplier / 2^shift), then clip (qw_kernels.c).\n"
-              f"\nMemory: {mem.arena_bytes} bytes of RAM for activations (QW_ARENA_BYTES; one tensor per "
-              f"buffer would take {mem.unshared_bytes}), {mem.constant_bytes} bytes of constants "
-              "(weights, biases, multipliers, shifts).\n")
+    config = (
+        f"#ifndef QW_CONFIG_H\n#define QW_CONFIG_H\n#include <stdint.h>\ntypedef {wtype} qw_weight_t;\n"
+        f"#define QW_ACC_BITS {p.accumulator}\n#endif\n"
+    )
+    readme = (
+        f"quantwise fixed-point model ({qm.recipe.name}), integer-only C99.\n\nBuild on a host:\n  {BUILD}\n"
+        f"Run: ./qw_model < input.bin > output.bin (int32 little-endian, {size[prog.input]} values in and "
+        f"{size[prog.output]} out per sample).\n\nInput: {fin.qtype}, q = round(x / {fin.scale!r}) clipped to "
+        f"[{fin.qmin}, {fin.qmax}].\nOutput: {fout.qtype}, x = q * {fout.scale!r}.\n"
+        "Rescaling: y = round_half_even(acc * multiplier / 2^shift), then clip (qw_kernels.c).\n"
+        f"\nMemory: {mem.arena_bytes} bytes of RAM for activations (QW_ARENA_BYTES; one tensor per "
+        f"buffer would take {mem.unshared_bytes}), {mem.constant_bytes} bytes of constants "
+        "(weights, biases, multipliers, shifts).\n"
+    )
 
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -221,6 +257,8 @@ def compile_and_run(folder: str | os.PathLike[str], x: np.ndarray, n_out: int) -
         raise RuntimeError("gcc is not installed: install it (apt install gcc) to build the C export")
     proc = subprocess.run(BUILD, shell=True, cwd=folder, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"gcc failed: {proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else proc.returncode}")
+        raise RuntimeError(
+            f"gcc failed: {proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else proc.returncode}"
+        )
     run = subprocess.run([str(folder / "qw_model")], input=x.astype("<i4").tobytes(), capture_output=True, check=True)
     return np.frombuffer(run.stdout, "<i4").reshape(len(x), n_out).astype(np.int64)

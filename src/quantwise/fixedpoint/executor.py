@@ -29,9 +29,13 @@ class LayerStats:
     accumulator_overflows: int = 0
 
     def to_dict(self, worst_bits: int) -> dict[str, Any]:
-        return {"outputs": self.outputs, "accumulator_bits_worst_case": worst_bits,
-                "accumulator_bits_observed": bits_needed(self.acc_max_abs),
-                "saturated_outputs": self.saturated_outputs, "accumulator_overflows": self.accumulator_overflows}
+        return {
+            "outputs": self.outputs,
+            "accumulator_bits_worst_case": worst_bits,
+            "accumulator_bits_observed": bits_needed(self.acc_max_abs),
+            "saturated_outputs": self.saturated_outputs,
+            "accumulator_overflows": self.accumulator_overflows,
+        }
 
 
 @dataclass
@@ -50,8 +54,12 @@ def integer_params(plan: Any) -> IntegerParams:
     layers = {}
     for name, lp in plan.layers.items():
         w = lp.weight.to(dtype=lp.bias.dtype).numpy().astype(np.int64)
-        layers[name] = (w.reshape(w.shape[0], -1), lp.bias.numpy().astype(np.int64),
-                        lp.multiplier.numpy().astype(np.int64), lp.shift.numpy().astype(np.int64))
+        layers[name] = (
+            w.reshape(w.shape[0], -1),
+            lp.bias.numpy().astype(np.int64),
+            lp.multiplier.numpy().astype(np.int64),
+            lp.shift.numpy().astype(np.int64),
+        )
     return IntegerParams(plan.program, layers, {n: lp.worst_bits for n, lp in plan.layers.items()}, plan.accumulator)
 
 
@@ -134,7 +142,7 @@ def _patches(x: np.ndarray, kernel: list[int], stride: list[int], padding: list[
     ph, pw = padding
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
     win = np.lib.stride_tricks.sliding_window_view(xp, tuple(kernel), axis=(2, 3))
-    return win[:, :, ::stride[0], ::stride[1]]
+    return win[:, :, :: stride[0], :: stride[1]]
 
 
 def _pool(x: np.ndarray, kernel: list[int], stride: list[int], padding: list[int], how: str) -> np.ndarray:

@@ -49,8 +49,12 @@ class Program:
     nodes: list[Node]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"input": self.input, "input_shape": self.input_shape, "output": self.output,
-                "nodes": [asdict(n) for n in self.nodes]}
+        return {
+            "input": self.input,
+            "input_shape": self.input_shape,
+            "output": self.output,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Program:
@@ -79,13 +83,20 @@ def capture(model: nn.Module, example: torch.Tensor) -> Program:
     """
     try:
         ep = torch.export.export(model.eval(), (example,))
-    except Exception as e:  # noqa: BLE001  (torch.export's own message says what it could not trace)
-        raise UnsupportedModel(f"the integer executor needs a model torch.export can capture: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise UnsupportedModel(
+            f"the integer executor needs a model torch.export can capture: {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from None
     params = ep.graph_signature.inputs_to_parameters
-    user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name not in params
-                   and n.name not in ep.graph_signature.inputs_to_buffers]
+    user_inputs = [
+        n
+        for n in ep.graph.nodes
+        if n.op == "placeholder" and n.name not in params and n.name not in ep.graph_signature.inputs_to_buffers
+    ]
     if len(user_inputs) != 1:
-        raise UnsupportedModel(f"the integer executor runs models with one input tensor; this one takes {len(user_inputs)}")
+        raise UnsupportedModel(
+            f"the integer executor runs models with one input tensor; this one takes {len(user_inputs)}"
+        )
     alias: dict[str, str] = {}
     nodes: list[Node] = []
     output = ""
@@ -93,7 +104,9 @@ def capture(model: nn.Module, example: torch.Tensor) -> Program:
         if n.op == "output":
             outs = n.args[0]
             if len(outs) != 1:
-                raise UnsupportedModel(f"the integer executor runs models with one output tensor; this one returns {len(outs)}")
+                raise UnsupportedModel(
+                    f"the integer executor runs models with one output tensor; this one returns {len(outs)}"
+                )
             output = alias.get(outs[0].name, outs[0].name)
         elif n.op == "call_function":
             node = _convert(n, params, alias)
@@ -118,16 +131,25 @@ def _convert(n: torch.fx.Node, params: dict[str, str], alias: dict[str, str]) ->
     def refuse(why: str) -> UnsupportedModel:
         return UnsupportedModel(f"layer {where!r} ({t}): {why}; the integer executor runs {', '.join(SUPPORTED)}")
 
-    if t in ("aten.clone.default", "aten.contiguous.default", "aten.dropout.default", "aten.alias.default",
-             "aten.detach.default"):
+    if t in (
+        "aten.clone.default",
+        "aten.contiguous.default",
+        "aten.dropout.default",
+        "aten.alias.default",
+        "aten.detach.default",
+    ):
         alias[n.name] = src
         return None
     if t == "aten.conv2d.default":
         if _pair(_arg(a, kw, 5, "dilation", 1)) != [1, 1]:
             raise refuse("dilated convolutions are not supported")
         layer = params[a[1].name].rsplit(".", 1)[0]
-        attrs = {"stride": _pair(_arg(a, kw, 3, "stride", 1)), "padding": _pair(_arg(a, kw, 4, "padding", 0)),
-                 "kernel": list(a[1].meta["val"].shape[2:]), "groups": int(_arg(a, kw, 6, "groups", 1))}
+        attrs = {
+            "stride": _pair(_arg(a, kw, 3, "stride", 1)),
+            "padding": _pair(_arg(a, kw, 4, "padding", 0)),
+            "kernel": list(a[1].meta["val"].shape[2:]),
+            "groups": int(_arg(a, kw, 6, "groups", 1)),
+        }
         return Node("conv2d", [src], n.name, layer, {**attrs, "shape": shape})
     if t == "aten.linear.default":
         if len(n.meta["val"].shape) != 2:
@@ -144,11 +166,21 @@ def _convert(n: torch.fx.Node, params: dict[str, str], alias: dict[str, str]) ->
         stride = _pair(_arg(a, kw, 2, "stride", []) or k)
         if _arg(a, kw, 5, "ceil_mode", False) or _pair(_arg(a, kw, 4, "dilation", 1)) != [1, 1]:
             raise refuse("max pooling with ceil_mode or dilation")
-        return Node("maxpool", [src], n.name, where, {"kernel": k, "stride": stride, "padding": _pair(_arg(a, kw, 3, "padding", 0)), "shape": shape})
+        return Node(
+            "maxpool",
+            [src],
+            n.name,
+            where,
+            {"kernel": k, "stride": stride, "padding": _pair(_arg(a, kw, 3, "padding", 0)), "shape": shape},
+        )
     if t == "aten.avg_pool2d.default":
         k = _pair(a[1])
         stride = _pair(_arg(a, kw, 2, "stride", []) or k)
-        if _pair(_arg(a, kw, 3, "padding", 0)) != [0, 0] or _arg(a, kw, 4, "ceil_mode", False) or _arg(a, kw, 6, "divisor_override", None):
+        if (
+            _pair(_arg(a, kw, 3, "padding", 0)) != [0, 0]
+            or _arg(a, kw, 4, "ceil_mode", False)
+            or _arg(a, kw, 6, "divisor_override", None)
+        ):
             raise refuse("average pooling with padding, ceil_mode or a divisor override")
         return Node("avgpool", [src], n.name, where, {"kernel": k, "stride": stride, "shape": shape})
     if t == "aten.adaptive_avg_pool2d.default":
@@ -183,8 +215,14 @@ def _fuse_activations(prog: Program) -> Program:
     for n in prog.nodes:
         n.inputs = [rename.get(i, i) for i in n.inputs]
         src = by_output.get(n.inputs[0]) if n.inputs else None
-        if n.op in ("relu", "relu6") and src is not None and src.op in HEAVY and "act" not in src.attrs \
-                and readers.get(src.output) == 1 and src.output != prog.output:
+        if (
+            n.op in ("relu", "relu6")
+            and src is not None
+            and src.op in HEAVY
+            and "act" not in src.attrs
+            and readers.get(src.output) == 1
+            and src.output != prog.output
+        ):
             src.attrs["act"] = n.op
             rename[n.output] = src.output
             continue

@@ -40,8 +40,12 @@ class TensorFormat:
         return max(-self.qmin, self.qmax)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "bits": self.bits, "signed": self.signed,
-                "qformat": qformat(self.scale, self.bits, self.signed)}
+        return {
+            "scale": self.scale,
+            "bits": self.bits,
+            "signed": self.signed,
+            "qformat": qformat(self.scale, self.bits, self.signed),
+        }
 
 
 @dataclass
@@ -92,22 +96,45 @@ class FixedPointPlan:
         return out
 
     @classmethod
-    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
-                   weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> FixedPointPlan:
+    def from_saved(
+        cls,
+        meta: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        weights: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    ) -> FixedPointPlan:
         """Rebuild from :meth:`meta` and :meth:`tensors`; ``weights`` maps layer -> (integer weight, scales)."""
         formats = {k: TensorFormat(v["scale"], v["bits"], v["signed"]) for k, v in meta["formats"].items()}
         layers = {
-            name: LayerPlan(*weights[name], tensors[f"fx::{name}::bias"], tensors[f"fx::{name}::multiplier"],
-                            tensors[f"fx::{name}::shift"], bits)
+            name: LayerPlan(
+                *weights[name],
+                tensors[f"fx::{name}::bias"],
+                tensors[f"fx::{name}::multiplier"],
+                tensors[f"fx::{name}::shift"],
+                bits,
+            )
             for name, bits in meta["worst_bits"].items()
         }
-        return cls(Program.from_dict(meta["program"]), formats, layers, meta["accumulator"], meta["on_overflow"], meta.get("ranges", {}))
+        return cls(
+            Program.from_dict(meta["program"]),
+            formats,
+            layers,
+            meta["accumulator"],
+            meta["on_overflow"],
+            meta.get("ranges", {}),
+        )
 
     def summary(self) -> list[dict[str, Any]]:
         """Per Conv2d/Linear: formats in and out, Qm.n names, and the worst-case accumulator width."""
         rows = []
         for n in self.program.heavy():
             fin, fout = self.formats[n.inputs[0]], self.formats[n.output]
-            rows.append({"layer": n.layer, "op": n.op, "input": fin.to_dict(), "output": fout.to_dict(),
-                         "worst_case_accumulator_bits": self.layers[n.layer].worst_bits})
+            rows.append(
+                {
+                    "layer": n.layer,
+                    "op": n.op,
+                    "input": fin.to_dict(),
+                    "output": fout.to_dict(),
+                    "worst_case_accumulator_bits": self.layers[n.layer].worst_bits,
+                }
+            )
         return rows

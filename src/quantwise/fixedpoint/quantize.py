@@ -17,9 +17,9 @@ from torch import nn
 
 from quantwise.calibrate.observers import make_observer
 from quantwise.errors import UnsupportedModel, UserError
+from quantwise.fixedpoint.floatops import float_forward
 from quantwise.fixedpoint.graph import HEAVY, capture
 from quantwise.fixedpoint.plan import FixedPointPlan, LayerPlan, TensorFormat
-from quantwise.fixedpoint.simulate import float_forward
 from quantwise.numerics.affine import quantize
 from quantwise.numerics.fixedpoint import bits_needed, int_range, pot_scale, quantize_multiplier
 from quantwise.numerics.granularity import PerChannel
@@ -28,17 +28,18 @@ from quantwise.progress import progress_iter
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import FixedPointRecipe
 from quantwise.transform.fusion import fold_batchnorm
-from quantwise.transform.registry import Batch, register_handler
+from quantwise.transform.registry import Batch
 
 PASS_THROUGH = ("relu", "relu6", "maxpool", "avgpool", "flatten", "reshape")
 
 
-@register_handler(FixedPointRecipe)
 def fixed_point_handler(model: nn.Module, recipe: FixedPointRecipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
     if len(calib[0]) != 1:
-        raise UnsupportedModel(f"the integer executor runs models with one input tensor; this one takes {len(calib[0])} "
-                               "(a transformer's token ids and attention mask, for instance)")
+        raise UnsupportedModel(
+            f"the integer executor runs models with one input tensor; this one takes {len(calib[0])} "
+            "(a transformer's token ids and attention mask, for instance)"
+        )
     folded = fold_batchnorm(model)
     prog = capture(model, calib[0][0])
     observers: dict[str, object] = {}
@@ -77,17 +78,21 @@ def fixed_point_handler(model: nn.Module, recipe: FixedPointRecipe, calib: Seque
             count = n.attrs["kernel"][0] * n.attrs["kernel"][1]
             n.attrs["multiplier"], n.attrs["shift"] = quantize_multiplier(1.0 / count)
         elif n.op == "add":
-            ms = [quantize_multiplier(_ratio(formats[i].scale, fout.scale, f"add {n.layer!r} input {i}")) for i in n.inputs]
+            ms = [
+                quantize_multiplier(_ratio(formats[i].scale, fout.scale, f"add {n.layer!r} input {i}"))
+                for i in n.inputs
+            ]
             n.attrs["multiplier"], n.attrs["shift"] = [m for m, _ in ms], [r for _, r in ms]
             n.attrs["clip"] = [fout.qmin, fout.qmax]
     if too_wide and recipe.on_overflow == "refuse":
         fix = "accumulator 32" if recipe.accumulator == 16 else "8-bit activations and weights"
-        raise UserError(f"the worst case overflows the {recipe.accumulator}-bit accumulator in {', '.join(too_wide)}: "
-                        f"use {fix}, or on_overflow saturate to accumulate with saturation and count every event")
+        raise UserError(
+            f"the worst case overflows the {recipe.accumulator}-bit accumulator in {', '.join(too_wide)}: "
+            f"use {fix}, or on_overflow saturate to accumulate with saturation and count every event"
+        )
     plan = FixedPointPlan(prog, formats, plans, recipe.accumulator, recipe.on_overflow, ranges)
     write_back(model, layers)
-    info = {"calibration_batches": len(calib), "fixed_point": plan.summary(),
-            "accumulator_overflow_possible": too_wide}
+    info = {"calibration_batches": len(calib), "fixed_point": plan.summary(), "accumulator_overflow_possible": too_wide}
     return QuantizedModel(model=model, recipe=recipe, layers=layers, folded=folded, info=info, plan=plan)
 
 
@@ -105,13 +110,16 @@ def _format(rng: list[float], recipe: FixedPointRecipe) -> TensorFormat:
 def _ratio(num: float, den: float, what: str) -> float:
     r = num / den
     if not 0 < r < 2**30:
-        raise UserError(f"{what}: the rescaling factor {r:.3g} cannot be held by an int32 multiplier and shift; "
-                        "the tensor's calibrated range is degenerate (check the calibration data)")
+        raise UserError(
+            f"{what}: the rescaling factor {r:.3g} cannot be held by an int32 multiplier and shift; "
+            "the tensor's calibrated range is degenerate (check the calibration data)"
+        )
     return r
 
 
-def _layer(op: str, name: str, mod: nn.Module, fin: TensorFormat, fout: TensorFormat, wq_type: object,
-           recipe: FixedPointRecipe) -> tuple[LayerQuant, LayerPlan]:
+def _layer(
+    op: str, name: str, mod: nn.Module, fin: TensorFormat, fout: TensorFormat, wq_type: object, recipe: FixedPointRecipe
+) -> tuple[LayerQuant, LayerPlan]:
     w = mod.weight.detach().to(torch.float64)  # (N, ...)
     n_out = w.shape[0]
     qmax = wq_type.qmax  # type: ignore[attr-defined]
@@ -128,12 +136,29 @@ def _layer(op: str, name: str, mod: nn.Module, fin: TensorFormat, fout: TensorFo
     acc_max = 1 << (recipe.accumulator - 1)
     if int(b_q.abs().max()) >= acc_max:
         c = int(b_q.abs().argmax())
-        raise UserError(f"layer {name} bias of channel {c} needs {bits_needed(int(b_q.abs().max()))} bits, more than the "
-                        f"{recipe.accumulator}-bit accumulator: widen the input format (bits 16) or use accumulator 32")
+        raise UserError(
+            f"layer {name} bias of channel {c} needs {bits_needed(int(b_q.abs().max()))} bits, more than the "
+            f"{recipe.accumulator}-bit accumulator: widen the input format (bits 16) or use accumulator 32"
+        )
     mults = [quantize_multiplier(float(s) / fout.scale) for s in s_acc]
     worst = b_q.abs() + q.reshape(n_out, -1).to(torch.int64).abs().sum(dim=1) * fin.max_abs
-    lp = LayerPlan(q, s_w, b_q, torch.tensor([m for m, _ in mults], dtype=torch.int64),
-                   torch.tensor([r for _, r in mults], dtype=torch.int64), bits_needed(int(worst.max())))
-    lq = LayerQuant("conv2d" if op == "conv2d" else "linear", "static", q, s_w, zp, wq_type.name,  # type: ignore[attr-defined]
-                    PerChannel(0), input=ActQuant(fin.scale, 0, fin.qtype), output=ActQuant(fout.scale, 0, fout.qtype))
+    lp = LayerPlan(
+        q,
+        s_w,
+        b_q,
+        torch.tensor([m for m, _ in mults], dtype=torch.int64),
+        torch.tensor([r for _, r in mults], dtype=torch.int64),
+        bits_needed(int(worst.max())),
+    )
+    lq = LayerQuant(
+        "conv2d" if op == "conv2d" else "linear",
+        "static",
+        q,
+        s_w,
+        zp,
+        wq_type.name,  # type: ignore[attr-defined]
+        PerChannel(0),
+        input=ActQuant(fin.scale, 0, fin.qtype),
+        output=ActQuant(fout.scale, 0, fout.qtype),
+    )
     return lq, lp

@@ -1,6 +1,6 @@
 """The program in PyTorch: float (for calibration), exact integer simulation, and QDQ for ONNX.
 
-* :func:`float_forward` runs the float model op by op and hands every tensor to a callback.
+* :func:`~quantwise.fixedpoint.floatops.float_forward` (float, for calibration) lives beside the graph.
 * :class:`FixedPointModule` with ``mode="exact"`` reproduces the integer executor bit for bit:
   Conv2d/Linear accumulate in float64, which holds every integer sum below 2**53 exactly, and
   rescaling uses the same int64 multiply and rounding shift. With ``mode="qdq"`` it is the float
@@ -10,65 +10,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantwise.errors import UserError
-from quantwise.fixedpoint.graph import Node, Program
+from quantwise.errors import UnsupportedModel
+from quantwise.fixedpoint.floatops import _act, _shape_op
+from quantwise.fixedpoint.graph import Node
 from quantwise.fixedpoint.plan import FixedPointPlan, TensorFormat
 from quantwise.numerics.fixedpoint import requantize, rounding_shift
 from quantwise.runtime.qfunctions import DQ, QDQ
-
-
-def _act(y: torch.Tensor, act: str | None) -> torch.Tensor:
-    if act == "relu":
-        return torch.relu(y)
-    if act == "relu6":
-        return y.clamp(0, 6)
-    return y
-
-
-def _float_op(n: Node, model: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
-    x = xs[0]
-    a = n.attrs
-    if n.op == "conv2d":
-        m = model.get_submodule(n.layer)
-        return _act(F.conv2d(x, m.weight, m.bias, a["stride"], a["padding"], groups=a.get("groups", 1)), a.get("act"))
-    if n.op == "linear":
-        m = model.get_submodule(n.layer)
-        return _act(F.linear(x, m.weight, m.bias), a.get("act"))
-    return _shape_op(n, xs)
-
-
-def _shape_op(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-    """Operators that need no rescaling (same scale in and out), in float."""
-    x, a = xs[0], n.attrs
-    if n.op == "relu":
-        return torch.relu(x)
-    if n.op == "relu6":
-        return x.clamp(0, 6)
-    if n.op == "maxpool":
-        return F.max_pool2d(x, a["kernel"], a["stride"], a["padding"])
-    if n.op == "avgpool":
-        return F.avg_pool2d(x, a["kernel"], a["stride"])
-    if n.op == "add":
-        return xs[0] + xs[1]
-    if n.op in ("flatten", "reshape"):
-        return x.reshape(x.shape[0], *a["shape"])
-    raise ValueError(f"unknown op {n.op}")
-
-
-def float_forward(prog: Program, model: nn.Module, x: torch.Tensor, seen: Callable[[str, torch.Tensor], None]) -> torch.Tensor:
-    """Run the float model through ``prog``, calling ``seen(name, tensor)`` on the input and every output."""
-    env = {prog.input: x}
-    seen(prog.input, x)
-    for n in prog.nodes:
-        env[n.output] = _float_op(n, model, [env[i] for i in n.inputs])
-        seen(n.output, env[n.output])
-    return env[prog.output]
 
 
 def enter(x: torch.Tensor, f: TensorFormat) -> torch.Tensor:
@@ -77,6 +28,22 @@ def enter(x: torch.Tensor, f: TensorFormat) -> torch.Tensor:
     On a device without an FPU this happens before the model (a sensor or ADC gives integers).
     """
     return torch.round(x.to(torch.float64) / f.scale).clamp(f.qmin, f.qmax).to(torch.int64)
+
+
+def why_not_simulate(plan: FixedPointPlan, mode: str) -> str | None:
+    """Why ``plan`` cannot be simulated faithfully in ``mode`` (``exact`` or ``qdq``), or None."""
+    if mode == "qdq":
+        wide = sorted({f.qtype for f in plan.formats.values() if f.bits != 8})
+        if wide or any(lp.weight.abs().max() > 127 for lp in plan.layers.values()):
+            return "ONNX Runtime has no integer kernels for 16-bit fixed point: use --runtime integer (or torch)"
+        return None
+    over = [n for n, lp in plan.layers.items() if lp.worst_bits > plan.accumulator]
+    if over:
+        return (
+            f"layers {', '.join(over)} can saturate the {plan.accumulator}-bit accumulator, which depends on "
+            "the order of accumulation: only the integer runtime (and the C export) emulate it; use --runtime integer"
+        )
+    return None
 
 
 class FixedPointModule(nn.Module):
@@ -90,21 +57,19 @@ class FixedPointModule(nn.Module):
 
     def __init__(self, plan: FixedPointPlan, mode: str = "exact") -> None:
         super().__init__()
-        if mode == "qdq":
-            wide = sorted({f.qtype for f in plan.formats.values() if f.bits != 8})
-            if wide or any(lp.weight.abs().max() > 127 for lp in plan.layers.values()):
-                raise UserError("ONNX Runtime has no integer kernels for 16-bit fixed point: use --runtime integer (or torch)")
-        else:
-            over = [n for n, lp in plan.layers.items() if lp.worst_bits > plan.accumulator]
-            if over:
-                raise UserError(f"layers {', '.join(over)} can saturate the {plan.accumulator}-bit accumulator, which depends on "
-                                   "the order of accumulation: only the integer runtime (and the C export) emulate it; use --runtime integer")
+        reason = why_not_simulate(plan, mode)
+        if reason:
+            raise UnsupportedModel(reason)
         self.plan, self.mode = plan, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.plan
         fin = plan.formats[plan.program.input]
-        env = {plan.program.input: QDQ.apply(x, fin.scale, 0, fin.signed) if self.mode == "qdq" else enter(x, fin)}
+        env = {
+            plan.program.input: QDQ.apply(x, fin.scale, 0, fin.signed, fin.bits)
+            if self.mode == "qdq"
+            else enter(x, fin)
+        }
         for n in plan.program.nodes:
             xs = [env[i] for i in n.inputs]
             if self.mode == "exact":
@@ -122,7 +87,12 @@ class FixedPointModule(nn.Module):
             s_in = self.plan.formats[n.inputs[0]].scale
             s_w = lp.weight_scale.to(torch.float32)
             w = DQ.apply(lp.weight.to(torch.int8), s_w, torch.zeros_like(s_w, dtype=torch.int8), 0)
-            b = DQ.apply(lp.bias.to(torch.int32), (s_in * s_w.to(torch.float64)).to(torch.float32), torch.zeros_like(lp.bias, dtype=torch.int32), 0)
+            b = DQ.apply(
+                lp.bias.to(torch.int32),
+                (s_in * s_w.to(torch.float64)).to(torch.float32),
+                torch.zeros_like(lp.bias, dtype=torch.int32),
+                0,
+            )
             if n.op == "conv2d":
                 y = F.conv2d(xs[0], w, b, n.attrs["stride"], n.attrs["padding"], groups=n.attrs.get("groups", 1))
             else:
@@ -130,7 +100,7 @@ class FixedPointModule(nn.Module):
             y = _act(y, n.attrs.get("act"))
         else:
             y = _shape_op(n, xs)
-        return QDQ.apply(y, f.scale, 0, f.signed)
+        return QDQ.apply(y, f.scale, 0, f.signed, f.bits)
 
     def _exact(self, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         a = n.attrs

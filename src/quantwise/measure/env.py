@@ -22,7 +22,7 @@ def environment(threads: int) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    libs = {}
+    libs: dict[str, str | None] = {}
     for lib in _LIBS:
         try:
             libs[lib] = version(lib)

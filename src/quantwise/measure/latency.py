@@ -8,8 +8,9 @@ from collections.abc import Callable
 import numpy as np
 
 
-def measure_latency(fn: Callable[[], object], warmup: int = 3, iters: int = 20, min_seconds: float = 0.0,
-                    max_seconds: float = 10.0) -> dict[str, float]:
+def measure_latency(
+    fn: Callable[[], object], warmup: int = 3, iters: int = 20, min_seconds: float = 0.0, max_seconds: float = 10.0
+) -> dict[str, float]:
     """Time ``fn()``; returns ``{"p50": ms, "p90": ms, "n": calls}``.
 
     Runs ``warmup`` untimed calls, then at least ``iters`` timed calls (or until ``min_seconds``),

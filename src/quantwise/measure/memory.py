@@ -19,14 +19,17 @@ import numpy as np
 import torch
 
 
-def peak_memory(runtime: str, artifact: Path, batch: tuple[torch.Tensor, ...], input_names: list[str],
-                threads: int = 1) -> int | None:
+def peak_memory(
+    runtime: str, artifact: Path, batch: tuple[torch.Tensor, ...], input_names: list[str], threads: int = 1
+) -> int | None:
     """Peak extra resident memory in bytes of loading ``artifact`` and running ``batch``; None if it failed."""
     with tempfile.TemporaryDirectory() as d:
         inputs = Path(d) / "inputs.npz"
         np.savez(inputs, **{n: t.numpy() for n, t in zip(input_names, batch)})
         cmd = [sys.executable, "-m", "quantwise.measure.memory", runtime, str(artifact), str(inputs), str(threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "QUANTWISE_PROGRESS": "0"})
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "QUANTWISE_PROGRESS": "0"}
+        )
         if proc.returncode != 0:
             return None
         return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])

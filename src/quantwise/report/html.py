@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from quantwise.runtime.registry import RUNTIMES
+
 W, H, PAD = 560, 340, 56
-_COLORS = {"torch": "#d9822b", "torch-int8": "#8e44ad", "onnxruntime": "#2b6cd9", "tflite": "#16a3a3", "integer": "#5b5b5b"}
+_COLORS = {name: spec.colour for name, spec in RUNTIMES.items()}
 
 
 def _esc(x: Any) -> str:
@@ -44,27 +46,42 @@ def scatter(result: dict[str, Any], cost_name: str, cost: Any, unit: str, front:
         return H - PAD - (v - y0) / (y1 - y0) * (H - 2 * PAD)
 
     win = (result["recommendation"].get("winner") or {}).get("key")
-    parts = [f'<svg class="plot" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="accuracy vs {cost_name}">',
-             f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#444"/>',
-             f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#444"/>']
+    parts = [
+        f'<svg class="plot" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="accuracy vs {_esc(cost_name)}">',
+        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#444"/>',
+        f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#444"/>',
+    ]
     for i in range(5):
         yv = y0 + (y1 - y0) * i / 4
         xv = x0 + (x1 - x0) * i / 4
-        xl = 10 ** xv if log_x else xv
+        xl = 10**xv if log_x else xv
         parts.append(f'<text x="{PAD - 6}" y="{sy(yv) + 4:.1f}" font-size="10" text-anchor="end">{yv:.2f}</text>')
-        parts.append(f'<text x="{PAD + (xv - x0) / (x1 - x0) * (W - 2 * PAD):.1f}" y="{H - PAD + 16}" font-size="10" text-anchor="middle">{xl:.3g}</text>')
-    parts.append(f'<text x="{W / 2}" y="{H - 12}" font-size="12" text-anchor="middle">{_esc(cost_name)} ({_esc(unit)}{", log scale" if log_x else ""}) — lower is better</text>')
-    parts.append(f'<text x="14" y="{H / 2}" font-size="12" text-anchor="middle" transform="rotate(-90 14 {H / 2})">{_esc(metric)} (%)</text>')
+        parts.append(
+            f'<text x="{PAD + (xv - x0) / (x1 - x0) * (W - 2 * PAD):.1f}" y="{H - PAD + 16}" font-size="10" text-anchor="middle">{xl:.3g}</text>'
+        )
+    parts.append(
+        f'<text x="{W / 2}" y="{H - 12}" font-size="12" text-anchor="middle">{_esc(cost_name)} ({_esc(unit)}{", log scale" if log_x else ""}) — lower is better</text>'
+    )
+    parts.append(
+        f'<text x="14" y="{H / 2}" font-size="12" text-anchor="middle" transform="rotate(-90 14 {H / 2})">{_esc(metric)} (%)</text>'
+    )
     fpts = sorted((p for p in pts if p[0] in front), key=lambda p: p[1])
     if len(fpts) > 1:
-        parts.append('<polyline fill="none" stroke="#2a9d4a" stroke-width="2" stroke-dasharray="5,3" points="'
-                     + " ".join(f"{sx(p[1]):.1f},{sy(p[2]):.1f}" for p in fpts) + '"/>')
+        parts.append(
+            '<polyline fill="none" stroke="#2a9d4a" stroke-width="2" stroke-dasharray="5,3" points="'
+            + " ".join(f"{sx(p[1]):.1f},{sy(p[2]):.1f}" for p in fpts)
+            + '"/>'
+        )
     for name, c, y, rt in pts:
         col = _COLORS.get(rt, "#777")
-        parts.append(f'<circle cx="{sx(c):.1f}" cy="{sy(y):.1f}" r="{6 if name in front else 4}" fill="{col}" '
-                     f'stroke="{"#2a9d4a" if name in front else "none"}" stroke-width="2"><title>{_esc(name)}: {y:.2f}%, {c:.4g} {_esc(unit)}</title></circle>')
+        parts.append(
+            f'<circle cx="{sx(c):.1f}" cy="{sy(y):.1f}" r="{6 if name in front else 4}" fill="{col}" '
+            f'stroke="{"#2a9d4a" if name in front else "none"}" stroke-width="2"><title>{_esc(name)}: {y:.2f}%, {c:.4g} {_esc(unit)}</title></circle>'
+        )
         if name == win:
-            parts.append(f'<text x="{sx(c):.1f}" y="{sy(y) - 10:.1f}" font-size="18" text-anchor="middle" fill="#c00">★</text>')
+            parts.append(
+                f'<text x="{sx(c):.1f}" y="{sy(y) - 10:.1f}" font-size="18" text-anchor="middle" fill="#c00">★</text>'
+            )
         if name in front or name == win:  # label the front and the winner; every point has a tooltip
             parts.append(f'<text x="{sx(c) + 7:.1f}" y="{sy(y) + 3:.1f}" font-size="9" fill="#333">{_esc(name)}</text>')
     parts.append("</svg>")
@@ -79,14 +96,18 @@ def bars(result: dict[str, Any], title: str, value: Any, fmt: str) -> str:
     vmax = max(abs(v) for _, v, _ in rows) or 1.0
     bh, left = 18, 230
     h = len(rows) * (bh + 4) + 30
-    parts = [f'<svg class="plot" viewBox="0 0 {W + 120} {h}" width="{W + 120}" height="{h}" role="img" aria-label="{_esc(title)}">',
-             f'<text x="4" y="14" font-size="12" font-weight="bold">{_esc(title)}</text>']
+    parts = [
+        f'<svg class="plot" viewBox="0 0 {W + 120} {h}" width="{W + 120}" height="{h}" role="img" aria-label="{_esc(title)}">',
+        f'<text x="4" y="14" font-size="12" font-weight="bold">{_esc(title)}</text>',
+    ]
     for i, (name, v, rt) in enumerate(rows):
         y = 24 + i * (bh + 4)
         wv = max(1.0, (W - left) * max(v, 0.0) / vmax)
         parts.append(f'<text x="{left - 6}" y="{y + 13}" font-size="10" text-anchor="end">{_esc(name)}</text>')
-        parts.append(f'<rect x="{left}" y="{y}" width="{wv:.1f}" height="{bh}" fill="{_COLORS.get(rt, "#777")}"><title>{_esc(name)}: {fmt.format(v)}</title></rect>')
-        parts.append(f'<text x="{left + wv + 4:.1f}" y="{y + 13}" font-size="10">{fmt.format(v)}</text>')
+        parts.append(
+            f'<rect x="{left}" y="{y}" width="{wv:.1f}" height="{bh}" fill="{_COLORS.get(rt, "#777")}"><title>{_esc(name)}: {_esc(fmt.format(v))}</title></rect>'
+        )
+        parts.append(f'<text x="{left + wv + 4:.1f}" y="{y + 13}" font-size="10">{_esc(fmt.format(v))}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -100,8 +121,10 @@ def confusion_change(result: dict[str, Any]) -> str:
     if not w or not b or "confusion_matrix" not in w["metrics"]:
         return "<p>No recommended format, or the task is not a classification task: no confusion-matrix change to show.</p>"
     cw, cb = w["metrics"]["confusion_matrix"], b["metrics"]["confusion_matrix"]
-    out = [f"<p>{_esc(win)} minus FP32 (rows: true class, columns: predicted). Positive off-diagonal cells are new mistakes.</p>",
-           '<table class="cm"><tr><th></th>' + "".join(f"<th>{j}</th>" for j in range(len(cw))) + "</tr>"]
+    out = [
+        f"<p>{_esc(win)} minus FP32 (rows: true class, columns: predicted). Positive off-diagonal cells are new mistakes.</p>",
+        '<table class="cm"><tr><th></th>' + "".join(f"<th>{j}</th>" for j in range(len(cw))) + "</tr>",
+    ]
     for i, (rw, rb) in enumerate(zip(cw, cb)):
         cells = []
         for j, (a, c) in enumerate(zip(rw, rb)):
@@ -116,21 +139,53 @@ def confusion_change(result: dict[str, Any]) -> str:
 
 def _table(result: dict[str, Any]) -> str:
     metric = result["recommendation"]["metric"]
-    head = ["format", "runtime", metric, "Δ pts", "macro F1", "b1 p50 ms", f"b{result['settings']['batch_n']} p50 ms", "speedup", "size MB", "int ops", "status"]
+    head = [
+        "format",
+        "runtime",
+        metric,
+        "Δ pts",
+        "macro F1",
+        "b1 p50 ms",
+        f"b{result['settings']['batch_n']} p50 ms",
+        "speedup",
+        "size MB",
+        "int ops",
+        "status",
+    ]
     rows = []
     for r in result["records"]:
         if r.get("status") != "ok":
             rows.append([r["format"], r["runtime"], "", "", "", "", "", "", "", "", r.get("error", "failed")])
             continue
         lat = r["latency_ms"]
-        b1, bn = lat.get(f"batch_{result['settings']['latency_batch']}"), lat.get(f"batch_{result['settings']['batch_n']}")
+        b1, bn = (
+            lat.get(f"batch_{result['settings']['latency_batch']}"),
+            lat.get(f"batch_{result['settings']['batch_n']}"),
+        )
         sp = r.get("speedup", {}).get(f"batch_{result['settings']['latency_batch']}")
         ops = r.get("integer_ops") or {}
-        rows.append([r["format"], r["runtime"], f"{100 * r['metrics'][metric]:.2f}%", f"{r.get('accuracy_change_points', 0):+.2f}",
-                     f"{r['metrics'].get('f1_macro', float('nan')):.4f}", f"{b1['p50']:.2f}" if b1 else "", f"{bn['p50']:.2f}" if bn else "",
-                     f"{sp:.2f}x" if sp else "", f"{r['size_bytes'] / 1e6:.2f}", f"{ops.get('integer', 0)}/{ops.get('total', 0)}", "ok"])
-    return ('<table class="data"><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{_esc(c) if not str(c).startswith('<') else c}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+        rows.append(
+            [
+                r["format"],
+                r["runtime"],
+                f"{100 * r['metrics'][metric]:.2f}%",
+                f"{r.get('accuracy_change_points', 0):+.2f}",
+                f"{r['metrics'].get('f1_macro', float('nan')):.4f}",
+                f"{b1['p50']:.2f}" if b1 else "",
+                f"{bn['p50']:.2f}" if bn else "",
+                f"{sp:.2f}x" if sp else "",
+                f"{r['size_bytes'] / 1e6:.2f}",
+                f"{ops.get('integer', 0)}/{ops.get('total', 0)}",
+                "ok",
+            ]
+        )
+    return (
+        '<table class="data"><tr>'
+        + "".join(f"<th>{_esc(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+        + "</table>"
+    )
 
 
 _SCRIPT = """
@@ -159,7 +214,7 @@ def render_html(result: dict[str, Any]) -> str:
     runtimes = list(dict.fromkeys(r["runtime"] for r in result["records"]))
     legend = "".join(f'<span style="background:{_COLORS.get(rt, "#777")}"></span>{_esc(rt)}' for rt in runtimes)
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>quantwise compare: {_esc(result['task'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>quantwise compare: {_esc(result["task"])}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }}
 table {{ border-collapse: collapse; margin: 8px 0 20px; font-size: 13px; }}
@@ -170,21 +225,21 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 .legend span {{ display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 12px; }}
 </style></head>
 <body>
-<h1>quantwise compare — {_esc(result['task'])}</h1>
-<div class="winner"><b>{_esc(rec['message'])}</b><br>target {_esc(rec['target'])} · optimize {_esc(rec['objective'])} · budget {_esc(rec['budget'])}
-{f"<br>runner-up: {_esc(rec['runner_up']['key'])}" if rec.get('runner_up') else ""}</div>
+<h1>quantwise compare — {_esc(result["task"])}</h1>
+<div class="winner"><b>{_esc(rec["message"])}</b><br>target {_esc(rec["target"])} · optimize {_esc(rec["objective"])} · budget {_esc(rec["budget"])}
+{f"<br>runner-up: {_esc(rec['runner_up']['key'])}" if rec.get("runner_up") else ""}</div>
 <ul>{notes}</ul>
 <h2>Accuracy against cost</h2>
 <p class="legend">runtime:{legend} · green ring and dashed line: Pareto front · ★ recommended</p>
 <div class="plots">
-{scatter(result, f"latency {lat_key.replace('_', ' ')} p50", lat, "ms", rec['pareto']['latency'], log_x=True)}
-{scatter(result, "size on disk", lambda r: r.get('size_bytes') and r['size_bytes'] / 1e6, "MB", rec['pareto']['size'])}
+{scatter(result, f"latency {lat_key.replace('_', ' ')} p50", lat, "ms", rec["pareto"]["latency"], log_x=True)}
+{scatter(result, "size on disk", lambda r: r.get("size_bytes") and r["size_bytes"] / 1e6, "MB", rec["pareto"]["size"])}
 </div>
 <h2>Per format</h2>
 <div class="plots">
 {bars(result, f"latency {lat_key.replace('_', ' ')} p50 (ms)", lat, "{:.2f} ms")}
-{bars(result, "size on disk (MB)", lambda r: r['size_bytes'] / 1e6, "{:.2f} MB")}
-{bars(result, f"{rec['metric']} drop vs FP32 (points; negative: better than FP32)", lambda r: -r.get('accuracy_change_points', 0.0), "{:+.2f}")}
+{bars(result, "size on disk (MB)", lambda r: r["size_bytes"] / 1e6, "{:.2f} MB")}
+{bars(result, f"{rec['metric']} drop vs FP32 (points; negative: better than FP32)", lambda r: -r.get("accuracy_change_points", 0.0), "{:+.2f}")}
 </div>
 <h2>All results</h2>
 {_table(result)}
@@ -194,7 +249,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 <h2>Confusion matrix change</h2>
 {confusion_change(result)}
 <h2>Environment</h2><table>{env_rows}</table>
-<p>schema {_esc(result['schema'])} · created {_esc(result['created'])}</p>
+<p>schema {_esc(result["schema"])} · created {_esc(result["created"])}</p>
 <script>{_SCRIPT}</script>
 </body></html>
 """
@@ -218,8 +273,11 @@ def precision_maps(result: dict[str, Any]) -> str:
         for v in pm.values():
             counts[v] = counts.get(v, 0) + 1
         rows = "".join(f"<tr><td>{_esc(n)}</td><td>{_esc(v)}</td></tr>" for n, v in pm.items())
-        out.append(f"<p>{_esc(', '.join(seen[k]))}: " + ", ".join(f"{c} × {_esc(v)}" for v, c in counts.items())
-                   + f"</p><table class=\"data\"><tr><th>layer</th><th>precision</th></tr>{rows}</table>")
+        out.append(
+            f"<p>{_esc(', '.join(seen[k]))}: "
+            + ", ".join(f"{c} × {_esc(v)}" for v, c in counts.items())
+            + f'</p><table class="data"><tr><th>layer</th><th>precision</th></tr>{rows}</table>'
+        )
     return "".join(out)
 
 
@@ -231,12 +289,16 @@ def losses_html(losses: dict[str, Any]) -> str:
     out = ["<h2>Where accuracy was lost</h2>"]
     for fmt, ex in explained.items():
         s = ex["summary"]
-        out.append(f"<p><b>{_esc(fmt)}</b> drops {ex['drop_points']:.2f} points. Measured in the PyTorch simulation on "
-                   f"{s['samples']} samples (FP32 {100 * s['fp32_metric']:.2f}%, quantized {100 * s['quantized_metric']:.2f}%): each layer "
-                   f"quantized alone and left out, most sensitive first. More: <code>{_esc(ex['command'])}</code></p>")
+        out.append(
+            f"<p><b>{_esc(fmt)}</b> drops {ex['drop_points']:.2f} points. Measured in the PyTorch simulation on "
+            f"{s['samples']} samples (FP32 {100 * s['fp32_metric']:.2f}%, quantized {100 * s['quantized_metric']:.2f}%): each layer "
+            f"quantized alone and left out, most sensitive first. More: <code>{_esc(ex['command'])}</code></p>"
+        )
         out.append(layers_table_html(ex["layers"]))
     if skipped:
-        out.append("<ul>" + "".join(f"<li>{_esc(k)}: not explained ({_esc(v)})</li>" for k, v in skipped.items()) + "</ul>")
+        out.append(
+            "<ul>" + "".join(f"<li>{_esc(k)}: not explained ({_esc(v)})</li>" for k, v in skipped.items()) + "</ul>"
+        )
     return "".join(out)
 
 
@@ -245,9 +307,13 @@ def layers_table_html(rows: list[dict[str, Any]]) -> str:
     trs = "".join(
         f"<tr><td>{_esc(r['name'])}</td><td>{100 * r['only_metric']:.2f}%</td><td>{fmt_sqnr(r['only_sqnr_db'])}</td>"
         f"<td>{100 * r['all_but_metric']:.2f}%</td><td>{fmt_sqnr(r['all_but_sqnr_db'])}</td><td>{_esc('; '.join(r['causes']))}</td>"
-        f"<td>{_esc('; '.join(r['suggestions']))}</td></tr>" for r in rows)
-    return ("<table><tr><th>layer</th><th>only it quantized</th><th>SQNR dB</th><th>all but it</th><th>SQNR dB</th>"
-            f"<th>measured cause</th><th>suggestion</th></tr>{trs}</table>")
+        f"<td>{_esc('; '.join(r['suggestions']))}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<table><tr><th>layer</th><th>only it quantized</th><th>SQNR dB</th><th>all but it</th><th>SQNR dB</th>"
+        f"<th>measured cause</th><th>suggestion</th></tr>{trs}</table>"
+    )
 
 
 def fmt_sqnr(v: float | None) -> str:

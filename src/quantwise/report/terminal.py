@@ -30,14 +30,30 @@ def int_share(rec: dict[str, Any]) -> str:
 def records_table(records: list[dict[str, Any]], title: str) -> Table:
     """One row per record: metrics, latency, size, memory, integer share."""
     t = Table(title=title, header_style="bold")
-    for col in ("format", "runtime", "accuracy", "macro F1", "lat b1 p50 ms", "lat b32 p50 ms", "size", "peak mem", "int ops"):
+    for col in (
+        "format",
+        "runtime",
+        "accuracy",
+        "macro F1",
+        "lat b1 p50 ms",
+        "lat b32 p50 ms",
+        "size",
+        "peak mem",
+        "int ops",
+    ):
         t.add_column(col, justify="left" if col in ("format", "runtime") else "right")
     for r in records:
         m = r["metrics"]
         t.add_row(
-            r["recipe"], r["runtime"], f"{100 * m['accuracy']:.2f}%", f"{m['f1_macro']:.4f}",
-            fmt_ms(r["latency_ms"].get("batch_1")), fmt_ms(r["latency_ms"].get("batch_32")),
-            fmt_bytes(r["size_bytes"]), fmt_bytes(r["peak_memory_bytes"]), int_share(r),
+            r["recipe"],
+            r["runtime"],
+            f"{100 * m['accuracy']:.2f}%",
+            f"{m['f1_macro']:.4f}",
+            fmt_ms(r["latency_ms"].get("batch_1")),
+            fmt_ms(r["latency_ms"].get("batch_32")),
+            fmt_bytes(r["size_bytes"]),
+            fmt_bytes(r["peak_memory_bytes"]),
+            int_share(r),
         )
     return t
 
@@ -53,7 +69,11 @@ def print_records(records: list[dict[str, Any]], title: str, console: Console | 
     console = console or make_console()
     console.print(records_table(records, title))
     for r in records:
-        extra = [f"{k}={v:.4f}" for k, v in r["metrics"].items() if isinstance(v, float) and k not in ("accuracy", "f1_macro")]
+        extra = [
+            f"{k}={v:.4f}"
+            for k, v in r["metrics"].items()
+            if isinstance(v, float) and k not in ("accuracy", "f1_macro")
+        ]
         if extra:
             console.print(f"[dim]{r['recipe']} · {r['runtime']}: {', '.join(extra)}[/dim]")
         if r.get("float_layers"):
@@ -61,7 +81,9 @@ def print_records(records: list[dict[str, Any]], title: str, console: Console | 
             console.print(f"[yellow]{r['recipe']}: {len(r['float_layers'])} layer(s) kept in float: {names}[/yellow]")
         ops = r.get("integer_ops") or {}
         if ops.get("float") and r["recipe"] != "fp32":
-            console.print(f"[yellow]{r['recipe']} · {r['runtime']}: {len(ops['float'])} heavy op(s) run in float kernels[/yellow]")
+            console.print(
+                f"[yellow]{r['recipe']} · {r['runtime']}: {len(ops['float'])} heavy op(s) run in float kernels[/yellow]"
+            )
 
 
 def compare_table(result: dict[str, Any]) -> Table:
@@ -69,9 +91,25 @@ def compare_table(result: dict[str, Any]) -> Table:
     metric = result["recommendation"]["metric"]
     batch_n = f"batch_{result['settings']['batch_n']}"
     b1 = f"batch_{result['settings']['latency_batch']}"
-    t = Table(title=f"{result['task']}: every format, side by side ({result['settings']['threads']} thread)", header_style="bold")
-    cols = ["format", "runtime", metric, "Δ pts", "macro F1", f"{b1} p50/p90 ms", f"{batch_n} p50/p90 ms", "speedup",
-            "size", "compr.", "peak mem", "quantize s", "int ops"]
+    t = Table(
+        title=f"{result['task']}: every format, side by side ({result['settings']['threads']} thread)",
+        header_style="bold",
+    )
+    cols = [
+        "format",
+        "runtime",
+        metric,
+        "Δ pts",
+        "macro F1",
+        f"{b1} p50/p90 ms",
+        f"{batch_n} p50/p90 ms",
+        "speedup",
+        "size",
+        "compr.",
+        "peak mem",
+        "quantize s",
+        "int ops",
+    ]
     for c in cols:
         t.add_column(c, justify="left" if c in ("format", "runtime") else "right")
     win = (result["recommendation"].get("winner") or {}).get("key")
@@ -84,12 +122,19 @@ def compare_table(result: dict[str, Any]) -> Table:
         lat = r["latency_ms"]
         sp = r.get("speedup", {}).get(b1)
         t.add_row(
-            f"[bold green]{r['format']} ★[/bold green]" if k == win else r["format"], r["runtime"],
-            f"{100 * r['metrics'][metric]:.2f}%", f"{r.get('accuracy_change_points', 0):+.2f}", f"{r['metrics'].get('f1_macro', float('nan')):.4f}",
-            f"{fmt_ms(lat.get(b1))}/{fmt_ms(lat.get(b1), 'p90')}", f"{fmt_ms(lat.get(batch_n))}/{fmt_ms(lat.get(batch_n), 'p90')}",
-            f"{sp:.2f}x" if sp else "n/a", fmt_bytes(r["size_bytes"]),
-            f"{r['compression']:.2f}x" if r.get("compression") else "n/a", fmt_bytes(r["peak_memory_bytes"]),
-            f"{r['time_to_quantize_s']:.1f}", int_share(r),
+            f"[bold green]{r['format']} ★[/bold green]" if k == win else r["format"],
+            r["runtime"],
+            f"{100 * r['metrics'][metric]:.2f}%",
+            f"{r.get('accuracy_change_points', 0):+.2f}",
+            f"{r['metrics'].get('f1_macro', float('nan')):.4f}",
+            f"{fmt_ms(lat.get(b1))}/{fmt_ms(lat.get(b1), 'p90')}",
+            f"{fmt_ms(lat.get(batch_n))}/{fmt_ms(lat.get(batch_n), 'p90')}",
+            f"{sp:.2f}x" if sp else "n/a",
+            fmt_bytes(r["size_bytes"]),
+            f"{r['compression']:.2f}x" if r.get("compression") else "n/a",
+            fmt_bytes(r["peak_memory_bytes"]),
+            f"{r['time_to_quantize_s']:.1f}",
+            int_share(r),
         )
     return t
 
@@ -98,7 +143,9 @@ def print_compare(result: dict[str, Any], console: Console | None = None) -> Non
     console = console or make_console()
     console.print(compare_table(result))
     rec = result["recommendation"]
-    console.print(f"[bold]{rec['message']}[/bold]  (target {rec['target']}, optimize {rec['objective']}, budget {rec['budget']})")
+    console.print(
+        f"[bold]{rec['message']}[/bold]  (target {rec['target']}, optimize {rec['objective']}, budget {rec['budget']})"
+    )
     if rec.get("runner_up"):
         console.print(f"runner-up: {rec['runner_up']['key']}")
     for k, why in rec["others"].items():
@@ -112,7 +159,10 @@ def print_compare(result: dict[str, Any], console: Console | None = None) -> Non
             counts: dict[str, int] = {}
             for v in pm.values():
                 counts[v] = counts.get(v, 0) + 1
-            console.print(f"precision map of {r['format']} · {r['runtime']}: " + ", ".join(f"{c} × {v}" for v, c in counts.items()))
+            console.print(
+                f"precision map of {r['format']} · {r['runtime']}: "
+                + ", ".join(f"{c} × {v}" for v, c in counts.items())
+            )
     print_losses(result.get("losses") or {}, console)
     for n in rec.get("notes", []):
         console.print(f"[yellow]note: {n}[/yellow]")
@@ -122,13 +172,17 @@ def print_losses(losses: dict[str, Any], console: Console, rows: int = 3) -> Non
     """Where each explained over-budget format lost accuracy: its most sensitive layers, cause and fix."""
     for fmt, ex in (losses.get("explained") or {}).items():
         s = ex["summary"]
-        console.print(f"[bold]where {fmt} lost {ex['drop_points']:.2f} points[/bold] (PyTorch simulation, {s['samples']} samples: "
-                      f"FP32 {100 * s['fp32_metric']:.2f}%, quantized {100 * s['quantized_metric']:.2f}%):")
+        console.print(
+            f"[bold]where {fmt} lost {ex['drop_points']:.2f} points[/bold] (PyTorch simulation, {s['samples']} samples: "
+            f"FP32 {100 * s['fp32_metric']:.2f}%, quantized {100 * s['quantized_metric']:.2f}%):"
+        )
         for r in ex["layers"][:rows]:
             sq = "exact" if r["only_sqnr_db"] is None else f"{r['only_sqnr_db']:.1f} dB"
             why = "; ".join(r["causes"]) or "no single cause measured"
             fix = f"; fix: {r['suggestions'][0]}" if r["suggestions"] else ""
-            console.print(f"  {r['name']}: alone {100 * r['only_metric']:.2f}% (SQNR {sq}), all but it {100 * r['all_but_metric']:.2f}%: {why}{fix}")
+            console.print(
+                f"  {r['name']}: alone {100 * r['only_metric']:.2f}% (SQNR {sq}), all but it {100 * r['all_but_metric']:.2f}%: {why}{fix}"
+            )
         console.print(f"[dim]  more: {ex['command']}[/dim]")
     for fmt, why in (losses.get("not_explained") or {}).items():
         console.print(f"[dim]over budget, not explained: {fmt} ({why})[/dim]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,3 +37,39 @@ class IntegerOps:
 
     def to_dict(self) -> dict[str, Any]:
         return {"integer": self.integer, "total": self.total, "float": self.float_ops, "kernels": self.kernels}
+
+
+def _always_available() -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """Everything quantwise knows about one runtime, declared in the runtime's own module.
+
+    The CLI's choices and help, compare's runtime list, the hardware profiles, the recommender's
+    baselines, the report's colours and the export's load instructions all read these fields.
+
+    Attributes:
+        name: what users type (``--runtime NAME``).
+        help: one line for ``--help``.
+        baseline: the runtime whose FP32 record this one's speedups are measured against.
+        colour: the report's colour for this runtime.
+        why_not: capability check run before any work: ``why_not(qm)`` (``qm`` None for FP32)
+            returns None when the runtime can run it faithfully, else the one-line reason.
+        lower: ``lower(qm, task, workdir, threads, batch_sizes) -> (runner, torch_module)``.
+        how_to_load: ``how_to_load(qm) -> (artifact, instruction)`` for an exported model.
+        memory_loads_artifact: the memory child loads the saved artifact (else the pickled
+            module quantwise itself wrote to its temporary folder).
+        available: None when installed, else what to install.
+    """
+
+    name: str
+    help: str
+    baseline: str
+    colour: str
+    why_not: Callable[[Any], str | None]
+    lower: Callable[..., tuple[Any, Any]]
+    how_to_load: Callable[[Any], tuple[str, str]]
+    memory_loads_artifact: bool = False
+    available: Callable[[], str | None] = _always_available

@@ -12,7 +12,7 @@ from torch import nn
 from quantwise.fixedpoint.executor import execute, integer_params
 from quantwise.fixedpoint.simulate import enter
 from quantwise.quantized import QuantizedModel
-from quantwise.runtime.base import IntegerOps
+from quantwise.runtime.base import IntegerOps, RuntimeSpec
 
 
 class IntegerModule(nn.Module):
@@ -58,3 +58,35 @@ class IntegerRunner:
 def lower_integer(qm: QuantizedModel, workdir: Path) -> tuple[IntegerRunner, IntegerModule]:
     module = IntegerModule(qm)
     return IntegerRunner(module, qm.save(workdir / "quantized")), module
+
+
+def _why_not(qm: QuantizedModel | None) -> str | None:
+    if qm is None or qm.plan is None:
+        return "the integer runtime runs fixed-point models only: use --recipe fixed-point, or another runtime"
+    return None
+
+
+def _lower(
+    qm: QuantizedModel, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)
+) -> tuple[IntegerRunner, IntegerModule]:
+    return lower_integer(qm, workdir)
+
+
+def _how(qm: QuantizedModel | None) -> tuple[str, str]:
+    from quantwise.fixedpoint.cexport import BUILD
+
+    return "c/", (
+        f"compile c/ into the firmware and call qw_model_run (host test: cd c && {BUILD}); "
+        "quantized/ holds the QuantizedModel"
+    )
+
+
+SPEC = RuntimeSpec(
+    name="integer",
+    help="fixed-point models only: the integer-only NumPy reference executor (bit-exact with the generated C)",
+    baseline="torch",
+    colour="#5b5b5b",
+    why_not=_why_not,
+    lower=_lower,
+    how_to_load=_how,
+)

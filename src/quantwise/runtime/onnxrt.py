@@ -13,19 +13,30 @@ import torch
 from torch import nn
 
 from quantwise.errors import UserError
-from quantwise.runtime.base import IntegerOps
+from quantwise.runtime.base import IntegerOps, RuntimeSpec
 
 OPSET = 17
 HEAVY_FLOAT = {"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "FusedGemm", "NchwcConv"}
 HEAVY_INT = {
-    "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger",
-    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "NhwcQLinearConv",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "NhwcQLinearConv",
 }
 HEAVY_LOWBIT = {"MatMulNBits"}  # low-bit weights, float compute at accuracy_level 0
 
 
-def export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-                dynamic_axes: dict[str, dict[int, str]]) -> Path:
+def export_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> Path:
     """Export with the TorchScript-based exporter (it honours the ``symbolic`` of our quantized ops).
 
     Writes to a temporary name and renames when complete.
@@ -37,9 +48,16 @@ def export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, example, str(tmp), dynamo=False, opset_version=OPSET,
-                input_names=input_names, output_names=["output"], dynamic_axes=dynamic_axes,
-                custom_opsets={"com.microsoft": 1} if uses_ms else None, do_constant_folding=True,
+                module,
+                example,
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=input_names,
+                output_names=["output"],
+                dynamic_axes=dynamic_axes,
+                custom_opsets={"com.microsoft": 1} if uses_ms else None,
+                do_constant_folding=True,
             )
     except Exception as e:
         tmp.unlink(missing_ok=True)
@@ -108,3 +126,55 @@ def check_onnx_available() -> None:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise UserError("the onnxruntime runtime needs onnx and onnxruntime: pip install 'quantwise[onnx]'") from None
+
+
+def _available() -> str | None:
+    try:
+        check_onnx_available()
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def _why_not(qm: Any) -> str | None:
+    if qm is None:
+        return None
+    if qm.cast == "bf16":
+        return "bf16 has no ONNX Runtime CPU kernels: run bf16 with --runtime torch"
+    if qm.plan is not None:
+        from quantwise.fixedpoint.simulate import why_not_simulate
+
+        return why_not_simulate(qm.plan, "qdq")
+    return None
+
+
+def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)) -> tuple[OrtRunner, nn.Module]:
+    if qm is None:
+        module = task.model
+    elif qm.plan is not None:
+        from quantwise.fixedpoint.simulate import FixedPointModule
+
+        module = FixedPointModule(qm.plan, "qdq")
+    else:
+        from quantwise.runtime.torch_sim import lower_torch
+
+        module = lower_torch(qm)
+    path = export_onnx(module, task.latency_input(2), workdir / "model.onnx", task.input_names, task.dynamic_axes)
+    return OrtRunner(path, task.input_names, threads), module
+
+
+def _how(qm: Any) -> tuple[str, str]:
+    return "model.onnx", "onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])"
+
+
+SPEC = RuntimeSpec(
+    name="onnxruntime",
+    help="ONNX Runtime on the CPU, full graph optimization (QLinearConv/QGemm, MatMulInteger, MatMulNBits)",
+    baseline="onnxruntime",
+    colour="#2b6cd9",
+    why_not=_why_not,
+    lower=_lower,
+    how_to_load=_how,
+    memory_loads_artifact=True,
+    available=_available,
+)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-_ONNX_INT = {True: torch.int8, False: torch.uint8}
+_ONNX_INT = {(True, 8): torch.int8, (False, 8): torch.uint8, (True, 16): torch.int16, (False, 16): torch.uint16}
 
 
 def _const(g, value: torch.Tensor):
@@ -18,20 +18,21 @@ def _const(g, value: torch.Tensor):
 
 
 class QDQ(Function):
-    """Static activation quantization: ``QuantizeLinear -> DequantizeLinear`` per tensor."""
+    """Static activation quantization: ``QuantizeLinear -> DequantizeLinear`` per tensor, on the
+    grid of ``bits`` (8 or 16) signed or unsigned integers: the tensor's own qtype, never assumed."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float, zero_point: int, signed: bool) -> torch.Tensor:  # type: ignore[override]
-        qmin, qmax = (-128, 127) if signed else (0, 255)
+    def forward(ctx, x: torch.Tensor, scale: float, zero_point: int, signed: bool, bits: int) -> torch.Tensor:  # type: ignore[override]
+        qmin, qmax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         s = torch.tensor(scale, dtype=torch.float32)
         z = torch.tensor(float(zero_point), dtype=torch.float32)
         q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
         return (q - z) * s
 
     @staticmethod
-    def symbolic(g, x, scale: float, zero_point: int, signed: bool):
+    def symbolic(g, x, scale: float, zero_point: int, signed: bool, bits: int):
         s = _const(g, torch.tensor(scale, dtype=torch.float32))
-        z = _const(g, torch.tensor(zero_point, dtype=_ONNX_INT[signed]))
+        z = _const(g, torch.tensor(zero_point, dtype=_ONNX_INT[(signed, bits)]))
         return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z), s, z)
 
 
@@ -103,8 +104,17 @@ class GatherBlockDQ(Function):
 
     @staticmethod
     def symbolic(g, ids, q, scales, packed, zero_points, block: int):
-        return g.op("com.microsoft::GatherBlockQuantized", packed, ids, scales, zero_points,
-                    bits_i=4, block_size_i=block, gather_axis_i=0, quantize_axis_i=1)
+        return g.op(
+            "com.microsoft::GatherBlockQuantized",
+            packed,
+            ids,
+            scales,
+            zero_points,
+            bits_i=4,
+            block_size_i=block,
+            gather_axis_i=0,
+            quantize_axis_i=1,
+        )
 
 
 class DynamicQMatMul(Function):

@@ -27,7 +27,8 @@ from quantwise.runtime.qfunctions import (
 
 
 def _qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
-    return QDQ.apply(x, float(a.scale), int(a.zero_point), get_qtype(a.qtype).signed)
+    qt = get_qtype(a.qtype)
+    return QDQ.apply(x, float(a.scale), int(a.zero_point), qt.signed, qt.bits)
 
 
 class _QLayer(nn.Module):
@@ -43,13 +44,18 @@ class _QLayer(nn.Module):
         self.per_group = isinstance(lq.weight_granularity, PerGroup)
         self.bits = qt.bits
         self.register_buffer("w_q", lq.weight_q.to(qt.torch_dtype).contiguous())
-        self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1) if not isinstance(lq.weight_granularity, PerTensor) else lq.weight_scale.to(torch.float32).reshape(()))
+        self.register_buffer(
+            "w_scale",
+            lq.weight_scale.to(torch.float32).reshape(-1)
+            if not isinstance(lq.weight_granularity, PerTensor)
+            else lq.weight_scale.to(torch.float32).reshape(()),
+        )
         self.register_buffer("w_zp", lq.weight_zero_point.to(qt.torch_dtype).reshape(self.w_scale.shape))
         bias = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(lq.weight_q.shape[0])
         self.register_buffer("bias", bias.to(torch.float32))
         if self.mode == "static":
             assert lq.input is not None
-            s_b = (torch.tensor(lq.input.scale, dtype=torch.float64) * self.w_scale.to(torch.float64))  # (N,) or ()
+            s_b = torch.tensor(lq.input.scale, dtype=torch.float64) * self.w_scale.to(torch.float64)  # (N,) or ()
             b_q = torch.round(bias.to(torch.float64) / s_b)
             self.register_buffer("b_q", torch.clamp(b_q, -(2**31), 2**31 - 1).to(torch.int32))
             self.register_buffer("b_scale", s_b.to(torch.float32).expand(bias.shape).contiguous())
@@ -78,12 +84,17 @@ class QConv2d(_QLayer):
 
     def __init__(self, lq: LayerQuant, layer: nn.Conv2d) -> None:
         super().__init__(lq, layer)
-        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.stride, self.padding, self.dilation, self.groups = (
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         if self.input_q is not None:
             x = _qdq(x, self.input_q)
-        y = F.conv2d(x, self._weight(x), self._bias(), self.stride, self.padding, self.dilation)
+        y = F.conv2d(x, self._weight(x), self._bias(), self.stride, self.padding, self.dilation, self.groups)
         return self._finish(y)
 
 
@@ -113,7 +124,9 @@ class QLinear(_QLayer):
         nblk = self.k // block
         if qt.bits == 4:
             packed = pack_int4(u).reshape(self.n, nblk, block // 2)
-            zp_packed = pack_int4(zp if zp.shape[1] % 2 == 0 else torch.cat([zp, torch.zeros(self.n, 1, dtype=torch.uint8)], 1))
+            zp_packed = pack_int4(
+                zp if zp.shape[1] % 2 == 0 else torch.cat([zp, torch.zeros(self.n, 1, dtype=torch.uint8)], 1)
+            )
         else:
             packed = u.reshape(self.n, nblk, block)
             zp_packed = zp
@@ -129,7 +142,18 @@ class QLinear(_QLayer):
             fn = DynamicQMatMulPerToken if self.per_token else DynamicQMatMul
             y = fn.apply(x2, self.w_t, self.w_scale, self.bias)
         elif hasattr(self, "nb_packed"):
-            y = MatMulNBits.apply(x2, self.w_deq, self.nb_packed, self.nb_scales, self.nb_zp, self.bias, self.k, self.n, self.bits, self.block)
+            y = MatMulNBits.apply(
+                x2,
+                self.w_deq,
+                self.nb_packed,
+                self.nb_scales,
+                self.nb_zp,
+                self.bias,
+                self.k,
+                self.n,
+                self.bits,
+                self.block,
+            )
         else:
             if self.input_q is not None:
                 x2 = _qdq(x2, self.input_q)

@@ -22,7 +22,7 @@ from torch import nn
 
 from quantwise.errors import UnsupportedModel, UserError
 from quantwise.quiet import import_torchao_quietly, native_output_silenced
-from quantwise.runtime.base import IntegerOps
+from quantwise.runtime.base import IntegerOps, RuntimeSpec
 
 HEAVY = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
 EXTRA = "quantwise[tflite]"
@@ -37,7 +37,9 @@ def check_tflite_available() -> None:
             import ai_edge_litert  # noqa: F401
             import litert_torch  # noqa: F401
     except ImportError:
-        raise UserError(f"the tflite runtime needs LiteRT: pip install '{EXTRA}' (litert-torch and ai-edge-litert)") from None
+        raise UserError(
+            f"the tflite runtime needs LiteRT: pip install '{EXTRA}' (litert-torch and ai-edge-litert)"
+        ) from None
 
 
 def convert(module: nn.Module, example: tuple[torch.Tensor, ...], mode: str, path: Path) -> Path:
@@ -56,13 +58,19 @@ def convert(module: nn.Module, example: tuple[torch.Tensor, ...], mode: str, pat
         cfg = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=mode == "dynamic")
         kw["quant_config"] = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(cfg))
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), native_output_silenced():
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            native_output_silenced(),
+        ):
             edge = litert_torch.convert(module.eval(), example, **kw)
             tmp = path.with_name(f".{path.name}.tmp")
             edge.export(str(tmp))
-    except Exception as e:  # noqa: BLE001  (litert-torch raises many types; its message names the construct)
+    except Exception as e:
         first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise UnsupportedModel(f"litert-torch cannot convert this model: {first[:300]}; the onnxruntime runtime may run it") from None
+        raise UnsupportedModel(
+            f"litert-torch cannot convert this model: {first[:300]}; the onnxruntime runtime may run it"
+        ) from None
     os.replace(tmp, path)
     return path
 
@@ -87,7 +95,9 @@ class TfliteRunner:
 
     def _invoke(self, it: Any, arrays: list[np.ndarray]) -> np.ndarray:
         for d, a in zip(it.get_input_details(), arrays):
-            if d["dtype"] in (np.int8, np.uint8) and a.dtype.kind == "f":  # an int8 input: quantize with the file's own grid
+            if (
+                d["dtype"] in (np.int8, np.uint8) and a.dtype.kind == "f"
+            ):  # an int8 input: quantize with the file's own grid
                 s, z = d["quantization"]
                 info = np.iinfo(d["dtype"])
                 a = np.clip(np.round(a / s) + z, info.min, info.max)
@@ -152,9 +162,13 @@ class TfliteRunner:
             if t in ("float32", "float16") and len(d["shape"]) > 0:
                 floats.append(d["name"][:120])
         ins = it.get_input_details()
-        return {"tensors_by_dtype": by, "float_tensors": floats,
-                "input_dtype": ins[0]["dtype"].__name__, "output_dtype": it.get_output_details()[0]["dtype"].__name__,
-                "files": {str(bs): p.name for bs, p in self.paths.items()}}
+        return {
+            "tensors_by_dtype": by,
+            "float_tensors": floats,
+            "input_dtype": ins[0]["dtype"].__name__,
+            "output_dtype": it.get_output_details()[0]["dtype"].__name__,
+            "files": {str(bs): p.name for bs, p in self.paths.items()},
+        }
 
 
 def read_quantization(path: Path) -> dict[str, dict[str, list[float]]]:
@@ -166,8 +180,12 @@ def read_quantization(path: Path) -> dict[str, dict[str, list[float]]]:
     for d in it.get_tensor_details():
         qp = d["quantization_parameters"]
         if len(qp["scales"]):
-            out[d["name"]] = {"dtype": d["dtype"].__name__, "scales": qp["scales"].tolist(), "zero_points": qp["zero_points"].tolist(),
-                              "shape": d["shape"].tolist()}
+            out[d["name"]] = {
+                "dtype": d["dtype"].__name__,
+                "scales": qp["scales"].tolist(),
+                "zero_points": qp["zero_points"].tolist(),
+                "shape": d["shape"].tolist(),
+            }
     return out
 
 
@@ -179,15 +197,79 @@ def scales_check(qm: Any, quant: dict[str, dict[str, Any]]) -> dict[str, Any]:
     matched, missing, used = [], [], set()
     for name, lq in qm.layers.items():
         s = lq.weight_scale.detach().float().numpy().reshape(-1)
-        hit = next((k for k, v in quant.items() if k not in used and len(v["scales"]) == len(s)
-                    and np.allclose(v["scales"], s, rtol=1e-6, atol=0)), None)
+        hit = next(
+            (
+                k
+                for k, v in quant.items()
+                if k not in used and len(v["scales"]) == len(s) and np.allclose(v["scales"], s, rtol=1e-6, atol=0)
+            ),
+            None,
+        )
         acts = [a for a in (lq.input, lq.output) if a is not None]
-        act_ok = all(any(len(v["scales"]) == 1 and abs(v["scales"][0] - int8_grid(a)[0]) <= 1e-6 * int8_grid(a)[0]
-                         and v["zero_points"][0] == int8_grid(a)[1] for v in quant.values()) for a in acts)
+        act_ok = all(
+            any(
+                len(v["scales"]) == 1
+                and abs(v["scales"][0] - int8_grid(a)[0]) <= 1e-6 * int8_grid(a)[0]
+                and v["zero_points"][0] == int8_grid(a)[1]
+                for v in quant.values()
+            )
+            for a in acts
+        )
         if hit and act_ok:
             matched.append(name)
             used.add(hit)
         else:
             missing.append(name)
-    own = [k for k, v in quant.items() if k not in used and v["dtype"] == "int8" and len(v["shape"]) >= 2 and len(v["scales"]) > 1]
+    own = [
+        k
+        for k, v in quant.items()
+        if k not in used and v["dtype"] == "int8" and len(v["shape"]) >= 2 and len(v["scales"]) > 1
+    ]
     return {"layers": len(qm.layers), "matched": matched, "not_in_file": missing, "converter_quantized_weights": own}
+
+
+def _available() -> str | None:
+    try:
+        check_tflite_available()
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def _why_not(qm: Any) -> str | None:
+    from quantwise.runtime.tflite_lower import why_not_tflite
+
+    return why_not_tflite(qm)
+
+
+def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)) -> tuple[TfliteRunner, nn.Module]:
+    from quantwise.progress import status
+    from quantwise.runtime.tflite_lower import lower_tflite_module
+
+    check_tflite_available()
+    module, mode = lower_tflite_module(qm, task.model)
+    paths = {}
+    for bs in sorted({1, *batch_sizes}):
+        status(f"converting to .tflite at batch {bs}")
+        paths[bs] = convert(module, task.latency_input(bs), mode, workdir / f"model_b{bs}.tflite")
+    return TfliteRunner(paths, threads), module
+
+
+def _how(qm: Any) -> tuple[str, str]:
+    return "model_b1.tflite", (
+        "ai_edge_litert.interpreter.Interpreter(model_path='model_b1.tflite') (batch 1; int8 inputs and "
+        "outputs carry their scale and zero point in get_input_details()/get_output_details())"
+    )
+
+
+SPEC = RuntimeSpec(
+    name="tflite",
+    help=f"LiteRT's interpreter on a .tflite converted by litert-torch (optional extra {EXTRA})",
+    baseline="tflite",
+    colour="#16a3a3",
+    why_not=_why_not,
+    lower=_lower,
+    how_to_load=_how,
+    memory_loads_artifact=True,
+    available=_available,
+)

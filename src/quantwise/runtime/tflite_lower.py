@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantwise.errors import UserError
+from quantwise.errors import UnsupportedModel
+from quantwise.nnutil import set_module
 from quantwise.numerics import get_qtype
 from quantwise.numerics.granularity import PerChannel, PerTensor
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
-from quantwise.transform.fusion import set_module
 
 
 def _ops():
@@ -54,10 +54,14 @@ class _TfliteLayer(nn.Module):
     def __init__(self, lq: LayerQuant, layer: nn.Module) -> None:
         super().__init__()
         if get_qtype(lq.weight_qtype).bits != 8 and lq.mode != "static":
-            raise UserError(f"{lq.weight_qtype} weights have no TFLite kernel outside static W4A8 (int4 values in int8): "
-                               "use --runtime onnxruntime (MatMulNBits)")
+            raise UnsupportedModel(
+                f"{lq.weight_qtype} weights have no TFLite kernel outside static W4A8 (int4 values in int8): "
+                "use --runtime onnxruntime (MatMulNBits)"
+            )
         if not isinstance(lq.weight_granularity, (PerChannel, PerTensor)):
-            raise UserError("per-group weight scales have no TFLite kernel here: use --runtime onnxruntime (MatMulNBits)")
+            raise UnsupportedModel(
+                "per-group weight scales have no TFLite kernel here: use --runtime onnxruntime (MatMulNBits)"
+            )
         self.lq, self.kind = lq, lq.kind
         self.register_buffer("w", lq.dequantized_weight().to(torch.float32).reshape(layer.weight.shape))
         n = layer.weight.shape[0]
@@ -67,7 +71,12 @@ class _TfliteLayer(nn.Module):
         self.register_buffer("b", layer.bias.detach().clone() if layer.bias is not None else torch.zeros(n))
         self.relu = lq.fused_relu is not None
         if self.kind == "conv2d":
-            self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+            self.stride, self.padding, self.dilation, self.groups = (
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups,
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qd = _ops()
@@ -76,7 +85,7 @@ class _TfliteLayer(nn.Module):
         wq = qd.quantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
         w = qd.dequantize_per_channel.default(wq, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
         if self.kind == "conv2d":
-            y = F.conv2d(x, w, self.b, self.stride, self.padding, self.dilation)
+            y = F.conv2d(x, w, self.b, self.stride, self.padding, self.dilation, self.groups)
         else:
             y = F.linear(x, w, self.b)
         if self.relu:
@@ -92,7 +101,9 @@ class _TfliteEmbedding(nn.Module):
     def __init__(self, lq: LayerQuant) -> None:
         super().__init__()
         if get_qtype(lq.weight_qtype).bits != 8:
-            raise UserError("int4 embedding tables (blocks of 32) have no TFLite kernel here: use --runtime onnxruntime")
+            raise UnsupportedModel(
+                "int4 embedding tables (blocks of 32) have no TFLite kernel here: use --runtime onnxruntime"
+            )
         self.register_buffer("w", lq.dequantized_weight().to(torch.float32))
         self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1))
         self.register_buffer("w_zp", torch.zeros(self.w_scale.shape, dtype=torch.int64))
@@ -100,7 +111,9 @@ class _TfliteEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         qd = _ops()
         wq = qd.quantize_per_channel.default(self.w, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
-        return F.embedding(ids, qd.dequantize_per_channel.default(wq, self.w_scale, self.w_zp, 0, -128, 127, torch.int8))
+        return F.embedding(
+            ids, qd.dequantize_per_channel.default(wq, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
+        )
 
 
 class _Fp16Weights(nn.Module):
@@ -118,17 +131,43 @@ class _Fp16Weights(nn.Module):
         return torch.func.functional_call(self.model, params, args)
 
 
+def why_not_tflite(qm: QuantizedModel | None) -> str | None:
+    """Why LiteRT cannot run ``qm`` with quantwise's own numbers, or None."""
+    if qm is None:
+        return None
+    if qm.plan is not None:
+        return "fixed point runs in the integer runtime (or onnxruntime); its TFLite lowering is not built"
+    if qm.cast == "bf16":
+        return "bf16 has no TFLite CPU kernels: run bf16 with --runtime torch"
+    for name, lq in qm.layers.items():
+        if lq.mode == "weight_only" and lq.kind != "embedding":
+            return (
+                "LiteRT has no weight-only int8 path that keeps quantwise's scales (the converter folds such weights "
+                "back to float): use dynamic-int8 (dynamic range) or static-int8 with --runtime tflite"
+            )
+        if lq.kind == "embedding" and get_qtype(lq.weight_qtype).bits != 8:
+            return "int4 embedding tables (blocks of 32) have no TFLite kernel here: use --runtime onnxruntime"
+        if lq.kind != "embedding" and get_qtype(lq.weight_qtype).bits != 8 and lq.mode != "static":
+            return (
+                f"{name}: {lq.weight_qtype} weights have no TFLite kernel outside static W4A8 (int4 values in int8): "
+                "use --runtime onnxruntime (MatMulNBits)"
+            )
+        if lq.kind != "embedding" and not isinstance(lq.weight_granularity, (PerChannel, PerTensor)):
+            return (
+                f"{name}: per-group weight scales have no TFLite kernel here: use --runtime onnxruntime (MatMulNBits)"
+            )
+        if lq.mode == "dynamic" and lq.dynamic_granularity != "per-tensor":
+            return f"{name}: LiteRT's dynamic-range kernels quantize activations with their own ranges, not {lq.dynamic_granularity}"
+    return None
+
+
 def lower_tflite_module(qm: QuantizedModel | None, model: nn.Module) -> tuple[nn.Module, str]:
     """The module to convert and the converter mode: ``none``, ``static`` or ``dynamic``."""
     if qm is None:
         return copy.deepcopy(model).eval(), "none"
-    if qm.plan is not None:
-        raise UserError("fixed point runs in the integer runtime (or onnxruntime); its TFLite lowering is not built")
-    if qm.cast == "bf16":
-        raise UserError("bf16 has no TFLite CPU kernels: run bf16 with --runtime torch")
-    if any(lq.mode == "weight_only" and lq.kind != "embedding" for lq in qm.layers.values()):
-        raise UserError("LiteRT has no weight-only int8 path that keeps quantwise's scales (the converter folds such weights "
-                        "back to float): use dynamic-int8 (dynamic range) or static-int8 with --runtime tflite")
+    reason = why_not_tflite(qm)
+    if reason:
+        raise UnsupportedModel(reason)
     if qm.cast == "fp16":
         return _Fp16Weights(copy.deepcopy(qm.model).eval()).eval(), "none"
     out = copy.deepcopy(qm.model).eval()

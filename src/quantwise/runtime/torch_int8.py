@@ -16,13 +16,17 @@ has no PyTorch CPU kernel here and is refused with the reason.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from quantwise.errors import UnsupportedModel
+from quantwise.nnutil import set_module
 from quantwise.numerics.granularity import PerTensor
 from quantwise.quantized import LayerQuant, QuantizedModel
-from quantwise.transform.fusion import set_module
+from quantwise.runtime.base import RuntimeSpec
 
 
 def _qweight(lq: LayerQuant) -> torch.Tensor:
@@ -33,7 +37,8 @@ def _qweight(lq: LayerQuant) -> torch.Tensor:
     if isinstance(lq.weight_granularity, PerTensor):
         return torch._make_per_tensor_quantized_tensor(w, float(lq.weight_scale), int(lq.weight_zero_point))
     return torch._make_per_channel_quantized_tensor(
-        w, lq.weight_scale.reshape(-1).double(), lq.weight_zero_point.reshape(-1).long(), 0)
+        w, lq.weight_scale.reshape(-1).double(), lq.weight_zero_point.reshape(-1).long(), 0
+    )
 
 
 class Int8Linear(nn.Module):
@@ -52,7 +57,9 @@ class Int8Linear(nn.Module):
         if self.mode == "dynamic":
             y = torch.ops.quantized.linear_dynamic(x2, self.packed, False)
         elif self.lq_out is None:
-            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x2, self.lq_in.scale, self.lq_in.zero_point, self.packed)
+            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                x2, self.lq_in.scale, self.lq_in.zero_point, self.packed
+            )
             y = torch.relu(y) if self.relu else y
         else:
             xq = torch.quantize_per_tensor(x2, self.lq_in.scale, self.lq_in.zero_point, torch.quint8)
@@ -68,8 +75,9 @@ class Int8Conv2d(nn.Module):
         super().__init__()
         assert lq.input is not None and lq.output is not None
         bias = layer.bias.detach().float() if layer.bias is not None else None
-        self.packed = torch.ops.quantized.conv2d_prepack(_qweight(lq), bias, list(layer.stride), list(layer.padding),
-                                                         list(layer.dilation), layer.groups)
+        self.packed = torch.ops.quantized.conv2d_prepack(
+            _qweight(lq), bias, list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups
+        )
         self.lq_in, self.lq_out, self.relu = lq.input, lq.output, lq.fused_relu is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
@@ -90,8 +98,12 @@ class Int8Embedding(nn.Module):
         return self.w[ids].to(torch.float32) * self.s[ids]
 
 
-def why_not_int8(qm: QuantizedModel) -> str | None:
+def why_not_int8(qm: QuantizedModel | None) -> str | None:
     """None when every quantized layer has a PyTorch int8 kernel here, else the reason."""
+    if qm is None:
+        return "torch-int8 runs quantized models; FP32 is measured in the torch runtime"
+    if qm.plan is not None:
+        return "fixed point has no PyTorch int8 kernel lowering: use --runtime integer, torch or onnxruntime"
     if qm.cast:
         return f"{qm.cast} is a float cast: no int8 kernels (run it with --runtime torch)"
     if not any(lq.kind != "embedding" for lq in qm.layers.values()):
@@ -102,7 +114,9 @@ def why_not_int8(qm: QuantizedModel) -> str | None:
         if lq.kind == "embedding":
             continue
         if lq.mode == "dynamic" and lq.dynamic_granularity != "per-tensor":
-            return f"{name}: PyTorch's dynamic int8 kernel quantizes activations per tensor, not {lq.dynamic_granularity}"
+            return (
+                f"{name}: PyTorch's dynamic int8 kernel quantizes activations per tensor, not {lq.dynamic_granularity}"
+            )
         if lq.mode == "weight_only":
             return f"{name}: weight-only formats have no fast PyTorch CPU kernel here (use --runtime onnxruntime)"
         if lq.mode == "static" and (lq.input.qtype != "uint8" or (lq.output and lq.output.qtype != "uint8")):
@@ -116,7 +130,7 @@ def lower_torch_int8(qm: QuantizedModel) -> nn.Module:
     """The model with every quantized layer replaced by its PyTorch int8 kernel module."""
     reason = why_not_int8(qm)
     if reason:
-        raise RuntimeError(f"torch-int8 cannot run this model: {reason}")
+        raise UnsupportedModel(f"torch-int8 cannot run this model: {reason}")
     torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
     model = copy.deepcopy(qm.model).eval()
     for name, lq in qm.layers.items():
@@ -126,3 +140,30 @@ def lower_torch_int8(qm: QuantizedModel) -> nn.Module:
         if lq.fused_relu:
             set_module(model, lq.fused_relu, nn.Identity())
     return model
+
+
+def _lower(
+    qm: QuantizedModel, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)
+) -> tuple[Any, nn.Module]:
+    from quantwise.runtime.torch_rt import TorchRunner
+
+    module = lower_torch_int8(qm)
+    return TorchRunner(module, qm.save(workdir / "quantized"), threads, runtime="torch-int8"), module
+
+
+def _how(qm: QuantizedModel | None) -> tuple[str, str]:
+    return "quantized/", (
+        "quantwise.QuantizedModel.load('quantized', model=<fresh float model>) then "
+        "quantwise.runtime.torch_int8.lower_torch_int8(qm)"
+    )
+
+
+SPEC = RuntimeSpec(
+    name="torch-int8",
+    help="PyTorch's x86 int8 kernels (quantized::linear_dynamic, quantized::conv2d/linear) for dynamic and static INT8",
+    baseline="torch",
+    colour="#8e44ad",
+    why_not=why_not_int8,
+    lower=_lower,
+    how_to_load=_how,
+)

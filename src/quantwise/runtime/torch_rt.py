@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from quantwise.quantized import QuantizedModel
-from quantwise.runtime.base import IntegerOps
+from quantwise.runtime.base import IntegerOps, RuntimeSpec
 from quantwise.runtime.qmodules import QConv2d, QLinear
 
 
@@ -38,7 +38,9 @@ class TorchRunner:
         kinds: dict[str, int] = {}
         if isinstance(self.module, FixedPointModule):  # integer arithmetic simulated with float64/int64 torch ops
             heavy = [n.layer for n in self.module.plan.program.heavy()]
-            return IntegerOps(0, len(heavy), heavy, {"exact fixed-point simulation (float64 accumulation)": len(heavy)}).to_dict()
+            return IntegerOps(
+                0, len(heavy), heavy, {"exact fixed-point simulation (float64 accumulation)": len(heavy)}
+            ).to_dict()
         for name, m in self.module.named_modules():
             if isinstance(m, (Int8Linear, Int8Conv2d)):
                 ops.integer += 1
@@ -60,3 +62,55 @@ class TorchRunner:
 def save_torch_artifact(qm: QuantizedModel, out_dir: Path) -> Path:
     """The torch runtime's artifact is the QuantizedModel folder itself (safetensors + JSON)."""
     return qm.save(out_dir / "quantized")
+
+
+def _why_not(qm: QuantizedModel | None) -> str | None:
+    if qm is not None and qm.plan is not None:
+        from quantwise.fixedpoint.simulate import why_not_simulate
+
+        return why_not_simulate(qm.plan, "exact")
+    return None
+
+
+def _lower(
+    qm: QuantizedModel | None, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)
+) -> tuple[TorchRunner, nn.Module]:
+    from quantwise.runtime.torch_sim import lower_torch
+
+    if qm is None:
+        artifact = workdir / "model.safetensors"
+        save_float_model(task.model, artifact)
+        return TorchRunner(task.model, artifact, threads), task.model
+    if qm.plan is not None:
+        from quantwise.fixedpoint.simulate import FixedPointModule
+
+        module: nn.Module = FixedPointModule(qm.plan, "exact")
+    else:
+        module = lower_torch(qm)
+    return TorchRunner(module, qm.save(workdir / "quantized"), threads), module
+
+
+def save_float_model(model: nn.Module, path: Path) -> Path:
+    """The FP32 model's weights as safetensors; tied (shared) tensors are stored once."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(path))
+    return path
+
+
+def _how(qm: QuantizedModel | None) -> tuple[str, str]:
+    return "quantized/", (
+        "quantwise.QuantizedModel.load('quantized', model=<fresh float model>) then "
+        "quantwise.runtime.torch_sim.lower_torch(qm)"
+    )
+
+
+SPEC = RuntimeSpec(
+    name="torch",
+    help="eager PyTorch: FP32, fp16/bf16, and a fake-quant simulation of integer formats (float arithmetic)",
+    baseline="torch",
+    colour="#d9822b",
+    why_not=_why_not,
+    lower=_lower,
+    how_to_load=_how,
+)

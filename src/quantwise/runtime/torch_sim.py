@@ -7,9 +7,9 @@ import copy
 import torch
 from torch import nn
 
+from quantwise.nnutil import set_module
 from quantwise.quantized import QuantizedModel
 from quantwise.runtime.qmodules import CastModel, QConv2d, QEmbedding, QLinear
-from quantwise.transform.fusion import set_module
 
 _CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

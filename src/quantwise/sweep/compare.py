@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +13,17 @@ from typing import Any
 from quantwise.api import evaluate
 from quantwise.errors import UnsupportedModel, UserError
 from quantwise.measure.env import environment
-from quantwise.progress import live_progress
+from quantwise.outdir import clear_previous_run
+from quantwise.progress import live_progress, warn
 from quantwise.sweep.formats import Format, select_formats
+from quantwise.sweep.identity import run_identity, seal, why_stale
 from quantwise.sweep.losses import explain_losses
 from quantwise.sweep.profiles import get_profile
 from quantwise.sweep.recommend import Budget, baseline_runtime, recommend
 from quantwise.tasks.base import Task
 
 COMPARE_SCHEMA = "quantwise.compare/1"
+PREVIOUS_RUN = ("results.json", "report.html", "recommended", "records", "run.json")  # what a compare writes
 
 
 @dataclass
@@ -40,10 +42,35 @@ class CompareSettings:
     explain: str = "worst"
     explain_samples: int = 128
 
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that change a record's content (the resume identity hashes them)."""
+        return {
+            "formats": self.formats,
+            "runtimes": self.runtimes,
+            "max_drop": str(self.max_drop),
+            "optimize": self.optimize,
+            "threads": self.threads,
+            "latency_batch": self.latency_batch,
+            "batch_n": self.batch_n,
+            "measure_memory": self.measure_memory,
+            "latency_seconds": self.latency_seconds,
+            "train": self.train,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        return {"formats": self.formats, "runtimes": self.runtimes, "max_drop": str(self.max_drop), "optimize": self.optimize, "train": self.train,
-                "target": self.target, "threads": self.threads, "latency_batch": self.latency_batch, "batch_n": self.batch_n,
-                "explain": self.explain, "explain_samples": self.explain_samples}
+        return {
+            "formats": self.formats,
+            "runtimes": self.runtimes,
+            "max_drop": str(self.max_drop),
+            "optimize": self.optimize,
+            "train": self.train,
+            "target": self.target,
+            "threads": self.threads,
+            "latency_batch": self.latency_batch,
+            "batch_n": self.batch_n,
+            "explain": self.explain,
+            "explain_samples": self.explain_samples,
+        }
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -52,8 +79,9 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool = False,
-                built: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_compare(
+    task: Task, settings: CompareSettings, out: Path, resume: bool = False, built: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run the sweep; every finished entry is saved to ``out/records/`` before the next starts.
 
     ``built`` (format id -> QuantizedModel) is filled as formats are quantized, so a caller can
@@ -65,15 +93,22 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
     pairs = [(f, r) for f, r in pairs if f.id not in untrained]
     records_dir = out / "records"
     run_file = out / "run.json"
-    identity = {"task": task.name, "n_eval": sum(len(b[0]) for b in task.eval_batches), "threads": settings.threads}
+    run_id = run_identity(task, settings.result_settings())
     if resume and run_file.exists():
-        prev = json.loads(run_file.read_text())
-        if prev.get("identity") != identity:
-            raise UserError(f"--resume: {out} holds a run of {prev.get('identity')}, not {identity}; use another --out or drop --resume")
-    elif records_dir.exists():
-        shutil.rmtree(records_dir)
+        try:
+            prev = json.loads(run_file.read_text(encoding="utf-8"))
+            prev_id = prev.get("run_id") if isinstance(prev, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            prev_id = None
+            warn(f"--resume: {run_file} is corrupt; every format is recomputed")
+        if prev_id != run_id:
+            if prev_id is not None:
+                warn(f"--resume: {out} holds a run of a different model, data or settings; every format is recomputed")
+            clear_previous_run(out, PREVIOUS_RUN)
+    else:  # a fresh run: the earlier run's files go (check_out refused unless --overwrite), never half
+        clear_previous_run(out, PREVIOUS_RUN)
     records_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, {"identity": identity, "settings": settings.to_dict()})
+    write_json(run_file, {"run_id": run_id, "task": task.name, "settings": settings.to_dict()})
     records: list[dict[str, Any]] = []
     built = {} if built is None else built  # one QuantizedModel per format, shared by its runtimes
     with live_progress() as progress:
@@ -81,18 +116,24 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
         for fmt, runtime in pairs:
             path = records_dir / f"{fmt.id}__{runtime}.json"
             if resume and path.exists():
-                records.append(json.loads(path.read_text()))
-                progress.advance(overall)
-                continue
+                saved, why = _read_record(path, run_id, fmt.id, runtime)
+                if why is None:
+                    records.append(saved)
+                    progress.advance(overall)
+                    continue
+                warn(f"--resume: recomputing {fmt.id} · {runtime}: {path} {why}")
             progress.update(overall, description=f"compare: {fmt.id} · {runtime}")
-            rec = _run_one(task, fmt, runtime, settings, built)
+            rec = seal(_run_one(task, fmt, runtime, settings, built), run_id)
             write_json(path, rec)
             records.append(rec)
             progress.advance(overall)
     _derive(records)
-    rec_result = recommend(records, settings.max_drop, settings.optimize, profile, task.primary_metric,
-                           f"batch_{settings.latency_batch}")
-    losses = explain_losses(task, records, rec_result, settings.explain, settings.explain_samples, records_dir, resume, built)
+    rec_result = recommend(
+        records, settings.max_drop, settings.optimize, profile, task.primary_metric, f"batch_{settings.latency_batch}"
+    )
+    losses = explain_losses(
+        task, records, rec_result, settings.explain, settings.explain_samples, records_dir, resume, built
+    )
     return {
         "schema": COMPARE_SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -101,12 +142,24 @@ def run_compare(task: Task, settings: CompareSettings, out: Path, resume: bool =
         "records": records,
         "recommendation": rec_result,
         "losses": losses,
-        "skipped_formats": {f: ("--no-train" if not settings.train else "the task has no training data") for f in untrained},
+        "skipped_formats": {
+            f: ("--no-train" if not settings.train else "the task has no training data") for f in untrained
+        },
         "env": environment(settings.threads),
     }
 
 
-def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: dict[str, Any] | None = None) -> dict[str, Any]:
+def _read_record(path: Path, run_id: str, fmt: str, runtime: str) -> tuple[Any, str | None]:
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        return None, f"cannot be read ({type(e).__name__})"
+    return rec, why_stale(rec, run_id, fmt, runtime)
+
+
+def _run_one(
+    task: Task, fmt: Format, runtime: str, s: CompareSettings, built: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from quantwise.api import build_quantized
 
     built = {} if built is None else built
@@ -119,18 +172,38 @@ def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: d
                 built[fmt.id] = e  # the same answer for every runtime of this format
         if isinstance(built.get(fmt.id), UnsupportedModel):
             raise built[fmt.id]
-        rec = evaluate(task, recipe, runtime, threads=s.threads, batch_sizes=(s.latency_batch, s.batch_n),
-                       measure_memory=s.measure_memory, latency_seconds=s.latency_seconds, quantized=built.get(fmt.id))
+        rec = evaluate(
+            task,
+            recipe,
+            runtime,
+            threads=s.threads,
+            batch_sizes=(s.latency_batch, s.batch_n),
+            measure_memory=s.measure_memory,
+            latency_seconds=s.latency_seconds,
+            quantized=built.get(fmt.id),
+        )
         rec.pop("env", None)
     except UnsupportedModel as e:
-        rec = {"schema": "quantwise.result/1", "task": task.name, "recipe": fmt.recipe or "fp32", "runtime": runtime,
-               "status": "unsupported", "error": str(e)}
+        rec = {
+            "schema": "quantwise.result/1",
+            "task": task.name,
+            "recipe": fmt.recipe or "fp32",
+            "runtime": runtime,
+            "status": "unsupported",
+            "error": str(e),
+        }
     except UserError:
         raise
     except Exception as e:  # one failing format must not stop the others; it is recorded with its error
-        rec = {"schema": "quantwise.result/1", "task": task.name, "recipe": fmt.recipe or "fp32", "runtime": runtime,
-               "status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-               "traceback": traceback.format_exc(limit=5)}
+        rec = {
+            "schema": "quantwise.result/1",
+            "task": task.name,
+            "recipe": fmt.recipe or "fp32",
+            "runtime": runtime,
+            "status": "failed",
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            "traceback": traceback.format_exc(limit=5),
+        }
     rec["format"] = fmt.id
     rec["family"] = fmt.family
     return rec
@@ -144,13 +217,23 @@ def _derive(records: list[dict[str, Any]]) -> None:
         if r.get("status") != "ok" or b is None:
             continue
         r["accuracy_change_points"] = 100 * (r["metrics"]["accuracy"] - b["metrics"]["accuracy"])
-        r["speedup"] = {k: b["latency_ms"][k]["p50"] / v["p50"] for k, v in r["latency_ms"].items() if k in b["latency_ms"] and v["p50"] > 0}
+        r["speedup"] = {
+            k: b["latency_ms"][k]["p50"] / v["p50"]
+            for k, v in r["latency_ms"].items()
+            if k in b["latency_ms"] and v["p50"] > 0
+        }
         r["compression"] = b["size_bytes"] / r["size_bytes"] if r["size_bytes"] else None
 
 
-def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: int = 1,
-                       max_drop_points: float | None = None, built: dict[str, Any] | None = None,
-                       optimize: str | None = None) -> Path | None:
+def export_recommended(
+    task: Task,
+    result: dict[str, Any],
+    out: Path,
+    threads: int = 1,
+    max_drop_points: float | None = None,
+    built: dict[str, Any] | None = None,
+    optimize: str | None = None,
+) -> Path | None:
     """Write the winner with a metadata file to ``out/recommended``; reuses its QuantizedModel from
     ``built`` when compare made it in this process (after ``--resume`` it is rebuilt, deterministically)."""
     from quantwise.sweep.formats import FORMATS
@@ -164,25 +247,38 @@ def export_recommended(task: Task, result: dict[str, Any], out: Path, threads: i
     dest = out / "recommended"
     recipe = fmt.build_recipe(max_drop_points, optimize)
     qm = (built or {}).get(fmt.id) or (build_quantized(task, recipe) if recipe else None)
-    evaluate(task, recipe, w["runtime"], out=dest, threads=threads, batch_sizes=(1,), measure_memory=False,
-             latency_seconds=0.5, quantized=qm)
-    artifact = "model.onnx" if w["runtime"] == "onnxruntime" else "quantized/"
-    how = ("onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])" if w["runtime"] == "onnxruntime"
-           else "quantwise.QuantizedModel.load('quantized', model=<fresh float model>) then quantwise.runtime.torch_sim.lower_torch(qm)")
-    if w["runtime"] == "tflite":
-        artifact = "model_b1.tflite"
-        how = ("ai_edge_litert.interpreter.Interpreter(model_path='model_b1.tflite') (batch 1; int8 inputs and outputs "
-               "carry their scale and zero point in get_input_details()/get_output_details())")
+    evaluate(
+        task,
+        recipe,
+        w["runtime"],
+        out=dest,
+        threads=threads,
+        batch_sizes=(1,),
+        measure_memory=False,
+        latency_seconds=0.5,
+        quantized=qm,
+    )
+    from quantwise.runtime.registry import get_runtime
+
+    artifact, how = get_runtime(w["runtime"]).how_to_load(qm)
     extra = {}
     if w["runtime"] == "integer" and qm is not None:
-        from quantwise.fixedpoint.cexport import BUILD, export_c, plan_memory
+        from quantwise.fixedpoint.cexport import export_c, plan_memory
 
         export_c(qm, dest / "c")
-        artifact = "c/"
-        how = f"compile c/ into the firmware and call qw_model_run (host test: cd c && {BUILD}); quantized/ holds the QuantizedModel"
         extra["c_memory"] = plan_memory(qm.plan).to_dict()
-    meta = {**extra, "format": fmt.id, "runtime": w["runtime"], "recipe": recipe.to_dict() if recipe else None,
-            "task": task.name, "artifact": artifact, "how_to_load": how, "inputs": task.input_names,
-            "accuracy_drop_points": w["drop_points"], "made_by": "quantwise compare", "created": result["created"]}
+    meta = {
+        **extra,
+        "format": fmt.id,
+        "runtime": w["runtime"],
+        "recipe": recipe.to_dict() if recipe else None,
+        "task": task.name,
+        "artifact": artifact,
+        "how_to_load": how,
+        "inputs": task.input_names,
+        "accuracy_drop_points": w["drop_points"],
+        "made_by": "quantwise compare",
+        "created": result["created"],
+    }
     write_json(dest / "quantwise-export.json", meta)
     return dest

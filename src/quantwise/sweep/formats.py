@@ -60,8 +60,12 @@ FORMATS: dict[str, Format] = {
         Format("dynamic-int8", "dynamic-int8", runtimes=(*_INT8_RT, "tflite"), family="int8"),
         Format("dynamic-int8-per-token", "dynamic-int8", {"activations": "per-token"}, family="int8"),
         Format("static-int8-minmax", "static-int8", {"calibration": "minmax"}, runtimes=_INT8_RT, family="int8"),
-        Format("static-int8-full", "static-int8", {"quantize_outputs": True}, runtimes=(*_INT8_RT, "tflite"), family="int8"),
-        Format("static-int8-percentile", "static-int8", {"calibration": "percentile"}, runtimes=_INT8_RT, family="int8"),
+        Format(
+            "static-int8-full", "static-int8", {"quantize_outputs": True}, runtimes=(*_INT8_RT, "tflite"), family="int8"
+        ),
+        Format(
+            "static-int8-percentile", "static-int8", {"calibration": "percentile"}, runtimes=_INT8_RT, family="int8"
+        ),
         Format("static-int8-entropy", "static-int8", {"calibration": "entropy"}, runtimes=_INT8_RT, family="int8"),
         Format("static-int8-mse", "static-int8", {"calibration": "mse"}, runtimes=_INT8_RT, family="int8"),
         Format("weight-int8", "weight-int8", family="int8-weight"),  # LiteRT folds weight-only int8 back to float
@@ -75,7 +79,13 @@ FORMATS: dict[str, Format] = {
         Format("qat-w4", "qat-w4", family="int4-weight"),
         Format("mixed", "mixed", runtimes=("onnxruntime",), family="int8"),
         Format("fixed-point", "fixed-point", runtimes=("integer", "onnxruntime", "torch"), family="fixed-point"),
-        Format("fixed-point-pot", "fixed-point", {"pot_scales": True}, runtimes=("integer", "onnxruntime", "torch"), family="fixed-point"),
+        Format(
+            "fixed-point-pot",
+            "fixed-point",
+            {"pot_scales": True},
+            runtimes=("integer", "onnxruntime", "torch"),
+            family="fixed-point",
+        ),
     )
 }
 
@@ -87,21 +97,18 @@ def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Form
     (``static-int8`` selects every calibration). FP32 is always
     included as the baseline.
     """
-    from quantwise.api import RUNTIMES
+    from quantwise.runtime.registry import RUNTIMES
 
     rts = [r.strip() for r in runtimes.split(",")] if runtimes else list(RUNTIMES)
     for r in rts:
         if r not in RUNTIMES:
             raise UserError(f"unknown runtime {r!r} in --runtimes: choose from {', '.join(RUNTIMES)}")
-    if "tflite" in rts:
-        from quantwise.runtime.tflite import check_tflite_available
-
-        try:
-            check_tflite_available()
-        except UserError:
-            if runtimes:  # asked for by name: say what to install
-                raise
-            rts.remove("tflite")  # the default set: run what is installed
+    for r in list(rts):
+        missing = RUNTIMES[r].available()
+        if missing and runtimes:  # asked for by name: say what to install
+            raise UserError(missing)
+        if missing:
+            rts.remove(r)  # the default set: run what is installed
     chosen: list[Format] = []
     if formats:
         for name in (n.strip() for n in formats.split(",")):
@@ -114,6 +121,7 @@ def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Form
     else:
         chosen = list(FORMATS.values())
     pairs = [(f, r) for f in chosen for r in rts if r in f.runtimes]
-    if any(r in rts for r in ("torch-int8", "integer")) and "torch" not in rts and FORMATS["fp32"] in chosen:
-        pairs.insert(0, (FORMATS["fp32"], "torch"))  # torch-int8's and integer's speedups are measured against torch FP32
+    for base in dict.fromkeys(RUNTIMES[r].baseline for r in rts):  # e.g. torch-int8's speedups are against torch FP32
+        if base not in rts and FORMATS["fp32"] in chosen and (FORMATS["fp32"], base) not in pairs:
+            pairs.insert(0, (FORMATS["fp32"], base))
     return pairs

@@ -46,8 +46,16 @@ def over_budget(records: list[dict[str, Any]], recommendation: dict[str, Any]) -
     return dict(sorted(drops.items(), key=lambda kv: -kv[1]))
 
 
-def explain_losses(task: Task, records: list[dict[str, Any]], recommendation: dict[str, Any], mode: str,
-                   samples: int, records_dir: Path, resume: bool, built: dict[str, Any]) -> dict[str, Any]:
+def explain_losses(
+    task: Task,
+    records: list[dict[str, Any]],
+    recommendation: dict[str, Any],
+    mode: str,
+    samples: int,
+    records_dir: Path,
+    resume: bool,
+    built: dict[str, Any],
+) -> dict[str, Any]:
     """``{"explained": {format: explanation}, "not_explained": {format: why}}`` for the formats over budget."""
     drops = over_budget(records, recommendation)
     explained: dict[str, Any] = {}
@@ -59,7 +67,9 @@ def explain_losses(task: Task, records: list[dict[str, Any]], recommendation: di
         elif not isinstance(recipe, EXPLAINABLE):
             skipped[fmt_id] = "explain covers the post-training static, dynamic and weight-only formats"
         elif mode == "worst" and explained:
-            skipped[fmt_id] = f"--explain worst explains only the largest drop; run {explain_command(task.name, fmt_id)}"
+            skipped[fmt_id] = (
+                f"--explain worst explains only the largest drop; run {explain_command(task.name, fmt_id)}"
+            )
         else:
             got = _explain_one(task, fmt_id, recipe, drop, samples, records_dir, resume, built)
             if isinstance(got, str):
@@ -69,25 +79,45 @@ def explain_losses(task: Task, records: list[dict[str, Any]], recommendation: di
     return {"explained": explained, "not_explained": skipped}
 
 
-def _explain_one(task: Task, fmt_id: str, recipe: Any, drop: float, samples: int, records_dir: Path, resume: bool,
-                 built: dict[str, Any]) -> dict[str, Any] | str:
+def _explain_one(
+    task: Task,
+    fmt_id: str,
+    recipe: Any,
+    drop: float,
+    samples: int,
+    records_dir: Path,
+    resume: bool,
+    built: dict[str, Any],
+) -> dict[str, Any] | str:
     """The explanation, saved with the records; or why it could not be made."""
     from quantwise.explain.run import explain
     from quantwise.sweep.compare import write_json
 
     path = records_dir / f"explain__{fmt_id}.json"
     if resume and path.exists():
-        return json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(saved, dict) and {"format", "layers", "summary"} <= set(saved) and saved["format"] == fmt_id:
+                return saved
+        except (ValueError, UnicodeDecodeError):
+            pass
+        warn(f"--resume: {path} is not a valid explanation; explaining {fmt_id} again")
     status(f"explain: where {fmt_id} lost {drop:.2f} points")
     try:
         qm = built.get(fmt_id)
         full = explain(task, recipe, samples=samples, top=3, qm=qm if hasattr(qm, "layers") else None)
-    except Exception as e:  # noqa: BLE001  (an explanation is extra: compare's results stand without it)
+    except Exception as e:
         why = f"explain failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         warn(f"{fmt_id}: {why}")
         return why
-    out = {"format": fmt_id, "drop_points": drop, "recipe": full["recipe"], "summary": full["summary"],
-           "evaluations": full["evaluations"], "layers": full["layers"][:KEEP_LAYERS],
-           "command": explain_command(task.name, fmt_id)}
+    out = {
+        "format": fmt_id,
+        "drop_points": drop,
+        "recipe": full["recipe"],
+        "summary": full["summary"],
+        "evaluations": full["evaluations"],
+        "layers": full["layers"][:KEEP_LAYERS],
+        "command": explain_command(task.name, fmt_id),
+    }
     write_json(path, out)
     return out

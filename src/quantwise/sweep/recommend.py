@@ -6,6 +6,7 @@ A record here needs ``format``, ``runtime``, ``status``, ``family``, ``metrics[m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,15 +38,19 @@ def parse_budget(text: str | float) -> Budget:
     try:
         v = float(s[:-1] if rel else s)
     except ValueError:
-        raise UserError(f"--max-drop {text!r} is not a number: write points like 0.5 or a relative drop like 1%") from None
-    if v < 0:
-        raise UserError(f"--max-drop must not be negative, got {text!r}")
+        raise UserError(
+            f"--max-drop {text!r} is not a number: write points like 0.5 or a relative drop like 1%"
+        ) from None
+    if not math.isfinite(v) or v < 0:
+        raise UserError(f"--max-drop must be a finite number of at least 0, got {text!r}")
     return Budget(v, rel)
 
 
 def baseline_runtime(runtime: str) -> str:
-    """The runtime whose FP32 record a runtime's speedups are measured against."""
-    return "torch" if runtime in ("torch-int8", "integer") else runtime
+    """The runtime whose FP32 record a runtime's speedups are measured against (the registry's)."""
+    from quantwise.runtime.registry import baseline_runtime as registered
+
+    return registered(runtime)
 
 
 def key(r: dict[str, Any]) -> str:
@@ -125,7 +130,13 @@ def recommend(
     def rank(r: dict[str, Any]) -> tuple[Any, ...]:
         drop = base_score - r["metrics"][metric]
         if objective == "latency" and not measured:
-            speed_class = 0 if r.get("family") in ("int8",) else 1 if r.get("family") in ("fp16", "bf16", "int4-weight", "int8-weight") else 2
+            speed_class = (
+                0
+                if r.get("family") in ("int8",)
+                else 1
+                if r.get("family") in ("fp16", "bf16", "int4-weight", "int8-weight")
+                else 2
+            )
             return (speed_class, r.get("size_bytes") or 0, drop, key(r))
         v = _objective(r, objective, latency_batch)
         return (v if v is not None else float("inf"), drop, r.get("size_bytes") or 0, key(r))
@@ -173,7 +184,12 @@ def _points(ok: list[dict[str, Any]], metric: str, cost: Any) -> list[tuple[str,
 
 
 def _summary(r: dict[str, Any], base_score: float, metric: str) -> dict[str, Any]:
-    return {"key": key(r), "format": r["format"], "runtime": r["runtime"], "drop_points": 100 * (base_score - r["metrics"][metric])}
+    return {
+        "key": key(r),
+        "format": r["format"],
+        "runtime": r["runtime"],
+        "drop_points": 100 * (base_score - r["metrics"][metric]),
+    }
 
 
 def _lost_to(r: dict[str, Any], w: dict[str, Any], objective: str, batch: str, measured: bool) -> str:
@@ -184,13 +200,19 @@ def _lost_to(r: dict[str, Any], w: dict[str, Any], objective: str, batch: str, m
     word = {"latency": "slower", "size": "larger", "memory": "uses more memory"}[objective]
     if a is not None and b is not None and a == b:
         return f"ties {key(w)} on {objective}; loses on accuracy, size or name"
-    return f"{word} than {key(w)} ({a:.4g} vs {b:.4g} {unit})" if a is not None and b is not None else f"{objective} unknown"
+    return (
+        f"{word} than {key(w)} ({a:.4g} vs {b:.4g} {unit})"
+        if a is not None and b is not None
+        else f"{objective} unknown"
+    )
 
 
 def _message(winner: dict[str, Any] | None, closest: dict[str, Any] | None, budget: Budget, objective: str) -> str:
     if winner:
         return f"recommended: {key(winner)} (best {objective} within a drop of {budget})"
     if closest:
-        return (f"no quantized format meets the budget of {budget} with a {objective} gain; closest: {closest['key']} "
-                f"(drops {closest['drop_points']:.2f} points). Keep FP32 or relax --max-drop.")
+        return (
+            f"no quantized format meets the budget of {budget} with a {objective} gain; closest: {closest['key']} "
+            f"(drops {closest['drop_points']:.2f} points). Keep FP32 or relax --max-drop."
+        )
     return "no quantized format ran successfully; keep FP32"

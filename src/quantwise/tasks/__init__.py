@@ -23,16 +23,21 @@ def load_task(
     grayscale: bool = True,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    trust_pickle: bool = False,
 ) -> Task:
     """Resolve a task: a built-in name, ``path/task.py:function``, ``--model DIR --data FILE``
     (Hugging Face folder + CSV/JSONL) or ``--model FILE.pt --data IMAGE_DIR``."""
     if model or data:
         if not (model and data):
-            raise UserError("a user task needs both --model and --data (a Hugging Face folder + CSV/JSONL, or a .pt model + image folder)")
+            raise UserError(
+                "a user task needs both --model and --data (a Hugging Face folder + CSV/JSONL, or a .pt model + image folder)"
+            )
         if Path(data).is_dir():
             from quantwise.tasks.images import build_image_task
 
-            return build_image_task(model, data, image_size, grayscale, mean, std, limit=limit)
+            return build_image_task(
+                model, data, image_size, grayscale, mean, std, limit=limit, trust_pickle=trust_pickle
+            )
         from quantwise.tasks.text import build_hf_csv
 
         return build_hf_csv(model, data, text_column, label_column, limit=limit)
@@ -49,7 +54,9 @@ def load_task(
         from quantwise.tasks.user import build_python_task
 
         return build_python_task(spec)
-    raise UserError(f"unknown task {spec!r}: use one of {', '.join(BUILTIN)}, path/task.py:function, or --model DIR --data FILE")
+    raise UserError(
+        f"unknown task {spec!r}: use one of {', '.join(BUILTIN)}, path/task.py:function, or --model DIR --data FILE"
+    )
 
 
 __all__ = ["BUILTIN", "DEFAULT_TASK", "Task", "load_task"]

@@ -1,6 +1,7 @@
 """A user's image classifier on a folder of images in class sub-folders.
 
-``--model model.pt`` is a TorchScript file or a whole pickled ``nn.Module`` (``torch.save(model)``);
+``--model model.pt`` is a whole ``nn.Module`` saved with ``torch.save(model)`` (loaded only with
+``--trust-pickle``: unpickling runs code from the file);
 ``--data DIR`` holds one sub-folder per class (class index = sorted folder order). Images are
 resized to ``--image-size``, scaled to [0, 1], normalised by ``--mean``/``--std``. Stratified
 70/30 split (random_state=0): calibration from the first 128 training images, evaluation on
@@ -21,24 +22,72 @@ from quantwise.tasks.base import Task, batched, classification_metrics
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
-def load_model_file(path: Path) -> nn.Module:
-    """A TorchScript file or a pickled ``nn.Module``."""
+_SAFE_SAVE = (
+    "save the architecture in a task file instead (--task task.py:build returning the module with its "
+    "weights loaded from a state_dict), or pass --trust-pickle if you trust the file"
+)
+
+
+def load_model_file(path: Path, trust_pickle: bool = False) -> nn.Module:
+    """A whole ``nn.Module`` saved with ``torch.save(model, path)``.
+
+    Unpickling a module runs code from the file, so it is done only with ``trust_pickle``;
+    without it the file is read with ``weights_only=True`` (no code runs) and a pickled module
+    is refused with how to provide the model safely. TorchScript files are refused: quantwise
+    quantizes ``nn.Module`` layers, and a scripted graph would pass through unquantized.
+    """
+    if path.is_dir():
+        raise UserError(f"--model {path} is a folder: for images pass a model file saved with torch.save(model, path)")
     if not path.is_file():
-        raise UserError(f"model file {path} not found: pass a TorchScript file or a torch.save(model) file")
+        raise UserError(f"model file {path} not found: pass a file saved with torch.save(model, path)")
+    if path.stat().st_size == 0:
+        raise UserError(f"model file {path} is empty: save the model again with torch.save(model, path)")
+    head = path.read_bytes()[:8]
+    if path.suffix.lower() == ".onnx":
+        raise UserError(f"{path} is an ONNX file: ONNX models are not accepted as --model yet; pass the PyTorch module")
+    if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
+        raise UserError(
+            f"{path} is a TorchScript file: quantwise quantizes nn.Module layers and cannot quantize a scripted "
+            "graph faithfully; save the nn.Module itself (torch.save(model, path) with --trust-pickle, or a task file)"
+        )
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    except (RuntimeError, ValueError):
-        pass
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as e:  # unpickling errors come in many types
-        raise UserError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except Exception as e:
+        if not trust_pickle and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # a zip archive or a raw pickle
+            raise UserError(
+                f"{path} is a pickled object; loading it would run code from the file: {_SAFE_SAVE}"
+            ) from None
+        raise UserError(f"cannot load {path}: it is not a file saved with torch.save ({type(e).__name__})") from None
+    if isinstance(obj, dict):
+        raise UserError(
+            f"{path} holds weights only (a state_dict), not the model: quantwise needs the architecture: "
+            "use a task file (--task task.py:build) that builds the module and loads these weights"
+        )
     if not isinstance(obj, nn.Module):
-        raise UserError(f"{path} holds a {type(obj).__name__}, not a model: save the module itself with torch.save(model, path)")
+        raise UserError(
+            f"{path} holds a {type(obj).__name__}, not a model: save the module itself with torch.save(model, path)"
+        )
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise UserError(
+            f"{path} holds a TorchScript module: quantwise cannot quantize a scripted graph faithfully; save the nn.Module"
+        )
     return obj.eval()
 
 
-def read_images(root: Path, size: int, grayscale: bool, mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive holds a ``code/`` folder (torch.save archives do not)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def read_images(
+    root: Path, size: int, grayscale: bool, mean: list[float], std: list[float]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(images (N, C, size, size) float32, labels, class names)``."""
     try:
         from PIL import Image
@@ -54,7 +103,10 @@ def read_images(root: Path, size: int, grayscale: bool, mean: list[float], std: 
         for f in sorted((root / c).iterdir()):
             if f.suffix.lower() not in EXTENSIONS:
                 continue
-            img = Image.open(f).convert("L" if grayscale else "RGB").resize((size, size))
+            try:
+                img = Image.open(f).convert("L" if grayscale else "RGB").resize((size, size))
+            except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated files
+                raise UserError(f"cannot read image {f}: {type(e).__name__}: remove or re-save the file") from None
             a = np.asarray(img, dtype=np.float32) / 255.0
             a = a[None] if grayscale else a.transpose(2, 0, 1)  # (C, H, W)
             xs.append(a)
@@ -68,12 +120,20 @@ def read_images(root: Path, size: int, grayscale: bool, mean: list[float], std: 
     return (x - m) / s, np.array(ys), classes
 
 
-def build_image_task(model_path: str, data: str, size: int = 28, grayscale: bool = True,
-                     mean: list[float] | None = None, std: list[float] | None = None, limit: int | None = None) -> Task:
+def build_image_task(
+    model_path: str,
+    data: str,
+    size: int = 28,
+    grayscale: bool = True,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    limit: int | None = None,
+    trust_pickle: bool = False,
+) -> Task:
     from sklearn.model_selection import train_test_split
 
     path = Path(model_path)
-    model = load_model_file(path)
+    model = load_model_file(path, trust_pickle)
     x, y, classes = read_images(Path(data), size, grayscale, mean or [0.0], std or [1.0])
     try:
         tr, te = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=0)
@@ -92,7 +152,7 @@ def build_image_task(model_path: str, data: str, size: int = 28, grayscale: bool
         input_names=["input"],
         dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
         latency_input=lambda n: (xt[np.resize(te, n)],),
-        build_model=lambda: load_model_file(path),
+        build_model=lambda: load_model_file(path, trust_pickle),
         labels=labels,
         info={"classes": classes, "n_test": len(te)},
         validation=batched(xt[tr], 256),

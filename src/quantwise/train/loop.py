@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantwise.errors import UserError
-from quantwise.progress import live_progress, status
+from quantwise.progress import live_progress, status, warn
 from quantwise.transform.qat import QATPrepared
 
 Batch = tuple[torch.Tensor, ...]
@@ -54,15 +54,23 @@ class TrainResult:
     resumed_from_step: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "seconds": round(self.seconds, 2), "best_val_accuracy": self.best_val_accuracy,
-                "stopped": self.stopped, "resumed_from_step": self.resumed_from_step, "history": self.history}
+        return {
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "best_val_accuracy": self.best_val_accuracy,
+            "stopped": self.stopped,
+            "resumed_from_step": self.resumed_from_step,
+            "history": self.history,
+        }
 
 
 def task_train_data(task: Any) -> TrainData:
     """The task's training data; without a separate validation set, the last 10% of batches validate."""
     batches, labels = list(task.train_batches), list(task.train_labels)
     if not batches:
-        raise UserError(f"task {task.name} has no training data: QAT needs training batches (a task with train_batches)")
+        raise UserError(
+            f"task {task.name} has no training data: QAT needs training batches (a task with train_batches)"
+        )
     if labels and len(labels) != len(batches):
         raise UserError(f"task {task.name}: {len(batches)} training batches but {len(labels)} label batches")
     if task.val_labels:
@@ -114,8 +122,18 @@ def checkpoint_dir_for(task: Any, prepared: QATPrepared, root: Path | None = Non
     return base / f"{task.name.replace('/', '_').replace(':', '_')}-{prepared.recipe.name}-{h.hexdigest()[:12]}"
 
 
-def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None, epochs: int, steps: int, lr: float,
-              checkpoint_dir: Path | None = None, patience: int = 0, distill_on: str = "logits", seed: int = 0) -> TrainResult:
+def train_qat(
+    prepared: QATPrepared,
+    data: TrainData,
+    teacher: nn.Module | None,
+    epochs: int,
+    steps: int,
+    lr: float,
+    checkpoint_dir: Path | None = None,
+    patience: int = 0,
+    distill_on: str = "logits",
+    seed: int = 0,
+) -> TrainResult:
     """Train ``prepared.model`` in place; returns what happened. Resumes from ``checkpoint_dir`` if it holds a run.
 
     ``distill_on``: with a ``teacher``, match its ``logits`` (through ``data.head``) or its raw ``outputs``.
@@ -140,8 +158,8 @@ def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None,
     res = TrainResult()
     state = {"step": 0, "best": -1.0, "best_loss": math.inf, "best_model": None, "since_best": 0}
     ckpt = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+    saved = _load_checkpoint(ckpt) if ckpt is not None else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
@@ -160,13 +178,15 @@ def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None,
             epoch = state["step"] // per_epoch
             order = torch.randperm(per_epoch, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
             losses = []
-            for i in order[state["step"] % per_epoch:]:
+            for i in order[state["step"] % per_epoch :]:
                 prepared.set_step(state["step"])
                 loss = _loss(model, data, teacher, i, distill_on)
                 if not torch.isfinite(loss):
                     model.load_state_dict(last_good)
-                    res.stopped = (f"loss became {float(loss.detach())} at step {state['step']}: stopped and kept the last good "
-                                   f"checkpoint (step {good_step})")
+                    res.stopped = (
+                        f"loss became {float(loss.detach())} at step {state['step']}: stopped and kept the last good "
+                        f"checkpoint (step {good_step})"
+                    )
                     status(f"QAT: {res.stopped}")
                     break
                 opt.zero_grad()
@@ -175,17 +195,29 @@ def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None,
                 sched.step()
                 state["step"] += 1
                 losses.append(float(loss.detach()))
-                progress.update(bar, advance=1, description=f"QAT {recipe.name} · epoch {epoch + 1} · loss {losses[-1]:.4f}")
+                progress.update(
+                    bar, advance=1, description=f"QAT {recipe.name} · epoch {epoch + 1} · loss {losses[-1]:.4f}"
+                )
                 if state["step"] >= total:
                     break
             if res.stopped:
                 break
             v = _validate(model, data)
             val = v[0] if v else None
-            res.history.append({"epoch": epoch + 1, "step": state["step"], "loss": sum(losses) / max(len(losses), 1),
-                                "val_accuracy": val, "val_loss": v[1] if v else None})
-            progress.update(bar, description=f"QAT {recipe.name} · epoch {epoch + 1} · loss {res.history[-1]['loss']:.4f}"
-                            + (f" · val {100 * val:.2f}%" if val is not None else ""))
+            res.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": state["step"],
+                    "loss": sum(losses) / max(len(losses), 1),
+                    "val_accuracy": val,
+                    "val_loss": v[1] if v else None,
+                }
+            )
+            progress.update(
+                bar,
+                description=f"QAT {recipe.name} · epoch {epoch + 1} · loss {res.history[-1]['loss']:.4f}"
+                + (f" · val {100 * val:.2f}%" if val is not None else ""),
+            )
             if v is not None and (v[0], -v[1]) > (state["best"], -state["best_loss"]):
                 state["best"], state["best_loss"] = v
                 state["best_model"], state["since_best"] = copy.deepcopy(model.state_dict()), 0
@@ -205,7 +237,9 @@ def train_qat(prepared: QATPrepared, data: TrainData, teacher: nn.Module | None,
     return res
 
 
-def _loss(model: nn.Module, data: TrainData, teacher: nn.Module | None, i: int, distill_on: str = "logits") -> torch.Tensor:
+def _loss(
+    model: nn.Module, data: TrainData, teacher: nn.Module | None, i: int, distill_on: str = "logits"
+) -> torch.Tensor:
     batch = data.batches[i]
     out = model(*batch)
     parts = []
@@ -218,14 +252,60 @@ def _loss(model: nn.Module, data: TrainData, teacher: nn.Module | None, i: int, 
             parts.append(F.mse_loss(out, t) / t.pow(2).mean().clamp_min(1e-12))
         else:
             logits, t = _logits(out, data.head), _logits(t, data.head)
-            kd = F.kl_div(F.log_softmax(logits / TEMPERATURE, -1), F.softmax(t / TEMPERATURE, -1), reduction="batchmean")
+            kd = F.kl_div(
+                F.log_softmax(logits / TEMPERATURE, -1), F.softmax(t / TEMPERATURE, -1), reduction="batchmean"
+            )
             parts.append(kd * TEMPERATURE**2)
     return sum(parts) / len(parts)
 
 
-def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any], history: list) -> None:
+def _save(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any], history: list
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "state": state, "history": history}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "state": state,
+            "history": history,
+        },
+        tmp,
+    )
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     os.replace(tmp, path)
+    _sidecar(path).write_text(json.dumps({"sha256": digest}))
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint quantwise wrote, or None (absent, or refused with a warning naming it).
+
+    Read without running code (``weights_only=True``: tensors and plain containers only), and
+    only when its SHA-256 matches the one written beside it; anything else is discarded and
+    training starts again.
+    """
+    if not path.exists():
+        return None
+    try:
+        want = json.loads(_sidecar(path).read_text())["sha256"]
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != want:
+            raise ValueError("its content hash does not match the one quantwise wrote")
+        saved = torch.load(path, weights_only=True)
+        if not isinstance(saved, dict) or not {"model", "optimizer", "scheduler", "state", "history"} <= set(saved):
+            raise ValueError("it is not a quantwise QAT checkpoint")
+        return saved
+    except Exception as e:
+        warn(
+            f"ignoring the QAT checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "training from the start"
+        )
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
+        return None

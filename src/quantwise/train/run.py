@@ -29,12 +29,26 @@ def build_qat(task: Task, recipe: QATRecipe, checkpoint_dir: Path | None = None)
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # training uses every core; inference timing keeps its own setting
     try:
-        result = train_qat(prepared, data, task.model if recipe.distill else None, epochs, recipe.steps, lr, folder, recipe.patience,
-                           recipe.distill_on)
+        result = train_qat(
+            prepared,
+            data,
+            task.model if recipe.distill else None,
+            epochs,
+            recipe.steps,
+            lr,
+            folder,
+            recipe.patience,
+            recipe.distill_on,
+        )
     finally:
         torch.set_num_threads(threads)
     qm = convert_qat(prepared)
-    qm.info["training"] = {**result.to_dict(), "epochs": epochs, "lr": lr, "checkpoint_dir": str(folder),
-                           "train_examples": sum(len(b[0]) for b in data.batches)}
+    qm.info["training"] = {
+        **result.to_dict(),
+        "epochs": epochs,
+        "lr": lr,
+        "checkpoint_dir": str(folder),
+        "train_examples": sum(len(b[0]) for b in data.batches),
+    }
     qm.info["time_to_quantize_s"] = time.perf_counter() - t0
     return qm

@@ -9,6 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from quantwise.nnutil import fold_batchnorm_structure, set_module
+
+__all__ = ["find_relu_after", "fold_batchnorm", "fold_batchnorm_structure", "set_module"]
+
 
 def _adjacent_pairs(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Module]]:
     pairs = []
@@ -48,15 +52,6 @@ def fold_batchnorm(model: nn.Module) -> dict[str, str]:
     return folded
 
 
-def fold_batchnorm_structure(model: nn.Module, folded: dict[str, str]) -> None:
-    """Replay the *structure* of a fold (for loading): give convs a bias, drop the BNs."""
-    for conv_name, bn_name in folded.items():
-        conv = model.get_submodule(conv_name)
-        if conv.bias is None:
-            conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
-        set_module(model, bn_name, nn.Identity())
-
-
 def find_relu_after(model: nn.Module) -> dict[str, str]:
     """``{layer_name: relu_name}`` for each Conv2d/Linear followed by ``nn.ReLU`` in the same
     ``nn.Sequential``, with only ``nn.Identity`` (a folded BatchNorm) between them."""
@@ -70,11 +65,3 @@ def find_relu_after(model: nn.Module) -> dict[str, str]:
             if isinstance(a, (nn.Conv2d, nn.Linear)) and isinstance(b, nn.ReLU):
                 out[prefix + a_name] = prefix + b_name
     return out
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-

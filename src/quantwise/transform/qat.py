@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantwise.errors import UserError
+from quantwise.nnutil import set_module
 from quantwise.numerics import PerChannel, PerGroup, get_qtype, quantize
 from quantwise.numerics.affine import fake_quantize_lsq
 from quantwise.numerics.granularity import expand_param
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import QATRecipe, StaticInt8Recipe, WeightOnlyRecipe
-from quantwise.transform.fusion import set_module
 from quantwise.transform.registry import Batch
 from quantwise.transform.schemes import quantize_embeddings
 
@@ -143,7 +143,9 @@ class QATLayer(nn.Module):
             bn.running_mean.mul_(1 - m).add_(m * mean.detach())
             bn.running_var.mul_(1 - m).add_(m * var.detach() * n / max(n - 1, 1))
             bn.num_batches_tracked += 1
-        return (y - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + bn.eps) * bn.weight.reshape(shape) + bn.bias.reshape(shape)
+        return (y - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + bn.eps) * bn.weight.reshape(
+            shape
+        ) + bn.bias.reshape(shape)
 
 
 @dataclass
@@ -170,16 +172,26 @@ class QATPrepared:
 
 def ptq_recipe(recipe: QATRecipe) -> StaticInt8Recipe | WeightOnlyRecipe:
     """The post-training recipe QAT starts from."""
-    common = {"include": recipe.include, "exclude": recipe.exclude, "module_types": recipe.module_types, "embeddings": False}
+    common = {
+        "include": recipe.include,
+        "exclude": recipe.exclude,
+        "module_types": recipe.module_types,
+        "embeddings": False,
+    }
     if recipe.activations:
-        return StaticInt8Recipe(calibration=recipe.calibration, per_channel=recipe.per_channel, weight_bits=recipe.weight_bits,
-                                quantize_outputs=recipe.quantize_outputs, **common)
+        return StaticInt8Recipe(
+            calibration=recipe.calibration,
+            per_channel=recipe.per_channel,
+            weight_bits=recipe.weight_bits,
+            quantize_outputs=recipe.quantize_outputs,
+            **common,
+        )
     return WeightOnlyRecipe(bits=recipe.weight_bits, group_size=recipe.group_size, **common)
 
 
 def prepare_qat(model: nn.Module, recipe: QATRecipe, calibration: Sequence[Batch]) -> QATPrepared:
     """A trainable copy of ``model`` with fake quantization initialised from PTQ on ``calibration``."""
-    from quantwise.api import quantize
+    from quantwise.transform.quantize import quantize_model as quantize
 
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("the model has no trainable parameters: quantization-aware training needs parameters to train")
@@ -197,7 +209,11 @@ def prepare_qat(model: nn.Module, recipe: QATRecipe, calibration: Sequence[Batch
             set_module(qat, bn_of[name], nn.Identity())
         if lq.fused_relu:
             set_module(qat, lq.fused_relu, nn.Identity())
-    info = {"ptq_init": base.name, "bn_folded": bn_of, "fused_relu": {n: lq.fused_relu for n, lq in ptq.layers.items() if lq.fused_relu}}
+    info = {
+        "ptq_init": base.name,
+        "bn_folded": bn_of,
+        "fused_relu": {n: lq.fused_relu for n, lq in ptq.layers.items() if lq.fused_relu},
+    }
     return QATPrepared(qat, recipe, dict(ptq.skipped), info)
 
 
@@ -219,10 +235,18 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
                 layer.bias = nn.Parameter(b.detach().clone())
             else:
                 layer.bias.copy_(b)
-        lq = LayerQuant(m.kind, m.mode, q, s, zp, m.qtype.name, m.granularity,
-                        input=m.input_fq.act_quant() if m.input_fq else None,
-                        output=m.output_fq.act_quant() if m.output_fq else None,
-                        fused_relu=relus.get(name))
+        lq = LayerQuant(
+            m.kind,
+            m.mode,
+            q,
+            s,
+            zp,
+            m.qtype.name,
+            m.granularity,
+            input=m.input_fq.act_quant() if m.input_fq else None,
+            output=m.output_fq.act_quant() if m.output_fq else None,
+            fused_relu=relus.get(name),
+        )
         layers[name] = lq
         set_module(model, name, layer)
     skipped = dict(prepared.skipped)
@@ -235,5 +259,11 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
     write_back(model, layers)
     for p in model.parameters():
         p.requires_grad_(False)
-    return QuantizedModel(model=model, recipe=prepared.recipe, layers=layers, skipped=skipped, folded=folded,
-                          info={k: v for k, v in prepared.info.items() if k not in ("bn_folded", "fused_relu")})
+    return QuantizedModel(
+        model=model,
+        recipe=prepared.recipe,
+        layers=layers,
+        skipped=skipped,
+        folded=folded,
+        info={k: v for k, v in prepared.info.items() if k not in ("bn_folded", "fused_relu")},
+    )

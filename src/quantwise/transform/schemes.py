@@ -17,7 +17,7 @@ from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.fusion import find_relu_after, fold_batchnorm
 from quantwise.transform.gptq import gptq_quantize, hessian_update
-from quantwise.transform.registry import Batch, register_handler
+from quantwise.transform.registry import Batch
 from quantwise.transform.select import select_embeddings, select_layers
 
 
@@ -27,24 +27,32 @@ def _kind(mod: nn.Module) -> str:
     return "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
 
 
-def quantize_embeddings(model: nn.Module, recipe: object, layers: dict[str, LayerQuant], skipped: dict[str, str]) -> None:
+def quantize_embeddings(
+    model: nn.Module, recipe: object, layers: dict[str, LayerQuant], skipped: dict[str, str]
+) -> None:
     """Int8 tables with one symmetric scale per row (per token vector), or int4 tables with one
     per 32 values of a row (``embedding_bits=4``), for recipes that ask."""
     chosen, skip = select_embeddings(model, recipe)  # type: ignore[arg-type]
     skipped.update(skip)
     bits = getattr(recipe, "embedding_bits", 8)
     for name, mod in chosen:
-        bits_here = 8 if bits == 4 and mod.embedding_dim % 32 else bits  # int4 blocks of 32 need a width divisible by 32
+        bits_here = (
+            8 if bits == 4 and mod.embedding_dim % 32 else bits
+        )  # int4 blocks of 32 need a width divisible by 32
         layers[name] = _weight_layer(mod, "weight_only", bits_here, 32 if bits_here == 4 else 0, True)
 
 
 def fp16_layer(mod: nn.Module) -> LayerQuant:
     """A Conv2d/Linear whose weights are stored in half precision (computed in float32)."""
     w = mod.weight.detach().to(torch.float16)
-    return LayerQuant(_kind(mod), "weight_only", w, torch.ones(()), torch.zeros((), dtype=torch.int32), "fp16", PerTensor())
+    return LayerQuant(
+        _kind(mod), "weight_only", w, torch.ones(()), torch.zeros((), dtype=torch.int32), "fp16", PerTensor()
+    )
 
 
-def _weight_layer(mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True) -> LayerQuant:
+def _weight_layer(
+    mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True
+) -> LayerQuant:
     """Round-to-nearest weight quantization of one layer."""
     qtype = (INT8 if symmetric else UINT8) if bits == 8 else (INT4 if symmetric else UINT4)
     gran = PerGroup(group) if group else (PerChannel(0) if per_channel else PerTensor())
@@ -53,12 +61,10 @@ def _weight_layer(mod: nn.Module, mode: str, bits: int, group: int, symmetric: b
     return LayerQuant(_kind(mod), mode, q, s, z, qtype.name, gran)
 
 
-@register_handler(CastRecipe)
 def cast_handler(model: nn.Module, recipe: CastRecipe, calib: Sequence[Batch]) -> QuantizedModel:
     return QuantizedModel(model=copy.deepcopy(model).eval(), recipe=recipe, cast=recipe.dtype)
 
 
-@register_handler(WeightOnlyRecipe)
 def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
     chosen, skipped = select_layers(model, recipe)
@@ -67,7 +73,9 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
     for name, mod in chosen:
         k = mod.weight[0].numel()
         if recipe.group_size and isinstance(mod, nn.Conv2d):
-            skipped[name] = "per-group scales apply to Linear layers; Conv2d kept in float (use group_size=0 for per-channel)"
+            skipped[name] = (
+                "per-group scales apply to Linear layers; Conv2d kept in float (use group_size=0 for per-channel)"
+            )
         elif recipe.group_size and k % recipe.group_size:
             skipped[name] = f"input size {k} is not a multiple of group size {recipe.group_size}"
         else:
@@ -83,7 +91,9 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
 
 
-def _gptq_layers(model: nn.Module, recipe: WeightOnlyRecipe, todo: list[tuple[str, nn.Module]], calib: Sequence[Batch]) -> tuple[dict[str, LayerQuant], dict[str, object]]:
+def _gptq_layers(
+    model: nn.Module, recipe: WeightOnlyRecipe, todo: list[tuple[str, nn.Module]], calib: Sequence[Batch]
+) -> tuple[dict[str, LayerQuant], dict[str, object]]:
     """GPTQ on Linear layers; Conv2d layers use round-to-nearest (listed in ``info``).
 
     Hessians are gathered for all Linear layers in one pass over the calibration set
@@ -111,7 +121,9 @@ def _gptq_layers(model: nn.Module, recipe: WeightOnlyRecipe, todo: list[tuple[st
     layers: dict[str, LayerQuant] = {}
     for name, mod in progress_iter(todo, "GPTQ: quantizing layers"):
         if isinstance(mod, nn.Linear):
-            q, s, z = gptq_quantize(mod.weight, hess[name][0], qtype, recipe.group_size, recipe.symmetric, recipe.gptq_damp)
+            q, s, z = gptq_quantize(
+                mod.weight, hess[name][0], qtype, recipe.group_size, recipe.symmetric, recipe.gptq_damp
+            )
             gran = PerGroup(recipe.group_size) if recipe.group_size else PerChannel(0)
             layers[name] = LayerQuant("linear", "weight_only", q, s, z, qtype.name, gran)
         else:
@@ -120,7 +132,6 @@ def _gptq_layers(model: nn.Module, recipe: WeightOnlyRecipe, todo: list[tuple[st
     return layers, {"gptq_layers": len(linear), "rtn_fallback_layers": rtn}
 
 
-@register_handler(DynamicInt8Recipe)
 def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
     chosen, skipped = select_layers(model, recipe)
@@ -136,7 +147,6 @@ def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped)
 
 
-@register_handler(StaticInt8Recipe)
 def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model) if recipe.fold_bn else {}
@@ -145,7 +155,9 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
     kw = {"percentile": recipe.percentile} if recipe.calibration == "percentile" else {}
     in_obs = {n: make_observer(recipe.calibration, **kw) for n, _ in chosen}
     # Output quantization where the runtime needs it for an integer kernel (Conv) or a ReLU is fused.
-    out_at = {n: relus.get(n, n) for n, m in chosen if recipe.quantize_outputs or isinstance(m, nn.Conv2d) or n in relus}
+    out_at = {
+        n: relus.get(n, n) for n, m in chosen if recipe.quantize_outputs or isinstance(m, nn.Conv2d) or n in relus
+    }
     out_obs = {target: make_observer(recipe.calibration, **kw) for target in out_at.values()}
     with observing(model, in_obs, out_obs):
         run_calibration(model, calib, f"calibrating ({recipe.calibration})")
@@ -160,8 +172,14 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
         layers[name] = lq
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
-    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, folded=folded,
-                          info={"calibration_batches": len(calib)})
+    return QuantizedModel(
+        model=model,
+        recipe=recipe,
+        layers=layers,
+        skipped=skipped,
+        folded=folded,
+        info={"calibration_batches": len(calib)},
+    )
 
 
 def _act(rng: tuple[float, float], qtype: object, symmetric: bool) -> ActQuant:

@@ -73,14 +73,22 @@ def _with_layers(qm: QuantizedModel, replaced: dict[str, LayerQuant], recipe: Re
     """A copy of ``qm`` whose layers ``replaced`` are quantized as given (their weights written back)."""
     model = copy.deepcopy(qm.model)
     write_back(model, replaced)
-    return QuantizedModel(model=model, recipe=recipe, layers={**qm.layers, **replaced},
-                          skipped={k: v for k, v in qm.skipped.items() if k not in replaced},
-                          folded=dict(qm.folded), info=dict(qm.info))
+    return QuantizedModel(
+        model=model,
+        recipe=recipe,
+        layers={**qm.layers, **replaced},
+        skipped={k: v for k, v in qm.skipped.items() if k not in replaced},
+        folded=dict(qm.folded),
+        info=dict(qm.info),
+    )
 
 
 def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     """The mixed-precision QuantizedModel for ``task`` within ``recipe.max_drop`` points (validation)."""
-    from quantwise.api import quantize
+    from quantwise.transform.quantize import quantize_model
+
+    def quantize(model, recipe, calib=None):  # candidates may keep every layer in float
+        return quantize_model(model, recipe, calib, allow_empty=True)
 
     if not task.validation:
         raise UserError(f"task {task.name} has no validation data: mixed precision needs held-out data to search on")
@@ -88,7 +96,11 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     size = recipe.optimize == "size"
     common = {"include": recipe.include, "exclude": recipe.exclude, "module_types": recipe.module_types}
     if size:  # INT4 everywhere, the most sensitive promoted to INT8; both quantized once, then assembled per candidate
-        full = quantize(task.model, WeightOnlyRecipe(bits=4, group_size=32, method="gptq", embedding_bits=4, **common), task.calibration)
+        full = quantize(
+            task.model,
+            WeightOnlyRecipe(bits=4, group_size=32, method="gptq", embedding_bits=4, **common),
+            task.calibration,
+        )
         high = quantize(task.model, WeightOnlyRecipe(bits=8, **common))
     else:
         full = quantize(task.model, base_recipe(recipe), task.calibration)
@@ -111,12 +123,16 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     def changed(k: int) -> tuple[QuantizedModel, float]:
         if k not in cache:
             if size:
-                qm = _with_layers(full, {n: high.layers[n] for n in ranking[:k]}, recipe)  # weight-only: nothing to unfuse
+                qm = _with_layers(
+                    full, {n: high.layers[n] for n in ranking[:k]}, recipe
+                )  # weight-only: nothing to unfuse
             else:
                 qm = full if k == 0 else quantize(task.model, base_recipe(recipe, tuple(ranking[:k])), task.calibration)
             evaluations["end-to-end"] += 1
             cache[k] = (qm, drop_of(_predictions(lower_torch(qm), task)))
-            status(f"mixed: {k} layer(s) in {'INT8' if size else 'FP32'} -> {cache[k][1]:.2f} points lost on validation")
+            status(
+                f"mixed: {k} layer(s) in {'INT8' if size else 'FP32'} -> {cache[k][1]:.2f} points lost on validation"
+            )
         return cache[k]
 
     lo, hi = 0, len(ranking)
@@ -125,9 +141,11 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
         # nothing meets the budget: say so, and give the closest mix (everything promoted)
         met = False
         top = "INT8" if size else "FP32"
-        warn(f"mixed: even with every layer in {top} the budget of {recipe.max_drop} points is not met "
-             f"({changed(hi)[1]:.2f} points lost on validation); returning that closest mix: widen --max-drop"
-             + (" or use --optimize latency" if size else ""))
+        warn(
+            f"mixed: even with every layer in {top} the budget of {recipe.max_drop} points is not met "
+            f"({changed(hi)[1]:.2f} points lost on validation); returning that closest mix: widen --max-drop"
+            + (" or use --optimize latency" if size else "")
+        )
         lo = hi - 1
     if changed(0)[1] > recipe.max_drop:
         while hi - lo > 1:
@@ -149,11 +167,19 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
             qm, drop = half, half_drop
     qm = dataclasses.replace(qm, recipe=recipe)
     precision = {n: _precision(qm, n) for n in ranking}
-    qm.info.update({"precision_map": precision, ("int8_layers" if size else "float_layers"): ranking[:k],
-                    "validation_drop_points": drop, "optimize": recipe.optimize, "budget_met": met,
-                    "validation_criterion": "accuracy vs labels" if labels is not None else "predictions changed vs FP32",
-                    "evaluations": evaluations, "time_to_quantize_s": time.perf_counter() - t0,
-                    "search": "binary search over the sensitivity ranking, verified end to end on validation data"})
+    qm.info.update(
+        {
+            "precision_map": precision,
+            ("int8_layers" if size else "float_layers"): ranking[:k],
+            "validation_drop_points": drop,
+            "optimize": recipe.optimize,
+            "budget_met": met,
+            "validation_criterion": "accuracy vs labels" if labels is not None else "predictions changed vs FP32",
+            "evaluations": evaluations,
+            "time_to_quantize_s": time.perf_counter() - t0,
+            "search": "binary search over the sensitivity ranking, verified end to end on validation data",
+        }
+    )
     return qm
 
 
@@ -163,4 +189,6 @@ def _precision(qm: QuantizedModel, name: str) -> str:
         return "fp32"
     if lq.weight_qtype == "fp16":
         return "fp16 weights"
-    return {"static": "int8 (W8A8 static)", "dynamic": "int8 (dynamic)", "weight_only": f"{lq.weight_qtype} weights"}[lq.mode]
+    return {"static": "int8 (W8A8 static)", "dynamic": "int8 (dynamic)", "weight_only": f"{lq.weight_qtype} weights"}[
+        lq.mode
+    ]

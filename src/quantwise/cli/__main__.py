@@ -1,0 +1,7 @@
+"""``python -m quantwise.cli``."""
+
+import sys
+
+from quantwise.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""The ``compare`` subcommand: parsing and printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def add_compare_parser(sub: Any, task_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("compare", help="every format in every runtime, side by side, and a recommendation")
+    task_args(p)
+    p.add_argument("--formats", help="comma-separated formats (prefixes allowed, e.g. static-int8); default: all")
+    from quantwise.runtime.registry import RUNTIMES
+
+    p.add_argument("--runtimes", help=f"comma-separated runtimes ({', '.join(RUNTIMES)}); default: every installed one")
+    p.add_argument(
+        "--max-drop", default="1.0", help="accuracy budget: points (0.5) or relative to FP32 (1%%); default 1.0"
+    )
+    p.add_argument("--optimize", default="latency", choices=("latency", "size", "memory"))
+    p.add_argument(
+        "--target", default="this-machine", help="this-machine, x86-avx2, x86-avx512-vnni, arm64, mcu-no-fpu, gpu"
+    )
+    p.add_argument(
+        "--out", default="quantwise-compare", help="folder for records, results.json, report.html, the exported winner"
+    )
+    p.add_argument("--resume", action="store_true", help="keep finished formats from an interrupted run in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier compare's output in --out (else refused)"
+    )
+    p.add_argument("--no-train", action="store_true", help="skip the quantization-aware training formats (qat-*)")
+    p.add_argument("--batch", type=int, default=32, help="the larger batch size for latency (default 32)")
+    p.add_argument(
+        "--explain",
+        default="worst",
+        choices=("worst", "all", "none"),
+        help="per-layer explanation of the formats over the budget: the largest drop (default), all, or none",
+    )
+    p.add_argument(
+        "--explain-samples", type=int, default=128, help="evaluation examples explain measures on (default 128)"
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from quantwise.cli import validate_task_args
+    from quantwise.errors import UserError
+    from quantwise.report.html import write_html
+    from quantwise.report.terminal import print_compare
+    from quantwise.sweep.compare import CompareSettings, export_recommended, run_compare, write_json
+    from quantwise.sweep.formats import select_formats
+    from quantwise.sweep.profiles import get_profile
+    from quantwise.sweep.recommend import parse_budget
+    from quantwise.tasks import load_task
+
+    validate_task_args(args)
+    settings = CompareSettings(
+        formats=args.formats,
+        runtimes=args.runtimes,
+        max_drop=parse_budget(args.max_drop),
+        optimize=args.optimize,
+        target=args.target,
+        threads=args.threads,
+        measure_memory=not args.no_memory,
+        batch_n=args.batch,
+        train=not args.no_train,
+        explain=args.explain,
+        explain_samples=args.explain_samples,
+    )
+    if args.explain_samples < 1:
+        raise UserError("--explain-samples must be a positive number of examples")
+    get_profile(args.target)
+    from quantwise.outdir import check_out
+
+    check_out(args.out, args.overwrite, resume=args.resume)
+    select_formats(args.formats, args.runtimes)  # validate names before loading anything
+    task = load_task(
+        args.task,
+        model=args.model,
+        data=args.data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        limit=args.limit,
+        image_size=args.image_size,
+        grayscale=not args.rgb,
+        mean=args.mean,
+        std=args.std,
+        trust_pickle=args.trust_pickle,
+    )
+    from quantwise.outdir import locked_out
+
+    out = Path(args.out)
+    built: dict = {}
+    with locked_out(out):
+        result = run_compare(task, settings, out, resume=args.resume, built=built)
+        exported = export_recommended(
+            task, result, out, args.threads, settings.max_drop.points(1.0), built, settings.optimize
+        )
+        result["exported"] = str(exported) if exported else None
+        write_json(out / "results.json", result)
+        write_html(result, out / "report.html")
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print_compare(result)
+        print(
+            f"results: {out / 'results.json'} · report: {out / 'report.html'}"
+            + (f" · model: {exported}" if exported else "")
+        )
+    failed = [r for r in result["records"] if r.get("status") == "failed"]
+    if failed:
+        print(
+            f"{len(failed)} format(s) failed: "
+            + "; ".join(f"{r['format']} · {r['runtime']}: {r['error']}" for r in failed),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
