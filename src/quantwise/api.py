@@ -20,6 +20,7 @@ from quantwise.measure.latency import measure_latency
 from quantwise.measure.memory import peak_memory
 from quantwise.progress import progress_iter, status
 from quantwise.quantized import QuantizedModel, artifact_size, atomic_dir
+from quantwise.quiet import torch_threads
 from quantwise.recipes import Recipe, get_recipe
 from quantwise.runtime.registry import RUNTIMES, check_can_run, get_runtime
 from quantwise.tasks.base import Task
@@ -145,7 +146,21 @@ def evaluate(
         recipe = None if recipe == "fp32" else get_recipe(recipe)
     get_runtime(runtime)
     check_task(task)
-    torch.set_num_threads(threads)
+    with torch_threads(threads):
+        return _evaluate(task, recipe, runtime, out, threads, batch_sizes, measure_memory, latency_seconds, quantized)
+
+
+def _evaluate(
+    task: Task,
+    recipe: Recipe | None,
+    runtime: str,
+    out: str | os.PathLike[str] | None,
+    threads: int,
+    batch_sizes: tuple[int, ...],
+    measure_memory: bool,
+    latency_seconds: float,
+    quantized: QuantizedModel | None,
+) -> dict[str, Any]:
     name = recipe.name if recipe else "fp32"
     tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
     try:

@@ -105,3 +105,31 @@ def test_pareto_front():
 def test_no_baseline_is_an_error():
     with pytest.raises(UserError, match="FP32 baseline"):
         recommend([rec("a", "onnxruntime", 0.9, 1, 1)], Budget(1, False))
+
+
+def test_a_lower_is_better_metric_is_budgeted_in_its_direction():
+    """Perplexity: a 2% budget allows a rise of 2% over FP32, never a fall being called a loss."""
+    from quantwise.tasks.base import MetricSpec
+
+    def ppl(fmt, runtime, value, lat, family="int8"):
+        r = rec(fmt, runtime, 0.0, lat, 500, family)
+        r["metrics"] = {"perplexity": value}
+        return r
+
+    rows = [
+        ppl("fp32", "onnxruntime", 20.0, 10.0, "fp32"),
+        ppl("w8", "onnxruntime", 20.3, 6.0),
+        ppl("w4", "onnxruntime", 21.0, 4.0),
+        ppl("better", "onnxruntime", 19.9, 8.0),
+    ]
+    spec = MetricSpec("perplexity", higher_is_better=False, fraction=False)
+    r = recommend(rows, Budget(2.0, True), "latency", metric=spec)
+    assert r["winner"]["format"] == "w8" and r["winner"]["drop_points"] == pytest.approx(0.3)
+    assert r["budget_points"] == pytest.approx(0.4) and r["metric_unit"] == "perplexity"
+    assert (
+        "over budget" in r["others"]["w4 · onnxruntime"] and "perplexity worse by 1" in r["others"]["w4 · onnxruntime"]
+    )
+    assert r["runner_up"]["format"] == "better" and r["runner_up"]["drop_points"] == pytest.approx(-0.1)
+    absolute = recommend(rows, Budget(1.5, False), "latency", metric=spec)  # 1.5 perplexity units
+    assert absolute["winner"]["format"] == "w4"
+    assert "better · onnxruntime" in r["pareto"]["latency"] and "w4 · onnxruntime" in r["pareto"]["latency"]

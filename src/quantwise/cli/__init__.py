@@ -375,6 +375,16 @@ def cmd_recipes(_args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code. Warning filters set here are restored on return."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # PyTorch deprecates the quantized-tensor API torch-int8's kernels still need: not the user's concern
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     handlers = {"evaluate": cmd_evaluate, "quantize": cmd_quantize, "recipes": cmd_recipes, "explain": cmd_explain}
     try:
         args = build_parser().parse_args(argv)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from quantwise.report.terminal import metric_cells
 from quantwise.runtime.registry import RUNTIMES
 
 W, H, PAD = 560, 340, 56
@@ -29,7 +30,10 @@ def _key(r: dict[str, Any]) -> str:
 def scatter(result: dict[str, Any], cost_name: str, cost: Any, unit: str, front: list[str], log_x: bool = False) -> str:
     """Accuracy (y) against a cost (x): the Pareto front joined, the winner starred."""
     metric = result["recommendation"]["metric"]
-    pts = [(_key(r), cost(r), 100 * r["metrics"][metric], r["runtime"]) for r in _ok(result) if cost(r)]
+    frac = result["recommendation"].get("metric_unit", "points") == "points"
+    pts = [
+        (_key(r), cost(r), (100 if frac else 1) * r["metrics"][metric], r["runtime"]) for r in _ok(result) if cost(r)
+    ]
     if not pts:
         return "<p>no data</p>"
     fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
@@ -63,7 +67,7 @@ def scatter(result: dict[str, Any], cost_name: str, cost: Any, unit: str, front:
         f'<text x="{W / 2}" y="{H - 12}" font-size="12" text-anchor="middle">{_esc(cost_name)} ({_esc(unit)}{", log scale" if log_x else ""}) — lower is better</text>'
     )
     parts.append(
-        f'<text x="14" y="{H / 2}" font-size="12" text-anchor="middle" transform="rotate(-90 14 {H / 2})">{_esc(metric)} (%)</text>'
+        f'<text x="14" y="{H / 2}" font-size="12" text-anchor="middle" transform="rotate(-90 14 {H / 2})">{_esc(metric)}{" (%)" if frac else ""}</text>'
     )
     fpts = sorted((p for p in pts if p[0] in front), key=lambda p: p[1])
     if len(fpts) > 1:
@@ -168,9 +172,7 @@ def _table(result: dict[str, Any]) -> str:
             [
                 r["format"],
                 r["runtime"],
-                f"{100 * r['metrics'][metric]:.2f}%",
-                f"{r.get('accuracy_change_points', 0):+.2f}",
-                f"{r['metrics'].get('f1_macro', float('nan')):.4f}",
+                *metric_cells(result, r),
                 f"{b1['p50']:.2f}" if b1 else "",
                 f"{bn['p50']:.2f}" if bn else "",
                 f"{sp:.2f}x" if sp else "",
@@ -239,7 +241,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 <div class="plots">
 {bars(result, f"latency {lat_key.replace('_', ' ')} p50 (ms)", lat, "{:.2f} ms")}
 {bars(result, "size on disk (MB)", lambda r: r["size_bytes"] / 1e6, "{:.2f} MB")}
-{bars(result, f"{rec['metric']} drop vs FP32 (points; negative: better than FP32)", lambda r: -r.get("accuracy_change_points", 0.0), "{:+.2f}")}
+{bars(result, f"{rec['metric']} change vs FP32 ({rec.get('metric_unit', 'points')})", lambda r: (r.get("metric_change") or {}).get(rec["metric"], 0.0), "{:+.3g}")}
 </div>
 <h2>All results</h2>
 {_table(result)}

@@ -99,7 +99,7 @@ def compare_table(result: dict[str, Any]) -> Table:
         "format",
         "runtime",
         metric,
-        "Δ pts",
+        "Δ pts" if result["recommendation"].get("metric_unit", "points") == "points" else "Δ",
         "macro F1",
         f"{b1} p50/p90 ms",
         f"{batch_n} p50/p90 ms",
@@ -124,9 +124,7 @@ def compare_table(result: dict[str, Any]) -> Table:
         t.add_row(
             f"[bold green]{r['format']} ★[/bold green]" if k == win else r["format"],
             r["runtime"],
-            f"{100 * r['metrics'][metric]:.2f}%",
-            f"{r.get('accuracy_change_points', 0):+.2f}",
-            f"{r['metrics'].get('f1_macro', float('nan')):.4f}",
+            *metric_cells(result, r),
             f"{fmt_ms(lat.get(b1))}/{fmt_ms(lat.get(b1), 'p90')}",
             f"{fmt_ms(lat.get(batch_n))}/{fmt_ms(lat.get(batch_n), 'p90')}",
             f"{sp:.2f}x" if sp else "n/a",
@@ -186,3 +184,20 @@ def print_losses(losses: dict[str, Any], console: Console, rows: int = 3) -> Non
         console.print(f"[dim]  more: {ex['command']}[/dim]")
     for fmt, why in (losses.get("not_explained") or {}).items():
         console.print(f"[dim]over budget, not explained: {fmt} ({why})[/dim]")
+
+
+def metric_cells(result: dict[str, Any], r: dict[str, Any]) -> tuple[str, str, str]:
+    """The primary metric's value, its change vs FP32 and the secondary metric (macro F1 when the
+    task has it), formatted in the metric's own units (a percentage for fractions)."""
+    rec = result["recommendation"]
+    metric, frac = rec["metric"], rec.get("metric_unit", "points") == "points"
+    v = r["metrics"][metric]
+    change = (r.get("metric_change") or {}).get(
+        metric, r.get("accuracy_change_points", 0.0) if metric == "accuracy" else 0.0
+    )
+    f1 = r["metrics"].get("f1_macro")
+    return (
+        f"{100 * v:.2f}%" if frac else f"{v:.4g}",
+        f"{change:+.2f}" if frac else f"{change:+.4g}",
+        f"{f1:.4f}" if isinstance(f1, float) else "",
+    )

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from quantwise.errors import UnsupportedModel, UserError
-from quantwise.quiet import import_torchao_quietly, native_output_silenced
+from quantwise.quiet import env_vars, import_torchao_quietly, native_output_silenced
 from quantwise.runtime.base import IntegerOps, RuntimeSpec
 
 HEAVY = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
@@ -30,10 +30,9 @@ EXTRA = "quantwise[tflite]"
 
 def check_tflite_available() -> None:
     """A one-line error naming the extra when LiteRT is not installed."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import_torchao_quietly()
     try:
-        with native_output_silenced():  # the converter's native libraries log on fd 2 as they load
+        with env_vars(TF_CPP_MIN_LOG_LEVEL="3"), native_output_silenced():  # native libraries log on fd 2 as they load
             import ai_edge_litert  # noqa: F401
             import litert_torch  # noqa: F401
     except ImportError:
@@ -44,7 +43,6 @@ def check_tflite_available() -> None:
 
 def convert(module: nn.Module, example: tuple[torch.Tensor, ...], mode: str, path: Path) -> Path:
     """Convert ``module`` at ``example``'s shapes to ``path`` (written via a temporary name)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import_torchao_quietly()
     import litert_torch
 

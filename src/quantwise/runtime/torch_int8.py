@@ -30,9 +30,6 @@ from quantwise.runtime.base import RuntimeSpec
 
 
 def _qweight(lq: LayerQuant) -> torch.Tensor:
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
     w = lq.weight_q.to(torch.int8)
     if isinstance(lq.weight_granularity, PerTensor):
         return torch._make_per_tensor_quantized_tensor(w, float(lq.weight_scale), int(lq.weight_zero_point))

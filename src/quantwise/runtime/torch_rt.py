@@ -26,7 +26,7 @@ class TorchRunner:
         self.threads = threads
 
     def run(self, batch: tuple[torch.Tensor, ...]) -> np.ndarray:
-        torch.set_num_threads(self.threads)
+        # the thread count is the caller's: evaluate() holds torch_threads(threads) around every run
         with torch.inference_mode():
             return self.module(*batch).to(torch.float32).numpy()
 

@@ -20,7 +20,7 @@ from quantwise.sweep.identity import run_identity, seal, why_stale
 from quantwise.sweep.losses import explain_losses
 from quantwise.sweep.profiles import get_profile
 from quantwise.sweep.recommend import Budget, baseline_runtime, recommend
-from quantwise.tasks.base import Task
+from quantwise.tasks.base import CLASSIFICATION_METRICS, MetricSpec, Task
 
 COMPARE_SCHEMA = "quantwise.compare/1"
 PREVIOUS_RUN = ("results.json", "report.html", "recommended", "records", "run.json")  # what a compare writes
@@ -127,9 +127,9 @@ def run_compare(
             write_json(path, rec)
             records.append(rec)
             progress.advance(overall)
-    _derive(records)
+    _derive(records, task.metrics)
     rec_result = recommend(
-        records, settings.max_drop, settings.optimize, profile, task.primary_metric, f"batch_{settings.latency_batch}"
+        records, settings.max_drop, settings.optimize, profile, task.metric_spec(), f"batch_{settings.latency_batch}"
     )
     losses = explain_losses(
         task, records, rec_result, settings.explain, settings.explain_samples, records_dir, resume, built
@@ -209,14 +209,21 @@ def _run_one(
     return rec
 
 
-def _derive(records: list[dict[str, Any]]) -> None:
-    """Add change vs FP32, speedup and compression (vs FP32 in the same runtime) to each record."""
+def _derive(records: list[dict[str, Any]], metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS) -> None:
+    """Add each metric's change vs FP32 (points for fractions, else the metric's units; positive is
+    an increase), speedup and compression (vs FP32 in the baseline runtime) to each record."""
     base = {r["runtime"]: r for r in records if r["format"] == "fp32" and r.get("status") == "ok"}
     for r in records:
         b = base.get(baseline_runtime(r["runtime"]))
         if r.get("status") != "ok" or b is None:
             continue
-        r["accuracy_change_points"] = 100 * (r["metrics"]["accuracy"] - b["metrics"]["accuracy"])
+        r["metric_change"] = {
+            m.name: (100 if m.fraction else 1) * (r["metrics"][m.name] - b["metrics"][m.name])
+            for m in metrics
+            if m.name in r["metrics"] and m.name in b["metrics"]
+        }
+        if "accuracy" in r["metric_change"]:
+            r["accuracy_change_points"] = r["metric_change"]["accuracy"]
         r["speedup"] = {
             k: b["latency_ms"][k]["p50"] / v["p50"]
             for k, v in r["latency_ms"].items()

@@ -34,13 +34,18 @@ def explain_command(task_name: str, fmt_id: str) -> str:
 
 def over_budget(records: list[dict[str, Any]], recommendation: dict[str, Any]) -> dict[str, float]:
     """Format id -> its largest drop in points over its runtimes, for formats over the budget; worst first."""
+    from quantwise.tasks.base import MetricSpec
+
     base, allowed = recommendation["baseline_score"], recommendation["budget_points"]
     metric = recommendation["metric"]
+    spec = MetricSpec(
+        metric, recommendation.get("higher_is_better", True), recommendation.get("metric_unit", "points") == "points"
+    )
     drops: dict[str, float] = {}
     for r in records:
         if r.get("status") != "ok" or r["format"] == "fp32":
             continue
-        d = 100 * (base - r["metrics"][metric])
+        d = spec.worse_by(base, r["metrics"][metric])
         if d > allowed + 1e-9:
             drops[r["format"]] = max(d, drops.get(r["format"], d))
     return dict(sorted(drops.items(), key=lambda kv: -kv[1]))

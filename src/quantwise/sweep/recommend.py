@@ -12,13 +12,16 @@ from typing import Any
 
 from quantwise.errors import UserError
 from quantwise.sweep.profiles import Profile
+from quantwise.tasks.base import MetricSpec
 
 OBJECTIVES = ("latency", "size", "memory")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """An accuracy budget: absolute points, or a percentage of the FP32 score."""
+    """A budget on the task's metric: absolute (points for a fraction metric such as accuracy,
+    the metric's own units otherwise), or a percentage of the FP32 value. It caps how much
+    *worse* a format may be, in the metric's direction (a rise, for perplexity)."""
 
     value: float
     relative: bool
@@ -26,6 +29,13 @@ class Budget:
     def points(self, baseline: float) -> float:
         """Allowed drop in points (percent units) for a baseline score in [0, 1]."""
         return self.value * baseline if self.relative else self.value
+
+    def allowed(self, baseline: float, spec: MetricSpec) -> float:
+        """How much worse than ``baseline`` a format may be, in ``spec``'s display units."""
+        if self.relative:
+            scale = 100.0 if spec.fraction else 1.0
+            return self.value / 100.0 * abs(baseline) * scale
+        return self.value
 
     def __str__(self) -> str:
         return f"{self.value:g}%" if self.relative else f"{self.value:g} points"
@@ -81,22 +91,30 @@ def recommend(
     budget: Budget,
     objective: str = "latency",
     profile: Profile | None = None,
-    metric: str = "accuracy",
+    metric: str | MetricSpec = "accuracy",
     latency_batch: str = "batch_1",
 ) -> dict[str, Any]:
     """Winner, runner-up, why each other format lost, and the Pareto fronts.
 
     FP32 is the reference, never the answer: when no quantized format meets the budget the
-    result says so and names the closest one.
+    result says so and names the closest one. ``metric`` carries its direction: a drop in
+    accuracy and a rise in perplexity are both "worse".
     """
+    spec = metric if isinstance(metric, MetricSpec) else MetricSpec(metric)
+    metric = spec.name
     if objective not in OBJECTIVES:
         raise UserError(f"--optimize must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     ok = [r for r in records if r.get("status") == "ok"]
     base = {r["runtime"]: r for r in ok if r["format"] == "fp32"}
     if not base:
         raise UserError("no successful FP32 baseline among the results: the comparison needs one")
-    base_score = max(r["metrics"][metric] for r in base.values())
-    allowed = budget.points(base_score) / 100.0
+    scores = [r["metrics"][metric] for r in base.values()]
+    base_score = max(scores) if spec.higher_is_better else min(scores)
+    allowed = budget.allowed(base_score, spec)  # display units: points, or the metric's own
+
+    def worse(r: dict[str, Any]) -> float:
+        return spec.worse_by(base_score, r["metrics"][metric])
+
     measured = profile is None or profile.measured
     reasons: dict[str, str] = {}
     candidates = []
@@ -108,12 +126,12 @@ def recommend(
             what = "not applicable" if r.get("status") == "unsupported" else "failed"
             reasons[k] = f"{what}: {r.get('error', 'unknown error')}"
             continue
-        drop = base_score - r["metrics"][metric]
+        drop = worse(r)
         if profile is not None and (r.get("family") not in profile.families or r["runtime"] not in profile.runtimes):
             reasons[k] = f"no kernels on {profile.name} for {r.get('family')} in {r['runtime']}"
             continue
         if drop > allowed + 1e-12:
-            reasons[k] = f"over budget: drops {100 * drop:.2f} points (budget {100 * allowed:.2f})"
+            reasons[k] = f"over budget: {metric} worse by {drop:.4g} {spec.unit} (budget {allowed:.4g})"
             continue
         if objective == "latency" and measured:
             brt = baseline_runtime(r["runtime"])
@@ -128,7 +146,7 @@ def recommend(
         candidates.append(r)
 
     def rank(r: dict[str, Any]) -> tuple[Any, ...]:
-        drop = base_score - r["metrics"][metric]
+        drop = worse(r)
         if objective == "latency" and not measured:
             speed_class = (
                 0
@@ -152,8 +170,8 @@ def recommend(
     if winner is None:
         quantized = [r for r in ok if r["format"] != "fp32"]
         if quantized:
-            c = min(quantized, key=lambda r: base_score - r["metrics"][metric])
-            closest = {"key": key(c), "drop_points": 100 * (base_score - c["metrics"][metric])}
+            c = min(quantized, key=worse)
+            closest = {"key": key(c), "drop_points": worse(c)}
     notes = []
     if profile is not None and not profile.measured:
         notes.append(f"latency was not measured on {profile.name}; ranking uses the kernel families it has, then size")
@@ -162,34 +180,32 @@ def recommend(
     return {
         "objective": objective,
         "budget": str(budget),
-        "budget_points": 100 * allowed,
+        "budget_points": allowed,
         "metric": metric,
+        "metric_unit": spec.unit,
+        "higher_is_better": spec.higher_is_better,
         "target": profile.name if profile else "this-machine",
         "baseline_score": base_score,
-        "winner": _summary(winner, base_score, metric) if winner else None,
-        "runner_up": _summary(runner_up, base_score, metric) if runner_up else None,
+        "winner": _summary(winner, worse) if winner else None,
+        "runner_up": _summary(runner_up, worse) if runner_up else None,
         "others": reasons,
         "closest": closest,
-        "message": _message(winner, closest, budget, objective),
+        "message": _message(winner, closest, budget, objective, spec),
         "pareto": {
-            "latency": pareto_front(_points(ok, metric, lambda r: _objective(r, "latency", latency_batch))),
-            "size": pareto_front(_points(ok, metric, lambda r: r.get("size_bytes"))),
+            "latency": pareto_front(_points(ok, worse, lambda r: _objective(r, "latency", latency_batch))),
+            "size": pareto_front(_points(ok, worse, lambda r: r.get("size_bytes"))),
         },
         "notes": notes,
     }
 
 
-def _points(ok: list[dict[str, Any]], metric: str, cost: Any) -> list[tuple[str, float, float]]:
-    return [(key(r), float(cost(r)), float(r["metrics"][metric])) for r in ok if cost(r) is not None]
+def _points(ok: list[dict[str, Any]], worse: Any, cost: Any) -> list[tuple[str, float, float]]:
+    """``(name, cost, goodness)``: goodness is minus how much worse than FP32 (higher is better)."""
+    return [(key(r), float(cost(r)), -float(worse(r))) for r in ok if cost(r) is not None]
 
 
-def _summary(r: dict[str, Any], base_score: float, metric: str) -> dict[str, Any]:
-    return {
-        "key": key(r),
-        "format": r["format"],
-        "runtime": r["runtime"],
-        "drop_points": 100 * (base_score - r["metrics"][metric]),
-    }
+def _summary(r: dict[str, Any], worse: Any) -> dict[str, Any]:
+    return {"key": key(r), "format": r["format"], "runtime": r["runtime"], "drop_points": worse(r)}
 
 
 def _lost_to(r: dict[str, Any], w: dict[str, Any], objective: str, batch: str, measured: bool) -> str:
@@ -207,12 +223,14 @@ def _lost_to(r: dict[str, Any], w: dict[str, Any], objective: str, batch: str, m
     )
 
 
-def _message(winner: dict[str, Any] | None, closest: dict[str, Any] | None, budget: Budget, objective: str) -> str:
+def _message(
+    winner: dict[str, Any] | None, closest: dict[str, Any] | None, budget: Budget, objective: str, spec: MetricSpec
+) -> str:
     if winner:
         return f"recommended: {key(winner)} (best {objective} within a drop of {budget})"
     if closest:
         return (
             f"no quantized format meets the budget of {budget} with a {objective} gain; closest: {closest['key']} "
-            f"(drops {closest['drop_points']:.2f} points). Keep FP32 or relax --max-drop."
+            f"({spec.name} worse by {closest['drop_points']:.4g} {spec.unit}). Keep FP32 or relax --max-drop."
         )
     return "no quantized format ran successfully; keep FP32"

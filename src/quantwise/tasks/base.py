@@ -13,6 +13,37 @@ from torch import nn
 Batch = tuple[torch.Tensor, ...]
 
 
+@dataclass(frozen=True)
+class MetricSpec:
+    """How to read one of a task's metrics.
+
+    Attributes:
+        name: the key in the metrics dict (``accuracy``, ``perplexity`` ...).
+        higher_is_better: direction; a budget on a lower-is-better metric caps its rise.
+        fraction: a value in [0, 1] shown and budgeted in percentage points (accuracy);
+            otherwise the metric's own units (perplexity, KL).
+    """
+
+    name: str
+    higher_is_better: bool = True
+    fraction: bool = True
+
+    @property
+    def unit(self) -> str:
+        return "points" if self.fraction else self.name
+
+    def worse_by(self, base: float, value: float) -> float:
+        """How much worse ``value`` is than ``base`` in the metric's display units (negative: better)."""
+        d = (base - value) if self.higher_is_better else (value - base)
+        return 100 * d if self.fraction else d
+
+    def show(self, value: float) -> str:
+        return f"{100 * value:.2f}%" if self.fraction else f"{value:.4g}"
+
+
+CLASSIFICATION_METRICS = (MetricSpec("accuracy"), MetricSpec("f1_macro"))
+
+
 @dataclass
 class Task:
     """Everything quantwise needs to quantize and measure one model on one data set.
@@ -38,6 +69,8 @@ class Task:
             last 10% of the training batches).
         head: Maps model outputs to class logits, differentiably (None: outputs are logits).
         train_defaults: ``{"epochs": ..., "lr": ...}`` used when a QAT recipe leaves them at 0.
+        metrics: the metrics the task reports, each with its direction; ``primary_metric``
+            names the one budgets and rankings apply to.
     """
 
     name: str
@@ -60,6 +93,12 @@ class Task:
     val_labels: Sequence[torch.Tensor] = ()
     head: Callable[[torch.Tensor], torch.Tensor] | None = None
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS
+
+    def metric_spec(self, name: str | None = None) -> MetricSpec:
+        """The declared metric ``name`` (default: the budget's, ``primary_metric``)."""
+        name = name or self.primary_metric
+        return next((m for m in self.metrics if m.name == name), MetricSpec(name))
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> dict[str, Any]:

@@ -6,9 +6,8 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from quantwise.quantized import QuantizedModel
+from quantwise.quiet import torch_threads
 from quantwise.recipes import QATRecipe
 from quantwise.tasks.base import Task
 from quantwise.train.loop import checkpoint_dir_for, task_train_data, train_qat
@@ -26,9 +25,7 @@ def build_qat(task: Task, recipe: QATRecipe, checkpoint_dir: Path | None = None)
     epochs = recipe.epochs or int(task.train_defaults.get("epochs", DEFAULT_EPOCHS))
     lr = recipe.lr or float(task.train_defaults.get("lr", DEFAULT_LR))
     folder = checkpoint_dir or checkpoint_dir_for(task, prepared)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # training uses every core; inference timing keeps its own setting
-    try:
+    with torch_threads(os.cpu_count() or 1):  # training uses every core; inference timing keeps its own setting
         result = train_qat(
             prepared,
             data,
@@ -40,8 +37,6 @@ def build_qat(task: Task, recipe: QATRecipe, checkpoint_dir: Path | None = None)
             recipe.patience,
             recipe.distill_on,
         )
-    finally:
-        torch.set_num_threads(threads)
     qm = convert_qat(prepared)
     qm.info["training"] = {
         **result.to_dict(),
