@@ -118,6 +118,7 @@ def lower(
     that fix the batch when converting (tflite).
     """
     check_can_run(runtime, qm)
+    workdir.mkdir(parents=True, exist_ok=True)
     return get_runtime(runtime).lower(qm, task, workdir, threads, batch_sizes)
 
 
