@@ -60,3 +60,11 @@ def test_recipes_are_frozen():
 def test_invalid_yaml_is_a_user_error():
     with pytest.raises(UserError, match="not valid JSON or YAML"):
         recipe_from_text("recipe: [unclosed")
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "fixed-point"])
+def test_recipes_that_cannot_honour_include_exclude_refuse_them(name):
+    from quantwise.errors import UserError
+
+    with pytest.raises(UserError, match="include/exclude"):
+        get_recipe(name, exclude=("classifier.*",))

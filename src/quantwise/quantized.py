@@ -120,7 +120,14 @@ class QuantizedModel:
         with atomic_dir(path) as tmp:
             tensors: dict[str, torch.Tensor] = {}
             quantized_params = {f"{n}.weight" for n in self.layers}
+            aliases: dict[str, str] = {}  # tied weights (an LM head sharing the embedding) are stored once
+            first_of: dict[tuple[int, int, tuple[int, ...]], str] = {}
             for k, v in self.model.state_dict().items():
+                ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+                if ident in first_of and v.numel():
+                    aliases[k] = first_of[ident]
+                    continue
+                first_of[ident] = k
                 if k not in quantized_params:
                     if self.cast and v.is_floating_point():
                         v = v.to(torch.float16 if self.cast == "fp16" else torch.bfloat16)
@@ -143,6 +150,7 @@ class QuantizedModel:
                 "cast": self.cast,
                 "info": self.info,
                 "plan": self.plan.meta() if self.plan is not None else None,
+                "aliases": aliases,
             }
             (tmp / "quantwise.json").write_text(json.dumps(meta, indent=2))
         return path
@@ -174,6 +182,9 @@ class QuantizedModel:
         canonicalize(model)  # the saved model holds transformers Conv1D layers as nn.Linear
         fold_batchnorm_structure(model, meta["folded"])
         float_sd = {k[len("float::") :]: v for k, v in tensors.items() if k.startswith("float::")}
+        for k, first in meta.get("aliases", {}).items():
+            if first in float_sd:
+                float_sd[k] = float_sd[first]
         model.load_state_dict(float_sd, strict=False)
         layers = {}
         for name, m in meta["layers"].items():

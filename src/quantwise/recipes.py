@@ -82,6 +82,11 @@ class CastRecipe(Recipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.include or self.exclude or self.module_types:
+            raise UserError(
+                f"recipe {self.dtype}: the whole model is cast, so include/exclude/module_types would be ignored; "
+                "drop them, or use mixed (FP16 weights for the layers it keeps in float)"
+            )
         if self.dtype not in ("fp16", "bf16"):
             raise UserError(f"recipe cast: dtype must be fp16 or bf16, got {self.dtype!r}")
 
@@ -355,6 +360,11 @@ class FixedPointRecipe(Recipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.include or self.exclude or self.module_types:
+            raise UserError(
+                "recipe fixed-point: include/exclude/module_types cannot apply: integer-only means every layer is "
+                "integer (no float to fall back to); drop them, or use static-int8 to keep layers in float"
+            )
         if self.bits not in (8, 16) or self.weight_bits not in (8, 16):
             raise UserError(
                 f"recipe fixed-point: bits and weight_bits must be 8 or 16, got {self.bits} and {self.weight_bits}"

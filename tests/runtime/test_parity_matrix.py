@@ -15,7 +15,7 @@ import torch
 from quantwise.api import build_quantized, lower
 from quantwise.runtime.registry import RUNTIMES
 from quantwise.sweep.formats import FORMATS
-from quantwise.tasks.base import Task, batched
+from quantwise.tasks.base import Task
 
 from .tolerances import TOLERANCES, kind_of
 
@@ -28,8 +28,15 @@ def tiny_bert() -> Task:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                     max_position_embeddings=32, attn_implementation="eager")
+    cfg = BertConfig(
+        vocab_size=200,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=32,
+        attn_implementation="eager",
+    )
     bert = BertModel(cfg).eval()
 
     class Pooled(torch.nn.Module):
@@ -45,10 +52,16 @@ def tiny_bert() -> Task:
     mask = torch.ones_like(ids)
     batches = [(ids[i : i + 16], mask[i : i + 16]) for i in range(0, 48, 16)]
     return Task(
-        name="tiny-bert", model=Pooled().eval(), calibration=batches[:2], eval_batches=batches[2:],
-        score=lambda out: {"accuracy": 0.0}, input_names=["ids", "mask"],
+        name="tiny-bert",
+        model=Pooled().eval(),
+        calibration=batches[:2],
+        eval_batches=batches[2:],
+        score=lambda out: {"accuracy": 0.0},
+        input_names=["ids", "mask"],
         dynamic_axes={"ids": {0: "b"}, "mask": {0: "b"}, "output": {0: "b"}},
-        latency_input=lambda n: (ids[:n], mask[:n]), build_model=lambda: Pooled(), labels=None,
+        latency_input=lambda n: (ids[:n], mask[:n]),
+        build_model=lambda: Pooled(),
+        labels=None,
         validation=batches[:1],
     )
 

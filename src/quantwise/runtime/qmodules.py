@@ -61,6 +61,14 @@ class _QLayer(nn.Module):
             self.register_buffer("b_scale", s_b.to(torch.float32).expand(bias.shape).contiguous())
             self.register_buffer("b_zp", torch.zeros(bias.shape, dtype=torch.int32))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized float weight: parents that read ``layer.weight`` (its dtype, its shape:
+        transformers' ViT patch embedding does) see what the layer computes with."""
+        if self.w_q.dtype == torch.float16:
+            return self.w_q.to(torch.float32)
+        return DQ.apply(self.w_q, self.w_scale, self.w_zp, 0)
+
     def _weight(self, like: torch.Tensor) -> torch.Tensor:
         if self.w_q.dtype == torch.float16:  # fp16 storage, float32 arithmetic
             return HalfToFloat.apply(self.w_q, like)

@@ -1,7 +1,11 @@
 """Structural rewrites before calibration: BatchNorm folding and ReLU fusion.
 
-Both look at adjacent children of ``nn.Sequential`` containers, which is how the layers of
-the models we quantize are wired. A pattern elsewhere is left alone, never guessed.
+Pairs are found by dataflow: the model is traced with ``torch.fx`` and a layer pairs with the
+module that consumes its output when that is the output's only use and each module is called
+once (so a BatchNorm called from ``forward()``, outside any ``nn.Sequential``, is folded, and a
+ReLU module shared by several layers is never replaced). When tracing fails (data-dependent
+control flow), adjacent children of ``nn.Sequential`` containers are used instead, and
+:func:`pairing_method` says which and why. A pattern neither finds is left alone, never guessed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,38 @@ from quantwise.nnutil import fold_batchnorm_structure, set_module
 __all__ = ["find_relu_after", "fold_batchnorm", "fold_batchnorm_structure", "set_module"]
 
 
+def pairing_method(model: nn.Module) -> str:
+    """``fx`` when the dataflow trace succeeded, else ``modules (...)`` with the tracer's reason."""
+    return _trace(model)[1]
+
+
+def _trace(model: nn.Module) -> tuple[list[tuple[str, str]] | None, str]:
+    """``[(producer, consumer)]`` module pairs from a ``torch.fx`` trace, and how they were found."""
+    import torch.fx
+
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        return None, f"modules (torch.fx could not trace the model: {type(e).__name__}: {first})"
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    pairs = []
+    for n in gm.graph.nodes:
+        if n.op != "call_module" or calls[str(n.target)] != 1 or len(n.users) != 1:
+            continue
+        (user,) = n.users
+        if user.op == "call_module" and calls[str(user.target)] == 1 and user.args[:1] == (n,) and len(user.args) == 1:
+            pairs.append((str(n.target), str(user.target)))
+    return pairs, "fx"
+
+
 def _adjacent_pairs(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Module]]:
+    traced, _ = _trace(model)
+    if traced is not None:
+        return [(a, model.get_submodule(a), b, model.get_submodule(b)) for a, b in traced]
     pairs = []
     for parent_name, parent in model.named_modules():
         if not isinstance(parent, nn.Sequential):
@@ -37,7 +72,7 @@ def fold_batchnorm(model: nn.Module) -> dict[str, str]:
     """
     folded = {}
     for a_name, a, b_name, b in _adjacent_pairs(model):
-        if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and b.track_running_stats:
+        if isinstance(a, nn.Conv2d) and type(b) is nn.BatchNorm2d and b.track_running_stats and b.affine:
             with torch.no_grad():
                 inv = b.weight / torch.sqrt(b.running_var + b.eps)  # (C_out,)
                 a.weight.mul_(inv.reshape(-1, 1, 1, 1))
@@ -53,8 +88,16 @@ def fold_batchnorm(model: nn.Module) -> dict[str, str]:
 
 
 def find_relu_after(model: nn.Module) -> dict[str, str]:
-    """``{layer_name: relu_name}`` for each Conv2d/Linear followed by ``nn.ReLU`` in the same
-    ``nn.Sequential``, with only ``nn.Identity`` (a folded BatchNorm) between them."""
+    """``{layer_name: relu_name}`` for each Conv2d/Linear whose only consumer is an ``nn.ReLU``
+    module called once (by dataflow), or that is followed by one in the same ``nn.Sequential``
+    with only ``nn.Identity`` (a folded BatchNorm) between them when the model cannot be traced."""
+    traced, _ = _trace(model)
+    if traced is not None:
+        return {
+            a: b
+            for a, b in _through_identity(model, traced)
+            if isinstance(model.get_submodule(a), (nn.Conv2d, nn.Linear)) and type(model.get_submodule(b)) is nn.ReLU
+        }
     out = {}
     for parent_name, parent in model.named_modules():
         if not isinstance(parent, nn.Sequential):
@@ -64,4 +107,17 @@ def find_relu_after(model: nn.Module) -> dict[str, str]:
         for (a_name, a), (b_name, b) in zip(kids, kids[1:]):
             if isinstance(a, (nn.Conv2d, nn.Linear)) and isinstance(b, nn.ReLU):
                 out[prefix + a_name] = prefix + b_name
+    return out
+
+
+def _through_identity(model: nn.Module, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Pairs with ``nn.Identity`` (a folded BatchNorm) skipped: conv -> identity -> relu gives conv -> relu."""
+    nxt = dict(pairs)
+    out = []
+    for a, b in pairs:
+        if isinstance(model.get_submodule(a), nn.Identity):
+            continue
+        while isinstance(model.get_submodule(b), nn.Identity) and b in nxt:
+            b = nxt[b]
+        out.append((a, b))
     return out

@@ -31,6 +31,11 @@ def quantize_model(
     Example:
         >>> qm = quantize_model(model, get_recipe("static-int8"), [(x,) for x in batches])
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UserError(
+            "a TorchScript module cannot be quantized faithfully (quantwise rewrites nn.Module layers, and a scripted "
+            "graph would run unchanged): pass the nn.Module itself"
+        )
     handler = handlers().get(type(recipe))
     if handler is None:
         raise UserError(

@@ -15,7 +15,7 @@ from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.progress import progress_iter
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
-from quantwise.transform.fusion import find_relu_after, fold_batchnorm
+from quantwise.transform.fusion import find_relu_after, fold_batchnorm, pairing_method
 from quantwise.transform.gptq import gptq_quantize, hessian_update
 from quantwise.transform.registry import Batch
 from quantwise.transform.select import select_embeddings, select_layers
@@ -178,7 +178,7 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
         layers=layers,
         skipped=skipped,
         folded=folded,
-        info={"calibration_batches": len(calib)},
+        info={"calibration_batches": len(calib), "pairing": pairing_method(model)},
     )
 
 

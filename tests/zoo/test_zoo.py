@@ -1,0 +1,129 @@
+"""Model-zoo conformance: on real architectures (random weights), every heavy layer is found and
+either quantized or listed with its reason, rewrites keep the FP32 output, the simulation stays
+above a stated SQNR floor, and static INT8 in ONNX Runtime runs every quantized layer in an
+integer kernel. Models: ``models.py``; floors and their reasons: ``floors.py``."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from quantwise import quantize
+from quantwise.api import lower
+from quantwise.runtime.torch_sim import lower_torch
+from quantwise.tasks.base import Task
+from quantwise.transform.fusion import fold_batchnorm
+
+from .floors import FLOORS
+from .models import build
+
+MODELS = list(FLOORS)
+RECIPES = ["static-int8", "dynamic-int8", "weight-int8"]
+_CACHE: dict[str, tuple[nn.Module, list]] = {}
+
+
+def _model(name: str) -> tuple[nn.Module, list]:
+    if name not in _CACHE:
+        _CACHE[name] = build(name)
+    return _CACHE[name]
+
+
+def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean().clamp(min=1e-30)))
+
+
+def _heavy(model: nn.Module) -> list[str]:
+    """Leaf modules holding a weight matrix: what a census must account for."""
+    return [
+        n
+        for n, m in model.named_modules()
+        if n
+        and not any(True for _ in m.children())
+        and isinstance(getattr(m, "weight", None), torch.Tensor)
+        and m.weight.dim() >= 2
+    ]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_rewrites_keep_the_fp32_output(name):
+    model, batches = _model(name)
+    folded = copy.deepcopy(model)
+    fold_batchnorm(folded)
+    with torch.no_grad():
+        ref, out = model(*batches[1]), folded(*batches[1])
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max()) + 1e-6
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_heavy_layer_is_quantized_or_listed_and_sqnr_holds(name, recipe):
+    model, batches = _model(name)
+    qm = quantize(model, recipe, batches[:1])
+    heavy = set(_heavy(qm.model))
+    accounted = set(qm.layers) | set(qm.skipped)
+    assert heavy <= accounted, f"heavy layers neither quantized nor listed: {sorted(heavy - accounted)}"
+    assert all(isinstance(r, str) and r for r in qm.skipped.values())
+    with torch.no_grad():
+        ref, out = model(*batches[1]), lower_torch(qm)(*batches[1])
+    assert out.shape == ref.shape
+    floor = FLOORS[name][recipe]
+    assert _sqnr(ref, out) >= floor, f"{name} {recipe}: SQNR {_sqnr(ref, out):.1f} dB < {floor}"
+
+
+def test_bn_in_forward_is_folded_and_depthwise_convs_are_quantized():
+    qm = quantize(*_model("resnet-style")[:1], "static-int8", _model("resnet-style")[1][:1])
+    assert qm.info["pairing"] == "fx"
+    assert qm.folded["layer1.0.conv1"] == "layer1.0.bn1" and len(qm.folded) == 5
+    assert "layer1.0.relu" not in {lq.fused_relu for lq in qm.layers.values()}  # shared: never replaced
+    mb = quantize(*_model("mobilenetv2-style")[:1], "static-int8", _model("mobilenetv2-style")[1][:1])
+    dw = [n for n, m in mb.model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert dw and all(n in mb.layers for n in dw)
+
+
+def test_a_conv_subclass_with_its_own_forward_is_not_replaced():
+    model, batches = _model("tf-same-padding")
+    qm = quantize(model, "static-int8", batches[:1])
+    assert "stem" not in qm.layers and "own forward" in qm.skipped["stem"]
+    with torch.no_grad():
+        assert lower_torch(qm)(*batches[1]).shape == model(*batches[1]).shape
+
+
+def test_transformers_conv1d_is_quantized_as_linear():
+    model, batches = _model("gpt2-lm")
+    qm = quantize(model, "dynamic-int8", batches[:1])
+    assert any(n.endswith("attn.c_attn") for n in qm.layers) and qm.info["rewritten_as_linear"]
+
+
+def _task(model: nn.Module, batches: list) -> Task:
+    x = batches[1][0]
+    return Task(
+        name="zoo",
+        model=model,
+        calibration=batches[:1],
+        eval_batches=batches[1:],
+        score=lambda o: {},
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        latency_input=lambda n: (x[:n],),
+        build_model=lambda: model,
+    )
+
+
+@pytest.mark.parametrize("name", ["resnet-style", "mobilenetv2-style", "bert-classifier", "vit-classifier"])
+def test_static_int8_runs_every_quantized_layer_in_integer_kernels(name, tmp_path: Path):
+    model, batches = _model(name)
+    qm = quantize(model, "static-int8", batches[:1])
+    runner, _ = lower(qm, _task(model, batches), "onnxruntime", tmp_path)
+    out = runner.run(batches[1])
+    with torch.no_grad():
+        sim = lower_torch(qm)(*batches[1]).numpy()
+    ops = runner.integer_ops()
+    heavy_quantized = sum(lq.kind != "embedding" for lq in qm.layers.values())
+    assert ops["integer"] >= heavy_quantized, ops
+    assert np.mean(out.reshape(len(out), -1).argmax(1) == sim.reshape(len(sim), -1).argmax(1)) >= 0.9
