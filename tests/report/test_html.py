@@ -98,3 +98,41 @@ def test_mixed_precision_map_is_shown_per_layer():
     html = precision_maps({"records": [rec, {"format": "fp32", "runtime": "onnxruntime", "status": "ok", "info": {}}]})
     assert "mixed · onnxruntime: 2 × int4 weights, 1 × int8 weights" in html
     assert html.count("<tr><td>") == 3 and precision_maps({"records": []}) == ""
+
+
+MARK = '<img src=x onerror="alert(1)">'
+
+
+def _plant(x, skip=("status", "schema", "metric", "metric_unit")):
+    """Append markup to every string in a result (keys of dicts too), except values the report
+    dispatches on."""
+    if isinstance(x, dict):
+        return {
+            (MARK + k if isinstance(k, str) and k not in skip and "·" in k else k): (
+                v if k in skip else _plant(v, skip)
+            )
+            for k, v in x.items()
+        }
+    if isinstance(x, list):
+        return [_plant(v, skip) for v in x]
+    return MARK + x if isinstance(x, str) else x
+
+
+def test_every_value_in_the_report_is_escaped(mnist, tmp_path):
+    s = CompareSettings(
+        formats="fp32,dynamic-int8",
+        runtimes="torch,onnxruntime",
+        max_drop=Budget(1.0, False),
+        measure_memory=False,
+        latency_seconds=0.1,
+    )
+    result = run_compare(mnist, s, tmp_path / "run")
+    result["records"].append(
+        {"format": "bf16", "runtime": "onnxruntime", "status": "unsupported", "error": "no kernels"}
+    )
+    result["recommendation"]["others"]["bf16 · onnxruntime"] = "not applicable: no kernels"
+    planted = _plant(result)
+    planted["records"][0]["integer_ops"]["float"].append(MARK)
+    text = write_html(planted, tmp_path / "report.html").read_text()
+    assert MARK not in text and 'onerror="alert' not in text
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
