@@ -80,3 +80,28 @@ def test_relu_activations_keep_a_zero_lower_bound():
         lo, hi = _feed(name, x)
         s, z = choose_qparams(torch.tensor(lo), torch.tensor(hi), UINT8, False)
         assert lo == 0.0 and int(z) == 0 and hi > 1.0
+
+
+def test_entropy_keeps_the_strokes_of_a_normalised_image():
+    """The distribution that collapsed entropy calibration: a normalised digit image, where most
+    pixels are the background (one spike at -0.4242) and the strokes spread up to 2.82. Folding
+    both signs into |x| put the KL minimum on the spike and clipped every stroke to 0.42."""
+    g = torch.Generator().manual_seed(0)
+    n = 100_000
+    x = torch.full((n,), -0.4242)
+    strokes = torch.rand(n, generator=g) < 0.2
+    x[strokes] = -0.4242 + torch.rand(int(strokes.sum()), generator=g) * (2.8215 + 0.4242)
+    lo, hi = _feed("entropy", x)
+    assert lo == pytest.approx(-0.4242, abs=1e-3), "the background spike must be on the grid, not clipped"
+    clipped = float(((x > hi) & strokes).float().mean() / strokes.float().mean())
+    assert clipped < 0.05 and hi > 2.5, f"entropy clipped {clipped:.1%} of the strokes (range ends at {hi:.2f})"
+    assert _mse(x, (lo, hi), UINT8, False) < _mse(x, (-0.4242, 0.4242), UINT8, False) / 10
+
+
+def test_entropy_gives_a_relu_output_all_256_levels():
+    g = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(50_000, generator=g))
+    lo, hi = _feed("entropy", x)
+    # 128 levels (the signed half-grid) chose 1.48 here, with 3.8x the squared error of this range.
+    assert lo == 0.0 and hi > 1.8
+    assert _mse(x, (lo, hi), UINT8, False) < _mse(x, (0.0, 1.48), UINT8, False) / 2

@@ -69,9 +69,10 @@ def test_report_renders_every_plot_without_errors(mnist, tmp_path):
     assert result["recommendation"]["winner"]["key"] in dom
 
 
-def test_report_confusion_change_and_where_accuracy_was_lost_are_shown(mnist, tmp_path):
+def test_report_confusion_change_and_where_accuracy_was_lost_are_shown(mnist_dim_calibration, tmp_path):
+    mnist = mnist_dim_calibration
     s = CompareSettings(
-        formats="fp32,static-int8-minmax,static-int8-entropy",
+        formats="fp32,static-int8-minmax,fp16",
         runtimes="onnxruntime",
         measure_memory=False,
         latency_seconds=0.1,
@@ -83,7 +84,7 @@ def test_report_confusion_change_and_where_accuracy_was_lost_are_shown(mnist, tm
     dom, log = open_in_browser(page, tmp_path / "p2")
     assert "Uncaught" not in log, log
     assert '<table class="cm">' in dom
-    assert "Where accuracy was lost" in dom and "<b>static-int8-entropy</b> drops" in dom
+    assert "Where accuracy was lost" in dom and "<b>static-int8-minmax</b> drops" in dom
 
 
 def test_mixed_precision_map_is_shown_per_layer():

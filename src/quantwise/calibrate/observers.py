@@ -134,10 +134,16 @@ class PercentileObserver(HistogramObserver):
 class EntropyObserver(HistogramObserver):
     """KL-divergence threshold search (TensorRT's calibration, as ONNX Runtime implements it).
 
-    Works on the histogram of ``|x|``; for each candidate threshold the clipped reference
-    distribution P is compared with its ``2**(bits-1)``-level quantized version Q, and the
-    threshold with the smallest ``KL(P || Q)`` wins. The range is ``[-t, t]``, or ``[0, t]``
-    (or ``[min, t]``) for non-negative activations.
+    For each candidate threshold the clipped reference distribution P is compared with its
+    quantized version Q, and the threshold with the smallest ``KL(P || Q)`` wins. Each side of
+    zero is searched on its own histogram with the levels the 8-bit grid gives it: a
+    non-negative tensor (after a ReLU) gets all 256 levels over ``[0, t]``; a tensor with both
+    signs gets 128 per side and the range ``[-t_neg, t_pos]``.
+
+    Folding both signs into one ``|x|`` histogram with a symmetric range (the textbook form)
+    collapses on asymmetric inputs: a normalised image's background is one spike at
+    ``-0.42``, the KL minimum sits on that spike, and ``[-0.42, 0.42]`` clipped every stroke
+    of mnist's digits (93.05% vs 99.83% with min-max); ``test_observers`` plants that shape.
     """
 
     def __init__(self, bins: int = 2048, levels: int = 128) -> None:
@@ -147,11 +153,15 @@ class EntropyObserver(HistogramObserver):
     def range(self) -> tuple[float, float]:
         self._check()
         half = self.bins // 2
-        abs_hist = self.hist[half:].copy()
-        abs_hist += self.hist[:half][::-1]  # (bins/2,) counts of |x|
-        t = _kl_threshold(abs_hist, self.bound, self.levels)
-        lo = -t if self.min_val < 0 else self.min_val
-        return max(lo, self.min_val), min(t, self.max_val)
+        pos, neg = self.hist[half:].copy(), self.hist[:half][::-1].copy()  # (bins/2,) counts of x >= 0 and of -x > 0
+        full = 2 * self.levels  # the 8-bit grid's levels
+        if self.min_val >= 0:
+            return self.min_val, min(_kl_threshold(pos, self.bound, full), self.max_val)
+        if self.max_val <= 0:
+            return max(-_kl_threshold(neg, self.bound, full), self.min_val), self.max_val
+        t_pos = _kl_threshold(pos, self.bound, self.levels)
+        t_neg = _kl_threshold(neg, self.bound, self.levels)
+        return max(-t_neg, self.min_val), min(t_pos, self.max_val)
 
 
 def _kl_threshold(hist: np.ndarray, bound: float, levels: int) -> float:
