@@ -169,11 +169,15 @@ def _evaluate(
         runner, module = lower(qm, task, runtime, tmp, threads, batch_sizes)
         outputs = run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating")
         record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
+        if task.labels is not None and len(task.labels) == len(outputs):
+            # per-example outcomes, so compare can give paired intervals and McNemar's test vs FP32
+            correct = np.asarray(task.predict(outputs)) == np.asarray(task.labels)
+            record["per_example"] = {"correct": correct.astype(int).tolist()}
         status("measuring latency")
         for bs in batch_sizes:
             batch = task.latency_input(bs)
             record["latency_ms"][f"batch_{bs}"] = measure_latency(
-                partial(runner.run, batch), max_seconds=latency_seconds
+                partial(runner.run, batch), min_seconds=min(0.25, latency_seconds), max_seconds=latency_seconds
             )
         if measure_memory:
             status("measuring peak memory in a separate process")

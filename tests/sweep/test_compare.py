@@ -7,7 +7,8 @@ import json
 import pytest
 
 from quantwise.sweep import compare as cmp
-from quantwise.sweep.compare import CompareSettings, export_recommended, run_compare
+from quantwise.sweep.compare import CompareSettings, run_compare
+from quantwise.sweep.export import export_recommended
 from quantwise.sweep.recommend import Budget
 
 FORMATS = "fp32,dynamic-int8,static-int8-minmax,weight-int8"
@@ -43,6 +44,40 @@ def test_compare_records_recommends_and_exports(mnist, tmp_path):
     dest = export_recommended(mnist, result, tmp_path)
     meta = json.loads((dest / "quantwise-export.json").read_text())
     assert meta["format"] == rec["winner"]["format"] and (dest / meta["artifact"].rstrip("/")).exists()
+    assert meta["verified"]["ok"] and meta["verified"]["checked"] and meta["verified"]["examples"] == 16
+    assert not list(dest.glob("*.optimized.onnx")), "the check must leave the export folder as it was"
+
+
+def test_an_export_that_is_not_what_was_evaluated_is_caught(mnist, tmp_path):
+    """Tamper with an exported ONNX file: the re-check reads it back as a user would and sees it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from quantwise import quantize
+    from quantwise.api import evaluate
+    from quantwise.sweep.export import verify_export
+
+    qm = quantize(mnist.model, "static-int8", mnist.calibration)
+    dest = tmp_path / "exp"
+    evaluate(
+        mnist,
+        "static-int8",
+        "onnxruntime",
+        out=dest,
+        batch_sizes=(1,),
+        measure_memory=False,
+        latency_seconds=0.05,
+        quantized=qm,
+    )
+    assert verify_export(mnist, qm, "onnxruntime", dest)["identical"]
+    m = onnx.load(str(dest / "model.onnx"))
+    init = next(
+        t for t in m.graph.initializer if numpy_helper.to_array(t).dtype.kind == "f" and t.dims and t.dims[0] == 10
+    )
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 1.0, init.name))  # the last layer's bias
+    onnx.save(m, str(dest / "model.onnx"))
+    got = verify_export(mnist, qm, "onnxruntime", dest)
+    assert not got["ok"] and got["max_abs_diff"] > 0.5
 
 
 def test_interrupted_run_resumes_without_recomputing(mnist, tmp_path, monkeypatch):
@@ -145,6 +180,7 @@ def test_mcu_profile_offers_only_fixed_point_and_exports_c(mnist, tmp_path):
     assert "no kernels on mcu-no-fpu" in rec["others"]["static-int8-minmax · onnxruntime"]
     dest = export_recommended(mnist, result, tmp_path)
     meta = json.loads((dest / "quantwise-export.json").read_text())
+    assert meta["verified"]["ok"] and meta["verified"]["identical"]  # the integer executor, reloaded: bit for bit
     assert meta["artifact"] == "c/" and (dest / "c" / "qw_model.c").exists() and (dest / "quantized").is_dir()
     assert (
         f"#define QW_ARENA_BYTES {meta['c_memory']['activation_ram_bytes']} " in (dest / "c" / "qw_model.h").read_text()
@@ -199,4 +235,5 @@ def test_compare_in_tflite_reports_integer_tensors_and_our_scales(mnist, tmp_pat
     assert result["recommendation"]["winner"]["key"] == "static-int8-full · tflite"
     dest = export_recommended(mnist, result, tmp_path)
     meta = json.loads((dest / "quantwise-export.json").read_text())
+    assert meta["verified"]["ok"]
     assert meta["artifact"] == "model_b1.tflite" and (dest / meta["artifact"]).stat().st_size > 0

@@ -49,7 +49,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from quantwise.errors import UserError
     from quantwise.report.html import write_html
     from quantwise.report.terminal import print_compare
-    from quantwise.sweep.compare import CompareSettings, export_recommended, run_compare, write_json
+    from quantwise.sweep.compare import CompareSettings, run_compare, write_json
+    from quantwise.sweep.export import ExportMismatch, export_recommended
     from quantwise.sweep.formats import select_formats
     from quantwise.sweep.profiles import get_profile
     from quantwise.sweep.recommend import parse_budget
@@ -95,10 +96,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     built: dict = {}
     with locked_out(out):
         result = run_compare(task, settings, out, resume=args.resume, built=built)
-        exported = export_recommended(
-            task, result, out, args.threads, settings.max_drop.points(1.0), built, settings.optimize
-        )
+        export_error = None
+        try:
+            exported = export_recommended(
+                task, result, out, args.threads, settings.max_drop.points(1.0), built, settings.optimize
+            )
+        except ExportMismatch as e:  # recorded, reported, and the run fails
+            exported, export_error = None, str(e)
         result["exported"] = str(exported) if exported else None
+        result["export_error"] = export_error
         write_json(out / "results.json", result)
         write_html(result, out / "report.html")
     if args.format == "json":
@@ -109,6 +115,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"results: {out / 'results.json'} · report: {out / 'report.html'}"
             + (f" · model: {exported}" if exported else "")
         )
+    if export_error:
+        print(f"error: {export_error}", file=sys.stderr)
+        return 1
     failed = [r for r in result["records"] if r.get("status") == "failed"]
     if failed:
         print(

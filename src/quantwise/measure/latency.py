@@ -1,24 +1,37 @@
-"""Latency: median and p90 per call after warm-up, with a fixed thread count."""
+"""Latency: median, p90 and a 95% interval of the median per call after warm-up, with the
+machine's load measured during the timing; a noisy measurement is re-timed once and flagged."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from quantwise.measure.stats import median_interval
 
-def measure_latency(
-    fn: Callable[[], object], warmup: int = 3, iters: int = 20, min_seconds: float = 0.0, max_seconds: float = 10.0
-) -> dict[str, float]:
-    """Time ``fn()``; returns ``{"p50": ms, "p90": ms, "n": calls}``.
+NOISY_OTHER_SHARE = 0.25  # other processes used more than a quarter of the machine's CPU time
+NOISY_CI_WIDTH = 0.15  # the median's 95% interval is wider than 15% of the median
 
-    Runs ``warmup`` untimed calls, then at least ``iters`` timed calls (or until ``min_seconds``),
-    stopping early once ``max_seconds`` of timed calls have passed (at least 3 calls).
-    """
-    for _ in range(warmup):
-        fn()
-    times = []
+
+def _cpu_busy() -> tuple[float, float]:
+    """(busy seconds of the whole machine, CPU seconds of this process) so far; (0, 0) off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            parts = [float(v) for v in f.readline().split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (sum(parts) - parts[3] - (parts[4] if len(parts) > 4 else 0.0)) / tick  # minus idle and iowait
+        t = os.times()
+        return busy, t.user + t.system
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+
+
+def _time(fn: Callable[[], object], iters: int, min_seconds: float, max_seconds: float) -> tuple[list[float], float]:
+    times: list[float] = []
+    busy0, own0 = _cpu_busy()
     start = time.perf_counter()
     while True:
         t0 = time.perf_counter()
@@ -27,5 +40,42 @@ def measure_latency(
         elapsed = time.perf_counter() - start
         if (len(times) >= iters and elapsed >= min_seconds) or (elapsed > max_seconds and len(times) >= 3):
             break
-    a = np.array(times)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "n": len(times)}
+    busy1, own1 = _cpu_busy()
+    cores = os.cpu_count() or 1
+    other = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(elapsed * cores, 1e-9)
+    return times, min(other, 1.0)
+
+
+def measure_latency(
+    fn: Callable[[], object], warmup: int = 3, iters: int = 20, min_seconds: float = 0.0, max_seconds: float = 10.0
+) -> dict[str, Any]:
+    """Time ``fn()``; returns ``{"p50", "p90", "ci95", "n", "other_load", "noisy"}`` (ms).
+
+    Runs ``warmup`` untimed calls, then at least ``iters`` timed calls (or until ``min_seconds``),
+    stopping early once ``max_seconds`` of timed calls have passed (at least 3 calls).
+    ``other_load`` is the share of the machine's CPU time other processes used meanwhile; when it
+    or the interval's width is too large the timing is repeated once, and ``noisy`` says whether
+    the kept timing still was.
+    """
+    for _ in range(warmup):
+        fn()
+    result: dict[str, Any] = {}
+    for attempt in range(2):
+        times, other = _time(fn, iters, min_seconds, max_seconds)
+        a = np.array(times)
+        p50 = float(np.percentile(a, 50))
+        ci = median_interval(a)
+        loaded = other > NOISY_OTHER_SHARE
+        wide = (ci[1] - ci[0]) > NOISY_CI_WIDTH * p50
+        result = {
+            "p50": p50,
+            "p90": float(np.percentile(a, 90)),
+            "ci95": ci,
+            "n": len(times),
+            "other_load": round(other, 3),
+            "noisy": bool(loaded or wide),
+            "retimed": attempt == 1,
+        }
+        if not (loaded or (wide and len(times) >= 10)):  # few long calls are wide by nature: re-timing won't help
+            break
+    return result

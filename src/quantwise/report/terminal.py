@@ -19,7 +19,8 @@ def fmt_bytes(n: int | None) -> str:
 
 
 def fmt_ms(lat: dict[str, Any] | None, key: str = "p50") -> str:
-    return f"{lat[key]:.2f}" if lat else "n/a"
+    """A latency; ``~`` marks a measurement flagged noisy (other load, or a wide interval)."""
+    return f"{'~' if lat.get('noisy') and key == 'p50' else ''}{lat[key]:.2f}" if lat else "n/a"
 
 
 def int_share(rec: dict[str, Any]) -> str:
@@ -140,6 +141,14 @@ def compare_table(result: dict[str, Any]) -> Table:
 def print_compare(result: dict[str, Any], console: Console | None = None) -> None:
     console = console or make_console()
     console.print(compare_table(result))
+    if any(v.get("noisy") for r in result["records"] for v in (r.get("latency_ms") or {}).values()):
+        console.print(
+            "[yellow]~ noisy latency: other processes used the CPU, or the 95% interval of the median "
+            "is wide (results.json: latency_ms.*.other_load, ci95)[/yellow]"
+        )
+    console.print(
+        "[dim]Δ: change vs FP32 with its 95% paired-bootstrap interval where per-example outcomes exist[/dim]"
+    )
     rec = result["recommendation"]
     console.print(
         f"[bold]{rec['message']}[/bold]  (target {rec['target']}, optimize {rec['objective']}, budget {rec['budget']})"
@@ -196,8 +205,12 @@ def metric_cells(result: dict[str, Any], r: dict[str, Any]) -> tuple[str, str, s
         metric, r.get("accuracy_change_points", 0.0) if metric == "accuracy" else 0.0
     )
     f1 = r["metrics"].get("f1_macro")
+    ci = (r.get("uncertainty") or {}).get("change_ci") if metric == "accuracy" else None
+    shown = f"{change:+.2f}" if frac else f"{change:+.4g}"
+    if ci:
+        shown += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
     return (
         f"{100 * v:.2f}%" if frac else f"{v:.4g}",
-        f"{change:+.2f}" if frac else f"{change:+.4g}",
+        shown,
         f"{f1:.4f}" if isinstance(f1, float) else "",
     )

@@ -62,6 +62,8 @@ class RuntimeSpec:
         memory_loads_artifact: the memory child loads the saved artifact (else the pickled
             module quantwise itself wrote to its temporary folder).
         available: None when installed, else what to install.
+        load: ``load(folder, task, threads) -> runner`` reads an exported folder back exactly as
+            ``how_to_load`` tells a user to (compare re-verifies its export with it).
     """
 
     name: str
@@ -73,3 +75,4 @@ class RuntimeSpec:
     how_to_load: Callable[[Any], tuple[str, str]]
     memory_loads_artifact: bool = False
     available: Callable[[], str | None] = _always_available
+    load: Callable[..., Any] | None = None

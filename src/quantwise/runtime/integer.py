@@ -81,6 +81,11 @@ def _how(qm: QuantizedModel | None) -> tuple[str, str]:
     )
 
 
+def _load(folder: Path, task: Any, threads: int = 1) -> IntegerRunner:
+    qm = QuantizedModel.load(folder / "quantized", task.build_model())
+    return IntegerRunner(IntegerModule(qm), folder / "quantized")
+
+
 SPEC = RuntimeSpec(
     name="integer",
     help="fixed-point models only: the integer-only NumPy reference executor (bit-exact with the generated C)",
@@ -89,4 +94,5 @@ SPEC = RuntimeSpec(
     why_not=_why_not,
     lower=_lower,
     how_to_load=_how,
+    load=_load,
 )

@@ -177,4 +177,5 @@ SPEC = RuntimeSpec(
     how_to_load=_how,
     memory_loads_artifact=True,
     available=_available,
+    load=lambda folder, task, threads=1: OrtRunner(folder / "model.onnx", task.input_names, threads),
 )

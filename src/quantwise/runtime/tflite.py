@@ -270,4 +270,5 @@ SPEC = RuntimeSpec(
     how_to_load=_how,
     memory_loads_artifact=True,
     available=_available,
+    load=lambda folder, task, threads=1: TfliteRunner({1: folder / "model_b1.tflite"}, threads),
 )

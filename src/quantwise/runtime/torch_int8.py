@@ -155,6 +155,13 @@ def _how(qm: QuantizedModel | None) -> tuple[str, str]:
     )
 
 
+def _load(folder: Path, task: Any, threads: int = 1) -> Any:
+    from quantwise.runtime.torch_rt import TorchRunner
+
+    qm = QuantizedModel.load(folder / "quantized", task.build_model())
+    return TorchRunner(lower_torch_int8(qm), folder / "quantized", threads, runtime="torch-int8")
+
+
 SPEC = RuntimeSpec(
     name="torch-int8",
     help="PyTorch's x86 int8 kernels (quantized::linear_dynamic, quantized::conv2d/linear) for dynamic and static INT8",
@@ -163,4 +170,5 @@ SPEC = RuntimeSpec(
     why_not=why_not_int8,
     lower=_lower,
     how_to_load=_how,
+    load=_load,
 )

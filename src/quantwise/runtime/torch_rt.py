@@ -105,6 +105,17 @@ def _how(qm: QuantizedModel | None) -> tuple[str, str]:
     )
 
 
+def _load(folder: Path, task: Any, threads: int = 1) -> TorchRunner:
+    from quantwise.runtime.torch_sim import lower_torch
+
+    qm = QuantizedModel.load(folder / "quantized", task.build_model())
+    if qm.plan is not None:
+        from quantwise.fixedpoint.simulate import FixedPointModule
+
+        return TorchRunner(FixedPointModule(qm.plan, "exact"), folder / "quantized", threads)
+    return TorchRunner(lower_torch(qm), folder / "quantized", threads)
+
+
 SPEC = RuntimeSpec(
     name="torch",
     help="eager PyTorch: FP32, fp16/bf16, and a fake-quant simulation of integer formats (float arithmetic)",
@@ -113,4 +124,5 @@ SPEC = RuntimeSpec(
     why_not=_why_not,
     lower=_lower,
     how_to_load=_how,
+    load=_load,
 )

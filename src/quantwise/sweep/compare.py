@@ -1,4 +1,6 @@
-"""``compare``: every format in every runtime, saved as each finishes, resumable, then a recommendation."""
+"""``compare``: every format in every runtime, saved as each finishes, resumable, then a recommendation.
+
+The winner's export and its re-verification live in :mod:`quantwise.sweep.export`."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from quantwise.errors import UnsupportedModel, UserError
 from quantwise.measure.env import environment
 from quantwise.outdir import clear_previous_run
 from quantwise.progress import live_progress, warn
+from quantwise.sweep.derive import derive, sample_size_note
 from quantwise.sweep.formats import Format, select_formats
 from quantwise.sweep.identity import run_identity, seal, why_stale
 from quantwise.sweep.losses import explain_losses
 from quantwise.sweep.profiles import get_profile
-from quantwise.sweep.recommend import Budget, baseline_runtime, recommend
-from quantwise.tasks.base import CLASSIFICATION_METRICS, MetricSpec, Task
+from quantwise.sweep.recommend import Budget, recommend
+from quantwise.tasks.base import Task
 
 COMPARE_SCHEMA = "quantwise.compare/1"
 PREVIOUS_RUN = ("results.json", "report.html", "recommended", "records", "run.json")  # what a compare writes
@@ -127,10 +130,20 @@ def run_compare(
             write_json(path, rec)
             records.append(rec)
             progress.advance(overall)
-    _derive(records, task.metrics)
+    derive(records, task.metrics)
     rec_result = recommend(
-        records, settings.max_drop, settings.optimize, profile, task.metric_spec(), f"batch_{settings.latency_batch}"
+        records,
+        settings.max_drop,
+        settings.optimize,
+        profile,
+        task.metric_spec(),
+        f"batch_{settings.latency_batch}",
+        speed_batches=[f"batch_{settings.latency_batch}", f"batch_{settings.batch_n}"],
+        portability={f.id: len(f.runtimes) for f, _ in pairs},
     )
+    note = sample_size_note(records, rec_result["budget_points"], rec_result.get("metric_unit", "points"))
+    if note:
+        rec_result["notes"].append(note)
     losses = explain_losses(
         task, records, rec_result, settings.explain, settings.explain_samples, records_dir, resume, built
     )
@@ -207,85 +220,3 @@ def _run_one(
     rec["format"] = fmt.id
     rec["family"] = fmt.family
     return rec
-
-
-def _derive(records: list[dict[str, Any]], metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS) -> None:
-    """Add each metric's change vs FP32 (points for fractions, else the metric's units; positive is
-    an increase), speedup and compression (vs FP32 in the baseline runtime) to each record."""
-    base = {r["runtime"]: r for r in records if r["format"] == "fp32" and r.get("status") == "ok"}
-    for r in records:
-        b = base.get(baseline_runtime(r["runtime"]))
-        if r.get("status") != "ok" or b is None:
-            continue
-        r["metric_change"] = {
-            m.name: (100 if m.fraction else 1) * (r["metrics"][m.name] - b["metrics"][m.name])
-            for m in metrics
-            if m.name in r["metrics"] and m.name in b["metrics"]
-        }
-        if "accuracy" in r["metric_change"]:
-            r["accuracy_change_points"] = r["metric_change"]["accuracy"]
-        r["speedup"] = {
-            k: b["latency_ms"][k]["p50"] / v["p50"]
-            for k, v in r["latency_ms"].items()
-            if k in b["latency_ms"] and v["p50"] > 0
-        }
-        r["compression"] = b["size_bytes"] / r["size_bytes"] if r["size_bytes"] else None
-
-
-def export_recommended(
-    task: Task,
-    result: dict[str, Any],
-    out: Path,
-    threads: int = 1,
-    max_drop_points: float | None = None,
-    built: dict[str, Any] | None = None,
-    optimize: str | None = None,
-) -> Path | None:
-    """Write the winner with a metadata file to ``out/recommended``; reuses its QuantizedModel from
-    ``built`` when compare made it in this process (after ``--resume`` it is rebuilt, deterministically)."""
-    from quantwise.sweep.formats import FORMATS
-
-    w = result["recommendation"]["winner"]
-    if not w:
-        return None
-    from quantwise.api import build_quantized
-
-    fmt = FORMATS[w["format"]]
-    dest = out / "recommended"
-    recipe = fmt.build_recipe(max_drop_points, optimize)
-    qm = (built or {}).get(fmt.id) or (build_quantized(task, recipe) if recipe else None)
-    evaluate(
-        task,
-        recipe,
-        w["runtime"],
-        out=dest,
-        threads=threads,
-        batch_sizes=(1,),
-        measure_memory=False,
-        latency_seconds=0.5,
-        quantized=qm,
-    )
-    from quantwise.runtime.registry import get_runtime
-
-    artifact, how = get_runtime(w["runtime"]).how_to_load(qm)
-    extra = {}
-    if w["runtime"] == "integer" and qm is not None:
-        from quantwise.fixedpoint.cexport import export_c, plan_memory
-
-        export_c(qm, dest / "c")
-        extra["c_memory"] = plan_memory(qm.plan).to_dict()
-    meta = {
-        **extra,
-        "format": fmt.id,
-        "runtime": w["runtime"],
-        "recipe": recipe.to_dict() if recipe else None,
-        "task": task.name,
-        "artifact": artifact,
-        "how_to_load": how,
-        "inputs": task.input_names,
-        "accuracy_drop_points": w["drop_points"],
-        "made_by": "quantwise compare",
-        "created": result["created"],
-    }
-    write_json(dest / "quantwise-export.json", meta)
-    return dest

@@ -11,6 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantwise.errors import UserError
+from quantwise.sweep.confidence import (
+    TIE_MARGIN,
+    TIE_RULE,
+    budget_confidence,
+    faster_with_confidence,
+    indistinguishable,
+)
 from quantwise.sweep.profiles import Profile
 from quantwise.tasks.base import MetricSpec
 
@@ -93,6 +100,8 @@ def recommend(
     profile: Profile | None = None,
     metric: str | MetricSpec = "accuracy",
     latency_batch: str = "batch_1",
+    speed_batches: list[str] | None = None,
+    portability: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Winner, runner-up, why each other format lost, and the Pareto fronts.
 
@@ -117,6 +126,7 @@ def recommend(
 
     measured = profile is None or profile.measured
     reasons: dict[str, str] = {}
+    confidence: dict[str, str] = {}
     candidates = []
     for r in records:
         k = key(r)
@@ -140,9 +150,11 @@ def recommend(
             if v is None or bv is None:
                 reasons[k] = "latency not measured"
                 continue
-            if v >= bv:
-                reasons[k] = f"slower than FP32 in {brt} ({bv / v:.2f}x): not a speed win"
+            why = faster_with_confidence(r, b, speed_batches or [latency_batch])  # type: ignore[arg-type]
+            if why:
+                reasons[k] = f"{why} (FP32 in {brt})"
                 continue
+        confidence[k] = budget_confidence(r, drop, allowed)
         candidates.append(r)
 
     def rank(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -157,15 +169,20 @@ def recommend(
             )
             return (speed_class, r.get("size_bytes") or 0, drop, key(r))
         v = _objective(r, objective, latency_batch)
-        return (v if v is not None else float("inf"), drop, r.get("size_bytes") or 0, key(r))
+        sure = 0 if confidence.get(key(r)) != "possibly" else 1  # within budget with confidence first
+        return (sure, v if v is not None else float("inf"), drop, r.get("size_bytes") or 0, key(r))
 
     candidates.sort(key=rank)
+    tie = _break_tie(candidates, objective, latency_batch, worse, portability or {}, confidence) if measured else None
     winner = candidates[0] if candidates else None
     runner_up = candidates[1] if len(candidates) > 1 else None
     for r in candidates[2:]:
         reasons[key(r)] = _lost_to(r, winner, objective, latency_batch, measured)  # type: ignore[arg-type]
     if runner_up is not None:
         reasons[key(runner_up)] = "runner-up: " + _lost_to(runner_up, winner, objective, latency_batch, measured)  # type: ignore[arg-type]
+    for k in (tie or {}).get("keys", [])[1:]:
+        prefix = "runner-up: " if runner_up is not None and k == key(runner_up) else ""
+        reasons[k] = f"{prefix}ties {key(winner)} on {objective} ({tie['why']}); loses by the rule: {tie['rule']}"  # type: ignore[index,arg-type]
     closest = None
     if winner is None:
         quantized = [r for r in ok if r["format"] != "fp32"]
@@ -186,11 +203,14 @@ def recommend(
         "higher_is_better": spec.higher_is_better,
         "target": profile.name if profile else "this-machine",
         "baseline_score": base_score,
-        "winner": _summary(winner, worse) if winner else None,
-        "runner_up": _summary(runner_up, worse) if runner_up else None,
+        "winner": {**_summary(winner, worse), "budget_confidence": confidence.get(key(winner))} if winner else None,
+        "runner_up": {**_summary(runner_up, worse), "budget_confidence": confidence.get(key(runner_up))}
+        if runner_up
+        else None,
+        "tie": tie,
         "others": reasons,
         "closest": closest,
-        "message": _message(winner, closest, budget, objective, spec),
+        "message": _message(winner, closest, budget, objective, spec, confidence, tie),
         "pareto": {
             "latency": pareto_front(_points(ok, worse, lambda r: _objective(r, "latency", latency_batch))),
             "size": pareto_front(_points(ok, worse, lambda r: r.get("size_bytes"))),
@@ -224,13 +244,68 @@ def _lost_to(r: dict[str, Any], w: dict[str, Any], objective: str, batch: str, m
 
 
 def _message(
-    winner: dict[str, Any] | None, closest: dict[str, Any] | None, budget: Budget, objective: str, spec: MetricSpec
+    winner: dict[str, Any] | None,
+    closest: dict[str, Any] | None,
+    budget: Budget,
+    objective: str,
+    spec: MetricSpec,
+    confidence: dict[str, str] | None = None,
+    tie: dict[str, Any] | None = None,
 ) -> str:
     if winner:
-        return f"recommended: {key(winner)} (best {objective} within a drop of {budget})"
+        sure = (confidence or {}).get(key(winner))
+        how = {
+            "confident": "; within budget with 95% confidence",
+            "possibly": "; possibly within budget (the 95% "
+            "interval reaches past it): no format was within budget with confidence",
+        }.get(sure or "", "")
+        tied = (
+            f"; tied on {objective} with {', '.join(k for k in tie['keys'] if k != key(winner))}, chosen by: {tie['rule']}"
+            if tie
+            else ""
+        )
+        return f"recommended: {key(winner)} (best {objective} within a drop of {budget}{how}{tied})"
     if closest:
         return (
             f"no quantized format meets the budget of {budget} with a {objective} gain; closest: {closest['key']} "
             f"({spec.name} worse by {closest['drop_points']:.4g} {spec.unit}). Keep FP32 or relax --max-drop."
         )
     return "no quantized format ran successfully; keep FP32"
+
+
+def _break_tie(
+    ranked: list[dict[str, Any]],
+    objective: str,
+    batch: str,
+    worse: Any,
+    portability: dict[str, int],
+    confidence: dict[str, str],
+) -> dict[str, Any] | None:
+    """Reorder, in place, the candidates whose objective cannot be told apart from the best
+    (latency intervals overlap; equal size or memory) by :data:`TIE_RULE`; describe the tie."""
+    if len(ranked) < 2:
+        return None
+    best = ranked[0]
+
+    def same(r: dict[str, Any]) -> bool:
+        if objective == "latency":
+            return indistinguishable(r, best, batch)
+        return _objective(r, objective, batch) == _objective(best, objective, batch)
+
+    sure = confidence.get(key(best))
+    group = [r for r in ranked if same(r) and confidence.get(key(r)) == sure]
+    if len(group) < 2:
+        return None
+    group.sort(key=lambda r: (round(worse(r), 9), r.get("size_bytes") or 0, -portability.get(r["format"], 1), key(r)))
+    rest = [r for r in ranked if r not in group]
+    ranked[:] = group + rest
+    return {
+        "keys": [key(r) for r in group],
+        "rule": TIE_RULE,
+        "why": f"their {objective} cannot be told apart"
+        + (
+            f" (95% intervals of the median overlap, or medians within {TIE_MARGIN:.0%})"
+            if objective == "latency"
+            else ""
+        ),
+    }

@@ -1,0 +1,76 @@
+"""What compare adds to each record against FP32: metric changes with their intervals and
+McNemar's test, speedups with intervals, compression; and whether the test set is big enough."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from quantwise.measure.stats import (
+    LEVEL,
+    RESAMPLES,
+    SEED,
+    examples_needed,
+    mcnemar_exact,
+    paired_bootstrap,
+    ratio_interval,
+)
+from quantwise.sweep.recommend import baseline_runtime
+from quantwise.tasks.base import CLASSIFICATION_METRICS, MetricSpec
+
+
+def derive(records: list[dict[str, Any]], metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS) -> None:
+    """Add to each record, vs FP32 in its baseline runtime: ``metric_change`` (points for fractions,
+    else the metric's units; positive is an increase), ``uncertainty`` (paired bootstrap interval
+    of the accuracy change and McNemar's exact test, when both carry per-example outcomes, and
+    ``worse_ci``: how much worse, in the primary metric's direction), ``speedup`` with
+    ``speedup_ci`` (from the medians' intervals) and ``compression``."""
+    base = {r["runtime"]: r for r in records if r["format"] == "fp32" and r.get("status") == "ok"}
+    for r in records:
+        b = base.get(baseline_runtime(r["runtime"]))
+        if r.get("status") != "ok" or b is None:
+            continue
+        r["metric_change"] = {
+            m.name: (100 if m.fraction else 1) * (r["metrics"][m.name] - b["metrics"][m.name])
+            for m in metrics
+            if m.name in r["metrics"] and m.name in b["metrics"]
+        }
+        if "accuracy" in r["metric_change"]:
+            r["accuracy_change_points"] = r["metric_change"]["accuracy"]
+        ours, theirs = (r.get("per_example") or {}).get("correct"), (b.get("per_example") or {}).get("correct")
+        if ours is not None and theirs is not None and len(ours) == len(theirs) and len(ours) > 0:
+            boot = paired_bootstrap(np.array(theirs), np.array(ours))
+            change = [100 * boot["ci"][0], 100 * boot["ci"][1]]
+            r["uncertainty"] = {
+                "metric": "accuracy",
+                "change_points": 100 * boot["delta"],
+                "change_ci": change,
+                "worse_ci": [-change[1], -change[0]],
+                "method": f"paired bootstrap over {boot['n']} examples, {RESAMPLES} resamples, seed {SEED}, {LEVEL:.0%}",
+                "mcnemar": mcnemar_exact(np.array(theirs), np.array(ours)),
+            }
+        lat, blat = r["latency_ms"], b["latency_ms"]
+        r["speedup"] = {k: blat[k]["p50"] / v["p50"] for k, v in lat.items() if k in blat and v["p50"] > 0}
+        r["speedup_ci"] = {
+            k: ratio_interval(blat[k]["ci95"], v["ci95"])
+            for k, v in lat.items()
+            if k in blat and "ci95" in v and "ci95" in blat[k]
+        }
+        r["compression"] = b["size_bytes"] / r["size_bytes"] if r["size_bytes"] else None
+
+
+def sample_size_note(records: list[dict[str, Any]], allowed_points: float, unit: str) -> str | None:
+    """A note when the test set is too small for an interval as narrow as the budget."""
+    n = next((len(r["per_example"]["correct"]) for r in records if (r.get("per_example") or {}).get("correct")), 0)
+    if not n or unit != "points":
+        return None
+    need = examples_needed(allowed_points)
+    if n >= need:
+        return None
+    half = 1.96 * np.sqrt(0.02 / n) * 100
+    return (
+        f"{n} test examples give a 95% interval of about ±{half:.2f} points on an accuracy change (at 2% of "
+        f"predictions changing), wider than the budget of {allowed_points:.2f} points: about {need} examples "
+        "would tell a format within budget from one over it"
+    )

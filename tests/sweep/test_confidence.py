@@ -1,0 +1,138 @@
+"""Numbers a user can trust: intervals, McNemar's test, noise detection, ties, confident budgets."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import numpy as np
+import pytest
+
+from quantwise.measure.latency import measure_latency
+from quantwise.measure.stats import examples_needed, mcnemar_exact, median_interval, paired_bootstrap
+from quantwise.sweep.derive import derive, sample_size_note
+from quantwise.sweep.recommend import Budget, recommend
+
+
+def test_paired_bootstrap_is_seeded_and_brackets_the_change():
+    rng = np.random.default_rng(5)
+    a = (rng.random(2000) < 0.97).astype(int)
+    b = a.copy()
+    b[rng.choice(2000, 30, replace=False)] = 0  # the format gets up to 30 more wrong
+    got = paired_bootstrap(a, b)
+    assert got == paired_bootstrap(a, b)  # fixed seed: the same interval every run
+    assert got["ci"][0] <= got["delta"] <= got["ci"][1] < 0
+    assert got["level"] == 0.95 and got["resamples"] == 2000 and got["n"] == 2000
+
+
+def test_mcnemar_exact_matches_the_binomial():
+    a = np.array([1] * 10 + [0] * 0 + [1] * 50)
+    b = np.array([0] * 10 + [1] * 0 + [1] * 50)
+    got = mcnemar_exact(a, b)
+    assert got["only_baseline_right"] == 10 and got["only_format_right"] == 0
+    assert got["p_value"] == pytest.approx(2 * 0.5**10)
+    assert mcnemar_exact(a, a)["p_value"] == 1.0
+
+
+def _rec(fmt, acc_correct, lat, size=100, family="int8", n_lat=20, spread=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    times = lat * (1 + spread * rng.standard_normal(n_lat))
+    ci = median_interval(times)
+    lat_d = {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90)), "ci95": ci, "n": n_lat}
+    return {
+        "format": fmt,
+        "runtime": "onnxruntime",
+        "status": "ok",
+        "family": family,
+        "metrics": {"accuracy": float(np.mean(acc_correct))},
+        "per_example": {"correct": list(map(int, acc_correct))},
+        "latency_ms": {"batch_1": lat_d, "batch_32": {**lat_d, "p50": lat_d["p50"] * 20, "ci95": [c * 20 for c in ci]}},
+        "size_bytes": size,
+        "peak_memory_bytes": 1,
+    }
+
+
+def _table(seed):
+    rng = np.random.default_rng(100 + seed)
+    base = (rng.random(1000) < 0.97).astype(int)
+    worse = base.copy()
+    worse[np.flatnonzero(base)[:3]] = 0  # 0.3 points lower
+    rows = [
+        _rec("fp32", base, 10.0, 400, "fp32", seed=seed),
+        _rec("a-fast-less-accurate", worse, 5.00, 100, seed=seed + 1),
+        _rec("b-as-fast-exact", base, 5.02, 100, seed=seed + 2),  # inside a's noise: a tie
+        _rec("c-slow", base, 9.0, 100, seed=seed + 3),
+    ]
+    derive(rows)
+    return rows
+
+
+def test_a_tie_is_broken_by_the_stated_rule_and_the_choice_is_stable_under_noise():
+    winners, ties = set(), 0
+    for seed in range(20):
+        r = recommend(_table(seed), Budget(1.0, False), "latency", speed_batches=["batch_1", "batch_32"])
+        winners.add(r["winner"]["format"])
+        if r["tie"]:
+            ties += 1
+            assert r["tie"]["keys"][0] == "b-as-fast-exact · onnxruntime" and "more accurate" in r["tie"]["rule"]
+            assert "ties b-as-fast-exact" in r["others"]["a-fast-less-accurate · onnxruntime"]
+    assert winners == {"b-as-fast-exact"}  # the more accurate of two formats inside each other's noise, every time
+    assert ties >= 15  # 0.4% apart with ~1% wide intervals: a tie nearly always, and said so
+
+
+def test_not_faster_with_confidence_is_no_speed_win():
+    rows = _table(0)
+    rows[3] = _rec("c-slow", rows[3]["per_example"]["correct"], 9.9, 100, spread=0.2, seed=9)  # inside FP32's noise
+    derive(rows)
+    r = recommend(rows, Budget(1.0, False), "latency", speed_batches=["batch_1", "batch_32"])
+    assert "c-slow · onnxruntime" in r["others"] and (
+        "confidence" in r["others"]["c-slow · onnxruntime"] or "slower" in r["others"]["c-slow · onnxruntime"]
+    )
+
+
+def test_confident_budget_is_preferred_over_possibly():
+    rng = np.random.default_rng(1)
+    base = (rng.random(500) < 0.97).astype(int)
+    risky = base.copy()
+    risky[np.flatnonzero(base)[:2]] = 0  # -0.4 points: within a 0.5 budget, its interval is not
+    rows = [
+        _rec("fp32", base, 10.0, 400, "fp32"),
+        _rec("risky-fast", risky, 3.0, 100, seed=1),
+        _rec("exact-slower", base, 6.0, 100, seed=2),
+    ]
+    derive(rows)
+    r = recommend(rows, Budget(0.5, False), "latency", speed_batches=["batch_1"])
+    assert r["winner"]["format"] == "exact-slower" and r["winner"]["budget_confidence"] == "confident"
+    assert r["runner_up"]["budget_confidence"] == "possibly"
+    assert "within budget with 95% confidence" in r["message"]
+
+
+def test_too_few_examples_for_the_budget_are_said_with_how_many_would_do():
+    rows = _table(0)
+    assert sample_size_note(rows, 0.1, "points") and str(examples_needed(0.1)) in sample_size_note(rows, 0.1, "points")
+    assert sample_size_note(rows, 5.0, "points") is None
+
+
+def _burn(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+
+
+def test_a_loaded_machine_is_flagged():
+    def work() -> None:
+        sum(i * i for i in range(20_000))
+
+    quiet = measure_latency(work, iters=20, min_seconds=0.5)
+    p = mp.get_context("spawn").Process(target=_burn, args=(6.0,))
+    p.start()
+    try:
+        time.sleep(0.5)
+        loaded = measure_latency(work, iters=20, min_seconds=0.5)
+    finally:
+        p.terminate()
+        p.join()
+    assert loaded["other_load"] > quiet["other_load"] and loaded["other_load"] > 0.25
+    assert loaded["noisy"] and loaded["retimed"]
+    assert quiet["ci95"][0] <= quiet["p50"] <= quiet["ci95"][1]
