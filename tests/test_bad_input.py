@@ -437,3 +437,18 @@ def test_save_never_replaces_a_folder_quantwise_did_not_write(tmp_path, mnist):
     with pytest.raises(UserError, match="not written by quantwise"):
         quantize(mnist.model, "weight-int8").save(tmp_path / "mine")
     assert (tmp_path / "mine" / "a.txt").read_text() == "keep"
+
+
+def test_a_corrupt_or_planted_embedding_cache_is_recomputed_not_trusted(tmp_path, capsys):
+    import hashlib as h
+
+    from quantwise.tasks.text import _read_cache
+
+    cache = tmp_path / "x-fp32.npz"
+    np.savez(cache, train=np.zeros((4, 3)), test=np.zeros((2, 3)))
+    cache.with_suffix(".sha256").write_text(h.sha256(cache.read_bytes()).hexdigest())
+    assert _read_cache(cache, 4, 2) is not None
+    assert _read_cache(cache, 5, 2) is None  # shapes that do not fit the data
+    cache.write_bytes(cache.read_bytes()[:-10])  # truncated
+    assert _read_cache(cache, 4, 2) is None
+    assert "ignoring the embedding cache" in capsys.readouterr().err

@@ -63,3 +63,12 @@ def test_sensitivity_matches_an_independent_computation(mnist):
         ref, out = mnist.model(x).double(), lower_torch(qm)(x).double()
     sqnr = 10 * math.log10(float((ref**2).sum() / ((out - ref) ** 2).sum()))
     assert abs(row["only_sqnr_db"] - sqnr) < 1e-3
+
+
+def test_sixteen_bit_fixed_point_is_simulated_at_sixteen_bits(mnist):
+    """Was: the simulation's QDQ clamped every activation to 8 bits, so 16-bit fixed point showed
+    10.9% accuracy and 0.03 dB where 8 bits gave 100% and 41 dB."""
+    eight = explain(mnist, get_recipe("fixed-point"), samples=64, top=1)["summary"]
+    sixteen = explain(mnist, get_recipe("fixed-point", bits=16, on_overflow="saturate"), samples=64, top=1)["summary"]
+    assert sixteen["quantized_metric"] >= eight["quantized_metric"] >= 0.95
+    assert sixteen["quantized_sqnr_db"] > eight["quantized_sqnr_db"] > 30

@@ -57,6 +57,27 @@ def load_encoder(model_dir: Path) -> tuple[nn.Module, Any]:
     return MeanPoolEncoder(model).eval(), tok
 
 
+def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Embeddings quantwise cached, or None: read without pickle (``allow_pickle=False``) and used
+    only when the SHA-256 written beside it matches and the shapes fit; else recomputed."""
+    if not path.exists():
+        return None
+    try:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != path.with_suffix(".sha256").read_text().strip():
+            raise ValueError("its content hash does not match")
+        with np.load(path, allow_pickle=False) as z:
+            e_tr, e_te = z["train"], z["test"]
+        if len(e_tr) != n_train or len(e_te) != n_test:
+            raise ValueError("its shapes do not fit the data")
+        return e_tr, e_te
+    except (OSError, ValueError, KeyError) as e:
+        from quantwise.progress import warn
+
+        warn(f"ignoring the embedding cache {path} ({e}); computing the FP32 embeddings again")
+        return None
+
+
 def _cache_dir() -> Path:
     d = Path(os.environ.get("QUANTWISE_CACHE", Path.home() / ".cache" / "quantwise"))
     d.mkdir(parents=True, exist_ok=True)
@@ -104,15 +125,17 @@ def build_text_task(
     ).hexdigest()[:16]
     cache = _cache_dir() / f"{name}-{key}-fp32.npz"
     test_batches = batches(te)
-    if cache.exists():
-        z = np.load(cache)
-        e_tr, e_te = z["train"], z["test"]
+    cached = _read_cache(cache, len(tr), len(te))
+    if cached is not None:
+        e_tr, e_te = cached
     else:
         e_tr = _embed(model, batches(tr), f"{name}: FP32 train embeddings (cached after this run)")
         e_te = _embed(model, test_batches, f"{name}: FP32 test embeddings")
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, train=e_tr, test=e_te)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, cache)
+        cache.with_suffix(".sha256").write_text(digest)
     clf = LogisticRegression(max_iter=2000, C=10).fit(e_tr, labels[tr])
     if limit:
         te = te[:limit]
