@@ -136,3 +136,23 @@ def test_a_loaded_machine_is_flagged():
     assert loaded["other_load"] > quiet["other_load"] and loaded["other_load"] > 0.25
     assert loaded["noisy"] and loaded["retimed"]
     assert quiet["ci95"][0] <= quiet["p50"] <= quiet["ci95"][1]
+
+
+def test_runtimes_that_disagree_on_one_format_are_flagged():
+    from quantwise.sweep.derive import runtime_agreement
+
+    rng = np.random.default_rng(3)
+    ort = (rng.random(1000) < 0.97).astype(int)
+    same = ort.copy()
+    same[np.flatnonzero(ort)[:1]] = 0  # one example apart: noise
+    worse = ort.copy()
+    worse[np.flatnonzero(ort)[:40]] = 0  # 4 points worse in the other runtime: a real difference
+    rows = []
+    for fmt, other in (("agrees", same), ("differs", worse)):
+        for rt, c in (("onnxruntime", ort), ("tflite", other)):
+            r = _rec(fmt, c, 5.0)
+            r["runtime"] = rt
+            rows.append(r)
+    got = {a["format"]: a for a in runtime_agreement(rows)}
+    assert got["agrees"]["agree"] and got["agrees"]["examples_differing"] == 1
+    assert not got["differs"]["agree"] and got["differs"]["difference_ci"][1] < 0 and got["differs"]["mcnemar_p"] < 1e-6

@@ -171,6 +171,13 @@ def print_compare(result: dict[str, Any], console: Console | None = None) -> Non
                 + ", ".join(f"{c} × {v}" for v, c in counts.items())
             )
     print_losses(result.get("losses") or {}, console)
+    for a in result.get("runtime_agreement") or []:
+        if not a["agree"]:
+            console.print(
+                f"[yellow]runtimes disagree: {a['format']} is {a['difference_points']:+.2f} points in {a['runtimes'][1]} vs "
+                f"{a['runtimes'][0]} (95% interval {a['difference_ci'][0]:+.2f} to {a['difference_ci'][1]:+.2f}, "
+                f"McNemar p = {a['mcnemar_p']:.3g}, {a['examples_differing']} examples differ)[/yellow]"
+            )
     for n in rec.get("notes", []):
         console.print(f"[yellow]note: {n}[/yellow]")
 

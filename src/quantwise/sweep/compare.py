@@ -17,7 +17,7 @@ from quantwise.errors import UnsupportedModel, UserError
 from quantwise.measure.env import environment
 from quantwise.outdir import clear_previous_run
 from quantwise.progress import live_progress, warn
-from quantwise.sweep.derive import derive, sample_size_note
+from quantwise.sweep.derive import derive, runtime_agreement, sample_size_note
 from quantwise.sweep.formats import Format, select_formats
 from quantwise.sweep.identity import run_identity, seal, why_stale
 from quantwise.sweep.losses import explain_losses
@@ -155,6 +155,7 @@ def run_compare(
         "records": records,
         "recommendation": rec_result,
         "losses": losses,
+        "runtime_agreement": runtime_agreement(records),
         "skipped_formats": {
             f: ("--no-train" if not settings.train else "the task has no training data") for f in untrained
         },

@@ -74,3 +74,39 @@ def sample_size_note(records: list[dict[str, Any]], allowed_points: float, unit:
         f"predictions changing), wider than the budget of {allowed_points:.2f} points: about {need} examples "
         "would tell a format within budget from one over it"
     )
+
+
+def runtime_agreement(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each format run in several runtimes: do their accuracies agree within their intervals?
+
+    Paired over the same test examples (each runtime's per-example outcomes); a pair is flagged
+    when the 95% interval of the difference excludes zero, or McNemar's exact test gives p < 0.05.
+    Users of peer tools keep discovering after deploying that one backend is less accurate.
+    """
+    by_format: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("status") == "ok" and (r.get("per_example") or {}).get("correct"):
+            by_format.setdefault(r["format"], []).append(r)
+    out = []
+    for fmt, rs in by_format.items():
+        for i, a in enumerate(rs):
+            for b in rs[i + 1 :]:
+                ca, cb = np.array(a["per_example"]["correct"]), np.array(b["per_example"]["correct"])
+                if ca.shape != cb.shape:
+                    continue
+                boot = paired_bootstrap(ca, cb)
+                mc = mcnemar_exact(ca, cb)
+                ci = [100 * boot["ci"][0], 100 * boot["ci"][1]]
+                disagree = ci[0] > 0 or ci[1] < 0 or mc["p_value"] < 0.05
+                out.append(
+                    {
+                        "format": fmt,
+                        "runtimes": [a["runtime"], b["runtime"]],
+                        "difference_points": 100 * boot["delta"],
+                        "difference_ci": ci,
+                        "examples_differing": mc["only_baseline_right"] + mc["only_format_right"],
+                        "mcnemar_p": mc["p_value"],
+                        "agree": not disagree,
+                    }
+                )
+    return out
