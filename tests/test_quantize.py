@@ -241,3 +241,30 @@ def test_a_budget_nothing_meets_returns_the_closest_mix_and_says_so(mnist, monke
     assert qm.info["budget_met"] is False and qm.info["validation_drop_points"] > 0
     assert sorted(qm.info["int8_layers"]) == sorted(qm.layers)  # the closest mix: everything promoted
     assert "budget of 0.0 points is not met" in capsys.readouterr().err
+
+
+def test_the_int32_bias_is_stored_once_and_is_what_onnx_runtime_gets(mnist, tmp_path):
+    """The QuantizedModel states the int32 bias of every static layer; saving keeps it and the
+    ONNX graph carries exactly those integers (nothing re-derives them)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from quantwise.api import lower
+    from quantwise.numerics import quantize_bias
+    from quantwise.quantized import QuantizedModel
+
+    qm = quantize(mnist.model, get_recipe("static-int8"), mnist.calibration)
+    for name, lq in qm.layers.items():
+        want, _ = quantize_bias(qm.model.get_submodule(name).bias, lq.input.scale, lq.weight_scale)
+        assert lq.bias_q is not None and torch.equal(lq.bias_q, want)
+    qm.save(tmp_path / "q")
+    back = QuantizedModel.load(tmp_path / "q", mnist.build_model())
+    assert all(torch.equal(back.layers[n].bias_q, lq.bias_q) for n, lq in qm.layers.items())
+    runner, _ = lower(back, mnist, "onnxruntime", tmp_path / "ort")
+    int32 = [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(runner.artifact)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT32
+    ]
+    for lq in qm.layers.values():
+        assert any(a.shape == tuple(lq.bias_q.shape) and (a == lq.bias_q.numpy()).all() for a in int32)

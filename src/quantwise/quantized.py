@@ -19,7 +19,7 @@ from torch import nn
 
 from quantwise.errors import UserError
 from quantwise.nnutil import canonicalize, fold_batchnorm_structure
-from quantwise.numerics import dequantize, get_qtype, pack_int4, unpack_int4
+from quantwise.numerics import dequantize, get_qtype, pack_int4, quantize_bias, unpack_int4
 from quantwise.numerics.granularity import Granularity, granularity_from_dict
 from quantwise.outdir import atomic_dir
 from quantwise.recipes import Recipe, recipe_from_dict
@@ -68,6 +68,8 @@ class LayerQuant:
     output: ActQuant | None = None
     fused_relu: str | None = None
     dynamic_granularity: str = "per-tensor"
+    bias_q: torch.Tensor | None = None  # static layers: the int32 bias on the grid s_in * s_w, (N,)
+    bias_scale: torch.Tensor | None = None  # its scale per output channel, float32 (N,)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight the runtimes compute with: ``(q - zp) * scale`` (fp16 weights: cast up)."""
@@ -86,7 +88,16 @@ class LayerQuant:
             "output": self.output.to_dict() if self.output else None,
             "fused_relu": self.fused_relu,
             "dynamic_granularity": self.dynamic_granularity,
+            "bias_int32": self.bias_q is not None,
         }
+
+    def set_int32_bias(self, bias: torch.Tensor | None) -> None:
+        """Store the int32 bias of a static layer from its float bias (zeros when it has none)."""
+        if self.mode != "static" or self.input is None:
+            return
+        n = self.weight_q.shape[0]
+        b = bias.detach() if bias is not None else torch.zeros(n)
+        self.bias_q, self.bias_scale = quantize_bias(b, self.input.scale, self.weight_scale)
 
 
 @dataclass
@@ -114,6 +125,13 @@ class QuantizedModel:
     info: dict[str, Any] = field(default_factory=dict)
     plan: Any = None
 
+    def __post_init__(self) -> None:
+        # The int32 bias of every static layer is part of the contract: computed once, here, from
+        # the (BatchNorm-folded) float bias, saved with the model, read by every lowering.
+        for name, lq in self.layers.items():
+            if lq.mode == "static" and lq.input is not None and lq.bias_q is None:
+                lq.set_int32_bias(getattr(self.model.get_submodule(name), "bias", None))
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``model.safetensors`` and ``quantwise.json`` into directory ``path`` atomically."""
         path = Path(path)
@@ -138,6 +156,9 @@ class QuantizedModel:
                 tensors[f"q::{name}::weight_q"] = wq.contiguous()
                 tensors[f"q::{name}::weight_scale"] = lq.weight_scale.contiguous()
                 tensors[f"q::{name}::weight_zero_point"] = lq.weight_zero_point.contiguous()
+                if lq.bias_q is not None and lq.bias_scale is not None:
+                    tensors[f"q::{name}::bias_q"] = lq.bias_q.contiguous()
+                    tensors[f"q::{name}::bias_scale"] = lq.bias_scale.contiguous()
             if self.plan is not None:
                 tensors.update(self.plan.tensors())
             save_file(tensors, str(tmp / "model.safetensors"))
@@ -205,6 +226,8 @@ class QuantizedModel:
                 output=ActQuant(**m["output"]) if m["output"] else None,
                 fused_relu=m["fused_relu"],
                 dynamic_granularity=m.get("dynamic_granularity", "per-tensor"),
+                bias_q=tensors.get(f"q::{name}::bias_q"),
+                bias_scale=tensors.get(f"q::{name}::bias_scale"),
             )
             layers[name] = lq
         write_back(model, layers)  # the float copy of a quantized weight is its dequantized value

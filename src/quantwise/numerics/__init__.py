@@ -1,6 +1,13 @@
 """Pure quantization math: types, granularity, affine maps, packing."""
 
-from quantwise.numerics.affine import choose_qparams, dequantize, fake_quantize, quantize, quantize_tensor
+from quantwise.numerics.affine import (
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    quantize,
+    quantize_bias,
+    quantize_tensor,
+)
 from quantwise.numerics.granularity import Granularity, PerChannel, PerGroup, PerTensor
 from quantwise.numerics.packing import pack_int4, unpack_int4
 from quantwise.numerics.qtypes import (
@@ -19,6 +26,7 @@ from quantwise.numerics.qtypes import (
 )
 
 __all__ = [
+    "quantize_bias",
     "BF16",
     "FP16",
     "INT4",

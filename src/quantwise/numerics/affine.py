@@ -152,3 +152,18 @@ def fake_quantize_lsq(
     r = t + (torch.round(t) - t).detach()  # round(x/s) with a straight-through gradient, then add z (as ONNX)
     v = torch.clamp(r + z, qmin, qmax)
     return (v - z) * s
+
+
+def quantize_bias(
+    bias: torch.Tensor, input_scale: float | torch.Tensor, weight_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int32 bias of a static layer and its scale, ``s_b = s_in * s_w`` (per output channel or
+    per tensor): ``b_q = clamp(round(b / s_b), int32)``. The one definition every runtime and QAT use.
+
+    Returns:
+        ``(b_q int32 (N,), s_b float32 (N,))``.
+    """
+    s_b = torch.as_tensor(input_scale, dtype=torch.float64) * weight_scale.to(torch.float64).reshape(-1)  # (N,) or (1,)
+    s_b = s_b.expand(bias.shape) if s_b.numel() == 1 else s_b
+    b_q = torch.clamp(torch.round(bias.detach().to(torch.float64) / s_b), -(2**31), 2**31 - 1).to(torch.int32)
+    return b_q, s_b.to(torch.float32).contiguous()

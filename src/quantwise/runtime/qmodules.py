@@ -1,8 +1,9 @@
 """Modules that replace quantized layers; their forward is the simulation, their export the ONNX graph.
 
 Each module is built from one :class:`~quantwise.quantized.LayerQuant` and the float layer it
-replaces (for bias, stride, padding). It never recomputes a quantization parameter, except
-the int32 bias of static layers, whose scale is by definition ``input_scale * weight_scale``.
+replaces (for stride, padding, and the float bias of non-static layers). It never recomputes a
+quantization parameter: static layers read their int32 bias and its scale (``s_in * s_w``) from
+the LayerQuant, where :func:`~quantwise.numerics.quantize_bias` computed it once.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ class _QLayer(nn.Module):
         self.register_buffer("bias", bias.to(torch.float32))
         if self.mode == "static":
             assert lq.input is not None
-            s_b = torch.tensor(lq.input.scale, dtype=torch.float64) * self.w_scale.to(torch.float64)  # (N,) or ()
-            b_q = torch.round(bias.to(torch.float64) / s_b)
-            self.register_buffer("b_q", torch.clamp(b_q, -(2**31), 2**31 - 1).to(torch.int32))
-            self.register_buffer("b_scale", s_b.to(torch.float32).expand(bias.shape).contiguous())
+            if lq.bias_q is None or lq.bias_scale is None:
+                lq.set_int32_bias(layer.bias)  # a LayerQuant built outside a QuantizedModel
+            assert lq.bias_q is not None and lq.bias_scale is not None
+            self.register_buffer("b_q", lq.bias_q.to(torch.int32).contiguous())  # read, never re-derived
+            self.register_buffer("b_scale", lq.bias_scale.to(torch.float32).contiguous())
             self.register_buffer("b_zp", torch.zeros(bias.shape, dtype=torch.int32))
 
     @property

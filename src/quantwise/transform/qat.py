@@ -26,7 +26,7 @@ from torch import nn
 
 from quantwise.errors import UserError
 from quantwise.nnutil import set_module
-from quantwise.numerics import PerChannel, PerGroup, get_qtype, quantize
+from quantwise.numerics import PerChannel, PerGroup, get_qtype, quantize, quantize_bias
 from quantwise.numerics.affine import fake_quantize_lsq
 from quantwise.numerics.granularity import expand_param
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
@@ -119,8 +119,8 @@ class QATLayer(nn.Module):
             y = self._batch_norm_train(x, wq)
         else:
             if self.input_fq is not None:  # int32 bias on the grid s_in * s_w, as the runtimes store it
-                sb = self.input_fq.scale.detach().abs().clamp(min=EPS).double() * s.detach().double().reshape(-1)
-                b = b + ((torch.round(b.double() / sb) * sb).float() - b).detach()
+                bq, sb = quantize_bias(b, self.input_fq.scale.detach().abs().clamp(min=EPS), s.detach())
+                b = b + ((bq.double() * sb.double()).float() - b).detach()
             y = self._op(x, wq, b)
         if self.fused_relu:
             y = torch.relu(y)
