@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from quantwise.cli.args import load_task_from_args, task_args, validate_task_args
 
-def add_compare_parser(sub: Any, task_args: Callable[[argparse.ArgumentParser], None]) -> None:
+
+def add_compare_parser(sub: Any) -> None:
     p = sub.add_parser("compare", help="every format in every runtime, side by side, and a recommendation")
     task_args(p)
     p.add_argument("--formats", help="comma-separated formats (prefixes allowed, e.g. static-int8); default: all")
@@ -45,7 +46,6 @@ def add_compare_parser(sub: Any, task_args: Callable[[argparse.ArgumentParser], 
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from quantwise.cli import validate_task_args
     from quantwise.errors import UserError
     from quantwise.report.html import write_html
     from quantwise.report.terminal import print_compare
@@ -54,7 +54,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from quantwise.sweep.formats import select_formats
     from quantwise.sweep.profiles import get_profile
     from quantwise.sweep.recommend import parse_budget
-    from quantwise.tasks import load_task
 
     validate_task_args(args)
     settings = CompareSettings(
@@ -77,19 +76,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     check_out(args.out, args.overwrite, resume=args.resume)
     select_formats(args.formats, args.runtimes)  # validate names before loading anything
-    task = load_task(
-        args.task,
-        model=args.model,
-        data=args.data,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        limit=args.limit,
-        image_size=args.image_size,
-        grayscale=not args.rgb,
-        mean=args.mean,
-        std=args.std,
-        trust_pickle=args.trust_pickle,
-    )
+    task = load_task_from_args(args)
     from quantwise.outdir import locked_out
 
     out = Path(args.out)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from quantwise.cli.args import load_task_from_args, recipe_args, recipe_from_args, task_args
 
-def add_export_c_parser(sub: argparse._SubParsersAction, task_args: Callable, recipe_args: Callable) -> None:
+
+def add_export_c_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-c", help="export a fixed-point model as portable C99 for microcontrollers")
     task_args(p)
     recipe_args(p)
@@ -24,7 +25,7 @@ def add_export_c_parser(sub: argparse._SubParsersAction, task_args: Callable, re
     )
 
 
-def cmd_export_c(args: argparse.Namespace, recipe_from_args: Callable, load_task: Callable) -> int:
+def cmd_export_c(args: argparse.Namespace) -> int:
     from quantwise.api import quantize
     from quantwise.errors import UserError
     from quantwise.fixedpoint.cexport import compile_and_run, export_c, plan_memory
@@ -44,7 +45,7 @@ def cmd_export_c(args: argparse.Namespace, recipe_from_args: Callable, load_task
     from quantwise.outdir import check_out
 
     check_out(args.out, args.overwrite)
-    task = load_task(args)
+    task = load_task_from_args(args)
     qm = quantize(task.model, recipe, task.calibration)
     out = export_c(qm, Path(args.out))
     mem = plan_memory(qm.plan)

@@ -39,6 +39,13 @@ class IntegerOps:
         return {"integer": self.integer, "total": self.total, "float": self.float_ops, "kernels": self.kernels}
 
 
+def load_exported(folder: Path, task: Any) -> Any:
+    """The QuantizedModel an export keeps in ``folder/quantized``, on a fresh copy of the task's model."""
+    from quantwise.quantized import QuantizedModel
+
+    return QuantizedModel.load(folder / "quantized", task.build_model())
+
+
 def _always_available() -> str | None:
     return None
 

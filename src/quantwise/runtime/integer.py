@@ -12,7 +12,7 @@ from torch import nn
 from quantwise.fixedpoint.executor import execute, integer_params
 from quantwise.fixedpoint.simulate import enter
 from quantwise.quantized import QuantizedModel
-from quantwise.runtime.base import IntegerOps, RuntimeSpec
+from quantwise.runtime.base import IntegerOps, RuntimeSpec, load_exported
 
 
 class IntegerModule(nn.Module):
@@ -82,7 +82,7 @@ def _how(qm: QuantizedModel | None) -> tuple[str, str]:
 
 
 def _load(folder: Path, task: Any, threads: int = 1) -> IntegerRunner:
-    qm = QuantizedModel.load(folder / "quantized", task.build_model())
+    qm = load_exported(folder, task)
     return IntegerRunner(IntegerModule(qm), folder / "quantized")
 
 

@@ -26,7 +26,7 @@ from quantwise.errors import UnsupportedModel
 from quantwise.nnutil import set_module
 from quantwise.numerics.granularity import PerTensor
 from quantwise.quantized import LayerQuant, QuantizedModel
-from quantwise.runtime.base import RuntimeSpec
+from quantwise.runtime.base import RuntimeSpec, load_exported
 
 
 def _qweight(lq: LayerQuant) -> torch.Tensor:
@@ -158,7 +158,7 @@ def _how(qm: QuantizedModel | None) -> tuple[str, str]:
 def _load(folder: Path, task: Any, threads: int = 1) -> Any:
     from quantwise.runtime.torch_rt import TorchRunner
 
-    qm = QuantizedModel.load(folder / "quantized", task.build_model())
+    qm = load_exported(folder, task)
     return TorchRunner(lower_torch_int8(qm), folder / "quantized", threads, runtime="torch-int8")
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from quantwise.quantized import QuantizedModel
-from quantwise.runtime.base import IntegerOps, RuntimeSpec
+from quantwise.runtime.base import IntegerOps, RuntimeSpec, load_exported
 from quantwise.runtime.qmodules import QConv2d, QLinear
 
 
@@ -108,7 +108,7 @@ def _how(qm: QuantizedModel | None) -> tuple[str, str]:
 def _load(folder: Path, task: Any, threads: int = 1) -> TorchRunner:
     from quantwise.runtime.torch_sim import lower_torch
 
-    qm = QuantizedModel.load(folder / "quantized", task.build_model())
+    qm = load_exported(folder, task)
     if qm.plan is not None:
         from quantwise.fixedpoint.simulate import FixedPointModule
 

@@ -61,16 +61,11 @@ class CompareSettings:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting, as ``results.json`` records them: those that change a record, and the
+        ones that only choose and explain (target, explanation)."""
         return {
-            "formats": self.formats,
-            "runtimes": self.runtimes,
-            "max_drop": str(self.max_drop),
-            "optimize": self.optimize,
-            "train": self.train,
+            **self.result_settings(),
             "target": self.target,
-            "threads": self.threads,
-            "latency_batch": self.latency_batch,
-            "batch_n": self.batch_n,
             "explain": self.explain,
             "explain_samples": self.explain_samples,
         }

@@ -16,7 +16,7 @@ from quantwise.measure.stats import (
     paired_bootstrap,
     ratio_interval,
 )
-from quantwise.sweep.recommend import baseline_runtime
+from quantwise.runtime.registry import baseline_runtime
 from quantwise.tasks.base import CLASSIFICATION_METRICS, MetricSpec
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantwise.errors import UserError
+from quantwise.runtime.registry import baseline_runtime
 from quantwise.sweep.confidence import (
     TIE_MARGIN,
     TIE_RULE,
@@ -61,13 +62,6 @@ def parse_budget(text: str | float) -> Budget:
     if not math.isfinite(v) or v < 0:
         raise UserError(f"--max-drop must be a finite number of at least 0, got {text!r}")
     return Budget(v, rel)
-
-
-def baseline_runtime(runtime: str) -> str:
-    """The runtime whose FP32 record a runtime's speedups are measured against (the registry's)."""
-    from quantwise.runtime.registry import baseline_runtime as registered
-
-    return registered(runtime)
 
 
 def key(r: dict[str, Any]) -> str:

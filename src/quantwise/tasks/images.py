@@ -42,7 +42,8 @@ def load_model_file(path: Path, trust_pickle: bool = False) -> nn.Module:
         raise UserError(f"model file {path} not found: pass a file saved with torch.save(model, path)")
     if path.stat().st_size == 0:
         raise UserError(f"model file {path} is empty: save the model again with torch.save(model, path)")
-    head = path.read_bytes()[:8]
+    with path.open("rb") as f:
+        head = f.read(8)
     if path.suffix.lower() == ".onnx":
         raise UserError(f"{path} is an ONNX file: ONNX models are not accepted as --model yet; pass the PyTorch module")
     if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
@@ -52,6 +53,11 @@ def load_model_file(path: Path, trust_pickle: bool = False) -> nn.Module:
         )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except (ModuleNotFoundError, AttributeError) as e:  # the pickle names a class this process cannot import
+        raise UserError(
+            f"{path} holds a model whose class cannot be imported here ({type(e).__name__}: {e}): put the module "
+            "that defines it on PYTHONPATH, or use a task file (--task task.py:build) that builds the model"
+        ) from None
     except Exception as e:
         if not trust_pickle and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # a zip archive or a raw pickle
             raise UserError(

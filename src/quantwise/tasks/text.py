@@ -8,6 +8,7 @@ quantized encoder on its own test embeddings.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +67,7 @@ def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[np.ndarray, np.n
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != path.with_suffix(".sha256").read_text().strip():
             raise ValueError("its content hash does not match")
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:  # the bytes whose hash was checked
             e_tr, e_te = z["train"], z["test"]
         if len(e_tr) != n_train or len(e_te) != n_test:
             raise ValueError("its shapes do not fit the data")
@@ -252,7 +253,6 @@ def build_hf_csv(
 def read_table(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``.csv`` or ``.jsonl`` file as dicts."""
     import csv
-    import io
     import json
 
     if path.is_dir():

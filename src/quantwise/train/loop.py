@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import os
@@ -297,7 +298,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != want:
             raise ValueError("its content hash does not match the one quantwise wrote")
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(io.BytesIO(data), weights_only=True)  # the bytes whose hash was checked
         if not isinstance(saved, dict) or not {"model", "optimizer", "scheduler", "state", "history"} <= set(saved):
             raise ValueError("it is not a quantwise QAT checkpoint")
         return saved

@@ -1,23 +1,13 @@
-"""Recipes as data: one frozen, validated dataclass per scheme, and the registry of names.
+"""The post-training recipes: the shared base, casts, weight-only, dynamic and static INT8, fixed point.
 
-A recipe says *what* to build; :func:`quantwise.quantize` decides *how*, through a
-handler registered for the recipe's type. Recipes round-trip through JSON and YAML and
-reject unknown keys by name.
-
-Example:
-    >>> r = recipe_from_dict({"recipe": "static-int8", "calibration": "entropy"})
-    >>> recipe_from_dict(json.loads(recipe_to_json(r))) == r
-    True
+One frozen, validated dataclass per scheme; the names users type are in :mod:`.registry`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import yaml
 
 from quantwise.errors import UserError
 
@@ -225,117 +215,6 @@ class StaticInt8Recipe(Recipe):
 
 
 @dataclass(frozen=True)
-class QATRecipe(Recipe):
-    """Quantization-aware training: fake quantization in the forward pass, straight-through
-    gradients, then conversion to the same QuantizedModel post-training quantization makes.
-
-    Attributes:
-        weight_bits: 8 or 4 (symmetric, per channel unless ``per_channel`` is false).
-        activations: quantize activations to 8 bits (W8A8, W4A8); false: weight-only (W4).
-        per_channel: per-channel weights (else per tensor).
-        group_size: weight-only: elements per scale along the input (0: per channel).
-        lsq: learn the step sizes (LSQ) instead of fixed calibrated activation ranges and
-            min-max weight ranges.
-        distill: add knowledge distillation from the FP32 model (alone when labels are missing).
-        distill_on: what distillation matches: ``logits`` (through the task's head, KL at
-            temperature 2) or ``outputs`` (the model's own outputs, such as sentence embeddings:
-            mean squared error relative to the FP32 outputs' mean square; needs no head and no labels).
-        epochs: passes over the training data (0: the task's default).
-        steps: optimizer steps; overrides ``epochs`` when positive.
-        lr: learning rate (0: the task's default); cosine decay after a 5% linear warm-up.
-        calibration: observer that initialises activation ranges (training starts where PTQ ends).
-        freeze_bn_steps: BatchNorm running statistics stop updating after this many steps.
-        patience: early stop after this many validations without improvement (0: never).
-        embeddings: store embedding tables as int8, one scale per row, from the trained weights
-            (they train in float; as in post-training quantization).
-        quantize_outputs: fake-quantize every layer's output too (as ``static-int8``'s key), so
-            the converted model is full integer in TFLite.
-    """
-
-    kind: ClassVar[str] = "qat-w8a8"
-    weight_bits: int = 8
-    activations: bool = True
-    per_channel: bool = True
-    group_size: int = 0
-    lsq: bool = False
-    distill: bool = False
-    distill_on: str = "logits"
-    epochs: int = 0
-    steps: int = 0
-    lr: float = 0.0
-    calibration: str = "minmax"
-    freeze_bn_steps: int = 200
-    patience: int = 0
-    embeddings: bool = True
-    quantize_outputs: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.weight_bits not in (4, 8):
-            raise UserError(f"recipe {self.name}: weight_bits must be 8 or 4, got {self.weight_bits}")
-        if self.group_size not in (0, 16, 32, 64, 128) or (self.group_size and self.activations):
-            raise UserError(
-                f"recipe {self.name}: group_size must be 0, or 16/32/64/128 for weight-only QAT, got {self.group_size}"
-            )
-        for key in ("epochs", "steps", "freeze_bn_steps", "patience"):
-            if getattr(self, key) < 0:
-                raise UserError(f"recipe {self.name}: {key} must not be negative, got {getattr(self, key)}")
-        if self.lr < 0 or self.lr != self.lr:
-            raise UserError(
-                f"recipe {self.name}: lr must be a positive number (0 for the task's default), got {self.lr}"
-            )
-        if self.calibration not in CALIBRATIONS:
-            raise UserError(
-                f"recipe {self.name}: unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}"
-            )
-        if self.distill_on not in ("logits", "outputs"):
-            raise UserError(f"recipe {self.name}: distill_on must be logits or outputs, got {self.distill_on!r}")
-        if self.quantize_outputs and not self.activations:
-            raise UserError(f"recipe {self.name}: quantize_outputs needs quantized activations (qat-w8a8 or qat-w4a8)")
-
-    @property
-    def name(self) -> str:
-        if not self.activations:
-            return f"qat-w{self.weight_bits}"
-        return f"qat-w{self.weight_bits}a8"
-
-
-@dataclass(frozen=True)
-class MixedRecipe(Recipe):
-    """Mixed precision within an accuracy budget, per layer.
-
-    ``optimize="latency"``: a base INT8 scheme with the most sensitive layers kept in FP32.
-    ``optimize="size"``: every Linear and embedding table at INT4 (weights; GPTQ for Linear, blocks
-    of 32) with the most sensitive ones promoted to INT8.
-
-    Attributes:
-        base: ``static-int8`` or ``dynamic-int8`` (latency).
-        calibration: observer for a static base.
-        max_drop: budget in points of validation predictions that may change vs FP32.
-        optimize: ``latency`` or ``size``.
-    """
-
-    kind: ClassVar[str] = "mixed"
-    base: str = "static-int8"
-    calibration: str = "minmax"
-    max_drop: float = 0.2
-    optimize: str = "latency"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.base not in ("static-int8", "dynamic-int8"):
-            raise UserError(f"recipe mixed: base must be static-int8 or dynamic-int8, got {self.base!r}")
-        if self.calibration not in CALIBRATIONS:
-            raise UserError(
-                f"recipe mixed: unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}"
-            )
-        if self.max_drop < 0:
-            raise UserError(f"recipe mixed: max_drop must not be negative, got {self.max_drop}")
-        if self.optimize not in ("latency", "size"):
-            raise UserError(f"recipe mixed: optimize must be latency or size, got {self.optimize!r}")
-
-
-@dataclass(frozen=True)
 class FixedPointRecipe(Recipe):
     """Integer-only fixed point for hardware without an FPU: every tensor an integer with zero
     point 0, int32 (or int16) accumulators, rescaling by an integer multiplier and right shift.
@@ -381,92 +260,3 @@ class FixedPointRecipe(Recipe):
             raise UserError(
                 f"recipe fixed-point: unknown calibration {self.calibration!r}; choose from {', '.join(CALIBRATIONS)}"
             )
-
-
-# name users type -> (class, default overrides)
-RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
-    "fp16": (CastRecipe, {"dtype": "fp16"}),
-    "bf16": (CastRecipe, {"dtype": "bf16"}),
-    "weight-int8": (WeightOnlyRecipe, {"bits": 8}),
-    "weight-int4": (WeightOnlyRecipe, {"bits": 4, "group_size": 32}),
-    "w8a16": (WeightOnlyRecipe, {"bits": 8, "label": "w8a16"}),
-    "w4a16": (WeightOnlyRecipe, {"bits": 4, "group_size": 32, "label": "w4a16"}),
-    "dynamic-int8": (DynamicInt8Recipe, {}),
-    "static-int8": (StaticInt8Recipe, {}),
-    "mixed": (MixedRecipe, {}),
-    "fixed-point": (FixedPointRecipe, {}),
-    "static-w4a8": (StaticInt8Recipe, {"weight_bits": 4}),
-    "qat-w8a8": (QATRecipe, {}),
-    "qat-w4a8": (QATRecipe, {"weight_bits": 4}),
-    "qat-w4": (QATRecipe, {"weight_bits": 4, "activations": False, "group_size": 32}),
-    "qat-w8": (QATRecipe, {"activations": False}),
-}
-
-
-def get_recipe(name: str, **overrides: Any) -> Recipe:
-    """Build a registered recipe by name, with field overrides.
-
-    Raises:
-        UserError: unknown name or key, or an invalid value.
-    """
-    if name not in RECIPES:
-        raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    cls, defaults = RECIPES[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in overrides:
-        if key not in fields:
-            raise UserError(f"recipe {name}: unknown key {key!r}; known keys: {', '.join(fields)}")
-    kwargs = {**defaults, **overrides}
-    try:
-        return cls(**_coerce(cls, kwargs))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"recipe {name}: {e}") from None
-
-
-def _coerce(cls: type[Recipe], kwargs: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in kwargs:
-            continue
-        v = kwargs[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if isinstance(default, tuple) and isinstance(v, (list, str)):
-            v = tuple([v] if isinstance(v, str) else v)
-        elif isinstance(default, bool):
-            if not isinstance(v, bool):
-                raise UserError(f"recipe {cls.kind}: key {f.name!r} must be true or false, got {v!r}")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise UserError(f"recipe {cls.kind}: key {f.name!r} must be a number, got {v!r}")
-            if isinstance(default, int) and not float(v).is_integer():
-                raise UserError(f"recipe {cls.kind}: key {f.name!r} must be an integer, got {v!r}")
-            v = type(default)(v)
-        elif isinstance(default, str) and not isinstance(v, str):
-            raise UserError(f"recipe {cls.kind}: key {f.name!r} must be a string, got {v!r}")
-        out[f.name] = v
-    return out
-
-
-def recipe_from_dict(d: dict[str, Any]) -> Recipe:
-    """Inverse of :meth:`Recipe.to_dict`; the ``recipe`` key names the scheme."""
-    if not isinstance(d, dict) or "recipe" not in d:
-        raise UserError('a recipe file needs a \'recipe\' key naming the scheme, e.g. {"recipe": "static-int8"}')
-    d = dict(d)
-    return get_recipe(d.pop("recipe"), **d)
-
-
-def recipe_to_json(r: Recipe) -> str:
-    return json.dumps(r.to_dict(), indent=2)
-
-
-def recipe_to_yaml(r: Recipe) -> str:
-    return yaml.safe_dump(r.to_dict(), sort_keys=False)
-
-
-def recipe_from_text(text: str) -> Recipe:
-    """Parse a recipe from JSON or YAML text."""
-    try:
-        data = yaml.safe_load(text)  # YAML is a superset of JSON
-    except yaml.YAMLError as e:
-        raise UserError(f"recipe file is not valid JSON or YAML: {str(e).splitlines()[0]}") from None
-    return recipe_from_dict(data)
