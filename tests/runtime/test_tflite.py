@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import litert_torch  # noqa: F401  (the tflite extra is part of the README's set-up: missing is a failure, not a skip)
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,6 @@ from quantwise.errors import UnsupportedModel, UserError
 from quantwise.recipes import get_recipe
 from quantwise.runtime.tflite import TfliteRunner, read_quantization
 from quantwise.runtime.torch_sim import lower_torch
-
-pytest.importorskip("litert_torch", reason="the tflite extra is part of the README's set-up")
 
 
 def _reference(runner):
