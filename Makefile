@@ -20,4 +20,4 @@ test: setup browser
 	.venv/bin/ruff format --check src tests benchmarks scripts
 	.venv/bin/lint-imports
 	.venv/bin/mypy
-	.venv/bin/python -m pytest -n 2 --durations=15
+	.venv/bin/python -m pytest -n 2 --dist loadgroup --durations=15

@@ -57,7 +57,8 @@ def test_layer_selection_and_skips_are_listed(mnist):
     assert set(qm.layers) == {"features.0", "features.3"}
     assert qm.skipped == {"classifier.0": "matched an exclude pattern", "classifier.2": "matched an exclude pattern"}
     qm = quantize(mnist.model, get_recipe("weight-int4", group_size=128), mnist.calibration)
-    assert "classifier.0" in qm.skipped and "not a multiple" in qm.skipped["classifier.0"]  # K = 3136
+    assert qm.info["group_size_fallback"] == {"classifier.0": 64}  # K = 3136 = 49 x 64: the finer group that fits
+    assert qm.layers["classifier.0"].weight_granularity.size == 64 and "classifier.0" not in qm.skipped
 
 
 def test_gptq_beats_round_to_nearest_on_layer_output(mnist):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from quantwise.errors import UserError
+from quantwise.measure.decode import measure_decode
 from quantwise.measure.env import environment
 from quantwise.measure.latency import measure_latency
 from quantwise.measure.memory import peak_memory
@@ -49,8 +50,14 @@ def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[
 
 def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
     """Quantize for a task; searches that need the task's validation data (mixed) go here."""
+    from quantwise.errors import Unsupported
     from quantwise.recipes import MixedRecipe, QATRecipe
 
+    if task.info.get("kind") == "causal-lm" and isinstance(recipe, (MixedRecipe, QATRecipe)):
+        raise Unsupported(
+            f"{recipe.name} is not built for causal LMs yet: use `quantwise explain` to find the sensitive blocks "
+            "and --exclude them from a post-training recipe"
+        )
     if isinstance(recipe, MixedRecipe):
         from quantwise.pipeline.mixed import search_mixed
 
@@ -122,9 +129,14 @@ def lower(
     return get_runtime(runtime).lower(qm, task, workdir, threads, batch_sizes)
 
 
-def run_outputs(runner: Any, batches: Sequence[Batch], label: str) -> np.ndarray:
-    """Concatenated outputs of ``runner`` over ``batches``."""
-    return np.concatenate([runner.run(b) for b in progress_iter(batches, label)])
+def run_outputs(runner: Any, batches: Sequence[Batch], label: str, task: Task | None = None) -> np.ndarray:
+    """Concatenated outputs of ``runner`` over ``batches`` (each first shrunk by ``task.reduce`` if it has one)."""
+    reduce = task.reduce if task is not None else None
+    outs = []
+    for i, b in enumerate(progress_iter(batches, label)):
+        out = runner.run(b)
+        outs.append(reduce(i, b, out) if reduce is not None else out)
+    return np.concatenate(outs)
 
 
 def evaluate(
@@ -167,7 +179,7 @@ def _evaluate(
     try:
         qm = quantized if quantized is not None else (build_quantized(task, recipe) if recipe else None)
         runner, module = lower(qm, task, runtime, tmp, threads, batch_sizes)
-        outputs = run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating")
+        outputs = run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating", task)
         record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
         if task.labels is not None and len(task.labels) == len(outputs):
             # per-example outcomes, so compare can give paired intervals and McNemar's test vs FP32
@@ -179,6 +191,11 @@ def _evaluate(
             record["latency_ms"][f"batch_{bs}"] = measure_latency(
                 partial(runner.run, batch), min_seconds=min(0.25, latency_seconds), max_seconds=latency_seconds
             )
+        if task.generation is not None:
+            status("measuring decode speed")
+            record["decode"] = measure_decode(runner, task.generation)
+            if "per_token_ms" in record["decode"]:
+                record["latency_ms"]["decode_token"] = record["decode"].pop("per_token_ms")
         if measure_memory:
             status("measuring peak memory in a separate process")
             record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)

@@ -85,7 +85,7 @@ def test_report_confusion_change_and_where_accuracy_was_lost_are_shown(mnist_dim
     dom, log = open_in_browser(page, tmp_path / "p2")
     assert "Uncaught" not in log, log
     assert '<table class="cm">' in dom
-    assert "Where accuracy was lost" in dom and "<b>static-int8-minmax</b> drops" in dom
+    assert "Where accuracy was lost" in dom and "<b>static-int8-minmax</b> is worse by" in dom
 
 
 def test_mixed_precision_map_is_shown_per_layer():

@@ -238,3 +238,26 @@ def test_compare_in_tflite_reports_integer_tensors_and_our_scales(mnist, tmp_pat
     meta = json.loads((dest / "quantwise-export.json").read_text())
     assert meta["verified"]["ok"]
     assert meta["artifact"] == "model_b1.tflite" and (dest / meta["artifact"]).stat().st_size > 0
+
+
+def test_within_budget_decides_which_built_models_compare_keeps():
+    from quantwise.sweep.compare import within_budget
+    from quantwise.sweep.recommend import Budget
+    from quantwise.tasks.base import MetricSpec
+
+    class T:  # a task's metric declaration is all within_budget reads
+        @staticmethod
+        def metric_spec():
+            return MetricSpec("perplexity", higher_is_better=False, fraction=False)
+
+    recs = [
+        {"format": "fp32", "status": "ok", "metrics": {"perplexity": 20.0}},
+        {"format": "a", "status": "ok", "metrics": {"perplexity": 20.3}},
+        {"format": "b", "status": "ok", "metrics": {"perplexity": 21.0}},
+        {"format": "c", "status": "unsupported"},
+    ]
+    two_percent = Budget(2.0, True)  # perplexity may rise by 0.4
+    assert within_budget(recs, "a", T, two_percent)
+    assert not within_budget(recs, "b", T, two_percent)
+    assert not within_budget(recs, "c", T, two_percent)
+    assert within_budget(recs[1:], "b", T, two_percent)  # no FP32 yet: nothing is ruled out

@@ -12,12 +12,16 @@ from quantwise.errors import UserError
 
 
 def task_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", help="built-in task (mnist-cnn, bbc-minilm) or path/task.py:function (default: mnist-cnn)")
     p.add_argument(
-        "--model", help="a local Hugging Face model folder, or a .pt model file for image folders (with --data)"
+        "--task", help="built-in task (mnist-cnn, bbc-minilm, smollm2) or path/task.py:function (default: mnist-cnn)"
     )
     p.add_argument(
-        "--data", help="CSV/JSONL file with text and label columns, or a folder of images in class sub-folders"
+        "--model",
+        help="a local Hugging Face model folder (encoder or causal LM), a .gguf LLM, or a .pt model file for image folders (with --data)",
+    )
+    p.add_argument(
+        "--data",
+        help="CSV/JSONL file with text and label columns, a folder of images in class sub-folders, or (causal LM) a .txt/CSV/JSONL of text",
     )
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")

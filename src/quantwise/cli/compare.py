@@ -19,9 +19,16 @@ def add_compare_parser(sub: Any) -> None:
 
     p.add_argument("--runtimes", help=f"comma-separated runtimes ({', '.join(RUNTIMES)}); default: every installed one")
     p.add_argument(
-        "--max-drop", default="1.0", help="accuracy budget: points (0.5) or relative to FP32 (1%%); default 1.0"
+        "--max-drop",
+        help="budget on the task's metric: points (0.5) or relative to FP32 (1%%); "
+        "default 1.0 point, or 2%% for an LLM's perplexity",
     )
-    p.add_argument("--optimize", default="latency", choices=("latency", "size", "memory"))
+    p.add_argument(
+        "--optimize",
+        default="latency",
+        choices=("latency", "prefill", "size", "memory"),
+        help="latency (an LLM: decode speed), prefill (an LLM's prompt), size or memory (default latency)",
+    )
     p.add_argument(
         "--target", default="this-machine", help="this-machine, x86-avx2, x86-avx512-vnni, arm64, mcu-no-fpu, gpu"
     )
@@ -59,7 +66,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = CompareSettings(
         formats=args.formats,
         runtimes=args.runtimes,
-        max_drop=parse_budget(args.max_drop),
+        max_drop=parse_budget(args.max_drop or "1.0"),
         optimize=args.optimize,
         target=args.target,
         threads=args.threads,
@@ -77,6 +84,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_out(args.out, args.overwrite, resume=args.resume)
     select_formats(args.formats, args.runtimes)  # validate names before loading anything
     task = load_task_from_args(args)
+    if args.max_drop is None and task.info.get("kind") == "causal-lm":
+        settings.max_drop = parse_budget("2%")  # perplexity has no points: a relative rise
     from quantwise.outdir import locked_out
 
     out = Path(args.out)

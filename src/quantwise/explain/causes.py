@@ -6,7 +6,7 @@ threshold written here; a layer gets only the causes its numbers show.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -20,6 +20,22 @@ WEIGHT_ERROR = 0.05  # relative Frobenius error of the quantized weight
 PER_CHANNEL_GAIN = 2.0  # per-tensor weight error against per-channel
 
 
+def feed_inputs(
+    ref: torch.nn.Module, names: Sequence[str], batches: Sequence[Batch], on_input: Callable[[str, torch.Tensor], None]
+) -> None:
+    """Run ``batches`` through ``ref`` and hand each named layer's input to ``on_input(name, x)``."""
+    hooks = [
+        ref.get_submodule(n).register_forward_pre_hook(lambda _m, a, n=n: on_input(n, a[0].detach())) for n in names
+    ]
+    try:
+        with torch.no_grad():
+            for b in batches:
+                ref(*b)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def input_stats(
     qm: QuantizedModel,
     ref: torch.nn.Module,
@@ -30,17 +46,7 @@ def input_stats(
     """Per layer of the float model ``ref``: max |x|, its 99.99th percentile, and the share of
     inputs the stored static range clips."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    hooks = [
-        ref.get_submodule(n).register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach().flatten()))
-        for n in names
-    ]
-    try:
-        with torch.no_grad():
-            for b in batches:
-                ref(*b)
-    finally:
-        for h in hooks:
-            h.remove()
+    feed_inputs(ref, names, batches, lambda n, x: seen[n].append(x.flatten()))
     out = {}
     g = torch.Generator().manual_seed(0)
     for n, parts in seen.items():

@@ -24,6 +24,8 @@ def explain(
     ``qm``: the recipe's QuantizedModel if it is already built (else it is built here).
     """
     qm = qm if qm is not None else build_quantized(task, recipe)
+    if task.info.get("kind") == "causal-lm":
+        return _explain_lm(task, recipe, qm, top)
     ref = reference_model(task.model, qm)
     summary, rows = layer_sensitivity(task, qm, samples, ref)
     batches, _ = first_samples(task, samples)
@@ -36,13 +38,29 @@ def explain(
         r.causes, r.suggestions = diagnose(
             r.name, lq.kind, lq.mode, isinstance(lq.weight_granularity, PerTensor), stats.get(r.name, {}), wst
         )
+    return _result(task, recipe, summary, rows, 2 * len(rows) + 2)
+
+
+def _explain_lm(task: Task, recipe: Recipe, qm: QuantizedModel, top: int) -> dict[str, Any]:
+    """A causal LM: per block (one evaluation window), the worst ``top`` diagnosed layer by layer."""
+    from quantwise.explain.blocks import block_groups, block_sensitivity, diagnose_block
+
+    summary, rows = block_sensitivity(task, qm, windows=1)
+    groups = block_groups(qm)
+    batches = [task.eval_batches[0]]
+    for r in rows[:top]:
+        diagnose_block(qm, task.model, r, groups[r.name], batches)
+    return _result(task, recipe, summary, rows, len(rows) + 2)
+
+
+def _result(task: Task, recipe: Recipe, summary: dict[str, Any], rows: list[Any], evaluations: int) -> dict[str, Any]:
     return {
         "schema": EXPLAIN_SCHEMA,
         "task": task.name,
         "recipe": recipe.to_dict(),
         "summary": _finite(summary),
         "layers": [r.to_dict() for r in rows],
-        "evaluations": 2 * len(rows) + 2,
+        "evaluations": evaluations,
     }
 
 

@@ -40,7 +40,7 @@ class LayerSensitivity:
     all_but_sqnr_db: float
     causes: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in self.__dict__.items()}

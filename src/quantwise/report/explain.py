@@ -11,14 +11,17 @@ from rich.table import Table
 
 from quantwise.outdir import atomic_dir
 from quantwise.report.html import fmt_sqnr, layers_table_html
+from quantwise.report.terminal import fmt_metric
 
 
 def explain_table(result: dict[str, Any], rows: int = 15) -> Table:
     s = result["summary"]
     m = s["metric"]
+    fr = s.get("fraction", True)
+    per = "per-block" if s.get("groups") else "per-layer"
     t = Table(
-        title=f"{result['task']} · {result['recipe']['recipe']}: per-layer sensitivity on {s['samples']} samples "
-        f"(FP32 {100 * s['fp32_metric']:.2f}%, all quantized {100 * s['quantized_metric']:.2f}%, SQNR {fmt_sqnr(s['quantized_sqnr_db'])} dB)",
+        title=f"{result['task']} · {result['recipe']['recipe']}: {per} sensitivity on {s['samples']} {s.get('unit', 'samples')} "
+        f"(FP32 {fmt_metric(s['fp32_metric'], fr)}, all quantized {fmt_metric(s['quantized_metric'], fr)}, SQNR {fmt_sqnr(s['quantized_sqnr_db'])} dB)",
         header_style="bold",
     )
     for c in (
@@ -34,9 +37,9 @@ def explain_table(result: dict[str, Any], rows: int = 15) -> Table:
     for r in result["layers"][:rows]:
         t.add_row(
             r["name"],
-            f"{100 * r['only_metric']:.2f}%",
+            fmt_metric(r["only_metric"], fr),
             fmt_sqnr(r["only_sqnr_db"]),
-            f"{100 * r['all_but_metric']:.2f}%",
+            fmt_metric(r["all_but_metric"], fr),
             fmt_sqnr(r["all_but_sqnr_db"]),
             "; ".join(r["causes"]),
             "; ".join(r["suggestions"][:2]),
@@ -56,6 +59,7 @@ def write_explain(result: dict[str, Any], out: Path) -> None:
 
 def render_explain_html(result: dict[str, Any]) -> str:
     s, rows = result["summary"], result["layers"]
+    fr = s.get("fraction", True)
     vals = [r["only_sqnr_db"] for r in rows if r["only_sqnr_db"] is not None]
     vmax = max(vals) if vals else 1.0
     bars = []
@@ -71,7 +75,7 @@ def render_explain_html(result: dict[str, Any]) -> str:
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>quantwise explain</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px}} td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}} table{{border-collapse:collapse}}</style></head>
 <body><h1>Where accuracy went: {html.escape(result["task"])} · {html.escape(result["recipe"]["recipe"])}</h1>
-<p>{s["samples"]} samples · FP32 {100 * s["fp32_metric"]:.2f}% · all layers quantized {100 * s["quantized_metric"]:.2f}% (output SQNR {fmt_sqnr(s["quantized_sqnr_db"])} dB) · {result["evaluations"]} evaluations</p>
+<p>{s["samples"]} {s.get("unit", "samples")} · FP32 {fmt_metric(s["fp32_metric"], fr)} · all layers quantized {fmt_metric(s["quantized_metric"], fr)} (output SQNR {fmt_sqnr(s["quantized_sqnr_db"])} dB) · {result["evaluations"]} evaluations</p>
 <h2>Output SQNR with only this layer quantized (lower: more sensitive)</h2>{svg}
-<h2>Per layer, worst first</h2>{layers_table_html(rows)}
+<h2>Per layer, worst first</h2>{layers_table_html(rows, fr)}
 </body></html>"""

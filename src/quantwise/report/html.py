@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from quantwise.report.terminal import metric_cells
+from quantwise.report.terminal import fmt_metric, metric_cells
 from quantwise.runtime.registry import RUNTIMES
 
 W, H, PAD = 560, 340, 56
@@ -141,8 +141,13 @@ def confusion_change(result: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _is_lm(result: dict[str, Any]) -> bool:
+    return any("decode" in r for r in result["records"])
+
+
 def _table(result: dict[str, Any]) -> str:
     metric = result["recommendation"]["metric"]
+    lm = _is_lm(result)
     head = [
         "format",
         "runtime",
@@ -156,10 +161,12 @@ def _table(result: dict[str, Any]) -> str:
         "int ops",
         "status",
     ]
+    if lm:  # a causal LM: agreement with FP32 and decode speed instead of F1 and a batch of 32
+        head[3:7] = ["Δ", "KL to FP32", "prefill ms", "decode tok/s"]
     rows = []
     for r in result["records"]:
         if r.get("status") != "ok":
-            rows.append([r["format"], r["runtime"], "", "", "", "", "", "", "", "", r.get("error", "failed")])
+            rows.append([r["format"], r["runtime"], *[""] * (len(head) - 3), r.get("error", "failed")])
             continue
         lat = r["latency_ms"]
         b1, bn = (
@@ -168,13 +175,22 @@ def _table(result: dict[str, Any]) -> str:
         )
         sp = r.get("speedup", {}).get(f"batch_{result['settings']['latency_batch']}")
         ops = r.get("integer_ops") or {}
+        cells = list(metric_cells(result, r))
+        times = [f"{b1['p50']:.2f}" if b1 else "", f"{bn['p50']:.2f}" if bn else ""]
+        if lm:
+            dec = r.get("decode") or {}
+            cells[2] = f"{r['metrics'].get('kl_to_fp32', float('nan')):.4f}"
+            times = [
+                times[0],
+                f"{dec['tokens_per_s']:.1f}" if dec.get("status") == "ok" else str(dec.get("status", "")),
+            ]
+            sp = r.get("speedup", {}).get("decode_token")
         rows.append(
             [
                 r["format"],
                 r["runtime"],
-                *metric_cells(result, r),
-                f"{b1['p50']:.2f}" if b1 else "",
-                f"{bn['p50']:.2f}" if bn else "",
+                *cells,
+                *times,
                 f"{sp:.2f}x" if sp else "",
                 f"{r['size_bytes'] / 1e6:.2f}",
                 f"{ops.get('integer', 0)}/{ops.get('total', 0)}",
@@ -203,7 +219,7 @@ document.addEventListener('DOMContentLoaded', function () {
 
 def render_html(result: dict[str, Any]) -> str:
     rec = result["recommendation"]
-    lat_key = f"batch_{result['settings']['latency_batch']}"
+    lat_key = "decode_token" if _is_lm(result) else f"batch_{result['settings']['latency_batch']}"
 
     def lat(r: dict[str, Any]) -> float | None:
         v = r["latency_ms"].get(lat_key)
@@ -291,12 +307,14 @@ def losses_html(losses: dict[str, Any]) -> str:
     out = ["<h2>Where accuracy was lost</h2>"]
     for fmt, ex in explained.items():
         s = ex["summary"]
+        fr = s.get("fraction", True)
+        what = "each block quantized alone" if s.get("groups") else "each layer quantized alone and left out"
         out.append(
-            f"<p><b>{_esc(fmt)}</b> drops {ex['drop_points']:.2f} points. Measured in the PyTorch simulation on "
-            f"{s['samples']} samples (FP32 {100 * s['fp32_metric']:.2f}%, quantized {100 * s['quantized_metric']:.2f}%): each layer "
-            f"quantized alone and left out, most sensitive first. More: <code>{_esc(ex['command'])}</code></p>"
+            f"<p><b>{_esc(fmt)}</b> is worse by {ex['drop_points']:.4g} {'points' if fr else _esc(s['metric'])}. Measured in the PyTorch simulation on "
+            f"{s['samples']} {s.get('unit', 'samples')} (FP32 {fmt_metric(s['fp32_metric'], fr)}, quantized {fmt_metric(s['quantized_metric'], fr)}): {what}, "
+            f"most sensitive first. More: <code>{_esc(ex['command'])}</code></p>"
         )
-        out.append(layers_table_html(ex["layers"]))
+        out.append(layers_table_html(ex["layers"], fr))
     if skipped:
         out.append(
             "<ul>" + "".join(f"<li>{_esc(k)}: not explained ({_esc(v)})</li>" for k, v in skipped.items()) + "</ul>"
@@ -304,11 +322,11 @@ def losses_html(losses: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def layers_table_html(rows: list[dict[str, Any]]) -> str:
+def layers_table_html(rows: list[dict[str, Any]], fraction: bool = True) -> str:
     """The per-layer table (worst first): alone and left out, with measured causes and suggestions."""
     trs = "".join(
-        f"<tr><td>{_esc(r['name'])}</td><td>{100 * r['only_metric']:.2f}%</td><td>{fmt_sqnr(r['only_sqnr_db'])}</td>"
-        f"<td>{100 * r['all_but_metric']:.2f}%</td><td>{fmt_sqnr(r['all_but_sqnr_db'])}</td><td>{_esc('; '.join(r['causes']))}</td>"
+        f"<tr><td>{_esc(r['name'])}</td><td>{fmt_metric(r['only_metric'], fraction)}</td><td>{fmt_sqnr(r['only_sqnr_db'])}</td>"
+        f"<td>{fmt_metric(r['all_but_metric'], fraction)}</td><td>{fmt_sqnr(r['all_but_sqnr_db'])}</td><td>{_esc('; '.join(r['causes']))}</td>"
         f"<td>{_esc('; '.join(r['suggestions']))}</td></tr>"
         for r in rows
     )

@@ -8,6 +8,13 @@ from rich.console import Console
 from rich.table import Table
 
 
+def fmt_metric(v: float | None, fraction: bool = True) -> str:
+    """A metric value: a fraction (accuracy) as a percentage, else in its own units (perplexity)."""
+    if v is None or v != v:
+        return "-"
+    return f"{100 * v:.2f}%" if fraction else f"{v:.4g}"
+
+
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "n/a"
@@ -28,8 +35,33 @@ def int_share(rec: dict[str, Any]) -> str:
     return f"{ops.get('integer', 0)}/{ops.get('total', 0)}" if ops else "n/a"
 
 
+def lm_records_table(records: list[dict[str, Any]], title: str) -> Table:
+    """One row per causal-LM record: perplexity, agreement with FP32, prefill and decode speed."""
+    t = Table(title=title, header_style="bold")
+    cols = ("format", "runtime", "perplexity", "KL to FP32", "top-1 agree", "prefill ms", "decode tok/s", "size")
+    for col in (*cols, "peak mem", "int ops"):
+        t.add_column(col, justify="left" if col in ("format", "runtime") else "right")
+    for r in records:
+        m, dec = r["metrics"], r.get("decode") or {}
+        t.add_row(
+            r["recipe"],
+            r["runtime"],
+            f"{m['perplexity']:.3f}",
+            f"{m['kl_to_fp32']:.4f}",
+            f"{100 * m['top1_agreement']:.1f}%",
+            fmt_ms(r["latency_ms"].get("batch_1")),
+            f"{dec['tokens_per_s']:.1f}" if dec.get("status") == "ok" else str(dec.get("status", "n/a")),
+            fmt_bytes(r["size_bytes"]),
+            fmt_bytes(r["peak_memory_bytes"]),
+            int_share(r),
+        )
+    return t
+
+
 def records_table(records: list[dict[str, Any]], title: str) -> Table:
     """One row per record: metrics, latency, size, memory, integer share."""
+    if records and "perplexity" in records[0]["metrics"]:
+        return lm_records_table(records, title)
     t = Table(title=title, header_style="bold")
     for col in (
         "format",
@@ -87,8 +119,54 @@ def print_records(records: list[dict[str, Any]], title: str, console: Console | 
             )
 
 
+def _not_ok_row(t: Table, r: dict[str, Any], ncols: int) -> None:
+    label = "[yellow]n/a[/yellow]" if r.get("status") == "unsupported" else "[red]failed[/red]"
+    t.add_row(r["format"], r["runtime"], label, *[""] * (ncols - 3))
+
+
+def lm_compare_table(result: dict[str, Any]) -> Table:
+    """The side-by-side table of a causal LM's compare: quality vs FP32, prefill and decode speed."""
+    base = result["recommendation"].get("baseline_score") or float("nan")
+    t = Table(
+        title=f"{result['task']}: every format, side by side ({result['settings']['threads']} thread)",
+        header_style="bold",
+    )
+    cols = ["format", "runtime", "perplexity", "Δ ppl", "KL to FP32", "top-1 agree", "zero-shot"]
+    cols += ["prefill ms", "decode tok/s", "decode speedup", "size", "peak mem", "quantize s", "int ops"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("format", "runtime") else "right")
+    win = (result["recommendation"].get("winner") or {}).get("key")
+    for r in result["records"]:
+        k = f"{r['format']} · {r['runtime']}"
+        if r.get("status") != "ok":
+            _not_ok_row(t, r, len(cols))
+            continue
+        m, dec = r["metrics"], r.get("decode") or {}
+        zs = m.get("zero_shot_accuracy")
+        sp = (r.get("speedup") or {}).get("decode_token")
+        t.add_row(
+            f"[bold green]{r['format']} ★[/bold green]" if k == win else r["format"],
+            r["runtime"],
+            f"{m['perplexity']:.3f}",
+            f"{100 * (m['perplexity'] / base - 1):+.2f}%",
+            f"{m['kl_to_fp32']:.4f}",
+            f"{100 * m['top1_agreement']:.1f}%",
+            f"{100 * zs:.1f}%" if zs is not None else "",
+            fmt_ms(r["latency_ms"].get("batch_1")),
+            f"{dec['tokens_per_s']:.1f}" if dec.get("status") == "ok" else str(dec.get("status", "n/a")),
+            f"{sp:.2f}x" if sp else "n/a",
+            fmt_bytes(r["size_bytes"]),
+            fmt_bytes(r["peak_memory_bytes"]),
+            f"{r['time_to_quantize_s']:.1f}",
+            int_share(r),
+        )
+    return t
+
+
 def compare_table(result: dict[str, Any]) -> Table:
     """The side-by-side table of a compare run."""
+    if any("decode" in r for r in result["records"]):
+        return lm_compare_table(result)
     metric = result["recommendation"]["metric"]
     batch_n = f"batch_{result['settings']['batch_n']}"
     b1 = f"batch_{result['settings']['latency_batch']}"
@@ -117,8 +195,7 @@ def compare_table(result: dict[str, Any]) -> Table:
     for r in result["records"]:
         k = f"{r['format']} · {r['runtime']}"
         if r.get("status") != "ok":
-            label = "[yellow]n/a[/yellow]" if r.get("status") == "unsupported" else "[red]failed[/red]"
-            t.add_row(r["format"], r["runtime"], label, *[""] * (len(cols) - 3))
+            _not_ok_row(t, r, len(cols))
             continue
         lat = r["latency_ms"]
         sp = r.get("speedup", {}).get(b1)
@@ -186,16 +263,17 @@ def print_losses(losses: dict[str, Any], console: Console, rows: int = 3) -> Non
     """Where each explained over-budget format lost accuracy: its most sensitive layers, cause and fix."""
     for fmt, ex in (losses.get("explained") or {}).items():
         s = ex["summary"]
+        fr = s.get("fraction", True)
         console.print(
-            f"[bold]where {fmt} lost {ex['drop_points']:.2f} points[/bold] (PyTorch simulation, {s['samples']} samples: "
-            f"FP32 {100 * s['fp32_metric']:.2f}%, quantized {100 * s['quantized_metric']:.2f}%):"
+            f"[bold]where {fmt} lost {ex['drop_points']:.4g} {'points' if fr else s['metric']}[/bold] (PyTorch simulation, "
+            f"{s['samples']} {s.get('unit', 'samples')}: FP32 {fmt_metric(s['fp32_metric'], fr)}, quantized {fmt_metric(s['quantized_metric'], fr)}):"
         )
         for r in ex["layers"][:rows]:
             sq = "exact" if r["only_sqnr_db"] is None else f"{r['only_sqnr_db']:.1f} dB"
             why = "; ".join(r["causes"]) or "no single cause measured"
             fix = f"; fix: {r['suggestions'][0]}" if r["suggestions"] else ""
             console.print(
-                f"  {r['name']}: alone {100 * r['only_metric']:.2f}% (SQNR {sq}), all but it {100 * r['all_but_metric']:.2f}%: {why}{fix}"
+                f"  {r['name']}: alone {fmt_metric(r['only_metric'], fr)} (SQNR {sq}), all but it {fmt_metric(r['all_but_metric'], fr)}: {why}{fix}"
             )
         console.print(f"[dim]  more: {ex['command']}[/dim]")
     for fmt, why in (losses.get("not_explained") or {}).items():

@@ -36,6 +36,7 @@ def export_onnx(
     path: Path,
     input_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
+    output_names: list[str] | None = None,
 ) -> Path:
     """Export with the TorchScript-based exporter (it honours the ``symbolic`` of our quantized ops).
 
@@ -54,7 +55,7 @@ def export_onnx(
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=input_names,
-                output_names=["output"],
+                output_names=output_names or ["output"],
                 dynamic_axes=dynamic_axes,
                 custom_opsets={"com.microsoft": 1} if uses_ms else None,
                 do_constant_folding=True,
@@ -160,6 +161,12 @@ def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (
 
         module = lower_torch(qm)
     path = export_onnx(module, task.latency_input(2), workdir / "model.onnx", task.input_names, task.dynamic_axes)
+    if task.generation is not None:  # a causal LM: a second graph with a KV cache generates
+        from quantwise.runtime.onnx_lm import lm_runner
+
+        runner = lm_runner(module, path, task.input_names, threads)
+        if runner is not None:
+            return runner, module
     return OrtRunner(path, task.input_names, threads), module
 
 

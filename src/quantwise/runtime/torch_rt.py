@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,24 @@ import torch
 from torch import nn
 
 from quantwise.quantized import QuantizedModel
+from quantwise.quiet import hf_quiet
 from quantwise.runtime.base import IntegerOps, RuntimeSpec, load_exported
 from quantwise.runtime.qmodules import QConv2d, QLinear
+
+
+class _Clock:
+    """A transformers streamer that only notes when each new token arrives (the first put is the prompt)."""
+
+    def __init__(self, times: list[float]) -> None:
+        self.times, self.prompt_seen = times, False
+
+    def put(self, value: Any) -> None:
+        if self.prompt_seen:
+            self.times.append(time.perf_counter())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
 
 
 class TorchRunner:
@@ -29,6 +46,30 @@ class TorchRunner:
         # the thread count is the caller's: evaluate() holds torch_threads(threads) around every run
         with torch.inference_mode():
             return self.module(*batch).to(torch.float32).numpy()
+
+    @property
+    def simulated(self) -> bool:
+        """Fake-quant layers compute in float: their speed is not a deployment speed."""
+        return any(isinstance(m, (QLinear, QConv2d)) for m in self.module.modules())
+
+    def generate(self, prompt: torch.Tensor, new_tokens: int, times: list[float] | None = None) -> list[int]:
+        """Greedy continuation of ``prompt`` (1, S) with the model's KV cache (causal-LM tasks);
+        ``times`` receives ``time.perf_counter()`` as each new token is produced."""
+        lm: Any = next((m for m in self.module.modules() if hasattr(m, "generate") and hasattr(m, "config")), None)
+        if lm is None:
+            raise TypeError(f"{type(self.module).__name__} is not a generative model")
+        eos = lm.config.eos_token_id
+        with torch.inference_mode(), hf_quiet():
+            out = lm.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=eos[0] if isinstance(eos, list) else eos,
+                streamer=_Clock(times) if times is not None else None,
+            )
+        return out[0, prompt.shape[-1] :].tolist()
 
     def integer_ops(self) -> dict[str, Any]:
         from quantwise.fixedpoint.simulate import FixedPointModule

@@ -86,7 +86,7 @@ def run_compare(
     export the winner without quantizing it again.
     """
     profile = get_profile(settings.target)
-    pairs = select_formats(settings.formats, settings.runtimes)
+    pairs = select_formats(settings.formats, settings.runtimes, task.info.get("kind"))
     untrained = sorted({f.id for f, _ in pairs if f.trains and not (settings.train and task.train_batches)})
     pairs = [(f, r) for f, r in pairs if f.id not in untrained]
     records_dir = out / "records"
@@ -109,6 +109,7 @@ def run_compare(
     write_json(run_file, {"run_id": run_id, "task": task.name, "settings": settings.to_dict()})
     records: list[dict[str, Any]] = []
     built = {} if built is None else built  # one QuantizedModel per format, shared by its runtimes
+    left = {f.id: sum(1 for g, _ in pairs if g.id == f.id) for f, _ in pairs}  # runtimes still to run
     with live_progress() as progress:
         overall = progress.add_task("compare: all formats", total=len(pairs))
         for fmt, runtime in pairs:
@@ -125,15 +126,19 @@ def run_compare(
             write_json(path, rec)
             records.append(rec)
             progress.advance(overall)
+            left[fmt.id] -= 1
+            if not left[fmt.id] and fmt.id in built and not within_budget(records, fmt.id, task, settings.max_drop):
+                del built[fmt.id]  # no export will need it (explain rebuilds): an LLM's copies add up
     derive(records, task.metrics)
+    speed = speed_keys(task, settings)
     rec_result = recommend(
         records,
         settings.max_drop,
-        settings.optimize,
+        "latency" if settings.optimize == "prefill" else settings.optimize,
         profile,
         task.metric_spec(),
-        f"batch_{settings.latency_batch}",
-        speed_batches=[f"batch_{settings.latency_batch}", f"batch_{settings.batch_n}"],
+        speed[0],
+        speed_batches=speed,
         portability={f.id: len(f.runtimes) for f, _ in pairs},
     )
     note = sample_size_note(records, rec_result["budget_points"], rec_result.get("metric_unit", "points"))
@@ -156,6 +161,38 @@ def run_compare(
         },
         "env": environment(settings.threads),
     }
+
+
+def within_budget(records: list[dict[str, Any]], fmt_id: str, task: Task, budget: Budget) -> bool:
+    """Whether any finished record of ``fmt_id`` is within ``budget`` of the best FP32 record so far
+    (True when there is no FP32 record yet: nothing can be ruled out)."""
+    spec = task.metric_spec()
+    base = [r["metrics"][spec.name] for r in records if r["format"] == "fp32" and r.get("status") == "ok"]
+    if not base:
+        return True
+    best = max(base) if spec.higher_is_better else min(base)
+    allowed = budget.allowed(best, spec)
+    return any(
+        r["format"] == fmt_id and r.get("status") == "ok" and spec.worse_by(best, r["metrics"][spec.name]) <= allowed
+        for r in records
+    )
+
+
+def is_lm(task: Task) -> bool:
+    return task.info.get("kind") == "causal-lm"
+
+
+def speed_keys(task: Task, s: CompareSettings) -> list[str]:
+    """The latency entries a speed win must show: for an LLM, decode time per token (``--optimize
+    latency``) or the prompt's prefill (``--optimize prefill``); else every batch size measured."""
+    if is_lm(task):
+        return [f"batch_{s.latency_batch}"] if s.optimize == "prefill" else ["decode_token"]
+    return [f"batch_{s.latency_batch}", f"batch_{s.batch_n}"]
+
+
+def batch_sizes(task: Task, s: CompareSettings) -> tuple[int, ...]:
+    """Batch sizes to time: an LLM's prefill at batch 1 only (its prompt is a whole window)."""
+    return (s.latency_batch,) if is_lm(task) else (s.latency_batch, s.batch_n)
 
 
 def _read_record(path: Path, run_id: str, fmt: str, runtime: str) -> tuple[Any, str | None]:
@@ -186,7 +223,7 @@ def _run_one(
             recipe,
             runtime,
             threads=s.threads,
-            batch_sizes=(s.latency_batch, s.batch_n),
+            batch_sizes=batch_sizes(task, s),
             measure_memory=s.measure_memory,
             latency_seconds=s.latency_seconds,
             quantized=built.get(fmt.id),

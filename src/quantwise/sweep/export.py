@@ -71,14 +71,14 @@ def export_recommended(
 ) -> Path | None:
     """Write the winner with a metadata file to ``out/recommended``; reuses its QuantizedModel from
     ``built`` when compare made it in this process (after ``--resume`` it is rebuilt, deterministically)."""
-    from quantwise.sweep.formats import FORMATS
+    from quantwise.sweep.formats import formats_for
 
     w = result["recommendation"]["winner"]
     if not w:
         return None
     from quantwise.api import build_quantized
 
-    fmt = FORMATS[w["format"]]
+    fmt = formats_for(task.info.get("kind"))[w["format"]]
     dest = out / "recommended"
     recipe = fmt.build_recipe(max_drop_points, optimize)
     qm = (built or {}).get(fmt.id) or (build_quantized(task, recipe) if recipe else None)

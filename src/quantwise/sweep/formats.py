@@ -90,7 +90,44 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Format, str]]:
+_LM = ("torch", "onnxruntime")
+# Quantized LLM formats are compared in ONNX Runtime (its kernels give the speed; the torch
+# simulation computes the same numbers, checked by tests/llm) to keep an LLM compare short.
+_LMQ = ("onnxruntime",)
+
+# Causal LMs: weight-only integer formats (W8A16, W4A16 by group size, GPTQ), per-token dynamic W8A8.
+LLM_FORMATS: dict[str, Format] = {
+    f.id: f
+    for f in (
+        Format("fp32", None, runtimes=_LM, family="fp32"),
+        Format("fp16", "fp16", runtimes=("onnxruntime",), family="fp16"),  # torch fp16 on this CPU: 4x slower than FP32
+        Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
+        Format("w8a16-g128", "w8a16", {"group_size": 128}, runtimes=_LMQ, family="int8-weight"),
+        Format("w4a16-g32", "w4a16", {"group_size": 32}, runtimes=_LMQ, family="int4-weight"),
+        # asymmetric (a minimum and a step per group, as GGUF's Q4_1 stores them)
+        Format("w4a16-g32-asym", "w4a16", {"group_size": 32, "symmetric": False}, runtimes=_LMQ, family="int4-weight"),
+        Format("w4a16-g64", "w4a16", {"group_size": 64}, runtimes=_LMQ, family="int4-weight"),
+        Format("w4a16-g128", "w4a16", {"group_size": 128}, runtimes=_LMQ, family="int4-weight"),
+        Format(
+            "w4a16-g128-gptq",
+            "w4a16",
+            {"group_size": 128, "method": "gptq"},
+            runtimes=_LMQ,
+            family="int4-weight",
+        ),
+        Format("w8a8-per-token", "dynamic-int8", {"activations": "per-token"}, runtimes=_LMQ, family="int8"),
+        Format("w8a8-per-tensor", "dynamic-int8", runtimes=(*_LMQ, "torch-int8"), family="int8"),
+    )
+}
+REGISTRIES = {"classification": FORMATS, "causal-lm": LLM_FORMATS}
+
+
+def formats_for(kind: str | None) -> dict[str, Format]:
+    """The format registry for a task kind (``task.info["kind"]``; classification by default)."""
+    return REGISTRIES.get(kind or "classification", FORMATS)
+
+
+def select_formats(formats: str | None, runtimes: str | None, kind: str | None = None) -> list[tuple[Format, str]]:
     """``(format, runtime)`` pairs to run, from comma-separated ``--formats``/``--runtimes`` (None: all).
 
     A name selects that format; a name that is no format's id selects every format it prefixes
@@ -98,6 +135,10 @@ def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Form
     included as the baseline.
     """
     from quantwise.runtime.registry import RUNTIMES
+
+    registry = formats_for(kind)
+    if formats and kind is None:  # names checked before the task is loaded: any registry's
+        registry = {**LLM_FORMATS, **FORMATS}
 
     rts = [r.strip() for r in runtimes.split(",")] if runtimes else list(RUNTIMES)
     for r in rts:
@@ -112,16 +153,18 @@ def select_formats(formats: str | None, runtimes: str | None) -> list[tuple[Form
     chosen: list[Format] = []
     if formats:
         for name in (n.strip() for n in formats.split(",")):
-            hits = [FORMATS[name]] if name in FORMATS else [f for f in FORMATS.values() if f.id.startswith(name + "-")]
+            hits = (
+                [registry[name]] if name in registry else [f for f in registry.values() if f.id.startswith(name + "-")]
+            )
             if not hits:
-                raise UserError(f"unknown format {name!r} in --formats: choose from {', '.join(FORMATS)}")
+                raise UserError(f"unknown format {name!r} in --formats: choose from {', '.join(registry)}")
             chosen += [h for h in hits if h not in chosen]
-        if FORMATS["fp32"] not in chosen:
-            chosen.insert(0, FORMATS["fp32"])
+        if registry["fp32"] not in chosen:
+            chosen.insert(0, registry["fp32"])
     else:
-        chosen = list(FORMATS.values())
+        chosen = list(registry.values())
     pairs = [(f, r) for f in chosen for r in rts if r in f.runtimes]
     for base in dict.fromkeys(RUNTIMES[r].baseline for r in rts):  # e.g. torch-int8's speedups are against torch FP32
-        if base not in rts and FORMATS["fp32"] in chosen and (FORMATS["fp32"], base) not in pairs:
-            pairs.insert(0, (FORMATS["fp32"], base))
+        if base not in rts and registry["fp32"] in chosen and (registry["fp32"], base) not in pairs:
+            pairs.insert(0, (registry["fp32"], base))
     return pairs

@@ -15,7 +15,7 @@ from typing import Any
 
 from quantwise.progress import status, warn
 from quantwise.recipes import DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
-from quantwise.sweep.formats import FORMATS
+from quantwise.sweep.formats import formats_for
 from quantwise.tasks.base import Task
 
 EXPLAIN_MODES = ("worst", "all", "none")
@@ -23,9 +23,9 @@ EXPLAINABLE = (StaticInt8Recipe, DynamicInt8Recipe, WeightOnlyRecipe)  # post-tr
 KEEP_LAYERS = 8
 
 
-def explain_command(task_name: str, fmt_id: str) -> str:
+def explain_command(task_name: str, fmt_id: str, kind: str | None = None) -> str:
     """The ``quantwise explain`` command for a format (recipe keys without a flag go in a recipe file)."""
-    fmt = FORMATS[fmt_id]
+    fmt = formats_for(kind)[fmt_id]
     flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in fmt.overrides.items() if not isinstance(v, bool))
     rest = {k: v for k, v in fmt.overrides.items() if isinstance(v, bool)}
     extra = f" (with {', '.join(f'{k}: {str(v).lower()}' for k, v in rest.items())} in a --recipe-file)" if rest else ""
@@ -66,14 +66,14 @@ def explain_losses(
     explained: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for fmt_id, drop in drops.items():
-        recipe = FORMATS[fmt_id].build_recipe()
+        recipe = formats_for(task.info.get("kind"))[fmt_id].build_recipe()
         if mode == "none":
             skipped[fmt_id] = "--explain none"
         elif not isinstance(recipe, EXPLAINABLE):
             skipped[fmt_id] = "explain covers the post-training static, dynamic and weight-only formats"
         elif mode == "worst" and explained:
             skipped[fmt_id] = (
-                f"--explain worst explains only the largest drop; run {explain_command(task.name, fmt_id)}"
+                f"--explain worst explains only the largest drop; run {explain_command(task.name, fmt_id, task.info.get('kind'))}"
             )
         else:
             got = _explain_one(task, fmt_id, recipe, drop, samples, records_dir, resume, built)
@@ -122,7 +122,7 @@ def _explain_one(
         "summary": full["summary"],
         "evaluations": full["evaluations"],
         "layers": full["layers"][:KEEP_LAYERS],
-        "command": explain_command(task.name, fmt_id),
+        "command": explain_command(task.name, fmt_id, task.info.get("kind")),
     }
     write_json(path, out)
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 from quantwise.errors import UserError
 from quantwise.tasks.base import Task
 
-BUILTIN = ("bbc-minilm", "mnist-cnn")
+BUILTIN = ("bbc-minilm", "mnist-cnn", "smollm2")
 DEFAULT_TASK = "mnist-cnn"
 
 
@@ -30,7 +30,18 @@ def load_task(
     if model or data:
         if not (model and data):
             raise UserError(
-                "a user task needs both --model and --data (a Hugging Face folder + CSV/JSONL, or a .pt model + image folder)"
+                "a user task needs both --model and --data (a Hugging Face folder + CSV/JSONL, a .pt model + image folder, or a causal LM folder/.gguf + text)"
+            )
+        from quantwise.tasks.llm_load import is_causal_lm
+
+        if is_causal_lm(model):
+            from quantwise.tasks.llm import build_user_lm
+
+            return build_user_lm(model, data, text_column, limit=limit)
+        if Path(data).suffix.lower() == ".txt":
+            raise UserError(
+                f"--data {data} is plain text, which scores causal LMs, and {model} is not one (no .gguf, no "
+                "*ForCausalLM in its config.json): give a CSV/JSONL with text and label columns"
             )
         if Path(data).is_dir():
             from quantwise.tasks.images import build_image_task
@@ -46,6 +57,10 @@ def load_task(
         from quantwise.tasks.mnist import build
 
         return build(limit=limit)
+    if spec == "smollm2":
+        from quantwise.tasks.llm import build_smollm2
+
+        return build_smollm2(limit=limit)
     if spec == "bbc-minilm":
         from quantwise.tasks.text import build_bbc
 

@@ -44,6 +44,14 @@ class MetricSpec:
 CLASSIFICATION_METRICS = (MetricSpec("accuracy"), MetricSpec("f1_macro"))
 
 
+@dataclass(frozen=True)
+class Generation:
+    """How a generative task's decode speed is measured: greedy, from ``prompt`` (1, S), with a KV cache."""
+
+    prompt: torch.Tensor
+    new_tokens: int = 64
+
+
 @dataclass
 class Task:
     """Everything quantwise needs to quantize and measure one model on one data set.
@@ -71,6 +79,9 @@ class Task:
         train_defaults: ``{"epochs": ..., "lr": ...}`` used when a QAT recipe leaves them at 0.
         metrics: the metrics the task reports, each with its direction; ``primary_metric``
             names the one budgets and rankings apply to.
+        reduce: ``reduce(i, batch, outputs) -> rows`` shrinks evaluation batch ``i``'s outputs
+            as they come (an LLM's logits are too big to keep); ``score`` then sees the rows.
+        generation: for generative tasks, how decode speed is measured.
     """
 
     name: str
@@ -94,6 +105,8 @@ class Task:
     head: Callable[[torch.Tensor], torch.Tensor] | None = None
     train_defaults: dict[str, Any] = field(default_factory=dict)
     metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS
+    reduce: Callable[[int, Batch, np.ndarray], np.ndarray] | None = None
+    generation: Generation | None = None
 
     def metric_spec(self, name: str | None = None) -> MetricSpec:
         """The declared metric ``name`` (default: the budget's, ``primary_metric``)."""

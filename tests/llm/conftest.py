@@ -1,0 +1,47 @@
+"""A tiny random-weight Llama-style causal LM saved to a folder (with SmolLM2's tokenizer), and text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantwise.tasks.llm_load import bbc_articles, smollm2_path
+
+
+def save_tiny_llama(folder: Path, layers: int = 2, seed: int = 0) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = smollm2_path()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def lm_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    docs, _, _ = bbc_articles()
+    path = tmp_path_factory.mktemp("text") / "news.txt"
+    path.write_text("\n\n".join(docs[:12]), encoding="utf-8")
+    return path

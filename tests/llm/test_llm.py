@@ -1,0 +1,224 @@
+"""Causal LMs: the task's protocol and metrics, tied heads, sequential GPTQ, compare, bad input."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from quantwise.api import evaluate, quantize
+from quantwise.numerics import INT4, quantize_tensor
+from quantwise.numerics.granularity import PerGroup
+from quantwise.quantized import LayerQuant
+from quantwise.recipes import get_recipe
+from quantwise.tasks import load_task
+from quantwise.transform.gptq_seq import collect_hessians, sequential_gptq
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "QUANTWISE_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "quantwise.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tiny_llama: Path, lm_text: Path):
+    return load_task(model=str(tiny_llama), data=str(lm_text))
+
+
+def test_user_lm_task_scores_fp32_against_itself(tiny_task) -> None:
+    assert tiny_task.info["kind"] == "causal-lm"
+    assert tiny_task.info["protocol"]["window"] == 128  # capped by the model's max positions
+    assert not tiny_task.metric_spec().higher_is_better  # the budget metric is perplexity
+    rec = evaluate(tiny_task, None, "torch", measure_memory=False, latency_seconds=0.2, batch_sizes=(1,))
+    m = rec["metrics"]
+    assert m["tokens_scored"] == tiny_task.info["protocol"]["tokens_scored"]
+    assert m["top1_agreement"] == 1.0 and m["kl_to_fp32"] < 1e-3  # FP32 reference stored as float16
+    assert 1.0 < m["perplexity"] < 1e6
+    assert rec["decode"]["status"] == "ok" and len(rec["decode"]["greedy_tokens"]) == 65
+    assert rec["latency_ms"]["decode_token"]["p50"] > 0
+
+
+def test_tied_lm_head_stays_tied_and_is_recorded(tiny_task) -> None:
+    qm = quantize(tiny_task.model, get_recipe("weight-int4", group_size=32), tiny_task.calibration)
+    assert qm.info["tied_weights"] == {"lm.model.embed_tokens": "lm.lm_head"}
+    assert "lm.model.embed_tokens" not in qm.skipped  # not "kept in float": it holds the head's int4 table
+    emb, head = qm.model.lm.model.embed_tokens.weight, qm.model.lm.lm_head.weight
+    assert emb.data_ptr() == head.data_ptr()
+    assert torch.equal(head, qm.layers["lm.lm_head"].dequantized_weight().reshape(head.shape))
+
+
+def test_gptq_calibrates_each_block_on_the_quantized_blocks_before_it(tiny_task) -> None:
+    model = copy.deepcopy(tiny_task.model)
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n}
+    seen: dict[str, torch.Tensor] = {}
+
+    def rtn4(name: str, mod: nn.Module, h: torch.Tensor) -> None:  # records the Hessian it was given
+        seen[name] = h
+        q, s, z = quantize_tensor(mod.weight.detach(), INT4, PerGroup(32), True)
+        deq = LayerQuant("linear", "weight_only", q, s, z, "int4", PerGroup(32)).dequantized_weight()
+        with torch.no_grad():
+            mod.weight.copy_(deq.reshape(mod.weight.shape))
+
+    info = sequential_gptq(model, linear, tiny_task.calibration, rtn4)
+    assert info is not None and info["gptq_blocks"] == "lm.model.layers (2)"
+    name = "lm.model.layers.1.self_attn.q_proj"
+
+    def hessian(m: nn.Module) -> torch.Tensor:
+        return collect_hessians({name: m.get_submodule(name)}, lambda: [m(*b) for b in tiny_task.calibration])[name]
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().max() / b.abs().max())
+
+    # block 1 was calibrated on what the model computes with block 0 quantized, not on the float model
+    assert rel(seen[name], hessian(model)) < 1e-6
+    assert rel(seen[name], hessian(tiny_task.model)) > 1e-3
+    # and the GPTQ recipe runs in that order
+    qm = quantize(tiny_task.model, get_recipe("weight-int4", group_size=32, method="gptq"), tiny_task.calibration)
+    assert qm.info["gptq_order"] == "sequential by block" and qm.info["gptq_outside_blocks"] == ["lm.lm_head"]
+
+
+def test_compare_on_a_user_llm(tiny_llama: Path, lm_text: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    r = run_cli(
+        "compare",
+        "--model",
+        str(tiny_llama),
+        "--data",
+        str(lm_text),
+        "--formats",
+        "w8a16-g128,w4a16-g128",
+        "--no-memory",
+        "--explain",
+        "none",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    rec = res["recommendation"]
+    assert rec["metric"] == "perplexity" and rec["higher_is_better"] is False
+    assert res["settings"]["max_drop"] == "2%"
+    by = {(x["format"], x["runtime"]): x for x in res["records"]}
+    assert by[("w4a16-g128", "onnxruntime")]["decode"]["status"] == "ok"  # the KV-cache step graph
+    assert by[("w4a16-g128", "onnxruntime")]["integer_ops"]["kernels"].get("MatMulNBits", 0) >= 15
+    assert "decode_token" in by[("fp32", "torch")]["latency_ms"]
+
+
+def test_a_simulation_is_never_timed_as_a_decode_speed(tiny_task) -> None:
+    rec = evaluate(tiny_task, "w4a16", "torch", measure_memory=False, latency_seconds=0.2, batch_sizes=(1,))
+    assert rec["decode"]["status"] == "simulation" and len(rec["decode"]["greedy_tokens"]) == 8
+    assert "decode_token" not in rec["latency_ms"]
+
+
+def test_short_text_is_a_one_line_error(tiny_llama: Path, tmp_path: Path) -> None:
+    short = tmp_path / "short.txt"
+    short.write_text("Just a few words.")
+    r = run_cli("quantize", "--model", str(tiny_llama), "--data", str(short), "--recipe", "w8a16")
+    assert r.returncode == 2 and "too short" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_folder_without_tokenizer_is_a_one_line_error(tiny_llama: Path, lm_text: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_llama / f, bare / f)
+    r = run_cli("quantize", "--model", str(bare), "--data", str(lm_text), "--recipe", "w8a16")
+    assert r.returncode == 2 and "cannot load the causal LM" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_text_for_a_model_that_is_not_a_causal_lm(tmp_path: Path, lm_text: Path) -> None:
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    r = run_cli("quantize", "--model", str(enc), "--data", str(lm_text), "--recipe", "w8a16")
+    assert r.returncode == 2 and "plain text" in r.stderr
+
+
+def test_missing_gguf_file(tmp_path: Path, lm_text: Path) -> None:
+    r = run_cli("quantize", "--model", str(tmp_path / "nope.gguf"), "--data", str(lm_text), "--recipe", "w8a16")
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_explain_names_the_block_and_the_outlier_channel(tiny_task) -> None:
+    from quantwise.explain.run import explain
+
+    model = copy.deepcopy(tiny_task.model)
+    with torch.no_grad():
+        model.lm.model.layers[1].input_layernorm.weight[5] *= 200.0  # one outlier channel into q/k/v of block 1
+    task = dataclasses.replace(tiny_task, model=model)
+    res = explain(task, get_recipe("dynamic-int8"), top=3)
+    s = res["summary"]
+    assert s["metric"] == "perplexity" and s["fraction"] is False and s["groups"] == 3  # 2 blocks + the LM head
+    rows = res["layers"]
+    assert [r["only_metric"] for r in rows] == sorted((r["only_metric"] for r in rows), reverse=True)
+    block1 = next(r for r in rows if r["name"] == "lm.model.layers.1")
+    assert any("input channels [5" in c for c in block1["causes"]), block1["causes"]
+    assert block1["stats"]["layers_measured"]["lm.model.layers.1.self_attn.q_proj"]["top_channels"][0] == 5
+
+
+def test_mixed_and_qat_on_an_llm_are_refused_in_one_line(tiny_llama: Path, lm_text: Path) -> None:
+    for recipe in ("mixed", "qat-w8a8"):
+        r = run_cli("quantize", "--model", str(tiny_llama), "--data", str(lm_text), "--recipe", recipe)
+        assert r.returncode == 2 and "not built for causal LMs" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_group_that_does_not_divide_the_input_falls_back_to_a_finer_one(tiny_task) -> None:
+    from quantwise.numerics.granularity import PerGroup
+
+    for method in ("rtn", "gptq"):
+        qm = quantize(tiny_task.model, get_recipe("w4a16", group_size=128, method=method), tiny_task.calibration)
+        fb = qm.info["group_size_fallback"]
+        assert fb["lm.model.layers.0.self_attn.q_proj"] == 64  # hidden size 64
+        assert "lm.model.layers.0.mlp.down_proj" not in fb  # its input (128) takes the group as asked
+        assert qm.layers["lm.model.layers.0.self_attn.q_proj"].weight_granularity == PerGroup(64)
+        assert qm.layers["lm.model.layers.0.mlp.down_proj"].weight_granularity == PerGroup(128)
+        assert not [n for n in qm.skipped if "proj" in n]
+
+
+def test_a_gguf_of_an_unsupported_architecture(tmp_path: Path, lm_text: Path) -> None:
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(str(path), "no-such-arch")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = run_cli("quantize", "--model", str(path), "--data", str(lm_text), "--recipe", "w8a16")
+    assert r.returncode == 2 and "cannot load the causal LM" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_tokenizer_larger_than_the_embedding(tmp_path: Path, lm_text: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from quantwise.tasks.llm_load import smollm2_path
+
+    gguf_file = smollm2_path()
+    tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    cfg = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "m"))
+    tok.save_pretrained(str(tmp_path / "m"))
+    r = run_cli("quantize", "--model", str(tmp_path / "m"), "--data", str(lm_text), "--recipe", "w8a16")
+    assert r.returncode == 2 and "embedding has 1000 rows" in r.stderr, r.stderr
