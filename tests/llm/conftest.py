@@ -45,3 +45,16 @@ def lm_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("text") / "news.txt"
     path.write_text("\n\n".join(docs[:12]), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama written as an all-F32 GGUF (SmolLM2's tokenizer and metadata, its own shapes)."""
+    from transformers import AutoModelForCausalLM
+
+    from quantwise.runtime.gguf_write import write_gguf
+
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf"
+    write_gguf(lm, {}, smollm2_path(), out)
+    return out

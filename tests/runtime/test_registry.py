@@ -30,7 +30,10 @@ NOT_SWEPT = {
     ("mixed", "torch"): "mixed is offered in ONNX Runtime only (its float layers are the point of the format)",
     ("mixed", "torch-int8"): "as mixed in torch",
     ("fp16", "torch-int8"): "refused by why_not",
+    ("fp32", "llamacpp"): "llama.cpp runs causal LMs loaded from a .gguf; its lower() refuses other tasks",
 }
+# Runtimes built from source by the set-up, which may fail without failing set-up (their tests skip, saying so).
+OPTIONAL = {"llamacpp"}
 
 
 SWEEPABLE = [f for f in FORMATS.values() if not f.trains and f.id not in ("mixed",)]
@@ -58,6 +61,8 @@ def built(mnist):
 def test_format_table_agrees_with_capability_checks(built, fmt_id):
     fmt, qm = FORMATS[fmt_id], built[fmt_id]
     for rt, spec in RUNTIMES.items():
+        if rt in OPTIONAL and spec.available():
+            continue
         assert spec.available() is None, "make test installs every runtime (the tflite extra included)"
         accepts = spec.why_not(qm) is None
         claimed = rt in fmt.runtimes

@@ -72,6 +72,11 @@ def _child(runtime: str, artifact: str, inputs: str, threads: int) -> None:
         base = _baseline()
         sess = ort.InferenceSession(artifact, so, providers=["CPUExecutionProvider"])
         sess.run(None, data)
+    elif runtime == "llamacpp":
+        from quantwise.runtime.llamacpp import LlamaCppRunner
+
+        base = _baseline()
+        LlamaCppRunner(Path(artifact), threads).run(tuple(torch.from_numpy(v) for v in data.values()))
     elif runtime == "tflite":
         from quantwise.runtime.tflite import TfliteRunner
 

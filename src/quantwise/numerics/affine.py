@@ -21,6 +21,7 @@ def choose_qparams(
     qtype: QType,
     symmetric: bool,
     eps: float = _EPS,
+    fp16_scale: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that map ``[min_val, max_val]`` onto ``qtype``'s grid.
 
@@ -34,6 +35,8 @@ def choose_qparams(
         qtype: Integer target type.
         symmetric: Symmetric around zero, or affine.
         eps: Smallest allowed scale.
+        fp16_scale: round each scale to the nearest half-precision value (the zero point then
+            follows from it), for formats that store scales as fp16 (GGUF's Q4_0/Q8_0 blocks).
 
     Returns:
         ``(scale float32, zero_point int32)`` with the shape of ``min_val``.
@@ -47,15 +50,20 @@ def choose_qparams(
     if symmetric:
         amax = torch.maximum(-min_val, max_val)
         scale = amax / ((qmax - qmin) / 2)
-        scale = torch.clamp(scale, min=eps)
+        scale = _fp16(torch.clamp(scale, min=eps)) if fp16_scale else torch.clamp(scale, min=eps)
         zp_value = 0 if qtype.signed else (qmin + qmax + 1) // 2
         zero_point = torch.full_like(scale, zp_value, dtype=torch.int32)
     else:
         scale = (max_val - min_val) / float(qmax - qmin)
-        scale = torch.clamp(scale, min=eps)
+        scale = _fp16(torch.clamp(scale, min=eps)) if fp16_scale else torch.clamp(scale, min=eps)
         zero_point = qmin - torch.round(min_val / scale)
         zero_point = torch.clamp(zero_point, qmin, qmax).to(torch.int32)
     return scale.to(torch.float32), zero_point
+
+
+def _fp16(scale: torch.Tensor) -> torch.Tensor:
+    """The nearest half-precision value, never below fp16's smallest subnormal (2**-24)."""
+    return torch.clamp(scale, min=2.0**-24).to(torch.float16).to(torch.float32)
 
 
 def quantize(
@@ -120,11 +128,11 @@ def fake_quantize(
 
 
 def quantize_tensor(
-    x: torch.Tensor, qtype: QType, granularity: Granularity, symmetric: bool
+    x: torch.Tensor, qtype: QType, granularity: Granularity, symmetric: bool, fp16_scale: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Min-max quantize ``x`` in one call: returns ``(q, scale, zero_point)``."""
     lo, hi = reduce_min_max(x.detach().to(torch.float32), granularity)
-    scale, zp = choose_qparams(lo, hi, qtype, symmetric)
+    scale, zp = choose_qparams(lo, hi, qtype, symmetric, fp16_scale=fp16_scale)
     return quantize(x, scale, zp, qtype, granularity), scale, zp
 
 

@@ -13,6 +13,8 @@ from quantwise.errors import UserError
 
 MODULE_TYPES = ("Linear", "Conv2d")
 
+WEIGHT_METHODS = ("rtn", "gptq", "awq", "awq-gptq")
+
 CALIBRATIONS = (
     "minmax",
     "moving-average",
@@ -20,6 +22,11 @@ CALIBRATIONS = (
     "entropy",
     "mse",
 )  # calibrate.observers.OBSERVERS implements each
+
+
+def _check_alpha(kind: str, alpha: float) -> None:
+    if not 0 <= alpha < 1:
+        raise UserError(f"recipe {kind}: smooth_alpha must be in [0, 1) (0: searched), got {alpha}")
 
 
 @dataclass(frozen=True)
@@ -93,11 +100,15 @@ class WeightOnlyRecipe(Recipe):
         bits: 8 or 4.
         group_size: 0 for per-channel, else 32, 64 or 128 elements per scale along the input dim.
         symmetric: symmetric weight grid (zero point 0).
-        method: ``rtn`` (round to nearest) or ``gptq`` (Hessian-based error compensation).
+        method: ``rtn`` (round to nearest), ``gptq`` (Hessian-based error compensation), ``awq``
+            (activation-aware per-input-channel scales folded into the norm or Linear before each
+            group of Linears, then round to nearest) or ``awq-gptq`` (those scales, then GPTQ).
         gptq_damp: GPTQ diagonal dampening, as a fraction of the mean Hessian diagonal.
         embeddings: also store embedding tables as integers (see ``embedding_bits``).
         embedding_bits: 8 (one scale per row) or 4 (one scale per 32 values of a row; ONNX
             Runtime's GatherBlockQuantized).
+        fp16_scales: round every scale to half precision before rounding the weights, as GGUF's
+            Q8_0/Q4_0 blocks store them (so the weights can be written to GGUF exactly).
         label: the use-case name it was asked for (``w8a16``, ``w4a16``: integer weights with float
             activations, which on a CPU means FP32 activations), shown in results.
     """
@@ -110,6 +121,7 @@ class WeightOnlyRecipe(Recipe):
     gptq_damp: float = 0.01
     embeddings: bool = True
     embedding_bits: int = 8
+    fp16_scales: bool = False
     label: str = ""
 
     def __post_init__(self) -> None:
@@ -120,8 +132,10 @@ class WeightOnlyRecipe(Recipe):
             raise UserError(
                 f"recipe weight-only: group_size must be 0 (per-channel) or 16/32/64/128/256, got {self.group_size}"
             )
-        if self.method not in ("rtn", "gptq"):
-            raise UserError(f"recipe weight-only: method must be rtn or gptq, got {self.method!r}")
+        if self.method not in WEIGHT_METHODS:
+            raise UserError(
+                f"recipe weight-only: method must be one of {', '.join(WEIGHT_METHODS)}, got {self.method!r}"
+            )
         if not 0 <= self.gptq_damp < 1:
             raise UserError(f"recipe weight-only: gptq_damp must be in [0, 1), got {self.gptq_damp}")
         if self.embedding_bits not in (4, 8):
@@ -144,6 +158,10 @@ class DynamicInt8Recipe(Recipe):
             (one symmetric int8 scale per row of the flattened ``(tokens, features)`` input, which
             isolates transformers' outlier tokens).
         embeddings: also store embedding tables as int8, one scale per row.
+        smoothquant: fold SmoothQuant scales (activation outliers moved into the weights) into the
+            norm or Linear before each group of Linears first; needs calibration data.
+        smooth_alpha: SmoothQuant's migration strength in (0, 1); 0 searches it on the
+            calibration data (the choice and its errors are recorded).
     """
 
     kind: ClassVar[str] = "dynamic-int8"
@@ -151,9 +169,12 @@ class DynamicInt8Recipe(Recipe):
     activations: str = "per-tensor"
     module_types: tuple[str, ...] = ("Linear",)
     embeddings: bool = True
+    smoothquant: bool = False
+    smooth_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_alpha(self.kind, self.smooth_alpha)
         if self.activations not in ("per-tensor", "per-token"):
             raise UserError(
                 f"recipe dynamic-int8: activations must be per-tensor or per-token, got {self.activations!r}"
@@ -178,6 +199,9 @@ class StaticInt8Recipe(Recipe):
             (full-integer TFLite).
         activation_bits: 8, the only width the runtimes' integer kernels take (any other
             value is refused, naming what is supported).
+        smoothquant: fold SmoothQuant scales into the norm or Linear before each group of
+            Linears before calibrating (see ``dynamic-int8``).
+        smooth_alpha: migration strength in (0, 1); 0 searches it on the calibration data.
     """
 
     kind: ClassVar[str] = "static-int8"
@@ -191,9 +215,12 @@ class StaticInt8Recipe(Recipe):
     weight_bits: int = 8
     quantize_outputs: bool = False
     activation_bits: int = 8
+    smoothquant: bool = False
+    smooth_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_alpha(self.kind, self.smooth_alpha)
         if self.activation_bits != 8:
             raise UserError(
                 f"recipe static-int8: activation_bits {self.activation_bits} has no integer kernel in ONNX Runtime "

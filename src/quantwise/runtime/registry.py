@@ -9,7 +9,7 @@ colours, the export's load instructions) reads this registry.
 from __future__ import annotations
 
 from quantwise.errors import Unsupported, UserError
-from quantwise.runtime import integer, onnxrt, tflite, torch_int8, torch_rt
+from quantwise.runtime import integer, llamacpp, onnxrt, tflite, torch_int8, torch_rt
 from quantwise.runtime.base import RuntimeSpec
 
 _SPECS: tuple[RuntimeSpec, ...] = (
@@ -18,6 +18,7 @@ _SPECS: tuple[RuntimeSpec, ...] = (
     onnxrt.SPEC,
     integer.SPEC,
     tflite.SPEC,
+    llamacpp.SPEC,
 )
 
 RUNTIMES: dict[str, RuntimeSpec] = {s.name: s for s in _SPECS}

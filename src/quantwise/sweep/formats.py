@@ -94,16 +94,21 @@ _LM = ("torch", "onnxruntime")
 # Quantized LLM formats are compared in ONNX Runtime (its kernels give the speed; the torch
 # simulation computes the same numbers, checked by tests/llm) to keep an LLM compare short.
 _LMQ = ("onnxruntime",)
+_GGUF = ("onnxruntime", "llamacpp")
 
 # Causal LMs: weight-only integer formats (W8A16, W4A16 by group size, GPTQ), per-token dynamic W8A8.
 LLM_FORMATS: dict[str, Format] = {
     f.id: f
     for f in (
-        Format("fp32", None, runtimes=_LM, family="fp32"),
+        Format("fp32", None, runtimes=(*_LM, "llamacpp"), family="fp32"),
         Format("fp16", "fp16", runtimes=("onnxruntime",), family="fp16"),  # torch fp16 on this CPU: 4x slower than FP32
         Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
         Format("w8a16-g128", "w8a16", {"group_size": 128}, runtimes=_LMQ, family="int8-weight"),
-        Format("w4a16-g32", "w4a16", {"group_size": 32}, runtimes=_LMQ, family="int4-weight"),
+        # groups of 32 with half-precision scales: exactly GGUF's Q4_0 / Q8_0 blocks, so llama.cpp runs them too
+        Format("w4a16-g32", "w4a16", {"group_size": 32, "fp16_scales": True}, runtimes=_GGUF, family="int4-weight"),
+        Format(
+            "w8a16-g32", "w8a16", {"group_size": 32, "fp16_scales": True}, runtimes=("llamacpp",), family="int8-weight"
+        ),
         # asymmetric (a minimum and a step per group, as GGUF's Q4_1 stores them)
         Format("w4a16-g32-asym", "w4a16", {"group_size": 32, "symmetric": False}, runtimes=_LMQ, family="int4-weight"),
         Format("w4a16-g64", "w4a16", {"group_size": 64}, runtimes=_LMQ, family="int4-weight"),
@@ -115,7 +120,23 @@ LLM_FORMATS: dict[str, Format] = {
             runtimes=_LMQ,
             family="int4-weight",
         ),
+        # activation-aware scales folded into the norms before q/k/v and gate/up (Q4_0-ready at g32)
+        Format("w4a16-g128-awq", "w4a16", {"group_size": 128, "method": "awq"}, runtimes=_LMQ, family="int4-weight"),
+        Format(
+            "w4a16-g32-awq",
+            "w4a16",
+            {"group_size": 32, "method": "awq", "fp16_scales": True},
+            runtimes=_GGUF,
+            family="int4-weight",
+        ),
         Format("w8a8-per-token", "dynamic-int8", {"activations": "per-token"}, runtimes=_LMQ, family="int8"),
+        Format(
+            "w8a8-per-token-sq",
+            "dynamic-int8",
+            {"activations": "per-token", "smoothquant": True},
+            runtimes=_LMQ,
+            family="int8",
+        ),
         Format("w8a8-per-tensor", "dynamic-int8", runtimes=(*_LMQ, "torch-int8"), family="int8"),
     )
 }

@@ -121,8 +121,10 @@ def build_causal_lm_task(
     settings: LMSettings = LMSettings(),
     zero_shot: tuple[Sequence[str], Sequence[int], Sequence[str]] | None = None,
     limit: int | None = None,
+    source: str | Path | None = None,
 ) -> Task:
-    """A perplexity/KL/agreement task on ``docs`` (and zero-shot choices if given)."""
+    """A perplexity/KL/agreement task on ``docs`` (and zero-shot choices if given); ``source`` is
+    the model's folder or ``.gguf`` (GGUF output copies the tokenizer from it)."""
     s = settings
     max_pos = getattr(getattr(model, "lm", model).config, "max_position_embeddings", s.window) or s.window
     window = min(s.window, int(max_pos))
@@ -192,7 +194,7 @@ def build_causal_lm_task(
         validation=[(w,) for w in val_w],
         reduce=reduce,
         generation=Generation(prompt=prompt, new_tokens=s.new_tokens),
-        info={"kind": "causal-lm", "protocol": protocol, "n_test": n_eval},
+        info={"kind": "causal-lm", "protocol": protocol, "n_test": n_eval, "source": str(source or "")},
     )
 
 
@@ -213,6 +215,7 @@ def build_smollm2(limit: int | None = None) -> Task:
         rebuild=lambda: load_causal_lm(path)[0],
         zero_shot=([docs[i] for i in zs], [labels[i] for i in zs], topics),
         limit=limit,
+        source=path,
     )
 
 
@@ -229,4 +232,5 @@ def build_user_lm(model: str, data: str, text_column: str = "text", limit: int |
         docs,
         rebuild=lambda: load_causal_lm(model)[0],
         limit=limit,
+        source=model,
     )

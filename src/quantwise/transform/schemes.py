@@ -10,7 +10,7 @@ from torch import nn
 
 from quantwise.calibrate.collect import observing, run_calibration
 from quantwise.calibrate.observers import make_observer
-from quantwise.numerics import INT4, INT8, UINT4, UINT8, choose_qparams, quantize_tensor
+from quantwise.numerics import INT4, INT8, UINT4, UINT8, choose_qparams, dequantize, quantize_tensor
 from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.progress import progress_iter
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
@@ -20,6 +20,7 @@ from quantwise.transform.gptq import gptq_quantize
 from quantwise.transform.gptq_seq import collect_hessians, sequential_gptq
 from quantwise.transform.registry import Batch
 from quantwise.transform.select import select_embeddings, select_layers
+from quantwise.transform.smoothing import Quant, awq, per_tensor_uint8, per_token_int8, smooth, smoothquant
 
 
 def _kind(mod: nn.Module) -> str:
@@ -75,14 +76,61 @@ def fp16_layer(mod: nn.Module) -> LayerQuant:
 
 
 def _weight_layer(
-    mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True
+    mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True, fp16: bool = False
 ) -> LayerQuant:
-    """Round-to-nearest weight quantization of one layer."""
+    """Round-to-nearest weight quantization of one layer (``fp16``: scales rounded to half precision)."""
     qtype = (INT8 if symmetric else UINT8) if bits == 8 else (INT4 if symmetric else UINT4)
     gran = PerGroup(group) if group else (PerChannel(0) if per_channel else PerTensor())
     w = mod.weight.detach().to(torch.float32)
-    q, s, z = quantize_tensor(w, qtype, gran, symmetric)
+    q, s, z = quantize_tensor(w, qtype, gran, symmetric, fp16_scale=fp16)
     return LayerQuant(_kind(mod), mode, q, s, z, qtype.name, gran)
+
+
+def _rtn(bits: int, group: int, symmetric: bool, per_channel: bool = True, fp16: bool = False) -> Quant:
+    """``w -> dequantize(quantize(w))`` with the rounding ``_weight_layer`` uses (for the searches)."""
+    qtype = (INT8 if symmetric else UINT8) if bits == 8 else (INT4 if symmetric else UINT4)
+    gran = PerGroup(group) if group else (PerChannel(0) if per_channel else PerTensor())
+
+    def quant(w: torch.Tensor) -> torch.Tensor:
+        q, s, z = quantize_tensor(w, qtype, gran, symmetric, fp16_scale=fp16)
+        return dequantize(q, s, z, gran)
+
+    return quant
+
+
+def _smoothquant(
+    model: nn.Module, recipe: DynamicInt8Recipe | StaticInt8Recipe, chosen: list, calib: Sequence[Batch]
+) -> dict[str, object]:
+    """Fold SmoothQuant scales before the recipe's W8A8 quantization (``recipe.smoothquant``)."""
+    lin = _scalable(model, {n: m for n, m in chosen if isinstance(m, nn.Linear)})
+    per_token = getattr(recipe, "activations", "") == "per-token"
+    act = per_token_int8 if per_token else per_tensor_uint8
+    quant = _rtn(8, 0, True, recipe.per_channel)
+    alpha = recipe.smooth_alpha or None
+    return smooth(
+        model,
+        lin[0],
+        calib,
+        "smoothquant",
+        lambda gs: {**smoothquant(model, gs, lambda _n: quant, act, alpha), "tied_not_scaled": lin[1]},
+    )
+
+
+def _scalable(model: nn.Module, linears: dict[str, nn.Linear]) -> tuple[dict[str, nn.Linear], dict[str, str]]:
+    """Linears whose weight no other module shares (scaling a tied LM head would scale the embedding)."""
+    owners: dict[int, list[str]] = {}
+    for n, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor):
+            owners.setdefault(w.untyped_storage().data_ptr(), []).append(n)
+    keep, tied = {}, {}
+    for n, m in linears.items():
+        others = [o for o in owners[m.weight.untyped_storage().data_ptr()] if o != n]
+        if others:
+            tied[n] = f"its weight is tied to {others[0]}, which a scale would change too"
+        else:
+            keep[n] = m
+    return keep, tied
 
 
 def cast_handler(model: nn.Module, recipe: CastRecipe, calib: Sequence[Batch]) -> QuantizedModel:
@@ -111,13 +159,22 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
         else:
             todo.append((name, mod))
     info: dict[str, object] = {"group_size_fallback": dict(groups)} if groups else {}
-    if recipe.method == "gptq":
+    if recipe.method.startswith("awq"):
+        lin, tied = _scalable(model, {n: m for n, m in todo if isinstance(m, nn.Linear)})
+
+        def quant_for(n: str) -> Quant:
+            return _rtn(recipe.bits, groups.get(n, recipe.group_size), recipe.symmetric, fp16=recipe.fp16_scales)
+
+        info["awq"] = smooth(
+            model, lin, calib, "awq", lambda gs: {**awq(model, gs, quant_for), "tied_not_scaled": tied}
+        )
+    if recipe.method in ("gptq", "awq-gptq"):
         layers, gptq_info = _gptq_layers(model, recipe, todo, calib, groups)
         info.update(gptq_info)
     else:
         for name, mod in todo:
             g = groups.get(name, recipe.group_size)
-            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, g, recipe.symmetric)
+            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, g, recipe.symmetric, fp16=recipe.fp16_scales)
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
@@ -143,7 +200,9 @@ def _gptq_layers(
 
     def gptq_one(name: str, mod: nn.Module, h: torch.Tensor) -> None:
         g = groups.get(name, recipe.group_size)
-        q, s, z = gptq_quantize(mod.weight, h, qtype, g, recipe.symmetric, recipe.gptq_damp)
+        q, s, z = gptq_quantize(
+            mod.weight, h, qtype, g, recipe.symmetric, recipe.gptq_damp, fp16_scales=recipe.fp16_scales
+        )
         layers[name] = LayerQuant("linear", "weight_only", q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0))
         with torch.no_grad():  # later blocks are calibrated on what this layer now computes
             mod.weight.copy_(layers[name].dequantized_weight().reshape(mod.weight.shape))
@@ -158,7 +217,7 @@ def _gptq_layers(
     for name, mod in todo:
         if name not in linear:
             g = groups.get(name, recipe.group_size)
-            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, g, recipe.symmetric)
+            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, g, recipe.symmetric, fp16=recipe.fp16_scales)
     rtn = [n for n, m in todo if not isinstance(m, nn.Linear)]
     return {n: layers[n] for n, _ in todo}, {**info, "gptq_layers": len(linear), "rtn_fallback_layers": rtn}
 
@@ -166,6 +225,7 @@ def _gptq_layers(
 def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
     chosen, skipped = select_layers(model, recipe)
+    info = {"smoothquant": _smoothquant(model, recipe, chosen, calib)} if recipe.smoothquant else {}
     layers = {}
     for name, mod in chosen:
         if isinstance(mod, nn.Conv2d):
@@ -175,13 +235,14 @@ def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence
         layers[name].dynamic_granularity = recipe.activations
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
-    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped)
+    return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
 
 
 def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model) if recipe.fold_bn else {}
     chosen, skipped = select_layers(model, recipe)
+    smoothed = {"smoothquant": _smoothquant(model, recipe, chosen, calib)} if recipe.smoothquant else {}
     relus = find_relu_after(model) if recipe.fuse_relu else {}
     kw = {"percentile": recipe.percentile} if recipe.calibration == "percentile" else {}
     in_obs = {n: make_observer(recipe.calibration, **kw) for n, _ in chosen}
@@ -209,7 +270,7 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
         layers=layers,
         skipped=skipped,
         folded=folded,
-        info={"calibration_batches": len(calib), "pairing": pairing_method(model)},
+        info={"calibration_batches": len(calib), "pairing": pairing_method(model), **smoothed},
     )
 
 

@@ -1,0 +1,153 @@
+"""The ``llamacpp`` runtime: quantwise's own weights written to GGUF (:mod:`.gguf_write`) and run by
+llama.cpp through llama-cpp-python, for causal LMs loaded from a ``.gguf`` file.
+
+Scoring evaluates each window with all logits kept (``logits_all``) and returns them, so the
+task's perplexity, KL and agreement protocol is the same as in every other runtime (not
+llama.cpp's own ``llama-perplexity``, which scores only each chunk's second half). Generation is
+greedy over llama.cpp's KV cache, one ``eval`` per token.
+
+Numerics: llama.cpp's CPU kernels multiply ``Q4_0``/``Q8_0`` weights with activations that it
+rounds to 8-bit blocks of 32 on the fly, so its logits differ from the simulation (which keeps
+activations in float) by that rounding; the parity tests bound the difference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantwise.errors import Unsupported
+from quantwise.runtime.base import IntegerOps, RuntimeSpec
+from quantwise.runtime.gguf_write import block_format, check_source, write_gguf
+
+EXTRA = "quantwise[llamacpp]"
+INSTALL = (
+    f"the llamacpp runtime needs llama-cpp-python, which compiles llama.cpp (cmake and a C++ compiler, "
+    f"4 to 9 minutes on 2 cores): pip install '{EXTRA}', or run scripts/bootstrap.sh, which builds and caches the wheel"
+)
+
+
+class LlamaCppRunner:
+    """A GGUF file loaded in llama.cpp; ``run`` returns the logits of every position."""
+
+    runtime = "llamacpp"
+
+    def __init__(self, path: Path, threads: int, n_ctx: int = 2048) -> None:
+        from llama_cpp import Llama
+
+        self.artifact = path
+        self.threads = threads
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=min(n_ctx, 512),
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=True,
+            verbose=False,
+        )
+        self._census = _census(path)
+
+    def _eval(self, ids: list[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(ids)
+
+    def run(self, batch: tuple[torch.Tensor, ...]) -> np.ndarray:
+        ids = batch[0]
+        out = []
+        for row in ids.tolist():
+            self._eval([int(t) for t in row])
+            out.append(np.array(self.llm.scores[: len(row)], dtype=np.float32))
+        return np.stack(out)
+
+    def generate(self, prompt: torch.Tensor, new_tokens: int, times: list[float] | None = None) -> list[int]:
+        """Greedy tokens over llama.cpp's KV cache; ``times`` gets each token's arrival."""
+        self._eval([int(t) for t in prompt.reshape(-1).tolist()])
+        out: list[int] = []
+        for _ in range(new_tokens):
+            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            out.append(nxt)
+            if times is not None:
+                times.append(time.perf_counter())
+            self.llm.eval([nxt])
+        return out
+
+    def integer_ops(self) -> dict[str, Any]:
+        return self._census
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def _census(path: Path) -> dict[str, Any]:
+    """Matrices by GGML type: Q4_0/Q8_0 run in llama.cpp's integer dot products, F32 in float."""
+    import gguf
+
+    ops = IntegerOps()
+    kinds: dict[str, int] = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        if len(t.shape) < 2:
+            continue
+        kind = t.tensor_type.name
+        kinds[kind] = kinds.get(kind, 0) + 1
+        ops.total += 1
+        if kind.startswith("Q"):
+            ops.integer += 1
+        else:
+            ops.float_ops.append(t.name)
+    ops.kernels = kinds
+    return ops.to_dict()
+
+
+def _available() -> str | None:
+    return None if importlib.util.find_spec("llama_cpp") is not None else INSTALL
+
+
+def _why_not(qm: Any) -> str | None:
+    if qm is None:
+        return None
+    if qm.cast or qm.plan is not None:
+        return "llama.cpp runs the FP32 model and weight-only Q8_0/Q4_0 formats here (no casts or fixed point)"
+    for name, lq in qm.layers.items():
+        if lq.mode != "weight_only":
+            return "llama.cpp quantizes activations its own way: only weight-only formats are written for it"
+        _, why = block_format(lq)
+        if why:
+            return f"llama.cpp would run {name} in F32: {why}"
+    return None
+
+
+def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)) -> tuple[Any, nn.Module]:
+    if task.generation is None:
+        raise Unsupported("llamacpp runs causal language models only")
+    src = check_source(task)
+    module = task.model if qm is None else qm.model
+    path = workdir / "model.gguf"
+    info = write_gguf(module, {} if qm is None else qm.layers, src, path)
+    runner = LlamaCppRunner(path, threads, n_ctx=max(2048, int(task.info.get("protocol", {}).get("window", 512)) * 2))
+    runner.gguf = info  # type: ignore[attr-defined]
+    return runner, module
+
+
+def _how(qm: Any) -> tuple[str, str]:
+    return "model.gguf", "llama-cli -m model.gguf  (or llama_cpp.Llama(model_path='model.gguf'))"
+
+
+SPEC = RuntimeSpec(
+    name="llamacpp",
+    help="llama.cpp via llama-cpp-python: causal LMs from a .gguf, weights written as Q8_0/Q4_0 (optional extra)",
+    baseline="llamacpp",
+    colour="#8a5a00",
+    why_not=_why_not,
+    lower=_lower,
+    how_to_load=_how,
+    memory_loads_artifact=True,
+    available=_available,
+    load=lambda folder, task, threads=1: LlamaCppRunner(folder / "model.gguf", threads),
+)

@@ -1,0 +1,87 @@
+"""GGUF out (exact Q4_0/Q8_0 blocks of quantwise's own weights) and the llama.cpp runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quantwise.api import build_quantized, evaluate
+from quantwise.errors import Unsupported
+from quantwise.recipes import get_recipe
+from quantwise.runtime.gguf_write import gguf_weights, write_gguf
+from quantwise.runtime.registry import check_can_run
+from quantwise.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def gguf_task(tiny_gguf: Path, lm_text: Path):
+    return load_task(model=str(tiny_gguf), data=str(lm_text))
+
+
+def test_the_written_fp32_gguf_loads_back_as_the_same_model(tiny_llama: Path, gguf_task) -> None:
+    """Names, query/key permutation and hyperparameters: transformers reading our file gets our model."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    ids = gguf_task.eval_batches[0][0]
+    with torch.no_grad():
+        want = lm(input_ids=ids).logits
+        got = gguf_task.model(ids)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bits,kind", [(4, "Q4_0"), (8, "Q8_0")])
+def test_gguf_blocks_hold_the_quantized_weights_exactly(gguf_task, tmp_path: Path, bits: int, kind: str) -> None:
+    recipe = get_recipe(f"w{bits}a16", bits=bits, group_size=32, fp16_scales=True)
+    qm = build_quantized(gguf_task, recipe)
+    rec = write_gguf(qm.model, qm.layers, gguf_task.info["source"], tmp_path / "q.gguf")
+    # 2 blocks x 7 Linears, and the LM head written once as token_embd (tied)
+    assert rec["tensors"][kind] == 15 and not rec["f32_layers"]
+    back = gguf_weights(tmp_path / "q.gguf", qm.model.lm)
+    sd = qm.model.lm.state_dict()
+    for name, w in back.items():
+        assert np.array_equal(w, sd[name].numpy()), name
+
+
+def test_weights_gguf_cannot_hold_exactly_are_f32_with_the_reason(gguf_task, tmp_path: Path) -> None:
+    qm = build_quantized(gguf_task, get_recipe("w4a16", group_size=32, symmetric=False))
+    rec = write_gguf(qm.model, qm.layers, gguf_task.info["source"], tmp_path / "a.gguf")
+    assert "Q4_0" not in rec["tensors"] and len(rec["f32_layers"]) == 15
+    assert "Q4_1" in next(iter(rec["f32_layers"].values()))
+    with pytest.raises(Unsupported, match="llama.cpp would run .* in F32"):
+        check_can_run("llamacpp", qm)
+
+
+def test_gguf_output_needs_a_gguf_source(tiny_llama: Path, lm_text: Path, tmp_path: Path) -> None:
+    task = load_task(model=str(tiny_llama), data=str(lm_text))
+    with pytest.raises(Unsupported, match="convert_hf_to_gguf"):
+        write_gguf(task.model, {}, task.info["source"], tmp_path / "x.gguf")
+
+
+def test_llamacpp_computes_what_the_simulation_says(gguf_task) -> None:
+    pytest.importorskip("llama_cpp", reason="the llamacpp extra did not build (scripts/bootstrap.sh says why)")
+
+    def ev(rt: str, recipe=None, qm=None) -> dict:
+        return evaluate(
+            gguf_task, recipe, rt, batch_sizes=(1,), measure_memory=False, latency_seconds=0.3, quantized=qm
+        )
+
+    fp32_sim = ev("torch")
+    fp32_cpp = ev("llamacpp")
+    # the same model in float: llama.cpp's F32 kernels agree with PyTorch's on every next token
+    assert fp32_cpp["metrics"]["top1_agreement"] >= 0.99
+    assert fp32_cpp["metrics"]["kl_to_fp32"] < 1e-3
+    assert fp32_cpp["metrics"]["perplexity"] == pytest.approx(fp32_sim["metrics"]["perplexity"], rel=1e-3)
+    assert fp32_cpp["decode"]["status"] == "ok"
+    assert fp32_cpp["decode"]["greedy_tokens"][:8] == fp32_sim["decode"]["greedy_tokens"][:8]
+    recipe = get_recipe("w4a16", group_size=32, fp16_scales=True)
+    qm = build_quantized(gguf_task, recipe)
+    sim = ev("torch", recipe, qm)
+    cpp = ev("llamacpp", recipe, qm)
+    assert cpp["integer_ops"]["kernels"].get("Q4_0") == 15
+    # llama.cpp rounds activations to 8-bit blocks for its Q4_0 dot products; the simulation does not
+    assert cpp["metrics"]["perplexity"] == pytest.approx(sim["metrics"]["perplexity"], rel=0.02)
+    assert abs(cpp["metrics"]["kl_to_fp32"] - sim["metrics"]["kl_to_fp32"]) < 0.01

@@ -1,0 +1,80 @@
+"""AWQ and SmoothQuant: scales found by dataflow, folded without changing the float model, chosen
+by measured output error, recorded; a fold that would change the model is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from quantwise.api import build_quantized, quantize
+from quantwise.errors import Unsupported
+from quantwise.recipes import get_recipe
+from quantwise.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def outlier_task(tiny_llama: Path, lm_text: Path):
+    """The tiny Llama with planted activation outliers: four channels of every norm's output 40x larger."""
+    task = load_task(model=str(tiny_llama), data=str(lm_text))
+    with torch.no_grad():
+        for name, mod in task.model.named_modules():
+            if name.endswith("layernorm"):
+                mod.weight[[3, 17, 30, 51]] *= 40.0
+    return task
+
+
+def _logits(model: nn.Module, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*batch)
+
+
+def test_smoothquant_finds_norm_groups_and_recovers_w8a8_error(outlier_task) -> None:
+    plain = build_quantized(outlier_task, get_recipe("dynamic-int8", activations="per-token"))
+    smooth = build_quantized(outlier_task, get_recipe("dynamic-int8", activations="per-token", smoothquant=True))
+    info = smooth.info["smoothquant"]
+    # q/k/v after input_layernorm and gate/up after post_attention_layernorm, in both blocks
+    assert info["groups"] == 4 and info["scaled_layers"] == 10
+    assert all("not the output of a norm" in why for why in info["unscaled_layers"].values())
+    assert "lm.lm_head" in info["tied_not_scaled"]  # scaling it would scale the tied embedding
+    errs = info["relative_output_error"]
+    assert info["alpha"] is not None and errs[str(info["alpha"])] < 0.5 * errs["none"]
+    batch = outlier_task.eval_batches[0]
+    ref = _logits(outlier_task.model, batch)
+    e_plain = (_logits(plain.model, batch) - ref).pow(2).mean()
+    e_smooth = (_logits(smooth.model, batch) - ref).pow(2).mean()
+    assert e_smooth < e_plain  # the whole model, not only the searched layers, is closer to FP32
+
+
+def test_awq_scales_salient_channels_and_keeps_the_float_model(outlier_task) -> None:
+    qm = build_quantized(outlier_task, get_recipe("w4a16", group_size=32, method="awq"))
+    info = qm.info["awq"]
+    assert info["groups"] == 4 and max(info["exponents"].values()) > 0
+    norm = qm.model.get_submodule("lm.model.layers.0.input_layernorm").weight
+    orig = outlier_task.model.get_submodule("lm.model.layers.0.input_layernorm").weight
+    assert not torch.equal(norm, orig)  # the scales live in the QuantizedModel's own norm weights
+    rtn = build_quantized(outlier_task, get_recipe("w4a16", group_size=32))
+    batch = outlier_task.eval_batches[0]
+    ref = _logits(outlier_task.model, batch)
+    assert (_logits(qm.model, batch) - ref).pow(2).mean() < (_logits(rtn.model, batch) - ref).pow(2).mean()
+
+
+class OnePlusNorm(nn.Module):
+    """A norm computing ``x * (1 + weight)`` (Gemma's): dividing its weight does not divide its output."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1 + self.weight)
+
+
+def test_a_fold_that_would_change_the_model_is_refused() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), OnePlusNorm(32), nn.Linear(32, 4)).eval()
+    calib = [(torch.randn(16, 8) * 3,) for _ in range(4)]
+    with pytest.raises(Unsupported, match="changed the float model's outputs"):
+        quantize(model, get_recipe("w4a16", group_size=32, method="awq"), calib)
