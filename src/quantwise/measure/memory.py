@@ -76,7 +76,8 @@ def _child(runtime: str, artifact: str, inputs: str, threads: int) -> None:
         from quantwise.runtime.llamacpp import LlamaCppRunner
 
         base = _baseline()
-        LlamaCppRunner(Path(artifact), threads).run(tuple(torch.from_numpy(v) for v in data.values()))
+        batch = tuple(torch.from_numpy(v) for v in data.values())
+        LlamaCppRunner(Path(artifact), threads, n_ctx=int(batch[0].shape[-1])).run(batch)
     elif runtime == "tflite":
         from quantwise.runtime.tflite import TfliteRunner
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from quantwise.errors import Unsupported
+from quantwise.quiet import native_output_silenced
 from quantwise.runtime.base import IntegerOps, RuntimeSpec
 from quantwise.runtime.gguf_write import block_format, check_source, write_gguf
 
@@ -43,15 +44,16 @@ class LlamaCppRunner:
 
         self.artifact = path
         self.threads = threads
-        self.llm = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=min(n_ctx, 512),
-            n_threads=threads,
-            n_threads_batch=threads,
-            logits_all=True,
-            verbose=False,
-        )
+        with native_output_silenced():  # llama.cpp logs on fd 2 even when not verbose
+            self.llm = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=min(n_ctx, 512),
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=True,
+                verbose=False,
+            )
         self._census = _census(path)
 
     def _eval(self, ids: list[int]) -> None:
@@ -130,9 +132,19 @@ def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (
     module = task.model if qm is None else qm.model
     path = workdir / "model.gguf"
     info = write_gguf(module, {} if qm is None else qm.layers, src, path)
-    runner = LlamaCppRunner(path, threads, n_ctx=max(2048, int(task.info.get("protocol", {}).get("window", 512)) * 2))
+    runner = LlamaCppRunner(path, threads, n_ctx=_context(task))
     runner.gguf = info  # type: ignore[attr-defined]
     return runner, module
+
+
+def _context(task: Any) -> int:
+    """Positions the task needs: its longest window or prompt plus the generated tokens (a
+    larger context only costs KV-cache memory)."""
+    longest = max(int(b[0].shape[-1]) for b in task.eval_batches)
+    gen = task.generation
+    if gen is not None:
+        longest = max(longest, int(gen.prompt.shape[-1]) + int(gen.new_tokens) + 1)
+    return max(64, longest)
 
 
 def _how(qm: Any) -> tuple[str, str]:
@@ -149,5 +161,5 @@ SPEC = RuntimeSpec(
     how_to_load=_how,
     memory_loads_artifact=True,
     available=_available,
-    load=lambda folder, task, threads=1: LlamaCppRunner(folder / "model.gguf", threads),
+    load=lambda folder, task, threads=1: LlamaCppRunner(folder / "model.gguf", threads, _context(task)),
 )
