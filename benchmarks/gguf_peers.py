@@ -4,7 +4,7 @@ the F32 GGUF of the same FP32 model, every file scored by the same code in llama
 KL and top-1 agreement to the FP32 logits (the task's protocol), zero-shot topic accuracy, file
 size, prefill ms for a 512-token prompt and greedy decode tokens/s. One thread.
 
-    .venv/bin/python benchmarks/gguf.py [--skip-gptq]
+    .venv/bin/python benchmarks/gguf_peers.py [--skip-gptq]
 
 Needs the llamacpp extra (scripts/bootstrap.sh builds it). llama-cpp-python's quantize API takes
 an importance matrix only as a pointer to llama.cpp's own imatrix data, which the Python package

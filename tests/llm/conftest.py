@@ -10,7 +10,9 @@ import torch
 from quantwise.tasks.llm_load import bbc_articles, smollm2_path
 
 
-def save_tiny_llama(folder: Path, layers: int = 2, seed: int = 0) -> Path:
+def save_tiny_llama(
+    folder: Path, layers: int = 2, seed: int = 0, hidden: int = 64, heads: int = 4, kv_heads: int = 2
+) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     gguf = smollm2_path()
@@ -18,11 +20,11 @@ def save_tiny_llama(folder: Path, layers: int = 2, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=128,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
@@ -47,14 +49,24 @@ def lm_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama written as an all-F32 GGUF (SmolLM2's tokenizer and metadata, its own shapes)."""
+def _as_gguf(folder: Path, out: Path) -> Path:
+    """An HF folder written as an all-F32 GGUF (SmolLM2's tokenizer and metadata, its own shapes)."""
     from transformers import AutoModelForCausalLM
 
     from quantwise.runtime.gguf_write import write_gguf
 
-    lm = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
-    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf"
+    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     write_gguf(lm, {}, smollm2_path(), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _as_gguf(tiny_llama, tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_hd64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose heads are 64 wide (KV-cache blocks of 32 need a multiple of 32)."""
+    folder = save_tiny_llama(tmp_path_factory.mktemp("tiny-hd64"), hidden=128, heads=2, kv_heads=1)
+    return _as_gguf(folder, tmp_path_factory.mktemp("tiny-hd64-gguf") / "tiny.gguf")

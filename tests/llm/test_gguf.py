@@ -85,3 +85,36 @@ def test_llamacpp_computes_what_the_simulation_says(gguf_task) -> None:
     # llama.cpp rounds activations to 8-bit blocks for its Q4_0 dot products; the simulation does not
     assert cpp["metrics"]["perplexity"] == pytest.approx(sim["metrics"]["perplexity"], rel=0.02)
     assert abs(cpp["metrics"]["kl_to_fp32"] - sim["metrics"]["kl_to_fp32"]) < 0.01
+
+
+def test_kv_int8_simulation_is_llama_cpps_q8_0_block() -> None:
+    import gguf
+
+    from quantwise.runtime.kvcache import q8_0
+
+    x = torch.randn(3, 2, 7, 64) * torch.logspace(-2, 2, 64)  # tokens x heads, channels of very different range
+    ref = gguf.quants.dequantize(
+        gguf.quants.quantize(x.numpy().reshape(-1, 64), gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    )
+    assert np.array_equal(q8_0(x).numpy().reshape(-1, 64), ref)
+    assert torch.equal(q8_0(q8_0(x)), q8_0(x))  # stored values quantize to themselves: a cache can be re-read
+
+
+def test_kv_int8_in_llamacpp_and_the_simulation(tiny_gguf_hd64: Path, lm_text: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="the llamacpp extra did not build (scripts/bootstrap.sh says why)")
+    task = load_task(model=str(tiny_gguf_hd64), data=str(lm_text))
+    recipe = get_recipe("w4a16", group_size=32, fp16_scales=True, kv_cache="int8")
+    qm = build_quantized(task, recipe)
+    with pytest.raises(Unsupported, match="float KV cache"):
+        check_can_run("onnxruntime", qm)
+    from quantwise.runtime.torch_sim import lower_torch
+
+    plain = build_quantized(task, get_recipe("w4a16", group_size=32, fp16_scales=True))
+    ids = task.eval_batches[0][0]
+    with torch.no_grad():
+        assert not torch.equal(lower_torch(qm)(ids), lower_torch(plain)(ids))  # the cache rounding is simulated
+    kw = {"batch_sizes": (1,), "measure_memory": False, "latency_seconds": 0.3, "quantized": qm}
+    sim = evaluate(task, recipe, "torch", **kw)
+    cpp = evaluate(task, recipe, "llamacpp", **kw)
+    assert cpp["gguf"]["kv_cache"] == "int8"
+    assert cpp["metrics"]["perplexity"] == pytest.approx(sim["metrics"]["perplexity"], rel=0.02)

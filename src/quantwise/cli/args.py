@@ -9,6 +9,7 @@ import argparse
 from typing import Any
 
 from quantwise.errors import UserError
+from quantwise.recipes.schemes import WEIGHT_METHODS
 
 
 def task_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +53,22 @@ def recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", help="static-int8 observer: minmax, moving-average, percentile, entropy, mse")
     p.add_argument("--percentile", type=float, help="percentile for --calibration percentile (default 99.99)")
     p.add_argument("--group-size", type=int, help="weight-only: 0 per-channel, or 16/32/64/128/256")
-    p.add_argument("--method", choices=("rtn", "gptq"), help="weight-only rounding: rtn (default) or gptq")
+    p.add_argument(
+        "--method",
+        choices=WEIGHT_METHODS,
+        help="weight-only: rtn (default), gptq, awq (activation-aware scales folded into the preceding norm) or awq-gptq",
+    )
+    p.add_argument(
+        "--fp16-scales",
+        action="store_true",
+        help="weight-only: half-precision scales (with --group-size 32: exactly GGUF's Q8_0/Q4_0, runnable in llamacpp)",
+    )
+    p.add_argument(
+        "--smoothquant",
+        action="store_true",
+        help="dynamic-int8/static-int8: migrate activation outliers into the weights first (SmoothQuant)",
+    )
+    p.add_argument("--smooth-alpha", type=float, help="--smoothquant: migration strength in (0, 1) (default: searched)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per-channel")
     p.add_argument("--symmetric-activations", action="store_true", help="static-int8: int8 symmetric activations")
     p.add_argument(
@@ -156,12 +172,18 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         ("steps", "steps"),
         ("lr", "lr"),
         ("patience", "patience"),
+        ("smooth_alpha", "smooth_alpha"),
     ):
         v = getattr(args, flag)
         if v is not None:
             over[key] = v
     if args.pot_scales:
         over["pot_scales"] = True
+    for flag in ("fp16_scales", "smoothquant"):
+        if getattr(args, flag):
+            over[flag] = True
+    if args.smooth_alpha is not None:
+        over["smoothquant"] = True
     for flag in ("lsq", "distill"):
         if getattr(args, flag):
             over[flag] = True

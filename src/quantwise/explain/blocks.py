@@ -140,11 +140,13 @@ def diagnose_block(
                 f"{r:.0f}x the median channel: one int8 step per token is set by them"
             )
             row.suggestions.append(
-                f"keep {n} in float (--exclude '{n}') or migrate the outliers into the weights (SmoothQuant)"
+                f"keep {n} in float (--exclude '{n}') or migrate the outliers into the weights (--smoothquant)"
             )
         if st["weight_error"] >= WEIGHT_ERROR:
             row.causes.append(f"{n}: weight rounding error {100 * st['weight_error']:.1f}%")
-            row.suggestions.append("--method gptq or a smaller --group-size, or int8 weights for this block")
+            row.suggestions.append(
+                "--method awq or gptq (or awq-gptq), a smaller --group-size, or int8 weights for this block"
+            )
     if not row.causes:
         row.causes.append("no single measured cause: the block is sensitive as a whole")
         pattern = row.name if list(names) == [row.name] else f"{row.name}.*"

@@ -92,7 +92,7 @@ def diagnose(
             f"activation outliers: max |x| {inp['abs_max']:.3g} is {r:.0f}x the 99.99th percentile {inp['abs_p9999']:.3g}"
         )
         fixes.append(f"keep {name} in higher precision (--exclude '{name}')")
-        fixes.append("smooth the outliers into the weights (SmoothQuant-style per-channel scaling)")
+        fixes.append("migrate the outliers into the weights (--smoothquant; folded into the preceding norm or Linear)")
         fixes.append(
             "--activations per-token (dynamic)"
             if mode == "dynamic"
@@ -105,7 +105,7 @@ def diagnose(
     err = wst.get("weight_error", 0.0)
     if err >= WEIGHT_ERROR:
         causes.append(f"weight rounding error {100 * err:.1f}%")
-        fixes.append("--method gptq or a smaller --group-size, or int8 weights for this layer")
+        fixes.append("--method gptq or awq, a smaller --group-size, or int8 weights for this layer")
     pc = wst.get("per_channel_int8_error")
     if per_tensor and pc is not None and err >= PER_CHANNEL_GAIN * pc and err > 0:
         causes.append(

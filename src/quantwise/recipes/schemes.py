@@ -107,6 +107,9 @@ class WeightOnlyRecipe(Recipe):
         embeddings: also store embedding tables as integers (see ``embedding_bits``).
         embedding_bits: 8 (one scale per row) or 4 (one scale per 32 values of a row; ONNX
             Runtime's GatherBlockQuantized).
+        kv_cache: ``float`` (default) or ``int8``: causal LMs keep their attention keys and values
+            as int8, per token and head in blocks of 32 with an fp16 scale (llama.cpp's ``Q8_0``
+            cache; in the torch simulation and llamacpp; ONNX Runtime's step graph keeps a float cache).
         fp16_scales: round every scale to half precision before rounding the weights, as GGUF's
             Q8_0/Q4_0 blocks store them (so the weights can be written to GGUF exactly).
         label: the use-case name it was asked for (``w8a16``, ``w4a16``: integer weights with float
@@ -122,6 +125,7 @@ class WeightOnlyRecipe(Recipe):
     embeddings: bool = True
     embedding_bits: int = 8
     fp16_scales: bool = False
+    kv_cache: str = "float"
     label: str = ""
 
     def __post_init__(self) -> None:
@@ -140,6 +144,8 @@ class WeightOnlyRecipe(Recipe):
             raise UserError(f"recipe weight-only: gptq_damp must be in [0, 1), got {self.gptq_damp}")
         if self.embedding_bits not in (4, 8):
             raise UserError(f"recipe weight-only: embedding_bits must be 8 or 4, got {self.embedding_bits}")
+        if self.kv_cache not in ("float", "int8"):
+            raise UserError(f"recipe weight-only: kv_cache must be float or int8, got {self.kv_cache!r}")
         if self.label not in ("", "w8a16", "w4a16"):
             raise UserError(f"recipe weight-only: label must be empty, w8a16 or w4a16, got {self.label!r}")
 

@@ -6,6 +6,10 @@ task's perplexity, KL and agreement protocol is the same as in every other runti
 llama.cpp's own ``llama-perplexity``, which scores only each chunk's second half). Generation is
 greedy over llama.cpp's KV cache, one ``eval`` per token.
 
+KV cache: F16 (llama.cpp's default), or ``Q8_0`` keys and values for a recipe with
+``kv_cache: int8`` (with llama.cpp's flash attention, which a quantized value cache needs); the
+choice is written beside the GGUF (``llamacpp.json``) so an exported folder loads the same way.
+
 Numerics: llama.cpp's CPU kernels multiply ``Q4_0``/``Q8_0`` weights with activations that it
 rounds to 8-bit blocks of 32 on the fly, so its logits differ from the simulation (which keeps
 activations in float) by that rounding; the parity tests bound the difference.
@@ -14,6 +18,7 @@ activations in float) by that rounding; the parity tests bound the difference.
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -39,11 +44,17 @@ class LlamaCppRunner:
 
     runtime = "llamacpp"
 
-    def __init__(self, path: Path, threads: int, n_ctx: int = 2048) -> None:
+    def __init__(self, path: Path, threads: int, n_ctx: int = 2048, kv_int8: bool | None = None) -> None:
         from llama_cpp import Llama
 
         self.artifact = path
         self.threads = threads
+        side = path.with_name("llamacpp.json")
+        if kv_int8 is None:  # an exported folder says how its cache was evaluated
+            kv_int8 = side.is_file() and json.loads(side.read_text()).get("kv_cache") == "int8"
+        # Q8_0 keys and values (GGML type 8); a quantized V cache needs llama.cpp's flash attention
+        kv: dict[str, Any] = {"type_k": 8, "type_v": 8, "flash_attn": True} if kv_int8 else {}
+        self.kv_cache = "int8" if kv_int8 else "f16"
         with native_output_silenced():  # llama.cpp logs on fd 2 even when not verbose
             self.llm = Llama(
                 model_path=str(path),
@@ -53,6 +64,7 @@ class LlamaCppRunner:
                 n_threads_batch=threads,
                 logits_all=True,
                 verbose=False,
+                **kv,
             )
         self._census = _census(path)
 
@@ -132,7 +144,10 @@ def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (
     module = task.model if qm is None else qm.model
     path = workdir / "model.gguf"
     info = write_gguf(module, {} if qm is None else qm.layers, src, path)
-    runner = LlamaCppRunner(path, threads, n_ctx=_context(task))
+    kv = "int8" if qm is not None and getattr(qm.recipe, "kv_cache", "float") == "int8" else "f16"
+    path.with_name("llamacpp.json").write_text(json.dumps({"kv_cache": kv}))
+    runner = LlamaCppRunner(path, threads, n_ctx=_context(task), kv_int8=kv == "int8")
+    info["kv_cache"] = kv
     runner.gguf = info  # type: ignore[attr-defined]
     return runner, module
 

@@ -142,6 +142,8 @@ def _why_not(qm: Any) -> str | None:
         return None
     if qm.cast == "bf16":
         return "bf16 has no ONNX Runtime CPU kernels: run bf16 with --runtime torch"
+    if getattr(qm.recipe, "kv_cache", "float") != "float":
+        return "ONNX Runtime's step graph keeps a float KV cache: KV-cache INT8 runs in llamacpp (and the torch simulation)"
     if qm.plan is not None:
         from quantwise.fixedpoint.simulate import why_not_simulate
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from quantwise.nnutil import set_module
 from quantwise.quantized import QuantizedModel
+from quantwise.runtime.kvcache import use_kv_int8
 from quantwise.runtime.qmodules import CastModel, QConv2d, QEmbedding, QLinear
 
 _CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -27,6 +28,8 @@ def lower_torch(qm: QuantizedModel) -> nn.Module:
         set_module(model, name, new)
         if lq.fused_relu:
             set_module(model, lq.fused_relu, nn.Identity())
+    if getattr(qm.recipe, "kv_cache", "float") == "int8":
+        use_kv_int8(model)
     if qm.cast:
         return CastModel(model, _CAST[qm.cast]).eval()
     return model

@@ -109,6 +109,14 @@ LLM_FORMATS: dict[str, Format] = {
         Format(
             "w8a16-g32", "w8a16", {"group_size": 32, "fp16_scales": True}, runtimes=("llamacpp",), family="int8-weight"
         ),
+        # the same Q4_0 weights with llama.cpp's Q8_0 key/value cache (KV-cache INT8)
+        Format(
+            "w4a16-g32-kv8",
+            "w4a16",
+            {"group_size": 32, "fp16_scales": True, "kv_cache": "int8"},
+            runtimes=("llamacpp",),
+            family="int4-weight",
+        ),
         # asymmetric (a minimum and a step per group, as GGUF's Q4_1 stores them)
         Format("w4a16-g32-asym", "w4a16", {"group_size": 32, "symmetric": False}, runtimes=_LMQ, family="int4-weight"),
         Format("w4a16-g64", "w4a16", {"group_size": 64}, runtimes=_LMQ, family="int4-weight"),
