@@ -93,7 +93,9 @@ def main() -> None:
         ours: dict[str, Any] = {fid: LLM_FORMATS[fid].build_recipe() for fid in OURS}
         if not args.skip_gptq:
             for method in ("gptq", "awq-gptq"):
-                ours[f"w4a16-g32-{method}"] = get_recipe("w4a16", group_size=32, method=method, fp16_scales=True)
+                ours[f"w4a16-g32-{method}"] = get_recipe(
+                    "w4a16", group_size=32, method=method, fp16_scales=True, head_bits=8
+                )
         for fid, recipe in ours.items():
             t = time.time()
             qm = build_quantized(task, recipe)

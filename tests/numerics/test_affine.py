@@ -181,3 +181,19 @@ def test_per_group_quantization_uses_one_scale_per_group():
     assert float(err) <= float(s[:, 1].max()) / 2 + 1e-6
     assert np.isfinite(float(err))
     _ = PerTensor()
+
+
+def test_full_range_int4_maps_each_blocks_extreme_to_minus_eight() -> None:
+    """ONNX Runtime's MatMulNBits quantizer and llama.cpp's Q4_0: scale = extreme / -8 (signed)."""
+    from quantwise.numerics import INT4, dequantize, quantize_tensor
+    from quantwise.numerics.granularity import PerGroup
+
+    w = torch.tensor([[0.5, -0.25, 1.6, 0.1] * 8, [-2.0, 0.3, 0.7, -0.1] * 8])
+    q, s, z = quantize_tensor(w, INT4, PerGroup(32), True, full_range=True)
+    assert torch.equal(z, torch.zeros_like(z))
+    assert s[0, 0] == pytest.approx(-0.2) and s[1, 0] == pytest.approx(0.25)  # 1.6 / -8 and -2.0 / -8
+    assert q[0, 2] == -8 and q[1, 0] == -8  # the extreme value is represented exactly
+    half, _, _ = quantize_tensor(w, INT4, PerGroup(32), True)  # max|w| / 7.5: a coarser step
+    err_full = (dequantize(q, s, z, PerGroup(32)) - w).abs().sum()
+    err_half = (dequantize(half, *quantize_tensor(w, INT4, PerGroup(32), True)[1:], PerGroup(32)) - w).abs().sum()
+    assert err_full < err_half

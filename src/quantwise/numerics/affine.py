@@ -22,6 +22,7 @@ def choose_qparams(
     symmetric: bool,
     eps: float = _EPS,
     fp16_scale: bool = False,
+    full_range: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that map ``[min_val, max_val]`` onto ``qtype``'s grid.
 
@@ -35,6 +36,10 @@ def choose_qparams(
         qtype: Integer target type.
         symmetric: Symmetric around zero, or affine.
         eps: Smallest allowed scale.
+        full_range: signed symmetric only: the block's value of largest magnitude maps to
+            ``qmin`` (-8 for int4), so the scale is ``extreme / qmin`` and negative when the
+            extreme is positive; the grid is one step finer than ``max|x| / 7.5``. This is how ONNX
+            Runtime's MatMulNBits quantizer and llama.cpp's Q4_0 choose int4 scales.
         fp16_scale: round each scale to the nearest half-precision value (the zero point then
             follows from it), for formats that store scales as fp16 (GGUF's Q4_0/Q8_0 blocks).
 
@@ -47,7 +52,13 @@ def choose_qparams(
     min_val = torch.minimum(torch.as_tensor(min_val, dtype=torch.float32), torch.zeros(()))
     max_val = torch.maximum(torch.as_tensor(max_val, dtype=torch.float32), torch.zeros(()))
     qmin, qmax = qtype.qmin, qtype.qmax
-    if symmetric:
+    if symmetric and full_range and qtype.signed:
+        extreme = torch.where(-min_val > max_val, min_val, max_val)
+        scale = extreme / qmin
+        scale = torch.where(scale.abs() < eps, torch.full_like(scale, eps), scale)
+        scale = _fp16_signed(scale) if fp16_scale else scale
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    elif symmetric:
         amax = torch.maximum(-min_val, max_val)
         scale = amax / ((qmax - qmin) / 2)
         scale = _fp16(torch.clamp(scale, min=eps)) if fp16_scale else torch.clamp(scale, min=eps)
@@ -59,6 +70,10 @@ def choose_qparams(
         zero_point = qmin - torch.round(min_val / scale)
         zero_point = torch.clamp(zero_point, qmin, qmax).to(torch.int32)
     return scale.to(torch.float32), zero_point
+
+
+def _fp16_signed(scale: torch.Tensor) -> torch.Tensor:
+    return torch.sign(scale) * _fp16(scale.abs())
 
 
 def _fp16(scale: torch.Tensor) -> torch.Tensor:
@@ -128,11 +143,16 @@ def fake_quantize(
 
 
 def quantize_tensor(
-    x: torch.Tensor, qtype: QType, granularity: Granularity, symmetric: bool, fp16_scale: bool = False
+    x: torch.Tensor,
+    qtype: QType,
+    granularity: Granularity,
+    symmetric: bool,
+    fp16_scale: bool = False,
+    full_range: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Min-max quantize ``x`` in one call: returns ``(q, scale, zero_point)``."""
     lo, hi = reduce_min_max(x.detach().to(torch.float32), granularity)
-    scale, zp = choose_qparams(lo, hi, qtype, symmetric, fp16_scale=fp16_scale)
+    scale, zp = choose_qparams(lo, hi, qtype, symmetric, fp16_scale=fp16_scale, full_range=full_range)
     return quantize(x, scale, zp, qtype, granularity), scale, zp
 
 

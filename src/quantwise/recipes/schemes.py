@@ -107,6 +107,8 @@ class WeightOnlyRecipe(Recipe):
         embeddings: also store embedding tables as integers (see ``embedding_bits``).
         embedding_bits: 8 (one scale per row) or 4 (one scale per 32 values of a row; ONNX
             Runtime's GatherBlockQuantized).
+        head_bits: 0 (the same as ``bits``) or 8: the output head (a language model's LM head,
+            and the embedding tied to it) at 8 bits, as llama.cpp's quantizer keeps it.
         kv_cache: ``float`` (default) or ``int8``: causal LMs keep their attention keys and values
             as int8, per token and head in blocks of 32 with an fp16 scale (llama.cpp's ``Q8_0``
             cache; in the torch simulation and llamacpp; ONNX Runtime's step graph keeps a float cache).
@@ -125,6 +127,7 @@ class WeightOnlyRecipe(Recipe):
     embeddings: bool = True
     embedding_bits: int = 8
     fp16_scales: bool = False
+    head_bits: int = 0
     kv_cache: str = "float"
     label: str = ""
 
@@ -144,6 +147,8 @@ class WeightOnlyRecipe(Recipe):
             raise UserError(f"recipe weight-only: gptq_damp must be in [0, 1), got {self.gptq_damp}")
         if self.embedding_bits not in (4, 8):
             raise UserError(f"recipe weight-only: embedding_bits must be 8 or 4, got {self.embedding_bits}")
+        if self.head_bits not in (0, 4, 8):
+            raise UserError(f"recipe weight-only: head_bits must be 0 (as bits), 4 or 8, got {self.head_bits}")
         if self.kv_cache not in ("float", "int8"):
             raise UserError(f"recipe weight-only: kv_cache must be float or int8, got {self.kv_cache!r}")
         if self.label not in ("", "w8a16", "w4a16"):

@@ -95,6 +95,7 @@ _LM = ("torch", "onnxruntime")
 # simulation computes the same numbers, checked by tests/llm) to keep an LLM compare short.
 _LMQ = ("onnxruntime",)
 _GGUF = ("onnxruntime", "llamacpp")
+_Q4_0 = {"group_size": 32, "fp16_scales": True, "head_bits": 8}
 
 # Causal LMs: weight-only integer formats (W8A16, W4A16 by group size, GPTQ), per-token dynamic W8A8.
 LLM_FORMATS: dict[str, Format] = {
@@ -104,8 +105,9 @@ LLM_FORMATS: dict[str, Format] = {
         Format("fp16", "fp16", runtimes=("onnxruntime",), family="fp16"),  # torch fp16 on this CPU: 4x slower than FP32
         Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
         Format("w8a16-g128", "w8a16", {"group_size": 128}, runtimes=_LMQ, family="int8-weight"),
-        # groups of 32 with half-precision scales: exactly GGUF's Q4_0 / Q8_0 blocks, so llama.cpp runs them too
-        Format("w4a16-g32", "w4a16", {"group_size": 32, "fp16_scales": True}, runtimes=_GGUF, family="int4-weight"),
+        # groups of 32 with half-precision scales: exactly GGUF's Q4_0 / Q8_0 blocks, so llama.cpp runs them too;
+        # the LM head (and the embedding tied to it) at 8 bits, as llama.cpp's own Q4_0 keeps it
+        Format("w4a16-g32", "w4a16", _Q4_0, runtimes=_GGUF, family="int4-weight"),
         Format(
             "w8a16-g32", "w8a16", {"group_size": 32, "fp16_scales": True}, runtimes=("llamacpp",), family="int8-weight"
         ),
@@ -113,7 +115,7 @@ LLM_FORMATS: dict[str, Format] = {
         Format(
             "w4a16-g32-kv8",
             "w4a16",
-            {"group_size": 32, "fp16_scales": True, "kv_cache": "int8"},
+            {**_Q4_0, "kv_cache": "int8"},
             runtimes=("llamacpp",),
             family="int4-weight",
         ),
@@ -133,7 +135,7 @@ LLM_FORMATS: dict[str, Format] = {
         Format(
             "w4a16-g32-awq",
             "w4a16",
-            {"group_size": 32, "method": "awq", "fp16_scales": True},
+            {**_Q4_0, "method": "awq"},
             runtimes=_GGUF,
             family="int4-weight",
         ),

@@ -29,6 +29,7 @@ def gptq_quantize(
     damp: float = 0.01,
     block: int = 128,
     fp16_scales: bool = False,
+    full_range: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize ``w`` (N, K) with GPTQ given the input Hessian ``h`` (K, K).
 
@@ -52,7 +53,9 @@ def gptq_quantize(
     q_all = torch.zeros(n_out, k, dtype=torch.int16)
     scales, zps = [], []
     if group_size == 0:
-        s, z = choose_qparams(w.amin(dim=1), w.amax(dim=1), qtype, symmetric, fp16_scale=fp16_scales)  # (N,)
+        s, z = choose_qparams(
+            w.amin(dim=1), w.amax(dim=1), qtype, symmetric, fp16_scale=fp16_scales, full_range=full_range
+        )  # (N,)
         scales, zps = [s], [z]
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
@@ -63,7 +66,9 @@ def gptq_quantize(
             col = i1 + i
             if group_size and col % group_size == 0:
                 grp = w1[:, i : i + group_size]
-                s, z = choose_qparams(grp.amin(dim=1), grp.amax(dim=1), qtype, symmetric, fp16_scale=fp16_scales)
+                s, z = choose_qparams(
+                    grp.amin(dim=1), grp.amax(dim=1), qtype, symmetric, fp16_scale=fp16_scales, full_range=full_range
+                )
                 scales.append(s)
                 zps.append(z)
             s, z = scales[-1], zps[-1]

@@ -76,23 +76,33 @@ def fp16_layer(mod: nn.Module) -> LayerQuant:
 
 
 def _weight_layer(
-    mod: nn.Module, mode: str, bits: int, group: int, symmetric: bool, per_channel: bool = True, fp16: bool = False
+    mod: nn.Module,
+    mode: str,
+    bits: int,
+    group: int,
+    symmetric: bool,
+    per_channel: bool = True,
+    fp16: bool = False,
+    full: bool = False,
 ) -> LayerQuant:
-    """Round-to-nearest weight quantization of one layer (``fp16``: scales rounded to half precision)."""
+    """Round-to-nearest weight quantization of one layer (``fp16``: scales rounded to half precision;
+    ``full``: symmetric int4 over the full grid, see ``choose_qparams``)."""
     qtype = (INT8 if symmetric else UINT8) if bits == 8 else (INT4 if symmetric else UINT4)
     gran = PerGroup(group) if group else (PerChannel(0) if per_channel else PerTensor())
     w = mod.weight.detach().to(torch.float32)
-    q, s, z = quantize_tensor(w, qtype, gran, symmetric, fp16_scale=fp16)
+    q, s, z = quantize_tensor(w, qtype, gran, symmetric, fp16_scale=fp16, full_range=full and bits == 4)
     return LayerQuant(_kind(mod), mode, q, s, z, qtype.name, gran)
 
 
-def _rtn(bits: int, group: int, symmetric: bool, per_channel: bool = True, fp16: bool = False) -> Quant:
+def _rtn(
+    bits: int, group: int, symmetric: bool, per_channel: bool = True, fp16: bool = False, full: bool = False
+) -> Quant:
     """``w -> dequantize(quantize(w))`` with the rounding ``_weight_layer`` uses (for the searches)."""
     qtype = (INT8 if symmetric else UINT8) if bits == 8 else (INT4 if symmetric else UINT4)
     gran = PerGroup(group) if group else (PerChannel(0) if per_channel else PerTensor())
 
     def quant(w: torch.Tensor) -> torch.Tensor:
-        q, s, z = quantize_tensor(w, qtype, gran, symmetric, fp16_scale=fp16)
+        q, s, z = quantize_tensor(w, qtype, gran, symmetric, fp16_scale=fp16, full_range=full and bits == 4)
         return dequantize(q, s, z, gran)
 
     return quant
@@ -114,6 +124,13 @@ def _smoothquant(
         "smoothquant",
         lambda gs: {**smoothquant(model, gs, lambda _n: quant, act, alpha), "tied_not_scaled": lin[1]},
     )
+
+
+def _output_head(model: nn.Module) -> str | None:
+    """The name of the module producing a Hugging Face model's logits (its output embeddings)."""
+    lm = next((m for m in model.modules() if hasattr(m, "get_output_embeddings")), None)
+    head = lm.get_output_embeddings() if lm is not None else None
+    return next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
 
 
 def _scalable(model: nn.Module, linears: dict[str, nn.Linear]) -> tuple[dict[str, nn.Linear], dict[str, str]]:
@@ -159,22 +176,30 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
         else:
             todo.append((name, mod))
     info: dict[str, object] = {"group_size_fallback": dict(groups)} if groups else {}
+    bits = {n: recipe.bits for n, _ in todo}
+    if recipe.head_bits:
+        head = _output_head(model)
+        if head in bits:
+            bits[head] = recipe.head_bits
+        info["head_bits"] = {head: recipe.head_bits} if head in bits else "no quantized output head found"
     if recipe.method.startswith("awq"):
         lin, tied = _scalable(model, {n: m for n, m in todo if isinstance(m, nn.Linear)})
 
         def quant_for(n: str) -> Quant:
-            return _rtn(recipe.bits, groups.get(n, recipe.group_size), recipe.symmetric, fp16=recipe.fp16_scales)
+            return _rtn(bits[n], groups.get(n, recipe.group_size), recipe.symmetric, fp16=recipe.fp16_scales, full=True)
 
         info["awq"] = smooth(
             model, lin, calib, "awq", lambda gs: {**awq(model, gs, quant_for), "tied_not_scaled": tied}
         )
     if recipe.method in ("gptq", "awq-gptq"):
-        layers, gptq_info = _gptq_layers(model, recipe, todo, calib, groups)
+        layers, gptq_info = _gptq_layers(model, recipe, todo, calib, groups, bits)
         info.update(gptq_info)
     else:
         for name, mod in todo:
             g = groups.get(name, recipe.group_size)
-            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, g, recipe.symmetric, fp16=recipe.fp16_scales)
+            layers[name] = _weight_layer(
+                mod, "weight_only", bits[name], g, recipe.symmetric, fp16=recipe.fp16_scales, full=True
+            )
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
@@ -186,6 +211,7 @@ def _gptq_layers(
     todo: list[tuple[str, nn.Module]],
     calib: Sequence[Batch],
     groups: dict[str, int] | None = None,
+    bits: dict[str, int] | None = None,
 ) -> tuple[dict[str, LayerQuant], dict[str, object]]:
     """GPTQ on Linear layers; Conv2d layers use round-to-nearest (listed in ``info``).
 
@@ -194,14 +220,23 @@ def _gptq_layers(
     Hessians of every Linear are gathered in one pass over the calibration set (one K x K
     float64 matrix per layer), then layers are quantized one at a time.
     """
-    qtype = (INT8 if recipe.symmetric else UINT8) if recipe.bits == 8 else (INT4 if recipe.symmetric else UINT4)
     groups = groups or {}
+    bits = bits or {}
     layers: dict[str, LayerQuant] = {}
 
     def gptq_one(name: str, mod: nn.Module, h: torch.Tensor) -> None:
+        b = bits.get(name, recipe.bits)
+        qtype = (INT8 if recipe.symmetric else UINT8) if b == 8 else (INT4 if recipe.symmetric else UINT4)
         g = groups.get(name, recipe.group_size)
         q, s, z = gptq_quantize(
-            mod.weight, h, qtype, g, recipe.symmetric, recipe.gptq_damp, fp16_scales=recipe.fp16_scales
+            mod.weight,
+            h,
+            qtype,
+            g,
+            recipe.symmetric,
+            recipe.gptq_damp,
+            fp16_scales=recipe.fp16_scales,
+            full_range=b == 4,
         )
         layers[name] = LayerQuant("linear", "weight_only", q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0))
         with torch.no_grad():  # later blocks are calibrated on what this layer now computes
@@ -217,7 +252,8 @@ def _gptq_layers(
     for name, mod in todo:
         if name not in linear:
             g = groups.get(name, recipe.group_size)
-            layers[name] = _weight_layer(mod, "weight_only", recipe.bits, g, recipe.symmetric, fp16=recipe.fp16_scales)
+            b = bits.get(name, recipe.bits)
+            layers[name] = _weight_layer(mod, "weight_only", b, g, recipe.symmetric, fp16=recipe.fp16_scales, full=True)
     rtn = [n for n, m in todo if not isinstance(m, nn.Linear)]
     return {n: layers[n] for n, _ in todo}, {**info, "gptq_layers": len(linear), "rtn_fallback_layers": rtn}
 
