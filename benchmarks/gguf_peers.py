@@ -32,7 +32,7 @@ from quantwise.runtime.llamacpp import LlamaCppRunner
 from quantwise.sweep.formats import LLM_FORMATS
 from quantwise.tasks import load_task
 
-OURS = ["w8a16-g32", "w4a16-g32", "w4a16-g32-awq"]
+OURS = ["gguf-q8_0", "gguf-q4_0", "gguf-q4_0-awq"]
 PEERS = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15}  # llama_ftype values
 
 
@@ -93,7 +93,7 @@ def main() -> None:
         ours: dict[str, Any] = {fid: LLM_FORMATS[fid].build_recipe() for fid in OURS}
         if not args.skip_gptq:
             for method in ("gptq", "awq-gptq"):
-                ours[f"w4a16-g32-{method}"] = get_recipe(
+                ours[f"gguf-q4_0-{method}"] = get_recipe(
                     "w4a16", group_size=32, method=method, fp16_scales=True, head_bits=8
                 )
         for fid, recipe in ours.items():

@@ -34,7 +34,6 @@ FORMATS = [
     "w4a16-g128",
     "w4a16-g128-gptq",
     "w4a16-g128-awq",
-    "w4a16-g32-awq",
     "w8a8-per-token",
     "w8a8-per-token-sq",
     "w8a8-per-tensor",

@@ -118,3 +118,38 @@ def test_kv_int8_in_llamacpp_and_the_simulation(tiny_gguf_hd64: Path, lm_text: P
     cpp = evaluate(task, recipe, "llamacpp", **kw)
     assert cpp["gguf"]["kv_cache"] == "int8"
     assert cpp["metrics"]["perplexity"] == pytest.approx(sim["metrics"]["perplexity"], rel=0.02)
+
+
+def test_compare_recommends_and_exports_a_gguf_llama_cpp_reloads(
+    tiny_gguf_hd64: Path, lm_text: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("llama_cpp", reason="the llamacpp extra did not build (scripts/bootstrap.sh says why)")
+    import json
+
+    from test_llm import run_cli
+
+    out = tmp_path / "cmp"
+    r = run_cli(
+        "compare",
+        "--model",
+        str(tiny_gguf_hd64),
+        "--data",
+        str(lm_text),
+        "--formats",
+        "gguf-q4_0",
+        "--runtimes",
+        "llamacpp",
+        "--no-memory",
+        "--explain",
+        "none",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    by = {(x["format"], x["runtime"]): x for x in res["records"]}
+    q4 = by[("gguf-q4_0", "llamacpp")]
+    assert q4["gguf"]["tensors"] == {"Q4_0": 14, "Q8_0": 1, "F32": 5}  # the LM head/embedding at 8 bits
+    meta = json.loads((out / "recommended" / "quantwise-export.json").read_text())
+    if meta["format"] == "gguf-q4_0":
+        assert (out / "recommended" / "model.gguf").is_file() and meta["verified"]["identical"]

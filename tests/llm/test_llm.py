@@ -113,6 +113,9 @@ def test_compare_on_a_user_llm(tiny_llama: Path, lm_text: Path, tmp_path: Path) 
     assert by[("w4a16-g128", "onnxruntime")]["decode"]["status"] == "ok"  # the KV-cache step graph
     assert by[("w4a16-g128", "onnxruntime")]["integer_ops"]["kernels"].get("MatMulNBits", 0) >= 15
     assert "decode_token" in by[("fp32", "torch")]["latency_ms"]
+    if ("fp32", "llamacpp") in by:  # installed: a folder has no .gguf to copy the tokenizer from
+        assert by[("fp32", "llamacpp")]["status"] == "unsupported"
+        assert "convert_hf_to_gguf" in by[("fp32", "llamacpp")]["error"]
 
 
 def test_a_simulation_is_never_timed_as_a_decode_speed(tiny_task) -> None:

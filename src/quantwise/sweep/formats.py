@@ -94,7 +94,7 @@ _LM = ("torch", "onnxruntime")
 # Quantized LLM formats are compared in ONNX Runtime (its kernels give the speed; the torch
 # simulation computes the same numbers, checked by tests/llm) to keep an LLM compare short.
 _LMQ = ("onnxruntime",)
-_GGUF = ("onnxruntime", "llamacpp")
+_GG = ("llamacpp",)
 _Q4_0 = {"group_size": 32, "fp16_scales": True, "head_bits": 8}
 
 # Causal LMs: weight-only integer formats (W8A16, W4A16 by group size, GPTQ), per-token dynamic W8A8.
@@ -105,23 +105,17 @@ LLM_FORMATS: dict[str, Format] = {
         Format("fp16", "fp16", runtimes=("onnxruntime",), family="fp16"),  # torch fp16 on this CPU: 4x slower than FP32
         Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
         Format("w8a16-g128", "w8a16", {"group_size": 128}, runtimes=_LMQ, family="int8-weight"),
-        # groups of 32 with half-precision scales: exactly GGUF's Q4_0 / Q8_0 blocks, so llama.cpp runs them too;
-        # the LM head (and the embedding tied to it) at 8 bits, as llama.cpp's own Q4_0 keeps it
-        Format("w4a16-g32", "w4a16", _Q4_0, runtimes=_GGUF, family="int4-weight"),
-        Format(
-            "w8a16-g32", "w8a16", {"group_size": 32, "fp16_scales": True}, runtimes=("llamacpp",), family="int8-weight"
-        ),
+        Format("w4a16-g32", "w4a16", {"group_size": 32}, runtimes=_LMQ, family="int4-weight"),
+        # GGUF's blocks for llama.cpp: groups of 32 with half-precision scales are exactly Q8_0 / Q4_0;
+        # the int4 ones keep the LM head (and its tied embedding) at 8 bits, as llama.cpp's own Q4_0 does
+        # (in ONNX Runtime that 8-bit head runs in MatMulNBits at accuracy level 0, which decodes slower than FP32)
+        Format("gguf-q8_0", "w8a16", {"group_size": 32, "fp16_scales": True}, runtimes=_GG, family="int8-weight"),
+        Format("gguf-q4_0", "w4a16", _Q4_0, runtimes=_GG, family="int4-weight"),
+        Format("gguf-q4_0-awq", "w4a16", {**_Q4_0, "method": "awq"}, runtimes=_GG, family="int4-weight"),
         # the same Q4_0 weights with llama.cpp's Q8_0 key/value cache (KV-cache INT8)
-        Format(
-            "w4a16-g32-kv8",
-            "w4a16",
-            {**_Q4_0, "kv_cache": "int8"},
-            runtimes=("llamacpp",),
-            family="int4-weight",
-        ),
+        Format("gguf-q4_0-kv8", "w4a16", {**_Q4_0, "kv_cache": "int8"}, runtimes=_GG, family="int4-weight"),
         # asymmetric (a minimum and a step per group, as GGUF's Q4_1 stores them)
         Format("w4a16-g32-asym", "w4a16", {"group_size": 32, "symmetric": False}, runtimes=_LMQ, family="int4-weight"),
-        Format("w4a16-g64", "w4a16", {"group_size": 64}, runtimes=_LMQ, family="int4-weight"),
         Format("w4a16-g128", "w4a16", {"group_size": 128}, runtimes=_LMQ, family="int4-weight"),
         Format(
             "w4a16-g128-gptq",
@@ -130,15 +124,8 @@ LLM_FORMATS: dict[str, Format] = {
             runtimes=_LMQ,
             family="int4-weight",
         ),
-        # activation-aware scales folded into the norms before q/k/v and gate/up (Q4_0-ready at g32)
+        # activation-aware scales folded into the norms before q/k/v and gate/up
         Format("w4a16-g128-awq", "w4a16", {"group_size": 128, "method": "awq"}, runtimes=_LMQ, family="int4-weight"),
-        Format(
-            "w4a16-g32-awq",
-            "w4a16",
-            {**_Q4_0, "method": "awq"},
-            runtimes=_GGUF,
-            family="int4-weight",
-        ),
         Format("w8a8-per-token", "dynamic-int8", {"activations": "per-token"}, runtimes=_LMQ, family="int8"),
         Format(
             "w8a8-per-token-sq",
