@@ -107,6 +107,10 @@ class WeightOnlyRecipe(Recipe):
         embeddings: also store embedding tables as integers (see ``embedding_bits``).
         embedding_bits: 8 (one scale per row) or 4 (one scale per 32 values of a row; ONNX
             Runtime's GatherBlockQuantized).
+        full_range: symmetric int4 over the full grid: each group's value of largest magnitude
+            maps to -8 (scale = that value / -8, possibly negative), as ONNX Runtime's MatMulNBits
+            quantizer and llama.cpp's Q4_0 do; off: scale = max|w| / 7.5 (QAT starts from this,
+            since it learns a positive step size).
         head_bits: 0 (the same as ``bits``) or 8: the output head (a language model's LM head,
             and the embedding tied to it) at 8 bits, as llama.cpp's quantizer keeps it.
         kv_cache: ``float`` (default) or ``int8``: causal LMs keep their attention keys and values
@@ -127,6 +131,7 @@ class WeightOnlyRecipe(Recipe):
     embeddings: bool = True
     embedding_bits: int = 8
     fp16_scales: bool = False
+    full_range: bool = True
     head_bits: int = 0
     kv_cache: str = "float"
     label: str = ""

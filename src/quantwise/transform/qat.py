@@ -186,7 +186,8 @@ def ptq_recipe(recipe: QATRecipe) -> StaticInt8Recipe | WeightOnlyRecipe:
             quantize_outputs=recipe.quantize_outputs,
             **common,
         )
-    return WeightOnlyRecipe(bits=recipe.weight_bits, group_size=recipe.group_size, **common)
+    # QAT learns a positive step size: it starts from the max|w| / 7.5 grid, not the signed full range
+    return WeightOnlyRecipe(bits=recipe.weight_bits, group_size=recipe.group_size, full_range=False, **common)
 
 
 def prepare_qat(model: nn.Module, recipe: QATRecipe, calibration: Sequence[Batch]) -> QATPrepared:

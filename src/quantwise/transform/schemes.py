@@ -186,7 +186,13 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
         lin, tied = _scalable(model, {n: m for n, m in todo if isinstance(m, nn.Linear)})
 
         def quant_for(n: str) -> Quant:
-            return _rtn(bits[n], groups.get(n, recipe.group_size), recipe.symmetric, fp16=recipe.fp16_scales, full=True)
+            return _rtn(
+                bits[n],
+                groups.get(n, recipe.group_size),
+                recipe.symmetric,
+                fp16=recipe.fp16_scales,
+                full=recipe.full_range,
+            )
 
         info["awq"] = smooth(
             model, lin, calib, "awq", lambda gs: {**awq(model, gs, quant_for), "tied_not_scaled": tied}
@@ -198,7 +204,7 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
         for name, mod in todo:
             g = groups.get(name, recipe.group_size)
             layers[name] = _weight_layer(
-                mod, "weight_only", bits[name], g, recipe.symmetric, fp16=recipe.fp16_scales, full=True
+                mod, "weight_only", bits[name], g, recipe.symmetric, fp16=recipe.fp16_scales, full=recipe.full_range
             )
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
@@ -236,7 +242,7 @@ def _gptq_layers(
             recipe.symmetric,
             recipe.gptq_damp,
             fp16_scales=recipe.fp16_scales,
-            full_range=b == 4,
+            full_range=recipe.full_range and b == 4,
         )
         layers[name] = LayerQuant("linear", "weight_only", q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0))
         with torch.no_grad():  # later blocks are calibrated on what this layer now computes
@@ -253,7 +259,9 @@ def _gptq_layers(
         if name not in linear:
             g = groups.get(name, recipe.group_size)
             b = bits.get(name, recipe.bits)
-            layers[name] = _weight_layer(mod, "weight_only", b, g, recipe.symmetric, fp16=recipe.fp16_scales, full=True)
+            layers[name] = _weight_layer(
+                mod, "weight_only", b, g, recipe.symmetric, fp16=recipe.fp16_scales, full=recipe.full_range
+            )
     rtn = [n for n, m in todo if not isinstance(m, nn.Linear)]
     return {n: layers[n] for n, _ in todo}, {**info, "gptq_layers": len(linear), "rtn_fallback_layers": rtn}
 
