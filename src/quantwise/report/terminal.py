@@ -119,6 +119,17 @@ def print_records(records: list[dict[str, Any]], title: str, console: Console | 
             )
 
 
+def _side_by_side(result: dict[str, Any], cols: list[str]) -> Table:
+    """An empty compare table with ``cols`` (format and runtime left-aligned, figures right)."""
+    t = Table(
+        title=f"{result['task']}: every format, side by side ({result['settings']['threads']} thread)",
+        header_style="bold",
+    )
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("format", "runtime") else "right")
+    return t
+
+
 def _not_ok_row(t: Table, r: dict[str, Any], ncols: int) -> None:
     label = "[yellow]n/a[/yellow]" if r.get("status") == "unsupported" else "[red]failed[/red]"
     t.add_row(r["format"], r["runtime"], label, *[""] * (ncols - 3))
@@ -127,14 +138,9 @@ def _not_ok_row(t: Table, r: dict[str, Any], ncols: int) -> None:
 def lm_compare_table(result: dict[str, Any]) -> Table:
     """The side-by-side table of a causal LM's compare: quality vs FP32, prefill and decode speed."""
     base = result["recommendation"].get("baseline_score") or float("nan")
-    t = Table(
-        title=f"{result['task']}: every format, side by side ({result['settings']['threads']} thread)",
-        header_style="bold",
-    )
     cols = ["format", "runtime", "perplexity", "Δ ppl", "KL to FP32", "top-1 agree", "zero-shot"]
     cols += ["prefill ms", "decode tok/s", "decode speedup", "size", "peak mem", "quantize s", "int ops"]
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("format", "runtime") else "right")
+    t = _side_by_side(result, cols)
     win = (result["recommendation"].get("winner") or {}).get("key")
     for r in result["records"]:
         k = f"{r['format']} · {r['runtime']}"
@@ -170,10 +176,6 @@ def compare_table(result: dict[str, Any]) -> Table:
     metric = result["recommendation"]["metric"]
     batch_n = f"batch_{result['settings']['batch_n']}"
     b1 = f"batch_{result['settings']['latency_batch']}"
-    t = Table(
-        title=f"{result['task']}: every format, side by side ({result['settings']['threads']} thread)",
-        header_style="bold",
-    )
     cols = [
         "format",
         "runtime",
@@ -189,8 +191,7 @@ def compare_table(result: dict[str, Any]) -> Table:
         "quantize s",
         "int ops",
     ]
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("format", "runtime") else "right")
+    t = _side_by_side(result, cols)
     win = (result["recommendation"].get("winner") or {}).get("key")
     for r in result["records"]:
         k = f"{r['format']} · {r['runtime']}"

