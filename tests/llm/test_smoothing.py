@@ -78,3 +78,11 @@ def test_a_fold_that_would_change_the_model_is_refused() -> None:
     calib = [(torch.randn(16, 8) * 3,) for _ in range(4)]
     with pytest.raises(Unsupported, match="changed the float model's outputs"):
         quantize(model, get_recipe("w4a16", group_size=32, method="awq"), calib)
+
+
+def test_awq_with_nowhere_to_fold_is_refused_not_skipped() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4)).eval()  # inputs come from a ReLU
+    calib = [(torch.randn(16, 8),) for _ in range(2)]
+    with pytest.raises(Unsupported, match="nowhere to fold"):
+        quantize(model, get_recipe("w4a16", group_size=32, method="awq"), calib)

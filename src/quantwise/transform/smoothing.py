@@ -262,6 +262,11 @@ def smooth(
         raise Unsupported(f"{what} needs calibration data")
     before = reference_output(model, calib[0])
     groups, why = find_groups(model, linears, calib)
+    if not groups:
+        raise Unsupported(
+            f"{what}: no nn.Linear here takes its input straight from a norm or a Linear, so there is nowhere to "
+            "fold the scales (other layer types, such as transformers' Conv1D, are not scaled yet); use the recipe without it"
+        )
     info = search(groups)
     check_unchanged(model, before, calib[0], what)
     return {
