@@ -33,7 +33,9 @@ __all__ = ["check_batch", "check_finite_weights", "evaluate", "lower", "quantize
 RESULT_SCHEMA = "quantwise.result/1"
 
 
-def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[Batch] | None = None) -> QuantizedModel:
+def quantize(
+    model: nn.Module | str | os.PathLike[str], recipe: Recipe | str, calibration_data: Sequence[Batch] | None = None
+) -> QuantizedModel:
     """Quantize ``model`` as ``recipe`` says; the one entry point for every scheme.
 
     Args:
@@ -45,6 +47,15 @@ def quantize(model: nn.Module, recipe: Recipe | str, calibration_data: Sequence[
         >>> qm = quantize(model, "static-int8", calibration_data=[(x,) for x in batches])
         >>> qm.save("out/model")
     """
+    if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
+        from quantwise.onnxmodel import OnnxGraphModule
+
+        model = OnnxGraphModule(model)  # its graph is quantized directly; lower with runtime "onnxruntime"
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"quantize takes an nn.Module or the path of a .onnx file, got {type(model).__name__}: "
+            "for TorchScript pass the nn.Module itself; for TensorFlow convert to ONNX with tf2onnx"
+        )
     return quantize_model(model, get_recipe(recipe) if isinstance(recipe, str) else recipe, calibration_data)
 
 
@@ -125,6 +136,12 @@ def lower(
     that fix the batch when converting (tflite).
     """
     check_can_run(runtime, qm)
+    if getattr(task.model, "is_onnx_graph", False) and runtime != "onnxruntime":
+        from quantwise.errors import Unsupported
+
+        raise Unsupported(
+            f"{runtime}: the model is an ONNX graph, quantized and run in ONNX Runtime: use --runtime onnxruntime"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     return get_runtime(runtime).lower(qm, task, workdir, threads, batch_sizes)
 

@@ -230,7 +230,8 @@ class QuantizedModel:
                 bias_scale=tensors.get(f"q::{name}::bias_scale"),
             )
             layers[name] = lq
-        write_back(model, layers)  # the float copy of a quantized weight is its dequantized value
+        if not getattr(model, "is_onnx_graph", False):  # an ONNX graph keeps its float weights in the graph
+            write_back(model, layers)  # the float copy of a quantized weight is its dequantized value
         plan = None
         if meta.get("plan"):
             from quantwise.fixedpoint.plan import FixedPointPlan

@@ -47,6 +47,13 @@ def input_stats(
     inputs the stored static range clips."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     feed_inputs(ref, names, batches, lambda n, x: seen[n].append(x.flatten()))
+    return stats_of_inputs(qm, seen, max_values)
+
+
+def stats_of_inputs(
+    qm: QuantizedModel, seen: dict[str, list[torch.Tensor]], max_values: int = 2_000_000
+) -> dict[str, dict[str, float]]:
+    """:func:`input_stats` from each layer's collected (flattened) float inputs."""
     out = {}
     g = torch.Generator().manual_seed(0)
     for n, parts in seen.items():

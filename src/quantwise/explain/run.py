@@ -26,6 +26,11 @@ def explain(
     qm = qm if qm is not None else build_quantized(task, recipe)
     if task.info.get("kind") == "causal-lm":
         return _explain_lm(task, recipe, qm, top)
+    if task.info.get("kind") == "onnx-graph":  # measured in ONNX Runtime, node by node
+        from quantwise.explain.onnx_nodes import node_sensitivity
+
+        summary, rows = node_sensitivity(task, qm, samples, top)
+        return _result(task, recipe, summary, rows, 2 * len(rows) + 2)
     ref = reference_model(task.model, qm)
     summary, rows = layer_sensitivity(task, qm, samples, ref)
     batches, _ = first_samples(task, samples)

@@ -25,3 +25,32 @@ def unpack_int4(packed: torch.Tensor, signed: bool) -> torch.Tensor:
         out = torch.where(out > 7, out - 16, out)
         return out.to(torch.int8)
     return out.to(torch.uint8)
+
+
+def pack_matmul_nbits(
+    q: torch.Tensor, zero_point: torch.Tensor, bits: int, signed: bool, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX Runtime ``MatMulNBits``' ``B`` and ``zero_points`` from integer weights ``q`` (N, K).
+
+    MatMulNBits stores unsigned values, so signed ones are offset by ``2**(bits-1)`` (their zero
+    point with them). Returns ``packed`` (N, K // block, block * bits // 8) uint8 and the zero
+    points, ``(N * ceil(K / block / 2),)`` packed two per byte for 4 bits, ``(N * K // block,)`` for 8.
+    """
+    n, k = q.shape
+    offset = 1 << (bits - 1) if signed else 0
+    u = (q.to(torch.int16) + offset).to(torch.uint8)  # (N, K)
+    zp = (zero_point.to(torch.int16) + offset).to(torch.uint8).reshape(n, -1)  # (N, K / block)
+    nblk = k // block
+    if bits == 4:
+        packed = pack_int4(u).reshape(n, nblk, block // 2)
+        if zp.shape[1] % 2:
+            zp = torch.cat([zp, torch.zeros(n, 1, dtype=torch.uint8)], 1)
+        zp = pack_int4(zp)
+    else:
+        packed = u.reshape(n, nblk, block)
+    return packed.contiguous(), zp.reshape(-1).contiguous()
+
+
+def nbits_block_ok(block: int, k: int) -> bool:
+    """MatMulNBits needs a power-of-two block of at least 16 that divides K."""
+    return block >= 16 and block & (block - 1) == 0 and k % block == 0

@@ -152,6 +152,12 @@ def _why_not(qm: Any) -> str | None:
 
 
 def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)) -> tuple[OrtRunner, nn.Module]:
+    from quantwise.onnxmodel import OnnxGraphModule
+
+    if isinstance(task.model, OnnxGraphModule):  # an ONNX file in: its graph lowered, not re-exported
+        from quantwise.runtime.onnx_graph import write_graph
+
+        return OrtRunner(write_graph(qm, task.model, workdir / "model.onnx"), task.input_names, threads), task.model
     if qm is None:
         module = task.model
     elif qm.plan is not None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from quantwise.numerics import get_qtype, pack_int4
 from quantwise.numerics.granularity import PerGroup, PerTensor
+from quantwise.numerics.packing import nbits_block_ok, pack_matmul_nbits
 from quantwise.quantized import ActQuant, LayerQuant
 from quantwise.runtime.qfunctions import (
     DQ,
@@ -120,7 +121,7 @@ class QLinear(_QLayer):
             self.register_buffer("w_t", self.w_q.t().contiguous())  # (K, N) int8
         g = lq.weight_granularity
         block = g.size if isinstance(g, PerGroup) else self.k
-        if self.mode == "weight_only" and (self.per_group or self.bits == 4) and _nbits_block_ok(block, self.k):
+        if self.mode == "weight_only" and (self.per_group or self.bits == 4) and nbits_block_ok(block, self.k):
             self._init_nbits(lq)
 
     def _init_nbits(self, lq: LayerQuant) -> None:
@@ -128,21 +129,10 @@ class QLinear(_QLayer):
         block = g.size if isinstance(g, PerGroup) else self.k
         self.block = block
         qt = get_qtype(lq.weight_qtype)
-        offset = 0 if not qt.signed else 1 << (qt.bits - 1)  # MatMulNBits stores unsigned values
-        u = (lq.weight_q.to(torch.int16) + offset).to(torch.uint8)  # (N, K)
-        zp = (lq.weight_zero_point.to(torch.int16) + offset).to(torch.uint8).reshape(self.n, -1)  # (N, K/block)
-        nblk = self.k // block
-        if qt.bits == 4:
-            packed = pack_int4(u).reshape(self.n, nblk, block // 2)
-            zp_packed = pack_int4(
-                zp if zp.shape[1] % 2 == 0 else torch.cat([zp, torch.zeros(self.n, 1, dtype=torch.uint8)], 1)
-            )
-        else:
-            packed = u.reshape(self.n, nblk, block)
-            zp_packed = zp
+        packed, zp_packed = pack_matmul_nbits(lq.weight_q, lq.weight_zero_point, qt.bits, qt.signed, block)
         self.register_buffer("nb_packed", packed.contiguous())
         self.register_buffer("nb_scales", lq.weight_scale.to(torch.float32).reshape(-1).contiguous())
-        self.register_buffer("nb_zp", zp_packed.reshape(-1).contiguous())
+        self.register_buffer("nb_zp", zp_packed)
         self.register_buffer("w_deq", lq.dequantized_weight().to(torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K)
@@ -195,11 +185,6 @@ class QEmbedding(nn.Module):
         if self.block:
             return GatherBlockDQ.apply(ids, self.w_q, self.w_scale, self.packed, self.zp, self.block)
         return GatherDQ.apply(ids, self.w_q, self.w_scale)
-
-
-def _nbits_block_ok(block: int, k: int) -> bool:
-    """MatMulNBits needs a power-of-two block of at least 16 that divides K."""
-    return block >= 16 and block & (block - 1) == 0 and k % block == 0
 
 
 class CastModel(nn.Module):

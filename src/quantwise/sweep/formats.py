@@ -137,7 +137,30 @@ LLM_FORMATS: dict[str, Format] = {
         Format("w8a8-per-tensor", "dynamic-int8", runtimes=(*_LMQ, "torch-int8"), family="int8"),
     )
 }
-REGISTRIES = {"classification": FORMATS, "causal-lm": LLM_FORMATS}
+_ORT = ("onnxruntime",)
+# An ONNX file in: its graph quantized directly and run in ONNX Runtime (no PyTorch module to simulate)
+ONNX_FORMATS: dict[str, Format] = {
+    f.id: f
+    for f in (
+        Format("fp32", None, runtimes=_ORT, family="fp32"),
+        Format("fp16", "fp16", runtimes=_ORT, family="fp16"),
+        Format("dynamic-int8", "dynamic-int8", runtimes=_ORT, family="int8"),
+        *(
+            Format(f"static-int8-{c}", "static-int8", {"calibration": c}, runtimes=_ORT, family="int8")
+            for c in ("minmax", "percentile", "entropy", "mse")
+        ),
+        Format("weight-int8", "weight-int8", runtimes=_ORT, family="int8-weight"),
+        Format("weight-int4-g32", "weight-int4", {"group_size": 32}, runtimes=_ORT, family="int4-weight"),
+        Format(
+            "weight-int4-g32-gptq",
+            "weight-int4",
+            {"group_size": 32, "method": "gptq"},
+            runtimes=_ORT,
+            family="int4-weight",
+        ),
+    )
+}
+REGISTRIES = {"classification": FORMATS, "causal-lm": LLM_FORMATS, "onnx-graph": ONNX_FORMATS}
 
 
 def formats_for(kind: str | None) -> dict[str, Format]:

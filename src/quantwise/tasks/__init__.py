@@ -32,6 +32,11 @@ def load_task(
             raise UserError(
                 "a user task needs both --model and --data (a Hugging Face folder + CSV/JSONL, a .pt model + image folder, or a causal LM folder/.gguf + text)"
             )
+        if Path(model).suffix.lower() == ".onnx":
+            from quantwise.tasks.onnx_task import build_onnx_task
+
+            return build_onnx_task(model, data, limit=limit)
+        refuse_untakeable(Path(model))
         from quantwise.tasks.llm_load import is_causal_lm
 
         if is_causal_lm(model):
@@ -72,6 +77,31 @@ def load_task(
     raise UserError(
         f"unknown task {spec!r}: use one of {', '.join(BUILTIN)}, path/task.py:function, or --model DIR --data FILE"
     )
+
+
+TAKES = (
+    "quantwise takes a PyTorch nn.Module (task file or torch.save), a Hugging Face folder, a GGUF file or an ONNX file"
+)
+
+
+def refuse_untakeable(path: Path) -> None:
+    """One line for a model format quantwise cannot take, naming what it takes and how to get there."""
+    low = path.name.lower()
+    if path.is_dir() and (path / "saved_model.pb").is_file() or low.endswith((".pb", ".keras", ".h5")):
+        raise UserError(
+            f"{path} is a TensorFlow model, which quantwise does not take directly yet ({TAKES}): convert it with "
+            "tf2onnx (python -m tf2onnx.convert --saved-model DIR --output model.onnx, or tf2onnx.convert.from_keras) "
+            "and pass --model model.onnx"
+        )
+    if low.endswith(".tflite"):
+        raise UserError(
+            f"{path} is a converted TFLite model: quantwise quantizes the float model it came from ({TAKES})"
+        )
+    if low.endswith((".pt2", ".ep")):
+        raise UserError(
+            f"{path} is a saved torch.export program: pass it from a task file (torch.export.load(path).module()) "
+            f"or export it to ONNX and pass the .onnx ({TAKES})"
+        )
 
 
 __all__ = ["BUILTIN", "DEFAULT_TASK", "Task", "load_task"]

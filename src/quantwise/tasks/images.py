@@ -45,11 +45,12 @@ def load_model_file(path: Path, trust_pickle: bool = False) -> nn.Module:
     with path.open("rb") as f:
         head = f.read(8)
     if path.suffix.lower() == ".onnx":
-        raise UserError(f"{path} is an ONNX file: ONNX models are not accepted as --model yet; pass the PyTorch module")
+        raise UserError(f"{path} is an ONNX file: pass it with --data arrays.npz (one array per model input)")
     if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
         raise UserError(
             f"{path} is a TorchScript file: quantwise quantizes nn.Module layers and cannot quantize a scripted "
-            "graph faithfully; save the nn.Module itself (torch.save(model, path) with --trust-pickle, or a task file)"
+            "graph faithfully; save the nn.Module itself (torch.save(model, path) with --trust-pickle, or a task file), "
+            "or export it to ONNX (torch.onnx.export) and pass the .onnx"
         )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)

@@ -36,6 +36,12 @@ def quantize_model(
             "a TorchScript module cannot be quantized faithfully (quantwise rewrites nn.Module layers, and a scripted "
             "graph would run unchanged): pass the nn.Module itself"
         )
+    from quantwise.onnxmodel import OnnxGraphModule
+
+    if isinstance(model, OnnxGraphModule):  # an ONNX file: its graph is quantized directly
+        from quantwise.transform.onnx_graph import quantize_onnx
+
+        return quantize_onnx(model, recipe, list(calibration_data or []))
     handler = handlers().get(type(recipe))
     if handler is None:
         raise UserError(

@@ -1,0 +1,248 @@
+"""Lower a QuantizedModel of an ONNX graph back into an ONNX file ONNX Runtime runs.
+
+Reads the QuantizedModel, never re-derives it: each quantized node gets
+
+- static: ``QuantizeLinear -> DequantizeLinear`` on its input (and output, after a fused
+  Relu/Clip), int8 weights and the int32 bias behind ``DequantizeLinear`` (ONNX Runtime fuses
+  the pattern into QLinearConv / QLinearMatMul / MatMulIntegerToFloat);
+- dynamic: ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(w_scale) -> Mul(a_scale) [-> Add(bias)]``;
+- weight-only: ``com.microsoft::MatMulNBits`` for blocked or 4-bit weights, else int8 weights
+  behind ``DequantizeLinear``;
+- fp16: the whole graph in half precision with float32 inputs and outputs (ONNX Runtime's own
+  ``float16`` converter).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantwise.numerics import get_qtype
+from quantwise.numerics.granularity import PerGroup
+from quantwise.numerics.packing import nbits_block_ok, pack_matmul_nbits
+from quantwise.onnxmodel import HeavyNode, OnnxGraphModule, consumers, heavy_nodes
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
+
+_NP = {"int8": np.int8, "uint8": np.uint8}
+
+
+class _Graph:
+    """A graph being rewritten: adds initializers and nodes under unique names."""
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.g = proto.graph
+        self.taken = {t.name for t in self.g.initializer} | {o for n in self.g.node for o in n.output}
+        self.taken |= {i.name for i in self.g.input}
+
+    def name(self, base: str) -> str:
+        n, i = base, 0
+        while n in self.taken:
+            i += 1
+            n = f"{base}_{i}"
+        self.taken.add(n)
+        return n
+
+    def const(self, base: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        n = self.name(base)
+        self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), n))
+        return n
+
+    def node(self, op: str, inputs: list[str], base: str, n_out: int = 1, domain: str = "", **attrs: Any) -> list[str]:
+        from onnx import helper
+
+        outs = [self.name(f"{base}_{op}_{i}" if n_out > 1 else f"{base}_{op}") for i in range(n_out)]
+        self.g.node.append(helper.make_node(op, inputs, outs, name=self.name(f"{base}/{op}"), domain=domain, **attrs))
+        return outs
+
+
+def _onnx_weight(h: HeavyNode, q: torch.Tensor) -> tuple[np.ndarray, int]:
+    """Integer weight back in the node's stored layout, and the output-channel axis there."""
+    if h.op == "Conv" or (h.op == "Gemm" and h.transposed):
+        return q.numpy(), 0
+    return q.t().contiguous().numpy(), 1
+
+
+def _dq_weight(gr: _Graph, h: HeavyNode, lq: LayerQuant) -> str:
+    w, axis = _onnx_weight(h, lq.weight_q)
+    dt = _NP[lq.weight_qtype]
+    qn = gr.const(f"{h.weight}_quantized", w.astype(dt))
+    sn = gr.const(f"{h.weight}_scale", lq.weight_scale.numpy().astype(np.float32))
+    zn = gr.const(f"{h.weight}_zero_point", lq.weight_zero_point.numpy().astype(dt))
+    attrs: dict[str, Any] = {"axis": axis} if lq.weight_scale.dim() == 1 else {}
+    return gr.node("DequantizeLinear", [qn, sn, zn], h.weight, **attrs)[0]
+
+
+def _qdq(gr: _Graph, tensor: str, a: ActQuant, done: dict[tuple[str, float, int], str]) -> str:
+    key = (tensor, a.scale, a.zero_point)
+    if key not in done:
+        dt = _NP[a.qtype]
+        s = gr.const(f"{tensor}_scale", np.array(a.scale, dtype=np.float32))
+        z = gr.const(f"{tensor}_zero_point", np.array(a.zero_point, dtype=dt))
+        q = gr.node("QuantizeLinear", [tensor, s, z], tensor)[0]
+        done[key] = gr.node("DequantizeLinear", [q, s, z], tensor)[0]
+    return done[key]
+
+
+def _static(gr: _Graph, node: Any, h: HeavyNode, lq: LayerQuant, done: dict[tuple[str, float, int], str]) -> None:
+    assert lq.input is not None
+    node.input[0] = _qdq(gr, h.x, lq.input, done)
+    node.input[1] = _dq_weight(gr, h, lq)
+    if h.bias is not None and lq.bias_q is not None and lq.bias_scale is not None:
+        b = gr.const(f"{h.bias}_quantized", lq.bias_q.numpy().astype(np.int32))
+        bs = gr.const(f"{h.bias}_scale", lq.bias_scale.numpy().astype(np.float32))
+        bz = gr.const(f"{h.bias}_zero_point", np.zeros(lq.bias_q.shape, dtype=np.int32))
+        node.input[2] = gr.node("DequantizeLinear", [b, bs, bz], h.bias, axis=0)[0]
+
+
+def _reroute_output(gr: _Graph, tensor: str, a: ActQuant, done: dict[tuple[str, float, int], str]) -> None:
+    """Every reader of ``tensor`` reads it quantized (the Q node itself reads the original)."""
+    readers = consumers(gr.proto).get(tensor, [])
+    dq = _qdq(gr, tensor, a, done)
+    q_node = next(n for n in gr.g.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    for r in readers:
+        if r is q_node:
+            continue
+        for i, t in enumerate(r.input):
+            if t == tensor:
+                r.input[i] = dq
+
+
+def _dynamic(gr: _Graph, node: Any, h: HeavyNode, lq: LayerQuant) -> list[Any]:
+    base = node.name
+    xq, xs, xz = gr.node("DynamicQuantizeLinear", [h.x], base, n_out=3)
+    wt = gr.const(f"{h.weight}_quantized", lq.weight_q.t().contiguous().numpy().astype(np.int8))  # (K, N)
+    acc = gr.node("MatMulInteger", [xq, wt, xz], base)[0]
+    f = gr.node("Cast", [acc], base, to=1)[0]
+    ws = gr.const(f"{h.weight}_scale", lq.weight_scale.numpy().astype(np.float32))
+    # weight scale first, activation scale after (the order ONNX Runtime fuses to MatMulIntegerToFloat)
+    y = gr.node("Mul", [gr.node("Mul", [f, ws], base)[0], xs], base)[0]
+    return _finish(gr, node, h, y)
+
+
+def _finish(gr: _Graph, node: Any, h: HeavyNode, y: str) -> list[Any]:
+    """Add the float bias (if any) and write the result under the node's own output name."""
+    from onnx import helper
+
+    last = gr.g.node[-1]
+    if h.bias is not None:
+        last = helper.make_node("Add", [y, h.bias], [h.output], name=gr.name(f"{node.name}/bias"))
+        gr.g.node.append(last)
+    else:
+        last.output[0] = h.output
+    return [node]
+
+
+def _weight_only(gr: _Graph, node: Any, h: HeavyNode, lq: LayerQuant) -> list[Any]:
+    qt = get_qtype(lq.weight_qtype)
+    n, k = lq.weight_q.shape[0], lq.weight_q[0].numel()
+    g = lq.weight_granularity
+    block = g.size if isinstance(g, PerGroup) else k
+    if h.op != "Conv" and (isinstance(g, PerGroup) or qt.bits == 4) and nbits_block_ok(block, k):
+        packed, zp = pack_matmul_nbits(lq.weight_q, lq.weight_zero_point, qt.bits, qt.signed, block)
+        b = gr.const(f"{h.weight}_packed", packed.numpy())
+        s = gr.const(f"{h.weight}_scales", lq.weight_scale.to(torch.float32).reshape(-1).numpy())
+        z = gr.const(f"{h.weight}_zero_points", zp.numpy())
+        y = gr.node(
+            "MatMulNBits", [h.x, b, s, z], node.name, domain="com.microsoft", K=k, N=n, bits=qt.bits, block_size=block
+        )[0]
+        return _finish(gr, node, h, y)
+    if isinstance(g, PerGroup) or lq.weight_qtype not in _NP:
+        raise ValueError(f"{h.name}: {lq.weight_qtype} weights with block {block} have no ONNX Runtime kernel")
+    node.input[1] = _dq_weight(gr, h, lq)
+    return []
+
+
+def lower_graph(qm: QuantizedModel, gm: OnnxGraphModule) -> Any:
+    """The quantized ONNX model (a new proto; ``gm`` is not modified)."""
+    proto = copy.deepcopy(gm.proto)
+    if qm.cast == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        return convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
+    gr = _Graph(proto)
+    by_name = {h.name: h for h in heavy_nodes(proto)[0]}
+    nodes = {n.name: n for n in proto.graph.node}
+    done: dict[tuple[str, float, int], str] = {}
+    replaced: list[Any] = []
+    outputs: list[tuple[str, ActQuant]] = []
+    for name, lq in qm.layers.items():
+        h, node = by_name[name], nodes[name]
+        if lq.mode == "static":
+            _static(gr, node, h, lq, done)
+            if lq.output is not None:
+                fused = nodes[lq.fused_relu].output[0] if lq.fused_relu else h.output
+                outputs.append((fused, lq.output))
+        elif lq.mode == "dynamic":
+            replaced += _dynamic(gr, node, h, lq)
+        else:
+            replaced += _weight_only(gr, node, h, lq)
+    for tensor, a in outputs:
+        _reroute_output(gr, tensor, a, done)
+    for node in replaced:
+        proto.graph.node.remove(node)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import) and any(
+        n.domain == "com.microsoft" for n in proto.graph.node
+    ):
+        from onnx import helper
+
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _sort(proto)
+    return proto
+
+
+def _sort(proto: Any) -> None:
+    """Topologically order the main graph's nodes (new nodes were appended at the end)."""
+    g = proto.graph
+    ready = {t.name for t in g.initializer} | {i.name for i in g.input} | {""}
+    pending, order = list(g.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(t in ready for t in _reads(n)):
+                order.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle cannot happen; keep what is left in its order
+            order += rest
+            break
+        pending = rest
+    del g.node[:]
+    g.node.extend(order)
+
+
+def _reads(node: Any) -> set[str]:
+    """What a node reads: its inputs and the outer tensors its subgraphs (If/Loop/Scan) use."""
+    reads = set(node.input)
+    for a in node.attribute:
+        for sub in [a.g] if a.HasField("g") else list(a.graphs):
+            made = {t.name for t in sub.initializer} | {i.name for i in sub.input}
+            for n in sub.node:
+                reads |= _reads(n) - made
+                made |= set(n.output)
+    return reads
+
+
+def write_graph(qm: QuantizedModel | None, gm: OnnxGraphModule, path: Path) -> Path:
+    """Write the lowered (or, for None, the FP32) graph to ``path`` atomically; large models keep
+    their weights in ``path.data`` next to it."""
+    import onnx
+
+    proto = gm.proto if qm is None else lower_graph(qm, gm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    large = proto.ByteSize() > 1_800_000_000
+    if large:
+        onnx.save(proto, str(tmp), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,226 @@
+"""An ONNX file and the user's arrays as a task: inputs matched to the graph's signature by name.
+
+Data: a ``.npz`` with one array per graph input (keyed by the input's name) and optionally
+``labels``, or a ``.npy`` for a one-input graph. Examples lie along each input's batch axis: the
+axis whose symbolic name matches the first input's first symbolic dimension (axis 0 when the
+graph names none); an input without it (a scalar such as a sample rate) is passed whole to
+every batch. A fixed split (``default_rng(0)`` permutation): the first quarter, at most 128
+examples, calibrates; the rest is the test set.
+
+Metrics compare each format's first output with the FP32 graph's on the same examples: mean
+cosine similarity, SQNR, top-1 agreement and KL of the softmax (outputs with several columns);
+with labels, also accuracy and macro F1 (argmax, or ``output > 0.5`` for one column), the budget
+metric. Without labels the budget is on the cosine similarity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantwise.errors import UserError
+from quantwise.onnxmodel import OnnxGraphModule
+from quantwise.tasks.base import CLASSIFICATION_METRICS, MetricSpec, Task, classification_metrics
+
+LABEL_KEYS = ("labels", "label")
+MAX_CALIBRATION = 128
+BATCH = 32
+OUTPUT_METRICS = (
+    MetricSpec("cosine"),
+    MetricSpec("agreement"),
+    MetricSpec("sqnr_db", fraction=False),
+    MetricSpec("kl", higher_is_better=False, fraction=False),
+)
+
+
+def read_arrays(data: str | Path, gm: OnnxGraphModule) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The arrays of a ``.npz``/``.npy`` file by graph input name, and the labels if given."""
+    p = Path(data)
+    if not p.is_file():
+        raise UserError(
+            f"data file {p} does not exist: give a .npz with one array per model input ({', '.join(gm.input_names)})"
+        )
+    try:
+        if p.suffix == ".npy":
+            if len(gm.input_names) != 1:
+                raise UserError(
+                    f"{p} holds one array but the model has {len(gm.input_names)} inputs "
+                    f"({', '.join(gm.input_names)}): save them in a .npz keyed by input name"
+                )
+            return {gm.input_names[0]: np.load(p, allow_pickle=False)}, None
+        if p.suffix != ".npz":
+            raise UserError(f"--data {p} for an ONNX model must be a .npz (arrays keyed by input name) or a .npy")
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except UserError:
+        raise
+    except Exception as e:  # numpy raises several types for a damaged archive
+        raise UserError(
+            f"{p} cannot be read as numpy arrays ({type(e).__name__}): save it again with numpy.savez"
+        ) from None
+    labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays and k not in gm.input_names), None)
+    missing = [n for n in gm.input_names if n not in arrays]
+    if missing:
+        sig = ", ".join(f"{n} {gm.input_dims(n)}" for n in missing)
+        raise UserError(
+            f"{p} has no array for model input(s) {sig}: it has {', '.join(arrays) or 'none'}; key arrays by input name"
+        )
+    extra = [k for k in arrays if k not in gm.input_names]
+    if extra:
+        raise UserError(
+            f"{p} has arrays {', '.join(extra)} that are no input of the model ({', '.join(gm.input_names)}) nor 'labels': rename or drop them"
+        )
+    return arrays, labels
+
+
+def batch_axes(gm: OnnxGraphModule, arrays: dict[str, np.ndarray]) -> dict[str, int | None]:
+    """Each input's batch axis (None: passed whole), from the graph's symbolic dimension names."""
+    first = gm.input_dims(gm.input_names[0])
+    symbol = next((d for d in first if isinstance(d, str) and d), None)
+    axes: dict[str, int | None] = {}
+    for n in gm.input_names:
+        dims = gm.input_dims(n)
+        if symbol is not None:
+            axes[n] = dims.index(symbol) if symbol in dims else None
+        else:
+            axes[n] = 0 if arrays[n].ndim and (not dims or dims[0] in (0, "")) else None
+    if axes[gm.input_names[0]] is None:
+        axes[gm.input_names[0]] = 0
+    return axes
+
+
+def _check_shapes(gm: OnnxGraphModule, arrays: dict[str, np.ndarray]) -> None:
+    for n, a in arrays.items():
+        dims = gm.input_dims(n)
+        if dims and len(dims) != a.ndim:
+            raise UserError(
+                f"input {n}: the model takes {len(dims)}-D {dims}, the data has shape {list(a.shape)}: reshape it"
+            )
+        for i, (d, s) in enumerate(zip(dims, a.shape)):
+            if isinstance(d, int) and d > 0 and d != s:
+                raise UserError(f"input {n}: dimension {i} must be {d} (model signature {dims}), the data has {s}")
+
+
+def _output_metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    r = ref.reshape(len(ref), -1).astype(np.float64)
+    o = out.reshape(len(out), -1).astype(np.float64)
+    cos = (r * o).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1), 1e-30)
+    err = float(((r - o) ** 2).sum())
+    m = {
+        "cosine": float(cos.mean()),
+        "sqnr_db": float(10 * np.log10(float((r**2).sum()) / err)) if err > 0 else float("inf"),
+    }
+    if r.shape[1] > 1:
+        m["agreement"] = float((r.argmax(1) == o.argmax(1)).mean())
+        lp = r - r.max(1, keepdims=True)
+        lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+        lq = o - o.max(1, keepdims=True)
+        lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+        m["kl"] = float((np.exp(lp) * (lp - lq)).sum(1).mean())
+    else:
+        m["agreement"] = float(((r[:, 0] > 0.5) == (o[:, 0] > 0.5)).mean())
+    return m
+
+
+def predict(out: np.ndarray) -> np.ndarray:
+    o = out.reshape(len(out), -1)
+    return o.argmax(1) if o.shape[1] > 1 else (o[:, 0] > 0.5).astype(np.int64)
+
+
+def onnx_task(
+    model: str | Path,
+    arrays: dict[str, np.ndarray],
+    labels: np.ndarray | None = None,
+    name: str | None = None,
+    limit: int | None = None,
+    score: Callable[[np.ndarray], dict[str, Any]] | None = None,
+    metrics: tuple[MetricSpec, ...] | None = None,
+    primary_metric: str | None = None,
+) -> Task:
+    """A task for an ONNX file and its inputs (``{input name: array}``); ``score`` replaces the
+    built-in metrics (it gets the concatenated first outputs of the test set)."""
+    gm = OnnxGraphModule(model)
+    _check_shapes(gm, arrays)
+    axes = batch_axes(gm, arrays)
+    first = gm.input_names[0]
+    n = arrays[first].shape[axes[first] or 0]
+    for k, ax in axes.items():
+        if ax is not None and arrays[k].shape[ax] != n:
+            raise UserError(
+                f"input {k} has {arrays[k].shape[ax]} examples along axis {ax}, input {first} has {n}: give the same number"
+            )
+    if labels is not None and len(labels) != n:
+        raise UserError(f"labels has {len(labels)} entries for {n} examples: give one label per example")
+    if limit:
+        n = min(n, limit)
+    if n < 2:
+        raise UserError(f"the data has {n} example(s): give at least 2 (some calibrate, the rest test)")
+    perm = np.random.default_rng(0).permutation(n)
+    n_cal = min(MAX_CALIBRATION, max(1, n // 4))
+    cal_idx, test_idx = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+    typed = {k: np.ascontiguousarray(v.astype(gm.input_dtype(k), copy=False)) for k, v in arrays.items()}
+
+    def take(idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return tuple(
+            torch.from_numpy(
+                np.ascontiguousarray(np.take(typed[k], idx, axis=axes[k])) if axes[k] is not None else typed[k]
+            )
+            for k in gm.input_names
+        )
+
+    def batches(idx: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
+        return [take(idx[i : i + BATCH]) for i in range(0, len(idx), BATCH)]
+
+    calibration, eval_batches = batches(cal_idx), batches(test_idx)
+    try:
+        ref = np.concatenate([gm(*b).numpy() for b in eval_batches])
+    except UserError:
+        raise
+    except Exception as e:  # ORT's own message says which input or shape was wrong
+        raise UserError(f"the data does not fit the ONNX model: {str(e).splitlines()[0][:300]}") from None
+    test_labels = None if labels is None else np.asarray(labels)[:n][test_idx].astype(np.int64)
+    n_classes = int(max(test_labels.max() + 1, ref.reshape(len(ref), -1).shape[1])) if test_labels is not None else 0
+
+    def builtin_score(out: np.ndarray) -> dict[str, Any]:
+        m: dict[str, Any] = _output_metrics(ref, out)
+        if test_labels is not None:
+            m.update(classification_metrics(test_labels, predict(out), max(n_classes, 2)))
+        return m
+
+    def latency_input(bs: int) -> tuple[torch.Tensor, ...]:
+        return take(np.resize(test_idx, bs))
+
+    if metrics is None:
+        metrics = (CLASSIFICATION_METRICS + OUTPUT_METRICS) if test_labels is not None else OUTPUT_METRICS
+    return Task(
+        name=name or Path(model).stem,
+        model=gm,
+        calibration=calibration,
+        eval_batches=eval_batches,
+        score=score or builtin_score,
+        input_names=gm.input_names,
+        dynamic_axes={},
+        latency_input=latency_input,
+        build_model=lambda: OnnxGraphModule(model),
+        labels=test_labels,
+        primary_metric=primary_metric or ("accuracy" if test_labels is not None else "cosine"),
+        output_names=gm.output_names,
+        info={
+            "kind": "onnx-graph",
+            "source": str(model),
+            "split": f"{len(cal_idx)} calibration / {len(test_idx)} test examples (default_rng(0) permutation)",
+        },
+        predict=predict,
+        metrics=metrics,
+    )
+
+
+def build_onnx_task(model: str, data: str, limit: int | None = None) -> Task:
+    """``--model model.onnx --data arrays.npz``."""
+    gm = OnnxGraphModule(model)
+    arrays, labels = read_arrays(data, gm)
+    return onnx_task(model, arrays, labels, limit=limit)
