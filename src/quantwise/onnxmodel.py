@@ -20,6 +20,24 @@ from torch import nn
 from quantwise.errors import UserError
 
 HEAVY_OPS = ("MatMul", "Gemm", "Conv")
+# weighted ops quantwise does not quantize: listed with the reason, never passed over in silence
+UNHANDLED = {
+    "LSTM": "recurrent layer",
+    "GRU": "recurrent layer",
+    "RNN": "recurrent layer",
+    "ConvTranspose": "transposed convolution",
+    "Gather": "embedding table",
+    "Einsum": "einsum",
+}
+ALREADY_QUANTIZED = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "MatMulNBits",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+)
 ELEM_NUMPY = {
     1: np.float32,
     6: np.int32,
@@ -137,6 +155,15 @@ def heavy_nodes(model: Any) -> tuple[list[HeavyNode], dict[str, str]]:
             inner = sum(1 for a in node.attribute if a.g is not None for n in a.g.node if n.op_type in HEAVY_OPS)
             if inner:
                 skipped[node.name] = f"{inner} MatMul/Gemm/Conv inside a {node.op_type} subgraph kept in float"
+            continue
+        if node.op_type in ALREADY_QUANTIZED:
+            raise UserError(
+                f"the ONNX graph is already quantized (it has {node.op_type} node {node.name}): give the float model"
+            )
+        if node.op_type in UNHANDLED:
+            big = [i for i in node.input if i in inits and len(inits[i].dims) >= 2 and inits[i].data_type == 1]
+            if big:
+                skipped[node.name] = f"{node.op_type} ({UNHANDLED[node.op_type]}) with stored weights kept in float"
             continue
         if node.op_type not in HEAVY_OPS or node.domain not in ("", "ai.onnx"):
             continue
