@@ -41,9 +41,7 @@ def peer_static(src: Path, out: Path, task: Task, per_channel: bool) -> Path:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter(
-                [{n: t.numpy() for n, t in zip(task.input_names, b)} for b in task.calibration]
-            )
+            self.it = iter([{n: t.numpy() for n, t in zip(task.input_names, b)} for b in task.calibration])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
@@ -69,7 +67,12 @@ def measure_file(task: Task, path: Path) -> dict[str, Any]:
         }
     ops = runner.integer_ops()
     runner.close()
-    return {"accuracy": m["accuracy"], "lat": lat, "mb": path.stat().st_size / 1e6, "int": f"{ops['integer']}/{ops['total']}"}
+    return {
+        "accuracy": m["accuracy"],
+        "lat": lat,
+        "mb": path.stat().st_size / 1e6,
+        "int": f"{ops['integer']}/{ops['total']}",
+    }
 
 
 def from_record(r: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +92,11 @@ def main() -> None:
     rows: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as d:
         src = export_onnx(
-            torch_task.model, torch_task.latency_input(2), Path(d) / "minilm.onnx", torch_task.input_names, torch_task.dynamic_axes
+            torch_task.model,
+            torch_task.latency_input(2),
+            Path(d) / "minilm.onnx",
+            torch_task.input_names,
+            torch_task.dynamic_axes,
         )
         onnx_task = dataclasses.replace(
             torch_task,
@@ -101,14 +108,35 @@ def main() -> None:
         rows.append(("fp32 (ONNX file)", from_record(evaluate(onnx_task, None, "onnxruntime", **kw))))
         for fid, recipe, over in FORMATS:
             rec = get_recipe(recipe, **over)
-            rows.append((f"{fid}: quantwise from the ONNX graph", from_record(evaluate(onnx_task, rec, "onnxruntime", **kw))))
-            rows.append((f"{fid}: quantwise from the PyTorch module", from_record(evaluate(torch_task, rec, "onnxruntime", **kw))))
-        rows.append(("ORT quantize_static (defaults: per-tensor, minmax)", measure_file(onnx_task, peer_static(src, Path(d) / "ort_s.onnx", onnx_task, False))))
-        rows.append(("ORT quantize_static (per_channel=True)", measure_file(onnx_task, peer_static(src, Path(d) / "ort_sc.onnx", onnx_task, True))))
-        rows.append(("ORT quantize_dynamic (QInt8)", measure_file(onnx_task, peer_dynamic(src, Path(d) / "ort_d.onnx"))))
+            rows.append(
+                (f"{fid}: quantwise from the ONNX graph", from_record(evaluate(onnx_task, rec, "onnxruntime", **kw)))
+            )
+            rows.append(
+                (
+                    f"{fid}: quantwise from the PyTorch module",
+                    from_record(evaluate(torch_task, rec, "onnxruntime", **kw)),
+                )
+            )
+        rows.append(
+            (
+                "ORT quantize_static (defaults: per-tensor, minmax)",
+                measure_file(onnx_task, peer_static(src, Path(d) / "ort_s.onnx", onnx_task, False)),
+            )
+        )
+        rows.append(
+            (
+                "ORT quantize_static (per_channel=True)",
+                measure_file(onnx_task, peer_static(src, Path(d) / "ort_sc.onnx", onnx_task, True)),
+            )
+        )
+        rows.append(
+            ("ORT quantize_dynamic (QInt8)", measure_file(onnx_task, peer_dynamic(src, Path(d) / "ort_d.onnx")))
+        )
     base = rows[0][1]
     env = environment(1)
-    print(f"bbc-minilm encoder as ONNX, {len(torch_task.labels if torch_task.labels is not None else [])} test documents, one thread; {env.get('cpu', '')}")
+    print(
+        f"bbc-minilm encoder as ONNX, {len(torch_task.labels if torch_task.labels is not None else [])} test documents, one thread; {env.get('cpu', '')}"
+    )
     print("| model | accuracy | Δ pts vs FP32 | batch 1 ms (speedup) | batch 32 ms (speedup) | size MB | int ops |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows:

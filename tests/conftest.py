@@ -9,6 +9,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QUANTWISE_PROGRESS", "0")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: PyTorch's own pool would put two spinning threads per worker on the
+    # same two cores, which made CI's transformer tests ten times slower than alone. Timed code sets
+    # its own thread count (quiet.threads) either way.
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def mnist():

@@ -338,6 +338,113 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
 ]
 
 
+def _onnx(tmp: Path, quantized: bool = False, external: bool = False) -> str:
+    """A small MLP as ONNX (input ``x`` of shape (batch, 8)); a QDQ copy; or weights in a side file."""
+    import onnx
+
+    path = tmp / "m.onnx"
+    torch.onnx.export(
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval(),
+        (torch.randn(2, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
+    if quantized:
+        from onnxruntime.quantization import quantize_dynamic
+
+        quantize_dynamic(str(path), str(tmp / "q.onnx"))
+        return str(tmp / "q.onnx")
+    if external:
+        m = onnx.load(str(path))
+        onnx.save(m, str(tmp / "e.onnx"), save_as_external_data=True, location="e.data", size_threshold=0)
+        return str(tmp / "e.onnx")
+    return str(path)
+
+
+def _npz(tmp: Path, **arrays: np.ndarray) -> str:
+    np.savez(tmp / "d.npz", **arrays)
+    return str(tmp / "d.npz")
+
+
+def _saved_model(tmp: Path) -> str:
+    (tmp / "sm" / "variables").mkdir(parents=True)
+    (tmp / "sm" / "saved_model.pb").write_bytes(b"\x08\x01")
+    return str(tmp / "sm")
+
+
+ONNX_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
+    (
+        "ONNX data missing an input",
+        lambda t: ["evaluate", "--model", _onnx(t), "--data", _npz(t, y=np.zeros((8, 8), np.float32))],
+        "no array for model input(s) x",
+    ),
+    (
+        "ONNX data of the wrong shape",
+        lambda t: ["evaluate", "--model", _onnx(t), "--data", _npz(t, x=np.zeros((8, 5), np.float32))],
+        "dimension 1 must be 8",
+    ),
+    (
+        "ONNX data with labels of another length",
+        lambda t: [
+            "evaluate",
+            "--model",
+            _onnx(t),
+            "--data",
+            _npz(t, x=np.zeros((8, 8), np.float32), labels=np.zeros(3, np.int64)),
+        ],
+        "labels has 3 entries",
+    ),
+    (
+        "already-quantized ONNX",
+        lambda t: [
+            "quantize",
+            "--model",
+            _onnx(t, quantized=True),
+            "--data",
+            _npz(t, x=np.zeros((8, 8), np.float32)),
+            "--recipe",
+            "static-int8",
+        ],
+        "already quantized",
+    ),
+    (
+        "ONNX whose external weights are missing",
+        lambda t: [
+            "evaluate",
+            "--model",
+            (_onnx(t, external=True), (t / "e.data").unlink())[0],
+            "--data",
+            _npz(t, x=np.zeros((8, 8), np.float32)),
+        ],
+        "e.data",
+    ),
+    (
+        "truncated ONNX",
+        lambda t: [
+            "evaluate",
+            "--model",
+            _csv(t, Path(_onnx(t)).read_bytes()[:300], "cut.onnx"),
+            "--data",
+            _npz(t, x=np.zeros((8, 8), np.float32)),
+        ],
+        "cut.onnx",
+    ),
+    (
+        "TensorFlow SavedModel",
+        lambda t: ["evaluate", "--model", _saved_model(t), "--data", _npz(t, x=np.zeros((8, 8), np.float32))],
+        "tf2onnx",
+    ),
+    (
+        "Keras file",
+        lambda t: ["evaluate", "--model", _csv(t, "k", "m.keras"), "--data", _npz(t, x=np.zeros((8, 8), np.float32))],
+        "tf2onnx",
+    ),
+]
+CASES += ONNX_CASES
+
+
 def _save(tmp: Path, obj: object) -> str:
     torch.save(obj, tmp / "saved.pt")
     return str(tmp / "saved.pt")

@@ -26,10 +26,14 @@ def _work(mnist):
 
 def test_quantize_and_evaluate_restore_process_state(mnist):
     _work(mnist)  # third-party libraries set what they set when first imported (OpenMP variables): not ours
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    threads, env, filters, disable = _state()
-    _work(mnist)
-    after = _state()
+    try:
+        threads, env, filters, disable = _state()
+        _work(mnist)
+        after = _state()
+    finally:
+        torch.set_num_threads(before)
     assert after[0] == threads == 2
     assert {k: v for k, v in after[1].items() if env.get(k) != v} == {}
     assert [k for k in env if k not in after[1]] == []

@@ -142,6 +142,19 @@ def name_nodes(model: Any) -> None:
         seen.add(node.name)
 
 
+def _inner_heavy(node: Any) -> dict[str, int]:
+    """How many weighted ops of each type a node's subgraphs hold, at any depth."""
+    count: dict[str, int] = {}
+    for a in node.attribute:
+        for sub in [a.g] if a.HasField("g") else list(a.graphs):
+            for n in sub.node:
+                if n.op_type in HEAVY_OPS or (n.op_type in UNHANDLED and n.op_type != "Gather"):
+                    count[n.op_type] = count.get(n.op_type, 0) + 1
+                for op, c in _inner_heavy(n).items():
+                    count[op] = count.get(op, 0) + c
+    return count
+
+
 def heavy_nodes(model: Any) -> tuple[list[HeavyNode], dict[str, str]]:
     """The quantizable heavy nodes, and ``{node: reason}`` for every heavy node left in float."""
     from onnx import helper
@@ -152,9 +165,10 @@ def heavy_nodes(model: Any) -> tuple[list[HeavyNode], dict[str, str]]:
     skipped: dict[str, str] = {}
     for node in g.node:
         if node.op_type in ("If", "Loop", "Scan"):
-            inner = sum(1 for a in node.attribute if a.g is not None for n in a.g.node if n.op_type in HEAVY_OPS)
+            inner = _inner_heavy(node)
             if inner:
-                skipped[node.name] = f"{inner} MatMul/Gemm/Conv inside a {node.op_type} subgraph kept in float"
+                what = ", ".join(f"{c} {op}" for op, c in sorted(inner.items()))
+                skipped[node.name] = f"{what} inside a {node.op_type} subgraph kept in float"
             continue
         if node.op_type in ALREADY_QUANTIZED:
             raise UserError(

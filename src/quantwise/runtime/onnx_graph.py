@@ -168,6 +168,7 @@ def lower_graph(qm: QuantizedModel, gm: OnnxGraphModule) -> Any:
 
         return convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
     gr = _Graph(proto)
+    read_before = _graph_reads(proto.graph)
     by_name = {h.name: h for h in heavy_nodes(proto)[0]}
     nodes = {n.name: n for n in proto.graph.node}
     done: dict[tuple[str, float, int], str] = {}
@@ -195,7 +196,24 @@ def lower_graph(qm: QuantizedModel, gm: OnnxGraphModule) -> Any:
 
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     _sort(proto)
+    _drop_replaced(proto, read_before)
     return proto
+
+
+def _graph_reads(g: Any) -> set[str]:
+    reads: set[str] = {o.name for o in g.output}
+    for n in g.node:
+        reads |= _reads(n)
+    return reads
+
+
+def _drop_replaced(proto: Any, read_before: set[str]) -> None:
+    """Remove the float weights and biases the quantized ones replaced: initializers the original
+    graph read and the lowered one no longer does (anything else the file holds stays as it was)."""
+    now = _graph_reads(proto.graph) | {i.name for i in proto.graph.input}  # an input's default stays
+    gone = [t for t in proto.graph.initializer if t.name in read_before and t.name not in now]
+    for t in gone:
+        proto.graph.initializer.remove(t)
 
 
 def _sort(proto: Any) -> None:

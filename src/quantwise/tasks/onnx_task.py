@@ -8,7 +8,8 @@ every batch. A fixed split (``default_rng(0)`` permutation): the first quarter, 
 examples, calibrates; the rest is the test set.
 
 Metrics compare each format's first output with the FP32 graph's on the same examples: mean
-cosine similarity, SQNR, top-1 agreement and KL of the softmax (outputs with several columns);
+cosine similarity (per example; over the test set's column for a one-number output), SQNR, top-1
+agreement and KL of the softmax (outputs with several columns; ``output > 0.5`` agreement for one);
 with labels, also accuracy and macro F1 (argmax, or ``output > 0.5`` for one column), the budget
 metric. Without labels the budget is on the cosine similarity.
 """
@@ -108,7 +109,10 @@ def _check_shapes(gm: OnnxGraphModule, arrays: dict[str, np.ndarray]) -> None:
 def _output_metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     r = ref.reshape(len(ref), -1).astype(np.float64)
     o = out.reshape(len(out), -1).astype(np.float64)
+    if r.shape[1] == 1:  # one number per example: the cosine of the whole test set's column
+        r, o = r.T, o.T
     cos = (r * o).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1), 1e-30)
+    r, o = ref.reshape(len(ref), -1).astype(np.float64), out.reshape(len(out), -1).astype(np.float64)
     err = float(((r - o) ** 2).sum())
     m = {
         "cosine": float(cos.mean()),
