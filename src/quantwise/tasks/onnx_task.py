@@ -166,7 +166,8 @@ def onnx_task(
     perm = np.random.default_rng(0).permutation(n)
     n_cal = min(MAX_CALIBRATION, max(1, n // 4))
     cal_idx, test_idx = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
-    typed = {k: np.ascontiguousarray(v.astype(gm.input_dtype(k), copy=False)) for k, v in arrays.items()}
+    # np.require keeps a 0-d input (a scalar such as a sample rate) 0-d; ascontiguousarray would make it 1-d
+    typed = {k: np.require(v.astype(gm.input_dtype(k), copy=False), requirements="C") for k, v in arrays.items()}
 
     def take(idx: np.ndarray) -> tuple[torch.Tensor, ...]:
         return tuple(

@@ -1,0 +1,118 @@
+"""The user's ONNX file and arrays as a task: a real multi-input model (silero-vad), the CLI's
+compare and explain on an ONNX file with labels, and the data rules (names, batch axes, split)."""
+
+from __future__ import annotations
+
+import json
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quantwise import quantize
+from quantwise.api import evaluate
+from quantwise.cli import main
+from quantwise.errors import Unsupported, UserError
+from quantwise.runtime.onnxrt import export_onnx
+from quantwise.tasks.onnx_task import build_onnx_task, onnx_task
+
+SILERO = "silero_vad_16k_op15.onnx"
+
+
+def silero_path() -> Path:
+    spec = find_spec("silero_vad")
+    assert spec and spec.submodule_search_locations, "silero-vad is installed by the README's set-up"
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / SILERO
+
+
+def clips(n: int) -> dict[str, np.ndarray]:
+    """512-sample 16 kHz frames: half silence with faint noise, half voiced harmonics."""
+    rng = np.random.default_rng(0)
+    t = np.arange(512) / 16000
+    x = []
+    for i in range(n):
+        sig = np.zeros(512)
+        if i % 2:
+            f0 = rng.uniform(90, 250)
+            sig = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 12))
+            sig = sig * rng.uniform(0.05, 0.5)
+        x.append(sig + rng.normal(0, rng.uniform(0.001, 0.02), 512))
+    # three inputs: audio (batch, 512), recurrent state (2, batch, 128) batched on axis 1, a scalar rate
+    return {"input": np.array(x, np.float32), "state": np.zeros((2, n, 128), np.float32), "sr": np.array(16000)}
+
+
+def test_silero_vad_three_inputs_static_int8_and_what_stays_float(tmp_path):
+    task = onnx_task(silero_path(), clips(120))
+    assert task.model.input_names == ["input", "state", "sr"]
+    assert task.info["split"].startswith("30 calibration / 90 test")
+    assert [tuple(t.shape) for t in task.eval_batches[0]] == [(32, 512), (2, 32, 128), ()]
+    qm = quantize(task.model, "static-int8", task.calibration)
+    assert len(qm.layers) == 6 and all(k.endswith("Conv") for k in qm.layers)
+    assert "LSTM inside a If subgraph" in next(iter(qm.skipped.values()))  # never passed over in silence
+    kw = {"batch_sizes": (1,), "measure_memory": False, "latency_seconds": 0.1}
+    rec = evaluate(task, "static-int8", "onnxruntime", quantized=qm, out=tmp_path / "s", **kw)
+    assert rec["integer_ops"]["kernels"].get("QLinearConv", 0) >= 5
+    assert rec["metrics"]["agreement"] >= 0.95 and rec["metrics"]["cosine"] > 0.9
+    with pytest.raises(Unsupported, match="dynamic INT8 covers MatMul/Gemm"):
+        quantize(task.model, "dynamic-int8", task.calibration)
+
+
+def test_silero_data_errors_name_the_input():
+    a = clips(8)
+    a["state"] = np.zeros((2, 5, 128), np.float32)
+    with pytest.raises(UserError, match="input state has 5 examples along axis 1"):
+        onnx_task(silero_path(), a)
+    a = clips(8)
+    a["input"] = a["input"][:, :100].reshape(8, 10, 10)
+    with pytest.raises(UserError, match="input input: the model takes 2-D"):
+        onnx_task(silero_path(), a)
+
+
+@pytest.fixture(scope="module")
+def mnist_files(mnist, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mnist-onnx")
+    export_onnx(mnist.model, mnist.calibration[0], d / "m.onnx", ["image"], {"image": {0: "batch"}}, ["logits"])
+    images = torch.cat([b[0] for b in mnist.eval_batches]).numpy()
+    np.savez(d / "d.npz", image=images, labels=mnist.labels)
+    np.save(d / "x.npy", images)
+    return d
+
+
+def test_npy_for_a_one_input_graph_has_no_labels(mnist_files):
+    task = build_onnx_task(str(mnist_files / "m.onnx"), str(mnist_files / "x.npy"))
+    assert task.labels is None and task.primary_metric == "cosine"
+    labelled = build_onnx_task(str(mnist_files / "m.onnx"), str(mnist_files / "d.npz"))
+    assert labelled.primary_metric == "accuracy" and len(labelled.labels) == 300  # 400 - 100 calibrate
+    assert (
+        labelled.score(np.concatenate([labelled.model(*b).numpy() for b in labelled.eval_batches]))["accuracy"] > 0.97
+    )
+
+
+def test_cli_compare_on_an_onnx_file_recommends_and_verifies_the_export(mnist_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["compare", "--model", str(mnist_files / "m.onnx"), "--data", str(mnist_files / "d.npz")]
+    argv += ["--formats", "fp32,static-int8-minmax,weight-int4-g32", "--optimize", "size", "--no-memory"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    result = json.loads((out / "results.json").read_text())
+    by = {r["format"]: r for r in result["records"]}
+    assert set(by) == {"fp32", "static-int8-minmax", "weight-int4-g32"} and {r["runtime"] for r in by.values()} == {
+        "onnxruntime"
+    }
+    assert by["static-int8-minmax"]["integer_ops"]["integer"] == 4
+    assert abs(by["static-int8-minmax"]["metrics"]["accuracy"] - by["fp32"]["metrics"]["accuracy"]) <= 0.01
+    rec = result["recommendation"]
+    assert rec["winner"] is not None
+    meta = json.loads((Path(result["exported"]) / "quantwise-export.json").read_text())
+    assert meta["format"] == rec["winner"]["format"] and meta["verified"]["ok"]
+    assert (Path(result["exported"]) / "model.onnx").exists()
+
+
+def test_cli_explain_ranks_the_graph_nodes(mnist_files, tmp_path, capsys):
+    out = tmp_path / "e"
+    argv = ["explain", "--model", str(mnist_files / "m.onnx"), "--data", str(mnist_files / "d.npz")]
+    assert main([*argv, "--recipe", "static-int8", "--out", str(out)]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    for node in ("/features/features.0/Conv", "/classifier/classifier.2/Gemm"):
+        assert node in printed
