@@ -231,9 +231,11 @@ def build_bbc(limit: int | None = None) -> Task:
 def build_hf_csv(
     model_dir: str, data: str, text_column: str = "text", label_column: str = "label", limit: int | None = None
 ) -> Task:
-    """A user's Hugging Face encoder folder with a CSV or JSONL file of texts and labels.
+    """A user's Hugging Face folder with a CSV or JSONL file of texts and labels.
 
-    Labels may be any strings or numbers; class indices follow their sorted order.
+    A ``*ForSequenceClassification`` folder is used with its own head (``hf_classifier``); an
+    encoder is mean-pooled and scored by a logistic regression, its labels any strings or numbers
+    (class indices follow their sorted order).
     """
     rows = read_table(Path(data))
     for col in (text_column, label_column):
@@ -247,6 +249,10 @@ def build_hf_csv(
             raise UserError(f"{data}: row {i} has no {which!r} value: every row needs a text and a label")
     docs = [str(r[text_column]) for r in rows]
     raw = [str(r[label_column]) for r in rows]
+    from quantwise.tasks.hf_classifier import build_hf_classifier, is_sequence_classifier
+
+    if is_sequence_classifier(model_dir):  # the model's own head and labels, no fitted head
+        return build_hf_classifier(model_dir, docs, raw, data, limit=limit)
     classes = sorted(set(raw))
     if len(classes) < 2:
         raise UserError(f"{data}: every row has the label {classes[0]!r}: a classifier needs at least two classes")

@@ -1,0 +1,134 @@
+"""A Hugging Face text classifier with its own head (``*ForSequenceClassification``) and a CSV/JSONL.
+
+The model is used as it is: its logits are the output, its own ``id2label`` maps the file's
+labels to classes (label names, or class indices when the model's labels are the generic
+``LABEL_0``...). No head is fitted. Split: a ``default_rng(0)`` permutation; the first quarter
+(at most 128 texts) calibrates, the rest is the test set. Metrics: accuracy and macro F1 against
+the file's labels, and ``agreement`` (top-1 with the FP32 model on the same texts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantwise.errors import UserError
+from quantwise.quiet import env_vars, hf_quiet, import_torchao_quietly
+from quantwise.tasks.base import CLASSIFICATION_METRICS, Batch, MetricSpec, Task, classification_metrics
+
+MAX_LEN = 128
+BATCH = 32
+MAX_CALIBRATION = 128
+
+
+def is_sequence_classifier(model_dir: str | Path) -> bool:
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        archs = json.loads(cfg.read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
+class SequenceClassifier(nn.Module):
+    """``(input_ids, attention_mask) -> logits`` of the model's own head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def load_classifier(model_dir: Path) -> tuple[SequenceClassifier, Any, dict[int, str]]:
+    import_torchao_quietly()
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        with env_vars(HF_HUB_OFFLINE="1"), hf_quiet():  # local folders only: never the network
+            tok = AutoTokenizer.from_pretrained(str(model_dir))
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the classifier in {model_dir}: {str(e).splitlines()[0]}") from None
+    id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+    return SequenceClassifier(model).eval(), tok, id2label
+
+
+def class_indices(raw: list[str], id2label: dict[int, str], source: str) -> np.ndarray:
+    """The file's labels as the model's class indices: by label name, else as integer indices."""
+    by_name = {v: k for k, v in id2label.items()}
+    if all(v in by_name for v in raw):
+        return np.array([by_name[v] for v in raw], dtype=np.int64)
+    try:
+        ints = np.array([int(v) for v in raw], dtype=np.int64)
+    except ValueError:
+        unknown = sorted({v for v in raw if v not in by_name})[:3]
+        raise UserError(
+            f"{source}: label(s) {', '.join(map(repr, unknown))} are not the model's labels "
+            f"({', '.join(id2label[i] for i in sorted(id2label))}): use those names or class indices"
+        ) from None
+    if ints.min() < 0 or ints.max() >= len(id2label):
+        raise UserError(f"{source}: class indices must lie in 0..{len(id2label) - 1} (the model has {len(id2label)})")
+    return ints
+
+
+def build_hf_classifier(
+    model_dir: str, docs: list[str], raw_labels: list[str], source: str, limit: int | None = None
+) -> Task:
+    model, tok, id2label = load_classifier(Path(model_dir))
+    labels = class_indices(raw_labels, id2label, source)
+    n = min(len(docs), limit) if limit else len(docs)
+    if n < 2:
+        raise UserError(f"{source} has {n} text(s): give at least 2 (some calibrate, the rest test)")
+    perm = np.random.default_rng(0).permutation(len(docs))[:n]
+    n_cal = min(MAX_CALIBRATION, max(1, n // 4))
+    cal, test = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+
+    def tokens(ix: np.ndarray, pad: str | bool = True) -> Batch:
+        b = tok([docs[i] for i in ix], max_length=MAX_LEN, truncation=True, padding=pad, return_tensors="pt")
+        return (b["input_ids"], b["attention_mask"])
+
+    def batches(ix: np.ndarray) -> list[Batch]:
+        return [tokens(ix[i : i + BATCH]) for i in range(0, len(ix), BATCH)]
+
+    eval_batches = batches(test)
+    with torch.no_grad():
+        ref = torch.cat([model(*b) for b in eval_batches]).numpy().argmax(1)
+    y = labels[test]
+
+    def score(out: np.ndarray) -> dict[str, Any]:
+        m = classification_metrics(y, out.argmax(1), len(id2label))
+        m["agreement"] = float((out.argmax(1) == ref).mean())
+        return m
+
+    return Task(
+        name=f"hf:{Path(model_dir).name}",
+        model=model,
+        calibration=batches(cal),
+        eval_batches=eval_batches,
+        score=score,
+        input_names=["input_ids", "attention_mask"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "seq"},
+            "attention_mask": {0: "batch", 1: "seq"},
+            "output": {0: "batch"},
+        },
+        latency_input=lambda bs: tokens(np.resize(test, bs), pad="max_length"),
+        build_model=lambda: load_classifier(Path(model_dir))[0],
+        labels=y,
+        info={
+            "kind": "hf-sequence-classifier",
+            "n_test": len(test),
+            "split": f"{len(cal)} calibration / {len(test)} test texts (default_rng(0) permutation)",
+            "classes": [id2label[i] for i in sorted(id2label)],
+        },
+        metrics=(*CLASSIFICATION_METRICS, MetricSpec("agreement")),
+    )
