@@ -112,7 +112,7 @@ def check_task(task: Task) -> None:
             and y1.dim() == 2
             and task.head is None
             and len(labels)
-            and int(labels.max()) >= y1.shape[1]
+            and int(labels.max()) >= max(y1.shape[1], 2)  # one output column: a probability, labels 0/1
         ):
             raise UserError(
                 f"task {task.name}: labels go up to {int(labels.max())} but the model has {y1.shape[1]} outputs: "

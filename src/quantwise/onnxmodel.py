@@ -115,7 +115,8 @@ class HeavyNode:
         op: ``MatMul``, ``Gemm`` or ``Conv``.
         x: the activation input tensor.
         weight: the weight initializer's name.
-        bias: the bias initializer's name (Gemm/Conv), else None.
+        bias: the bias initializer's name: Gemm's C or Conv's B; for a MatMul, the vector that
+            the single Add reading its output adds (the Add stays in the graph); else None.
         transposed: the stored weight is ``(N, K)`` (Gemm ``transB=1``); MatMul stores ``(K, N)``.
         output: the node's output tensor.
     """
@@ -161,6 +162,7 @@ def heavy_nodes(model: Any) -> tuple[list[HeavyNode], dict[str, str]]:
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
+    readers = consumers(model)
     found: list[HeavyNode] = []
     skipped: dict[str, str] = {}
     for node in g.node:
@@ -208,10 +210,23 @@ def heavy_nodes(model: Any) -> tuple[list[HeavyNode], dict[str, str]]:
         if node.op_type == "Conv" and dims not in (3, 4):
             skipped[node.name] = f"{dims - 2}-D convolution kept in float (1-D and 2-D are quantized)"
             continue
+        if node.op_type == "MatMul":
+            bias = _matmul_bias(node, inits, readers.get(node.output[0], []), int(inits[w].dims[1]))
         found.append(
             HeavyNode(node.name, node.op_type, node.input[0], w, bias, bool(attrs.get("transB", 0)), node.output[0])
         )
     return found, skipped
+
+
+def _matmul_bias(node: Any, inits: dict[str, Any], readers: list[Any], n: int) -> str | None:
+    """The stored float vector of length N that the one Add reading a MatMul's output adds."""
+    if len(readers) != 1 or readers[0].op_type != "Add":
+        return None
+    other = [t for t in readers[0].input if t != node.output[0]]
+    if len(other) != 1 or other[0] not in inits:
+        return None
+    t = inits[other[0]]
+    return other[0] if t.data_type == 1 and list(t.dims) == [n] else None
 
 
 def consumers(model: Any) -> dict[str, list[Any]]:

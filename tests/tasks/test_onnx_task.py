@@ -1,5 +1,6 @@
-"""The user's ONNX file and arrays as a task: a real multi-input model (silero-vad), the CLI's
-compare and explain on an ONNX file with labels, and the data rules (names, batch axes, split)."""
+"""The user's ONNX file and arrays as a task: a real multi-input model (silero-vad on speech that
+espeak-ng speaks), the CLI's compare and explain on an ONNX file with labels, and the data rules
+(names, batch axes, split)."""
 
 from __future__ import annotations
 
@@ -27,47 +28,89 @@ def silero_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / SILERO
 
 
-def clips(n: int) -> dict[str, np.ndarray]:
-    """512-sample 16 kHz frames: half silence with faint noise, half voiced harmonics."""
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Quantization makes neural networks smaller and faster on ordinary computers.",
+    "Please call me back tomorrow morning before nine o'clock.",
+    "Seven hundred people gathered in the square to hear the news.",
+)
+
+
+def speak(text: str, voice: str) -> np.ndarray:
+    """16 kHz speech from Debian's espeak-ng (installed by the README's test command)."""
+    import io
+    import subprocess
+    import wave
+
+    from scipy.signal import resample_poly
+
+    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+    with wave.open(io.BytesIO(wav)) as f:
+        x = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float32) / 32768
+        rate = f.getframerate()
+    return resample_poly(x, 16000, rate).astype(np.float32)
+
+
+def clips() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Frames as silero-vad takes them (64 samples of context + 512 new, 16 kHz): loud frames of
+    spoken sentences are labelled speech (1), frames of low noise silence (0). Three inputs: the
+    audio (batch, 576), the recurrent state (2, batch, 128), batched on axis 1, and the rate."""
     rng = np.random.default_rng(0)
-    t = np.arange(512) / 16000
-    x = []
-    for i in range(n):
-        sig = np.zeros(512)
-        if i % 2:
-            f0 = rng.uniform(90, 250)
-            sig = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 12))
-            sig = sig * rng.uniform(0.05, 0.5)
-        x.append(sig + rng.normal(0, rng.uniform(0.001, 0.02), 512))
-    # three inputs: audio (batch, 512), recurrent state (2, batch, 128) batched on axis 1, a scalar rate
-    return {"input": np.array(x, np.float32), "state": np.zeros((2, n, 128), np.float32), "sr": np.array(16000)}
+    frames, labels = [], []
+    for i, text in enumerate(SENTENCES):
+        x = speak(text, ("en", "en-us")[i % 2])
+        for s in range(64, len(x) - 512, 512):
+            f = x[s - 64 : s + 512]
+            if np.sqrt((f**2).mean()) > 0.03:
+                frames.append(f)
+                labels.append(1)
+    for _ in range(len(frames)):
+        frames.append(rng.normal(0, rng.uniform(0.0005, 0.005), 576).astype(np.float32))
+        labels.append(0)
+    n = len(frames)
+    arrays = {"input": np.array(frames), "state": np.zeros((2, n, 128), np.float32), "sr": np.array(16000)}
+    return arrays, np.array(labels)
 
 
 def test_silero_vad_three_inputs_static_int8_and_what_stays_float(tmp_path):
-    task = onnx_task(silero_path(), clips(120))
+    arrays, labels = clips()
+    task = onnx_task(silero_path(), arrays, labels)
     assert task.model.input_names == ["input", "state", "sr"]
-    assert task.info["split"].startswith("30 calibration / 90 test")
-    assert [tuple(t.shape) for t in task.eval_batches[0]] == [(32, 512), (2, 32, 128), ()]
+    n_cal = min(128, len(labels) // 4)
+    assert task.info["split"].startswith(f"{n_cal} calibration / {len(labels) - n_cal} test")
+    assert [tuple(t.shape) for t in task.eval_batches[0]] == [(32, 576), (2, 32, 128), ()]
     qm = quantize(task.model, "static-int8", task.calibration)
     assert len(qm.layers) == 6 and all(k.endswith("Conv") for k in qm.layers)
     assert "LSTM inside a If subgraph" in next(iter(qm.skipped.values()))  # never passed over in silence
     kw = {"batch_sizes": (1,), "measure_memory": False, "latency_seconds": 0.1}
+    fp32 = evaluate(task, None, "onnxruntime", **kw)
+    assert fp32["metrics"]["accuracy"] > 0.8  # speech vs silence, chance 0.5
     rec = evaluate(task, "static-int8", "onnxruntime", quantized=qm, out=tmp_path / "s", **kw)
-    assert rec["integer_ops"]["kernels"].get("QLinearConv", 0) >= 5
-    assert rec["metrics"]["agreement"] >= 0.95 and rec["metrics"]["cosine"] > 0.9
+    assert rec["integer_ops"]["kernels"] == {"QLinearConv": 6}  # the Relu read by the If subgraph too
+    assert rec["metrics"]["agreement"] >= 0.9 and rec["metrics"]["cosine"] > 0.95
+    assert abs(rec["metrics"]["accuracy"] - fp32["metrics"]["accuracy"]) < 0.05
     with pytest.raises(Unsupported, match="dynamic INT8 covers MatMul/Gemm"):
         quantize(task.model, "dynamic-int8", task.calibration)
 
 
 def test_silero_data_errors_name_the_input():
-    a = clips(8)
+    def arrays(n: int = 8) -> dict[str, np.ndarray]:
+        return {
+            "input": np.zeros((n, 576), np.float32),
+            "state": np.zeros((2, n, 128), np.float32),
+            "sr": np.array(16000),
+        }
+
+    a = arrays()
     a["state"] = np.zeros((2, 5, 128), np.float32)
     with pytest.raises(UserError, match="input state has 5 examples along axis 1"):
         onnx_task(silero_path(), a)
-    a = clips(8)
-    a["input"] = a["input"][:, :100].reshape(8, 10, 10)
+    a = arrays()
+    a["input"] = np.zeros((8, 24, 24), np.float32)
     with pytest.raises(UserError, match="input input: the model takes 2-D"):
         onnx_task(silero_path(), a)
+    with pytest.raises(UserError, match="labels has 3 entries for 8 examples"):
+        onnx_task(silero_path(), arrays(), np.zeros(3))
 
 
 @pytest.fixture(scope="module")

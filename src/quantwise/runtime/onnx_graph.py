@@ -99,20 +99,71 @@ def _static(gr: _Graph, node: Any, h: HeavyNode, lq: LayerQuant, done: dict[tupl
         b = gr.const(f"{h.bias}_quantized", lq.bias_q.numpy().astype(np.int32))
         bs = gr.const(f"{h.bias}_scale", lq.bias_scale.numpy().astype(np.float32))
         bz = gr.const(f"{h.bias}_zero_point", np.zeros(lq.bias_q.shape, dtype=np.int32))
-        node.input[2] = gr.node("DequantizeLinear", [b, bs, bz], h.bias, axis=0)[0]
+        dq = gr.node("DequantizeLinear", [b, bs, bz], h.bias, axis=0)[0]
+        if h.op == "MatMul":  # the Add after it adds the int32 bias (ONNX Runtime fuses MatMul+Add to QGemm)
+            add = consumers(gr.proto)[h.output][0]
+            add.input[list(add.input).index(h.bias)] = dq
+        else:
+            node.input[2] = dq
 
 
 def _reroute_output(gr: _Graph, tensor: str, a: ActQuant, done: dict[tuple[str, float, int], str]) -> None:
     """Every reader of ``tensor`` reads it quantized (the Q node itself reads the original)."""
-    readers = consumers(gr.proto).get(tensor, [])
+    readers = [n for n in gr.g.node if tensor in _reads(n)]  # subgraphs (If/Loop) that read it too
     dq = _qdq(gr, tensor, a, done)
     q_node = next(n for n in gr.g.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
     for r in readers:
-        if r is q_node:
-            continue
-        for i, t in enumerate(r.input):
-            if t == tensor:
-                r.input[i] = dq
+        if r is not q_node:
+            _rename_reads(r, tensor, dq)
+
+
+def _rename_reads(node: Any, old: str, new: str) -> None:
+    """Make ``node`` (and the nodes of its subgraphs) read ``new`` where they read ``old``."""
+    for i, t in enumerate(node.input):
+        if t == old:
+            node.input[i] = new
+    for a in node.attribute:
+        for sub in [a.g] if a.HasField("g") else list(a.graphs):
+            for n in sub.node:
+                _rename_reads(n, old, new)
+
+
+def _bounds(gr: _Graph, act: Any) -> tuple[float, float] | None:
+    """A Relu's or Clip's output range, when it is constant."""
+    from onnx import helper, numpy_helper
+
+    if act.op_type == "Relu":
+        return 0.0, float("inf")
+    inits = {t.name: t for t in gr.g.initializer}
+    attrs = {a.name: helper.get_attribute_value(a) for a in act.attribute}
+    lo, hi = float(attrs.get("min", -np.inf)), float(attrs.get("max", np.inf))  # opset < 11
+    for i, default in ((1, -np.inf), (2, np.inf)):
+        if len(act.input) > i and act.input[i]:
+            if act.input[i] not in inits:
+                return None
+            v = float(numpy_helper.to_array(inits[act.input[i]]).reshape(()))
+            lo, hi = (v, hi) if i == 1 else (lo, v)
+        elif len(act.input) > 1:
+            lo, hi = (default, hi) if i == 1 else (lo, default)
+    return lo, hi
+
+
+def _drop_redundant_activation(gr: _Graph, act: Any, conv_out: str, a: ActQuant) -> None:
+    """Remove a Relu/Clip whose output range holds the QuantizeLinear after it: the Q saturates to a
+    narrower range, so Q(act(x)) == Q(x) exactly. ONNX Runtime then fuses the convolution with its
+    Q/DQ (it removes a Relu itself, and left a depthwise convolution's Clip in float)."""
+    bounds = _bounds(gr, act)
+    if bounds is None or act.output[0] in {o.name for o in gr.g.output}:
+        return
+    qt = get_qtype(a.qtype)
+    lower, upper = (qt.qmin - a.zero_point) * a.scale, (qt.qmax - a.zero_point) * a.scale
+    if not (bounds[0] <= lower and upper <= bounds[1]):
+        return
+    readers = [n for n in gr.g.node if act.output[0] in _reads(n)]
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+        return
+    readers[0].input[0] = conv_out
+    gr.g.node.remove(act)
 
 
 def _dynamic(gr: _Graph, node: Any, h: HeavyNode, lq: LayerQuant) -> list[Any]:
@@ -134,7 +185,7 @@ def _finish(gr: _Graph, node: Any, h: HeavyNode, y: str) -> list[Any]:
     from onnx import helper
 
     last = gr.g.node[-1]
-    if h.bias is not None:
+    if h.bias is not None and h.op != "MatMul":  # a MatMul's bias stays in the Add after it
         last = helper.make_node("Add", [y, h.bias], [h.output], name=gr.name(f"{node.name}/bias"))
         gr.g.node.append(last)
     else:
@@ -189,6 +240,9 @@ def lower_graph(qm: QuantizedModel, gm: OnnxGraphModule) -> Any:
             replaced += _weight_only(gr, node, h, lq)
     for tensor, a in outputs:
         _reroute_output(gr, tensor, a, done)
+    for name, lq in qm.layers.items():
+        if lq.mode == "static" and lq.fused_relu and lq.output is not None:
+            _drop_redundant_activation(gr, nodes[lq.fused_relu], by_name[name].output, lq.output)
     for node in replaced:
         proto.graph.node.remove(node)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import) and any(

@@ -36,6 +36,12 @@ def load_task(
             from quantwise.tasks.onnx_task import build_onnx_task
 
             return build_onnx_task(model, data, limit=limit)
+        from quantwise.tasks.tf_model import is_tf_model
+
+        if is_tf_model(Path(model)):
+            from quantwise.tasks.tf_model import build_tf_task
+
+            return build_tf_task(model, data, limit=limit)
         refuse_untakeable(Path(model))
         from quantwise.tasks.llm_load import is_causal_lm
 
@@ -80,18 +86,18 @@ def load_task(
 
 
 TAKES = (
-    "quantwise takes a PyTorch nn.Module (task file or torch.save), a Hugging Face folder, a GGUF file or an ONNX file"
+    "quantwise takes a PyTorch nn.Module (task file or torch.save), a Hugging Face folder, a GGUF file, an ONNX file "
+    "or a TensorFlow SavedModel/.keras file"
 )
 
 
 def refuse_untakeable(path: Path) -> None:
     """One line for a model format quantwise cannot take, naming what it takes and how to get there."""
     low = path.name.lower()
-    if path.is_dir() and (path / "saved_model.pb").is_file() or low.endswith((".pb", ".keras", ".h5")):
+    if low.endswith(".pb"):
         raise UserError(
-            f"{path} is a TensorFlow model, which quantwise does not take directly yet ({TAKES}): convert it with "
-            "tf2onnx (python -m tf2onnx.convert --saved-model DIR --output model.onnx, or tf2onnx.convert.from_keras) "
-            "and pass --model model.onnx"
+            f"{path} is a frozen TensorFlow graph: pass the SavedModel folder or the .keras file it came from, or "
+            "convert it with python -m tf2onnx.convert --graphdef FILE --inputs ... --outputs ... --output model.onnx"
         )
     if low.endswith(".tflite"):
         raise UserError(
