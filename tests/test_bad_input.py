@@ -434,12 +434,17 @@ ONNX_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     (
         "TensorFlow SavedModel",
         lambda t: ["evaluate", "--model", _saved_model(t), "--data", _npz(t, x=np.zeros((8, 8), np.float32))],
-        "tf2onnx",
+        "cannot load the SavedModel",
     ),
     (
-        "Keras file",
+        "corrupt Keras file",
         lambda t: ["evaluate", "--model", _csv(t, "k", "m.keras"), "--data", _npz(t, x=np.zeros((8, 8), np.float32))],
-        "tf2onnx",
+        "cannot load the Keras model",
+    ),
+    (
+        "frozen TensorFlow graph",
+        lambda t: ["evaluate", "--model", _csv(t, "g", "m.pb"), "--data", _npz(t, x=np.zeros((8, 8), np.float32))],
+        "frozen TensorFlow graph",
     ),
 ]
 CASES += ONNX_CASES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from quantwise.cli.args import load_task_from_args, recipe_args, recipe_from_args, task_args, validate_task_args
 from quantwise.errors import UserError
@@ -29,13 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="FP32 metrics, latency, size and memory of a task's model")
     task_args(ev)
     ev.add_argument(
-        "--runtime", default="torch", choices=list(RUNTIMES), metavar="RUNTIME", help=f"default torch. {runtime_help()}"
+        "--runtime",
+        choices=list(RUNTIMES),
+        metavar="RUNTIME",
+        help=f"default torch (onnxruntime for an ONNX or TensorFlow model). {runtime_help()}",
     )
     q = sub.add_parser("quantize", help="quantize with one recipe, run it, and print its metrics beside FP32")
     task_args(q)
     recipe_args(q)
     q.add_argument(
-        "--runtime", default="torch", choices=list(RUNTIMES), metavar="RUNTIME", help=f"default torch. {runtime_help()}"
+        "--runtime",
+        choices=list(RUNTIMES),
+        metavar="RUNTIME",
+        help=f"default torch (onnxruntime for an ONNX or TensorFlow model). {runtime_help()}",
     )
     q.add_argument("--out", help="a new folder for the quantized model, its lowered artifact and result.json")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier quantwise output")
@@ -56,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_runtime(given: str | None, task: Any) -> str:
+    """The runtime the user named, else ONNX Runtime for a graph (ONNX, TensorFlow) and torch otherwise."""
+    return given or ("onnxruntime" if task.info.get("kind") == "onnx-graph" else "torch")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from quantwise.api import evaluate
     from quantwise.report.terminal import print_records
@@ -63,6 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     validate_task_args(args)
 
     task = load_task_from_args(args)
+    args.runtime = default_runtime(args.runtime, task)
     rec = evaluate(task, None, args.runtime, threads=args.threads, measure_memory=not args.no_memory)
     if args.format == "json":
         print(json.dumps(rec, indent=2))
@@ -80,6 +92,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.out:
         check_out(args.out, args.overwrite)
     task = load_task_from_args(args)
+    args.runtime = default_runtime(args.runtime, task)
     from quantwise.api import build_quantized
     from quantwise.runtime.registry import baseline_runtime, check_can_run
 

@@ -149,15 +149,19 @@ def _bounds(gr: _Graph, act: Any) -> tuple[float, float] | None:
 
 
 def _drop_redundant_activation(gr: _Graph, act: Any, conv_out: str, a: ActQuant) -> None:
-    """Remove a Relu/Clip whose output range holds the QuantizeLinear after it: the Q saturates to a
-    narrower range, so Q(act(x)) == Q(x) exactly. ONNX Runtime then fuses the convolution with its
+    """Remove a Relu/Clip whose bounds quantize to the ends of the QuantizeLinear after it: the Q
+    saturates there anyway, so Q(act(x)) == Q(x) exactly. ONNX Runtime then fuses the convolution with its
     Q/DQ (it removes a Relu itself, and left a depthwise convolution's Clip in float)."""
     bounds = _bounds(gr, act)
     if bounds is None or act.output[0] in {o.name for o in gr.g.output}:
         return
     qt = get_qtype(a.qtype)
-    lower, upper = (qt.qmin - a.zero_point) * a.scale, (qt.qmax - a.zero_point) * a.scale
-    if not (bounds[0] <= lower and upper <= bounds[1]):
+
+    def q(v: float) -> float:  # QuantizeLinear's rounding, in float32 as ONNX Runtime computes it
+        return float(np.round(np.float32(v) / np.float32(a.scale))) + a.zero_point if np.isfinite(v) else v
+
+    # Q is monotonic and saturating: Q(clip(x)) == Q(x) exactly when Q(min) and Q(max) are the ends
+    if not (q(bounds[0]) <= qt.qmin and q(bounds[1]) >= qt.qmax):
         return
     readers = [n for n in gr.g.node if act.output[0] in _reads(n)]
     if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":

