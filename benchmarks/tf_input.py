@@ -1,0 +1,151 @@
+"""A TensorFlow model in: a Keras CNN (Conv/BN/ReLU, depthwise ReLU6, Dense) trained here on the
+MNIST digits, saved as a SavedModel. quantwise takes it through tf2onnx (checked against
+TensorFlow) and builds its formats in ONNX Runtime; TensorFlow's own ``TFLiteConverter`` builds
+its four post-training formats from the same SavedModel with the same calibration images, run in
+LiteRT. Every row is scored on the same held-out digits by quantwise's task code and timed with
+one thread, in one run.
+
+    .venv/bin/python benchmarks/tf_input.py [--epochs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantwise.api import evaluate
+from quantwise.measure.env import environment
+from quantwise.measure.latency import measure_latency
+from quantwise.recipes import get_recipe
+from quantwise.tasks import load_task
+from quantwise.tasks.base import Task
+from quantwise.tasks.mnist import load_digits
+
+QUANTWISE = [
+    ("static-int8-minmax", "static-int8", {"calibration": "minmax"}),
+    ("static-int8-mse", "static-int8", {"calibration": "mse"}),
+    ("dynamic-int8", "dynamic-int8", {}),
+    ("weight-int8", "weight-int8", {}),
+    ("fp16", "fp16", {}),
+]
+TFLITE = ["fp32", "dynamic-range", "full-int8", "float16", "16x8"]
+
+
+def train(d: Path, epochs: int) -> None:
+    import keras
+
+    x, y = load_digits()
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm].transpose(0, 2, 3, 1), y[perm]
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((28, 28, 1), name="image")
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(inp)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(momentum=0.9)(h))
+    h = keras.layers.ReLU(6.0)(keras.layers.DepthwiseConv2D(3, padding="same")(h))
+    h = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(h)
+    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(5e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:3000], y[:3000], epochs=epochs, batch_size=64, verbose=0)
+    model.export(str(d / "saved"), verbose=False)
+    np.savez(d / "digits.npz", image=x[3000:], labels=y[3000:])
+
+
+def tflite_file(saved: Path, mode: str, task: Task) -> bytes:
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if mode != "fp32":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        conv.target_spec.supported_types = [tf.float16]
+    if mode in ("full-int8", "16x8"):
+
+        def representative() -> Any:
+            for b in task.calibration:
+                for x in b[0].numpy():
+                    yield [x[None]]
+
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+            if mode == "full-int8"
+            else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+    return bytes(conv.convert())
+
+
+def run_tflite(content: bytes, task: Task) -> dict[str, Any]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    def interp(bs: int) -> Any:
+        it = Interpreter(model_content=content, num_threads=1)
+        it.resize_tensor_input(it.get_input_details()[0]["index"], [bs, 28, 28, 1])
+        it.allocate_tensors()
+        return it
+
+    def call(it: Any, x: np.ndarray) -> np.ndarray:
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        return np.array(it.get_tensor(it.get_output_details()[0]["index"]))
+
+    one = interp(1)
+    outs = [call(one, x[None]) for b in task.eval_batches for x in b[0].numpy()]
+    m = task.score(np.concatenate(outs))
+    lat = {}
+    for bs in (1, 32):
+        it, x = interp(bs), task.latency_input(bs)[0].numpy()
+        lat[bs] = measure_latency(lambda it=it, x=x: call(it, x), min_seconds=0.25, max_seconds=3)["p50"]
+    return {"accuracy": m["accuracy"], "lat": lat, "kb": len(content) / 1e3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=8)
+    args = ap.parse_args()
+    rows: list[tuple[str, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as d:
+        train(Path(d), args.epochs)
+        task = load_task(model=str(Path(d) / "saved"), data=str(Path(d) / "digits.npz"))
+        kw = {"threads": 1, "batch_sizes": (1, 32), "measure_memory": False, "latency_seconds": 3.0}
+
+        def row(r: dict[str, Any]) -> dict[str, Any]:
+            ops = r["integer_ops"]
+            return {
+                "accuracy": r["metrics"]["accuracy"],
+                "lat": {1: r["latency_ms"]["batch_1"]["p50"], 32: r["latency_ms"]["batch_32"]["p50"]},
+                "kb": r["size_bytes"] / 1e3,
+                "int": f"{ops['integer']}/{ops['total']}",
+            }
+
+        rows.append(("fp32: quantwise (tf2onnx, ONNX Runtime)", row(evaluate(task, None, "onnxruntime", **kw))))
+        for fid, recipe, over in QUANTWISE:
+            r = evaluate(task, get_recipe(recipe, **over), "onnxruntime", **kw)
+            rows.append((f"{fid}: quantwise, ONNX Runtime", row(r)))
+        for mode in TFLITE:
+            rows.append(
+                (f"{mode}: TFLiteConverter, LiteRT", run_tflite(tflite_file(Path(d) / "saved", mode, task), task))
+            )
+    env = environment(1)
+    n = len(task.labels) if task.labels is not None else 0
+    print(f"Keras CNN (SavedModel) on {n} held-out MNIST digits, one thread; {env.get('cpu', '')}")
+    print(
+        f"conversion: {task.info['converted']}, largest difference to TensorFlow {task.info['conversion_max_abs_diff']:.2g}"
+    )
+    print("| model | accuracy | Δ pts vs its FP32 | batch 1 ms (speedup) | batch 32 ms (speedup) | size KB | int ops |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        base = rows[0][1] if "quantwise" in name else next(v for k, v in rows if k.startswith("fp32: TFLite"))
+        print(
+            f"| {name} | {100 * r['accuracy']:.2f}% | {100 * (r['accuracy'] - base['accuracy']):+.2f} | "
+            f"{r['lat'][1]:.3f} ({base['lat'][1] / r['lat'][1]:.2f}x) | {r['lat'][32]:.2f} ({base['lat'][32] / r['lat'][32]:.2f}x) | "
+            f"{r['kb']:.1f} | {r.get('int', 'n/a')} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
