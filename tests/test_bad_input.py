@@ -439,7 +439,7 @@ ONNX_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     (
         "corrupt Keras file",
         lambda t: ["evaluate", "--model", _csv(t, "k", "m.keras"), "--data", _npz(t, x=np.zeros((8, 8), np.float32))],
-        "cannot load the Keras model",
+        "is not a Keras archive",
     ),
     (
         "frozen TensorFlow graph",

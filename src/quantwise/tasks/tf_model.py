@@ -76,8 +76,14 @@ def _function(tf: Any, path: Path) -> tuple[Any, list[Any]]:
             return [out[k] for k in keys]
 
         return tf.function(call, input_signature=specs), [loaded]  # keep the loaded object alive
+    import zipfile
+
     import keras
 
+    if not path.is_file():
+        raise UserError(f"Keras model {path} not found: pass a .keras or .h5 file saved with model.save")
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not a Keras archive (a .keras file is a zip saved by model.save): save it again")
     try:
         model = keras.models.load_model(str(path), compile=False)  # safe_mode: no code from the file
     except (OSError, ValueError, TypeError) as e:
