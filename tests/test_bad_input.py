@@ -363,6 +363,24 @@ def _onnx(tmp: Path, quantized: bool = False, external: bool = False) -> str:
     return str(path)
 
 
+def _onnx_unknown_op(tmp: Path) -> str:
+    """A valid ONNX file whose one node is an operator no runtime here implements."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp / "custom.onnx"))
+    return str(tmp / "custom.onnx")
+
+
 def _npz(tmp: Path, **arrays: np.ndarray) -> str:
     np.savez(tmp / "d.npz", **arrays)
     return str(tmp / "d.npz")
@@ -419,6 +437,11 @@ ONNX_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
             _npz(t, x=np.zeros((8, 8), np.float32)),
         ],
         "e.data",
+    ),
+    (
+        "ONNX with an operator ONNX Runtime cannot run",
+        lambda t: ["evaluate", "--model", _onnx_unknown_op(t), "--data", _npz(t, x=np.zeros((8, 8), np.float32))],
+        "Frobnicate",
     ),
     (
         "truncated ONNX",

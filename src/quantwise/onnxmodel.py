@@ -251,9 +251,26 @@ def session(model_bytes: bytes, threads: int = 1, optimize: bool = True) -> Any:
     try:
         return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types
+        import re
+
+        from onnx import load_model_from_string
+
+        custom = sorted(
+            {
+                f"{n.domain}.{n.op_type}"
+                for n in load_model_from_string(model_bytes).graph.node
+                if n.domain not in ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+            }
+        )
+        if custom:
+            raise UserError(
+                f"ONNX Runtime cannot run the custom operator(s) {', '.join(custom)}: re-export the model with "
+                "standard ONNX operators"
+            ) from None
+        why = re.sub(r"/\S+\.(cc|h):\d+ [^)]*\)", "", str(e).splitlines()[0])[:300]  # drop ORT's source location
         raise UserError(
-            f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]} (an operator or opset it does not "
-            "support? re-export with a standard opset)"
+            f"ONNX Runtime cannot load the model: {why} (an operator or opset it does not support? "
+            "re-export with a standard opset)"
         ) from None
 
 
