@@ -89,3 +89,52 @@ def test_labels_the_model_does_not_know_are_refused(classifier, tmp_path):
     bad.write_text("text,label\nsome news,weather\nother news,business\nmore,sports\n")
     with pytest.raises(UserError, match=r"label\(s\) 'weather' are not the model's labels \(business, "):
         load_task(model=str(classifier / "model"), data=str(bad))
+
+
+@pytest.fixture(scope="module")
+def image_classifier(tmp_path_factory):
+    """A tiny random-weight ViT with its own two-class head and image processor, and class folders."""
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    d = tmp_path_factory.mktemp("hf-vit")
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+        id2label={0: "cats", 1: "dogs"},
+        label2id={"cats": 0, "dogs": 1},
+    )
+    torch.manual_seed(0)
+    ViTForImageClassification(config).eval().save_pretrained(d / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d / "vit")
+    rng = np.random.default_rng(0)
+    for name, level in (("cats", 60), ("dogs", 190), ("birds", 120)):
+        root = d / ("imgs" if name != "birds" else "other") / name
+        root.mkdir(parents=True)
+        for i in range(20):
+            pixels = np.clip(rng.normal(level, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"{i}.png")
+    (d / "other" / "cats").symlink_to(d / "imgs" / "cats")
+    return d
+
+
+def test_an_image_classifier_runs_with_its_own_head_and_processor(image_classifier):
+    task = load_task(model=str(image_classifier / "vit"), data=str(image_classifier / "imgs"))
+    assert task.info["kind"] == "hf-image-classifier" and task.info["classes"] == ["cats", "dogs"]
+    assert task.info["split"].startswith("10 calibration / 30 test")
+    assert tuple(task.eval_batches[0][0].shape) == (30, 3, 32, 32)  # the processor's size, not --image-size
+    out = np.concatenate([task.model(*b).detach().numpy() for b in task.eval_batches])
+    assert out.shape == (30, 2) and task.score(out)["agreement"] == 1.0
+    rec = evaluate(task, "static-int8", "onnxruntime", batch_sizes=(1,), measure_memory=False, latency_seconds=0.1)
+    assert rec["integer_ops"]["integer"] >= 12  # q/k/v/o, the MLP of both blocks, the head ...
+    assert rec["metrics"]["agreement"] >= 0.9
+
+
+def test_image_folders_the_model_has_no_label_for_are_refused(image_classifier):
+    with pytest.raises(UserError, match=r"label\(s\) 'birds' are not the model's labels \(cats, dogs\)"):
+        load_task(model=str(image_classifier / "vit"), data=str(image_classifier / "other"))

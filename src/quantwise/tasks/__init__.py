@@ -54,6 +54,12 @@ def load_task(
                 f"--data {data} is plain text, which scores causal LMs, and {model} is not one (no .gguf, no "
                 "*ForCausalLM in its config.json): give a CSV/JSONL with text and label columns"
             )
+        from quantwise.tasks.hf_classifier import head_kind
+
+        if head_kind(model) == "image":
+            from quantwise.tasks.hf_classifier import build_hf_image_classifier
+
+            return build_hf_image_classifier(model, data, limit=limit)
         if Path(data).is_dir():
             from quantwise.tasks.images import build_image_task
 

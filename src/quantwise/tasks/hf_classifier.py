@@ -1,7 +1,8 @@
-"""A Hugging Face text classifier with its own head (``*ForSequenceClassification``) and a CSV/JSONL.
+"""Hugging Face classifiers with their own head: ``*ForSequenceClassification`` with a CSV/JSONL of
+texts, ``*ForImageClassification`` (and its image processor) with images in class sub-folders.
 
 The model is used as it is: its logits are the output, its own ``id2label`` maps the file's
-labels to classes (label names, or class indices when the model's labels are the generic
+labels (or the image folders' names) to classes (label names, or class indices when the model's labels are the generic
 ``LABEL_0``...). No head is fitted. Split: a ``default_rng(0)`` permutation; the first quarter
 (at most 128 texts) calibrates, the rest is the test set. Metrics: accuracy and macro F1 against
 the file's labels, and ``agreement`` (top-1 with the FP32 model on the same texts).
@@ -26,15 +27,52 @@ BATCH = 32
 MAX_CALIBRATION = 128
 
 
-def is_sequence_classifier(model_dir: str | Path) -> bool:
+def head_kind(model_dir: str | Path) -> str | None:
+    """``"text"`` for a ``*ForSequenceClassification`` folder, ``"image"`` for ``*ForImageClassification``."""
     cfg = Path(model_dir) / "config.json"
     if not cfg.is_file():
-        return False
+        return None
     try:
-        archs = json.loads(cfg.read_text()).get("architectures") or []
+        archs = [str(a) for a in json.loads(cfg.read_text()).get("architectures") or []]
     except (OSError, ValueError):
-        return False
-    return any(str(a).endswith("ForSequenceClassification") for a in archs)
+        return None
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "text"
+    if any(a.endswith("ForImageClassification") for a in archs):
+        return "image"
+    return None
+
+
+def is_sequence_classifier(model_dir: str | Path) -> bool:
+    return head_kind(model_dir) == "text"
+
+
+class ImageClassifier(nn.Module):
+    """``pixel_values -> logits`` of the model's own head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+def load_image_classifier(model_dir: Path) -> tuple[ImageClassifier, Any, dict[int, str]]:
+    import_torchao_quietly()
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    try:
+        with env_vars(HF_HUB_OFFLINE="1"), hf_quiet():
+            proc = AutoImageProcessor.from_pretrained(str(model_dir))
+            model = AutoModelForImageClassification.from_pretrained(str(model_dir), attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot load the image classifier in {model_dir} (it needs its preprocessor_config.json): "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+    return ImageClassifier(model).eval(), proc, id2label
 
 
 class SequenceClassifier(nn.Module):
@@ -80,17 +118,74 @@ def class_indices(raw: list[str], id2label: dict[int, str], source: str) -> np.n
     return ints
 
 
+def split(n_all: int, limit: int | None, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """A ``default_rng(0)`` permutation: the first quarter (at most 128) calibrates, the rest tests."""
+    n = min(n_all, limit) if limit else n_all
+    if n < 2:
+        raise UserError(f"{source} has {n} example(s): give at least 2 (some calibrate, the rest test)")
+    perm = np.random.default_rng(0).permutation(n_all)[:n]
+    n_cal = min(MAX_CALIBRATION, max(1, n // 4))
+    return np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+
+
+def _score(model: nn.Module, eval_batches: list[Batch], y: np.ndarray, n_classes: int) -> Any:
+    with torch.no_grad():
+        ref = torch.cat([model(*b) for b in eval_batches]).numpy().argmax(1)
+
+    def score(out: np.ndarray) -> dict[str, Any]:
+        m = classification_metrics(y, out.argmax(1), n_classes)
+        m["agreement"] = float((out.argmax(1) == ref).mean())
+        return m
+
+    return score
+
+
+def build_hf_image_classifier(model_dir: str, data: str, limit: int | None = None) -> Task:
+    """A ``*ForImageClassification`` folder and images in class sub-folders named by the model's labels."""
+    from quantwise.tasks.images import image_files, open_image
+
+    model, proc, id2label = load_image_classifier(Path(model_dir))
+    files, _, classes = image_files(Path(data))
+    raw = [f.parent.name for f in files]
+    labels = class_indices(raw, id2label, data)
+    cal, test = split(len(files), limit, data)
+
+    def pixels(ix: np.ndarray) -> Batch:
+        return (proc([open_image(files[i], "RGB") for i in ix], return_tensors="pt")["pixel_values"],)
+
+    def batches(ix: np.ndarray) -> list[Batch]:
+        return [pixels(ix[i : i + BATCH]) for i in range(0, len(ix), BATCH)]
+
+    eval_batches = batches(test)
+    y = labels[test]
+    return Task(
+        name=f"hf:{Path(model_dir).name}",
+        model=model,
+        calibration=batches(cal),
+        eval_batches=eval_batches,
+        score=_score(model, eval_batches, y, len(id2label)),
+        input_names=["pixel_values"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "output": {0: "batch"}},
+        latency_input=lambda bs: pixels(np.resize(test, bs)),
+        build_model=lambda: load_image_classifier(Path(model_dir))[0],
+        labels=y,
+        info={
+            "kind": "hf-image-classifier",
+            "n_test": len(test),
+            "split": f"{len(cal)} calibration / {len(test)} test images (default_rng(0) permutation)",
+            "classes": [id2label[i] for i in sorted(id2label)],
+            "folders": classes,
+        },
+        metrics=(*CLASSIFICATION_METRICS, MetricSpec("agreement")),
+    )
+
+
 def build_hf_classifier(
     model_dir: str, docs: list[str], raw_labels: list[str], source: str, limit: int | None = None
 ) -> Task:
     model, tok, id2label = load_classifier(Path(model_dir))
     labels = class_indices(raw_labels, id2label, source)
-    n = min(len(docs), limit) if limit else len(docs)
-    if n < 2:
-        raise UserError(f"{source} has {n} text(s): give at least 2 (some calibrate, the rest test)")
-    perm = np.random.default_rng(0).permutation(len(docs))[:n]
-    n_cal = min(MAX_CALIBRATION, max(1, n // 4))
-    cal, test = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+    cal, test = split(len(docs), limit, source)
 
     def tokens(ix: np.ndarray, pad: str | bool = True) -> Batch:
         b = tok([docs[i] for i in ix], max_length=MAX_LEN, truncation=True, padding=pad, return_tensors="pt")
@@ -100,21 +195,13 @@ def build_hf_classifier(
         return [tokens(ix[i : i + BATCH]) for i in range(0, len(ix), BATCH)]
 
     eval_batches = batches(test)
-    with torch.no_grad():
-        ref = torch.cat([model(*b) for b in eval_batches]).numpy().argmax(1)
     y = labels[test]
-
-    def score(out: np.ndarray) -> dict[str, Any]:
-        m = classification_metrics(y, out.argmax(1), len(id2label))
-        m["agreement"] = float((out.argmax(1) == ref).mean())
-        return m
-
     return Task(
         name=f"hf:{Path(model_dir).name}",
         model=model,
         calibration=batches(cal),
         eval_batches=eval_batches,
-        score=score,
+        score=_score(model, eval_batches, y, len(id2label)),
         input_names=["input_ids", "attention_mask"],
         dynamic_axes={
             "input_ids": {0: "batch", 1: "seq"},

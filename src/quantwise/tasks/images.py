@@ -11,6 +11,7 @@ the test part.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,34 +93,46 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def read_images(
-    root: Path, size: int, grayscale: bool, mean: list[float], std: list[float]
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(images (N, C, size, size) float32, labels, class names)``."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise UserError("image folders need Pillow: pip install pillow") from None
+def image_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """The images under ``root/<class>/``, their class indices and the sorted class names."""
     if not root.is_dir():
         raise UserError(f"image folder {root} not found: pass a folder with one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise UserError(f"{root} needs at least two class sub-folders, found {len(classes)}")
-    xs, ys = [], []
+    files, ys = [], []
     for i, c in enumerate(classes):
         for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() not in EXTENSIONS:
-                continue
-            try:
-                img = Image.open(f).convert("L" if grayscale else "RGB").resize((size, size))
-            except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated files
-                raise UserError(f"cannot read image {f}: {type(e).__name__}: remove or re-save the file") from None
-            a = np.asarray(img, dtype=np.float32) / 255.0
-            a = a[None] if grayscale else a.transpose(2, 0, 1)  # (C, H, W)
-            xs.append(a)
-            ys.append(i)
-    if not xs:
+            if f.suffix.lower() in EXTENSIONS:
+                files.append(f)
+                ys.append(i)
+    if not files:
         raise UserError(f"no images ({', '.join(sorted(EXTENSIONS))}) under {root}")
+    return files, ys, classes
+
+
+def open_image(f: Path, mode: str) -> Any:
+    """A PIL image in ``mode``; an unreadable file is a :class:`UserError` naming it."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError("image folders need Pillow: pip install pillow") from None
+    try:
+        return Image.open(f).convert(mode)
+    except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated files
+        raise UserError(f"cannot read image {f}: {type(e).__name__}: remove or re-save the file") from None
+
+
+def read_images(
+    root: Path, size: int, grayscale: bool, mean: list[float], std: list[float]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(images (N, C, size, size) float32, labels, class names)``."""
+    files, ys, classes = image_files(root)
+    xs = []
+    for f in files:
+        img = open_image(f, "L" if grayscale else "RGB").resize((size, size))
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        xs.append(a[None] if grayscale else a.transpose(2, 0, 1))  # (C, H, W)
     x = np.stack(xs)
     c = x.shape[1]
     m = np.array(mean * c if len(mean) == 1 else mean, dtype=np.float32).reshape(1, c, 1, 1)
