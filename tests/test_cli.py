@@ -275,6 +275,23 @@ def test_image_folder_with_a_saved_model(tmp_path):
     assert rec["task"] == "images:digits" and rec["metrics"]["accuracy"] == 1.0 and rec["integer_ops"]["integer"] == 4
 
 
+def test_qat_trains_on_an_image_folders_training_split(tmp_path):
+    """The image-folder route hands its 70% training split to the QAT formats."""
+    import torch
+
+    from quantwise.tasks.mnist import _build_model
+
+    torch.save(_build_model(), tmp_path / "mnist.pt")
+    _digit_folder(tmp_path / "digits")
+    argv = ["quantize", "--model", str(tmp_path / "mnist.pt"), "--data", str(tmp_path / "digits")]
+    argv += ["--mean", "0.1307", "--std", "0.3081", "--recipe", "qat-w8a8", "--steps", "3", "--lr", "1e-5"]
+    p = run_cli([*argv, "--runtime", "onnxruntime", "--format", "json", "--no-memory", "--trust-pickle"])
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["recipe"] == "qat-w8a8" and rec["integer_ops"]["integer"] == 4
+    assert rec["metrics"]["accuracy"] >= 0.9
+
+
 def test_image_folder_errors(capsys, tmp_path):
     (tmp_path / "m.pt").write_bytes(b"not a model")
     (tmp_path / "imgs" / "only").mkdir(parents=True)

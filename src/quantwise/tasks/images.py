@@ -176,4 +176,7 @@ def build_image_task(
         labels=labels,
         info={"classes": classes, "n_test": len(te)},
         validation=batched(xt[tr], 256),
+        # QAT trains on the 70% training split (it validates on the last tenth of its batches)
+        train_batches=batched(xt[tr], 32),
+        train_labels=[torch.from_numpy(y[tr[i : i + 32]]) for i in range(0, len(tr), 32)],
     )
