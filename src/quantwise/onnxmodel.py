@@ -131,7 +131,7 @@ class HeavyNode:
 
     @property
     def kind(self) -> str:
-        return "conv2d" if self.op == "Conv" else "linear"
+        return {"Conv": "conv2d", "Gather": "embedding"}.get(self.op, "linear")
 
 
 def name_nodes(model: Any) -> None:
@@ -227,6 +227,24 @@ def _matmul_bias(node: Any, inits: dict[str, Any], readers: list[Any], n: int) -
         return None
     t = inits[other[0]]
     return other[0] if t.data_type == 1 and list(t.dims) == [n] else None
+
+
+def gather_tables(model: Any) -> list[HeavyNode]:
+    """Embedding lookups: Gather nodes taking rows (axis 0) of a stored float 2-D table by computed
+    indices (``x`` is the indices tensor, ``weight`` the table)."""
+    from onnx import helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        t = inits.get(node.input[0])
+        if t is None or t.data_type != 1 or len(t.dims) != 2 or axis != 0 or node.input[1] in inits:
+            continue
+        found.append(HeavyNode(node.name, "Gather", node.input[1], node.input[0], None, False, node.output[0]))
+    return found
 
 
 def consumers(model: Any) -> dict[str, list[Any]]:

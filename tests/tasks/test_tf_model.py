@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantwise import quantize
+from quantwise import get_recipe, quantize
 from quantwise.api import evaluate
 from quantwise.errors import UserError
 from quantwise.tasks import load_task
@@ -114,11 +114,16 @@ def test_a_keras_text_model_with_an_embedding_table(tmp_path):
     fp32 = evaluate(task, None, "onnxruntime", **KW)
     assert fp32["metrics"]["accuracy"] > 0.6  # chance 0.2
     qm = quantize(task.model, "dynamic-int8", task.calibration)
-    assert len(qm.layers) == 2
-    assert any("embedding table" in why for why in qm.skipped.values())  # the Gather stays float, named
+    assert sorted(lq.kind for lq in qm.layers.values()) == ["embedding", "linear", "linear"] and not qm.skipped
     dyn = evaluate(task, "dynamic-int8", "onnxruntime", quantized=qm, **KW)
     assert dyn["integer_ops"]["integer"] == 2
     assert abs(dyn["metrics"]["accuracy"] - fp32["metrics"]["accuracy"]) <= 0.02
+    # the int8 table and its row scales replace the float table: the file is about a quarter
+    assert dyn["size_bytes"] < 0.3 * fp32["size_bytes"]
+    kept = quantize(task.model, get_recipe("dynamic-int8", embeddings=False), task.calibration)
+    assert any("embedding table" in why for why in kept.skipped.values())  # left float on request, and named
+    excluded = quantize(task.model, get_recipe("weight-int8", exclude=["*embedding*"]), task.calibration)
+    assert [why for name, why in excluded.skipped.items() if "embedding" in name] == ["excluded by the recipe"]
 
 
 def test_without_tensorflow_the_error_says_what_to_install(monkeypatch):

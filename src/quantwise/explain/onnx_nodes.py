@@ -20,7 +20,7 @@ import torch
 from quantwise.explain.causes import diagnose, stats_of_inputs, weight_error_against
 from quantwise.explain.sensitivity import LayerSensitivity, _scorer, first_samples, sqnr_db
 from quantwise.numerics.granularity import PerTensor
-from quantwise.onnxmodel import OnnxGraphModule, heavy_nodes
+from quantwise.onnxmodel import OnnxGraphModule, gather_tables, heavy_nodes
 from quantwise.progress import progress_iter
 from quantwise.quantized import QuantizedModel
 from quantwise.runtime.onnx_graph import write_graph
@@ -71,8 +71,8 @@ def node_sensitivity(
 
 
 def _diagnose(gm: OnnxGraphModule, qm: QuantizedModel, rows: list[LayerSensitivity], batches: Sequence[Batch]) -> None:
-    nodes = {h.name: h for h in heavy_nodes(gm.proto)[0]}
-    tensors = sorted({nodes[r.name].x for r in rows})
+    nodes = {h.name: h for h in heavy_nodes(gm.proto)[0] + gather_tables(gm.proto)}
+    tensors = sorted({nodes[r.name].x for r in rows if nodes[r.name].op != "Gather"})  # not a table's indices
     seen: dict[str, list[torch.Tensor]] = {t: [] for t in tensors}
     observe_tensors(
         gm,
@@ -81,7 +81,7 @@ def _diagnose(gm: OnnxGraphModule, qm: QuantizedModel, rows: list[LayerSensitivi
         lambda t, v: seen[t].append(torch.from_numpy(np.asarray(v, np.float32)).flatten()),
         "explain: node inputs",
     )
-    stats = stats_of_inputs(qm, {r.name: seen[nodes[r.name].x] for r in rows})
+    stats = stats_of_inputs(qm, {r.name: seen[nodes[r.name].x] for r in rows if nodes[r.name].x in seen})
     for r in rows:
         lq = qm.layers[r.name]
         wst = weight_error_against(weight_torch_layout(gm, nodes[r.name]), qm, r.name)

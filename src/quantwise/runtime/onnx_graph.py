@@ -25,7 +25,7 @@ import torch
 from quantwise.numerics import get_qtype
 from quantwise.numerics.granularity import PerGroup
 from quantwise.numerics.packing import nbits_block_ok, pack_matmul_nbits
-from quantwise.onnxmodel import HeavyNode, OnnxGraphModule, consumers, heavy_nodes
+from quantwise.onnxmodel import HeavyNode, OnnxGraphModule, consumers, gather_tables, heavy_nodes
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
 
 _NP = {"int8": np.int8, "uint8": np.uint8}
@@ -197,6 +197,19 @@ def _finish(gr: _Graph, node: Any, h: HeavyNode, y: str) -> list[Any]:
     return [node]
 
 
+def _embedding(gr: _Graph, node: Any, h: HeavyNode, lq: LayerQuant) -> list[Any]:
+    """Gather int8 rows and their scales, then dequantize only the rows looked up."""
+    from onnx import helper
+
+    assert not lq.weight_zero_point.any(), "embedding tables are quantized symmetrically"
+    q = gr.const(f"{h.weight}_quantized", lq.weight_q.numpy().astype(np.int8))
+    s = gr.const(f"{h.weight}_scale", lq.weight_scale.to(torch.float32).reshape(-1, 1).numpy())
+    rows = gr.node("Cast", [gr.node("Gather", [q, h.x], node.name)[0]], node.name, to=1)[0]
+    scale = gr.node("Gather", [s, h.x], node.name)[0]
+    gr.g.node.append(helper.make_node("Mul", [rows, scale], [h.output], name=gr.name(f"{node.name}/dequantize")))
+    return [node]
+
+
 def _weight_only(gr: _Graph, node: Any, h: HeavyNode, lq: LayerQuant) -> list[Any]:
     qt = get_qtype(lq.weight_qtype)
     n, k = lq.weight_q.shape[0], lq.weight_q[0].numel()
@@ -226,14 +239,16 @@ def lower_graph(qm: QuantizedModel, gm: OnnxGraphModule) -> Any:
         return convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
     gr = _Graph(proto)
     read_before = _graph_reads(proto.graph)
-    by_name = {h.name: h for h in heavy_nodes(proto)[0]}
+    by_name = {h.name: h for h in heavy_nodes(proto)[0] + gather_tables(proto)}
     nodes = {n.name: n for n in proto.graph.node}
     done: dict[tuple[str, float, int], str] = {}
     replaced: list[Any] = []
     outputs: list[tuple[str, ActQuant]] = []
     for name, lq in qm.layers.items():
         h, node = by_name[name], nodes[name]
-        if lq.mode == "static":
+        if lq.kind == "embedding":
+            replaced += _embedding(gr, node, h, lq)
+        elif lq.mode == "static":
             _static(gr, node, h, lq, done)
             if lq.output is not None:
                 fused = nodes[lq.fused_relu].output[0] if lq.fused_relu else h.output

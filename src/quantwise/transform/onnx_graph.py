@@ -23,7 +23,7 @@ from quantwise.errors import Unsupported, UserError
 from quantwise.numerics import quantize_bias, quantize_tensor
 from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.numerics.qtypes import INT4, INT8, UINT4, UINT8
-from quantwise.onnxmodel import HeavyNode, OnnxGraphModule, consumers, heavy_nodes, session
+from quantwise.onnxmodel import HeavyNode, OnnxGraphModule, consumers, gather_tables, heavy_nodes, session
 from quantwise.progress import progress_iter
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
 from quantwise.recipes import CastRecipe, DynamicInt8Recipe, Recipe, StaticInt8Recipe, WeightOnlyRecipe
@@ -79,8 +79,9 @@ def observe_tensors(
 def select_nodes(gm: OnnxGraphModule, recipe: Recipe) -> tuple[list[HeavyNode], dict[str, str]]:
     """The heavy nodes ``recipe`` covers (include/exclude patterns on node names), and the rest with reasons."""
     nodes, skipped = heavy_nodes(gm.proto)
+    tables = gather_tables(gm.proto) if getattr(recipe, "embeddings", False) else []
     for pat in (*recipe.include, *recipe.exclude):
-        if not any(fnmatch(n.name, pat) for n in nodes):
+        if not any(fnmatch(n.name, pat) for n in nodes + tables):
             raise UserError(
                 f"pattern {pat!r} matches no quantizable node of the ONNX graph: node names look like "
                 f"{', '.join(n.name for n in nodes[:3])}"
@@ -93,6 +94,11 @@ def select_nodes(gm: OnnxGraphModule, recipe: Recipe) -> tuple[list[HeavyNode], 
             skipped[n.name] = "excluded by the recipe"
         else:
             chosen.append(n)
+    for t in tables:  # embedding tables: listed as skipped by heavy_nodes, quantized by _embeddings
+        if recipe.include and not any(fnmatch(t.name, p) for p in recipe.include):
+            skipped[t.name] = "not matched by the recipe's include patterns"
+        elif any(fnmatch(t.name, p) for p in recipe.exclude):
+            skipped[t.name] = "excluded by the recipe"
     return chosen, skipped
 
 
@@ -218,6 +224,21 @@ def _weight_only(
     return layers, info
 
 
+def _embeddings(
+    gm: OnnxGraphModule, layers: dict[str, LayerQuant], skipped: dict[str, str], info: dict[str, Any]
+) -> None:
+    """Embedding tables (Gather of a stored table) as int8 with one symmetric scale per row, as the
+    PyTorch route stores them; int4 tables are not built for ONNX graphs (said in ``info``)."""
+    tables = [g for g in gather_tables(gm.proto) if skipped.get(g.name, "").startswith("Gather (embedding table)")]
+    for g in tables:
+        w = float_initializer(gm, g.weight)
+        q, s, z = quantize_tensor(w, INT8, PerChannel(0), True)
+        layers[g.name] = LayerQuant("embedding", "weight_only", q, s, z, INT8.name, PerChannel(0))
+        del skipped[g.name]
+    if tables:
+        info["embedding_tables"] = "int8, one scale per row (ONNX graphs: int8 tables only)"
+
+
 def quantize_onnx(gm: OnnxGraphModule, recipe: Recipe, calib: Sequence[Batch]) -> QuantizedModel:
     """Quantize an ONNX graph as ``recipe`` says; the float graph is read, never modified."""
     t0 = time.perf_counter()
@@ -241,6 +262,8 @@ def quantize_onnx(gm: OnnxGraphModule, recipe: Recipe, calib: Sequence[Batch]) -
         raise Unsupported(
             f"{recipe.name} is not built for ONNX graphs: use fp16, dynamic-int8, static-int8 or weight-int8/int4"
         )
+    if getattr(recipe, "embeddings", False):
+        _embeddings(gm, layers, skipped, info)
     if not layers:
         reasons = "; ".join(sorted(set(skipped.values()))[:3]) or "it has no MatMul, Gemm or Conv with a stored weight"
         raise Unsupported(
