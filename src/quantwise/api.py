@@ -136,11 +136,13 @@ def lower(
     that fix the batch when converting (tflite).
     """
     check_can_run(runtime, qm)
-    if getattr(task.model, "is_onnx_graph", False) and runtime != "onnxruntime":
+    graph = getattr(task.model, "is_onnx_graph", False)
+    if graph and runtime != "onnxruntime" and not (runtime == "tflite" and getattr(task.model, "tf_source", None)):
         from quantwise.errors import Unsupported
 
         raise Unsupported(
             f"{runtime}: the model is an ONNX graph, quantized and run in ONNX Runtime: use --runtime onnxruntime"
+            " (LiteRT runs a TensorFlow model's TFLiteConverter formats)"
         )
     workdir.mkdir(parents=True, exist_ok=True)
     return get_runtime(runtime).lower(qm, task, workdir, threads, batch_sizes)

@@ -46,6 +46,19 @@ def keras_cnn(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def mnist_onnx_file(mnist, tmp_path_factory):
+    """A plain ONNX file (no TensorFlow model behind it) and its digits."""
+    import torch
+
+    from quantwise.runtime.onnxrt import export_onnx
+
+    d = tmp_path_factory.mktemp("plain-onnx")
+    export_onnx(mnist.model, mnist.calibration[0], d / "m.onnx", ["image"], {"image": {0: "batch"}})
+    np.savez(d / "d.npz", image=torch.cat([b[0] for b in mnist.eval_batches]).numpy())
+    return str(d / "m.onnx"), str(d / "d.npz")
+
+
 def test_a_keras_file_is_converted_checked_and_quantized_to_integer_kernels(keras_cnn):
     task = load_task(model=str(keras_cnn / "cnn.keras"), data=str(keras_cnn / "digits.npz"))
     assert task.info["converted"].startswith("tf2onnx 1.17") and task.info["conversion_max_abs_diff"] < 1e-4
@@ -134,3 +147,55 @@ def test_without_tensorflow_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as on a machine without the tf extra
     with pytest.raises(UserError, match=r"pip install 'quantwise\[tf\]'"):
         _import_tf()
+
+
+def test_compare_runs_tensorflows_own_converter_in_litert_beside_quantwises_formats(keras_cnn, tmp_path):
+    import json
+
+    from quantwise.sweep.compare import CompareSettings, run_compare
+    from quantwise.sweep.export import export_recommended
+    from quantwise.sweep.recommend import Budget
+
+    task = load_task(model=str(keras_cnn / "saved"), data=str(keras_cnn / "digits.npz"))
+    s = CompareSettings(
+        formats="fp32,static-int8-minmax,tflite-full-int8,tflite-dynamic-range",
+        runtimes="onnxruntime,tflite",
+        max_drop=Budget(2.0, False),
+        optimize="size",
+        measure_memory=False,
+        latency_seconds=0.1,
+    )
+    result = run_compare(task, s, tmp_path)
+    by = {(r["format"], r["runtime"]): r for r in result["records"]}
+    assert set(by) == {
+        ("fp32", "onnxruntime"),
+        ("fp32", "tflite"),
+        ("static-int8-minmax", "onnxruntime"),
+        ("tflite-full-int8", "tflite"),
+        ("tflite-dynamic-range", "tflite"),
+    }
+    assert all(r["status"] == "ok" for r in by.values()), [r.get("error") for r in by.values()]
+    full = by[("tflite-full-int8", "tflite")]
+    assert full["integer_ops"]["integer"] == full["integer_ops"]["total"] == 4  # int8 kernels only
+    assert "the converter chooses every scale" in full["info"]["converter"]
+    # each format against the FP32 of its own runtime; TensorFlow's int8 and quantwise's agree on accuracy
+    assert (
+        abs(full["accuracy_change_points"]) <= 2
+        and abs(by[("static-int8-minmax", "onnxruntime")]["accuracy_change_points"]) <= 2
+    )
+    dest = export_recommended(task, result, tmp_path)
+    meta = json.loads((dest / "quantwise-export.json").read_text())
+    assert meta["verified"]["ok"] and meta["format"] == result["recommendation"]["winner"]["format"]
+
+
+def test_converter_formats_are_refused_where_they_cannot_run(keras_cnn, tmp_path, mnist_onnx_file):
+    from quantwise.errors import Unsupported
+    from quantwise.tasks.onnx_task import build_onnx_task
+
+    task = load_task(model=str(keras_cnn / "cnn.keras"), data=str(keras_cnn / "digits.npz"))
+    qm = quantize(task.model, get_recipe("tflite-converter", mode="full-int8"), task.calibration)
+    with pytest.raises(Unsupported, match="run in LiteRT: use --runtime tflite"):
+        evaluate(task, qm.recipe, "onnxruntime", quantized=qm, **KW)
+    onnx_only = build_onnx_task(*mnist_onnx_file)
+    with pytest.raises(Unsupported, match="converts a TensorFlow model: this ONNX file has none"):
+        quantize(onnx_only.model, get_recipe("tflite-converter"), onnx_only.calibration)

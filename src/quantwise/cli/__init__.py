@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_runtime(given: str | None, task: Any) -> str:
     """The runtime the user named, else ONNX Runtime for a graph (ONNX, TensorFlow) and torch otherwise."""
-    return given or ("onnxruntime" if task.info.get("kind") == "onnx-graph" else "torch")
+    return given or ("onnxruntime" if task.info.get("kind") in ("onnx-graph", "tf-graph") else "torch")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ def explain(
     qm = qm if qm is not None else build_quantized(task, recipe)
     if task.info.get("kind") == "causal-lm":
         return _explain_lm(task, recipe, qm, top)
-    if task.info.get("kind") == "onnx-graph":  # measured in ONNX Runtime, node by node
+    if task.info.get("kind") in ("onnx-graph", "tf-graph"):  # measured in ONNX Runtime, node by node
         from quantwise.explain.onnx_nodes import node_sensitivity
 
         summary, rows = node_sensitivity(task, qm, samples, top)

@@ -26,6 +26,7 @@ from quantwise.recipes.schemes import (
     FixedPointRecipe,
     Recipe,
     StaticInt8Recipe,
+    TFLiteConverterRecipe,
     WeightOnlyRecipe,
 )
 from quantwise.recipes.task_recipes import MixedRecipe, QATRecipe
@@ -41,6 +42,7 @@ __all__ = [
     "QATRecipe",
     "Recipe",
     "StaticInt8Recipe",
+    "TFLiteConverterRecipe",
     "WeightOnlyRecipe",
     "get_recipe",
     "recipe_from_dict",

@@ -10,11 +10,13 @@ import yaml
 
 from quantwise.errors import UserError
 from quantwise.recipes.schemes import (
+    TFLITE_CONVERTER_MODES,
     CastRecipe,
     DynamicInt8Recipe,
     FixedPointRecipe,
     Recipe,
     StaticInt8Recipe,
+    TFLiteConverterRecipe,
     WeightOnlyRecipe,
 )
 from quantwise.recipes.task_recipes import MixedRecipe, QATRecipe
@@ -36,6 +38,8 @@ RECIPES: dict[str, tuple[type[Recipe], dict[str, Any]]] = {
     "qat-w4a8": (QATRecipe, {"weight_bits": 4}),
     "qat-w4": (QATRecipe, {"weight_bits": 4, "activations": False, "group_size": 32}),
     "qat-w8": (QATRecipe, {"activations": False}),
+    "tflite-converter": (TFLiteConverterRecipe, {}),
+    **{f"tflite-converter-{m}": (TFLiteConverterRecipe, {"mode": m}) for m in TFLITE_CONVERTER_MODES},
 }
 
 

@@ -92,6 +92,39 @@ class CastRecipe(Recipe):
         return self.dtype
 
 
+TFLITE_CONVERTER_MODES = ("fp32", "dynamic-range", "full-int8", "float16", "16x8")
+
+
+@dataclass(frozen=True)
+class TFLiteConverterRecipe(Recipe):
+    """TensorFlow's own ``TFLiteConverter`` on the TensorFlow model a graph came from, run in LiteRT.
+
+    quantwise does not choose these scales: the converter does (the record says so). A peer route
+    measured beside quantwise's own formats for TensorFlow models.
+
+    Attributes:
+        mode: ``dynamic-range`` (int8 weights, activations quantized at run time), ``full-int8``
+            (a representative dataset from the calibration examples; int8 kernels only),
+            ``float16`` (fp16 weights), ``16x8`` (int16 activations, int8 weights) or ``fp32``.
+    """
+
+    kind: ClassVar[str] = "tflite-converter"
+    mode: str = "full-int8"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.include or self.exclude or self.module_types:
+            raise UserError("recipe tflite-converter: the converter quantizes the whole model; drop include/exclude")
+        if self.mode not in TFLITE_CONVERTER_MODES:
+            raise UserError(
+                f"recipe tflite-converter: mode must be one of {', '.join(TFLITE_CONVERTER_MODES)}, got {self.mode!r}"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"tflite-converter-{self.mode}"
+
+
 @dataclass(frozen=True)
 class WeightOnlyRecipe(Recipe):
     """Integer weights, float activations (``weight-int8``, ``weight-int4``).

@@ -43,6 +43,9 @@ def check_can_run(name: str, qm: object) -> None:
     missing = spec.available()
     if missing:
         raise UserError(missing)
+    recipe = getattr(qm, "recipe", None)
+    if getattr(recipe, "kind", None) == "tflite-converter" and name != "tflite":
+        raise Unsupported(f"{name}: TensorFlow's TFLiteConverter formats run in LiteRT: use --runtime tflite")
     reason = spec.why_not(qm)
     if reason:
         raise Unsupported(f"{name}: {reason}" if not reason.startswith(name) else reason)

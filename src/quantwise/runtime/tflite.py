@@ -237,6 +237,10 @@ def _available() -> str | None:
 def _why_not(qm: Any) -> str | None:
     from quantwise.runtime.tflite_lower import why_not_tflite
 
+    if qm is not None and getattr(qm.recipe, "kind", None) == "tflite-converter":
+        return None
+    if qm is not None and getattr(qm.model, "is_onnx_graph", False):
+        return "a graph quantwise quantized runs in ONNX Runtime; LiteRT runs a TensorFlow model's tflite-converter formats"
     return why_not_tflite(qm)
 
 
@@ -245,6 +249,15 @@ def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (
     from quantwise.runtime.tflite_lower import lower_tflite_module
 
     check_tflite_available()
+    if getattr(task.model, "is_onnx_graph", False):  # a TensorFlow model: its own converter
+        from quantwise.runtime.tflite_tf import convert_tf
+
+        mode = qm.recipe.mode if qm is not None else "fp32"
+        paths = {}
+        for bs in sorted({1, *batch_sizes}):
+            status(f"TFLiteConverter ({mode}) at batch {bs}")
+            paths[bs] = convert_tf(task.model.tf_source, mode, task.calibration, bs, workdir / f"model_b{bs}.tflite")
+        return TfliteRunner(paths, threads), task.model
     module, mode = lower_tflite_module(qm, task.model)
     paths = {}
     for bs in sorted({1, *batch_sizes}):

@@ -160,7 +160,23 @@ ONNX_FORMATS: dict[str, Format] = {
         ),
     )
 }
-REGISTRIES = {"classification": FORMATS, "causal-lm": LLM_FORMATS, "onnx-graph": ONNX_FORMATS}
+# A TensorFlow model: quantwise's ONNX formats (through tf2onnx) and TensorFlow's own TFLiteConverter
+# formats in LiteRT (the converter chooses their scales), FP32 measured in both runtimes.
+TF_FORMATS: dict[str, Format] = {
+    **ONNX_FORMATS,
+    "fp32": Format("fp32", None, runtimes=(*_ORT, "tflite"), family="fp32"),
+    **{
+        f"tflite-{m}": Format(f"tflite-{m}", "tflite-converter", {"mode": m}, runtimes=("tflite",), family=fam)
+        for m, fam in (("dynamic-range", "int8"), ("full-int8", "int8"), ("float16", "fp16"), ("16x8", "int8"))
+    },
+}
+REGISTRIES = {
+    "classification": FORMATS,
+    "causal-lm": LLM_FORMATS,
+    "onnx-graph": ONNX_FORMATS,
+    "tf-graph": TF_FORMATS,
+}
+GRAPH_KINDS = ("onnx-graph", "tf-graph")  # tasks whose model is an ONNX graph (OnnxGraphModule)
 
 
 def formats_for(kind: str | None) -> dict[str, Format]:
@@ -179,7 +195,7 @@ def select_formats(formats: str | None, runtimes: str | None, kind: str | None =
 
     registry = formats_for(kind)
     if formats and kind is None:  # names checked before the task is loaded: any registry's
-        registry = {**LLM_FORMATS, **FORMATS}
+        registry = {**TF_FORMATS, **LLM_FORMATS, **FORMATS}
 
     rts = [r.strip() for r in runtimes.split(",")] if runtimes else list(RUNTIMES)
     for r in rts:

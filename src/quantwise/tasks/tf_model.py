@@ -140,7 +140,17 @@ def build_tf_task(model: str, data: str, limit: int | None = None) -> Task:
             f"{diff:.3g} on {n} examples, bound {bound:.3g}): quantwise will not quantize a different model; "
             "report it to tf2onnx or export ONNX another way"
         )
+    setattr(task.model, "tf_source", str(path))  # noqa: B010  (LiteRT's TFLiteConverter formats convert it)
+    rebuild = task.build_model
+
+    def build_model() -> Any:
+        gm: Any = rebuild()
+        gm.tf_source = str(path)
+        return gm
+
+    task.build_model = build_model
     task.info.update(
+        kind="tf-graph",
         source=str(path),
         converted=f"tf2onnx {_version('tf2onnx')} (opset {OPSET}), {onnx_path.name}",
         conversion_max_abs_diff=diff,

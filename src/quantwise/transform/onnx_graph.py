@@ -26,7 +26,14 @@ from quantwise.numerics.qtypes import INT4, INT8, UINT4, UINT8
 from quantwise.onnxmodel import HeavyNode, OnnxGraphModule, consumers, gather_tables, heavy_nodes, session
 from quantwise.progress import progress_iter
 from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
-from quantwise.recipes import CastRecipe, DynamicInt8Recipe, Recipe, StaticInt8Recipe, WeightOnlyRecipe
+from quantwise.recipes import (
+    CastRecipe,
+    DynamicInt8Recipe,
+    Recipe,
+    StaticInt8Recipe,
+    TFLiteConverterRecipe,
+    WeightOnlyRecipe,
+)
 from quantwise.transform.gptq import gptq_quantize, hessian_update
 
 Batch = tuple[torch.Tensor, ...]
@@ -247,6 +254,16 @@ def quantize_onnx(gm: OnnxGraphModule, recipe: Recipe, calib: Sequence[Batch]) -
         if recipe.dtype != "fp16":
             raise Unsupported(f"{recipe.dtype} has no ONNX Runtime CPU kernels: an ONNX model is cast to fp16 only")
         qm = QuantizedModel(model=gm, recipe=recipe, cast="fp16", info=info)
+        qm.info["time_to_quantize_s"] = time.perf_counter() - t0
+        return qm
+    if isinstance(recipe, TFLiteConverterRecipe):
+        source = getattr(gm, "tf_source", None)
+        if not source:
+            raise Unsupported(
+                f"{recipe.name} converts a TensorFlow model: this ONNX file has none (pass the SavedModel or .keras)"
+            )
+        info.update(tf_source=source, converter=f"TFLiteConverter {recipe.mode}: the converter chooses every scale")
+        qm = QuantizedModel(model=gm, recipe=recipe, info=info)
         qm.info["time_to_quantize_s"] = time.perf_counter() - t0
         return qm
     nodes, skipped = select_nodes(gm, recipe)
