@@ -1,8 +1,8 @@
 """A TensorFlow model in: a Keras CNN (Conv/BN/ReLU, depthwise ReLU6, Dense) trained here on the
 MNIST digits, saved as a SavedModel. quantwise takes it through tf2onnx (checked against
 TensorFlow) and builds its formats in ONNX Runtime; TensorFlow's own ``TFLiteConverter`` builds
-its four post-training formats from the same SavedModel with the same calibration images, run in
-LiteRT. Every row is scored on the same held-out digits by quantwise's task code and timed with
+its four post-training formats from the same SavedModel with the same calibration images
+(quantwise's ``tflite-converter-*`` recipes), run in LiteRT. Every row is scored on the same held-out digits by quantwise's task code and timed with
 one thread, in one run.
 
     .venv/bin/python benchmarks/tf_input.py [--epochs 8]
@@ -19,10 +19,8 @@ import numpy as np
 
 from quantwise.api import evaluate
 from quantwise.measure.env import environment
-from quantwise.measure.latency import measure_latency
 from quantwise.recipes import get_recipe
 from quantwise.tasks import load_task
-from quantwise.tasks.base import Task
 from quantwise.tasks.mnist import load_digits
 
 QUANTWISE = [
@@ -55,54 +53,6 @@ def train(d: Path, epochs: int) -> None:
     np.savez(d / "digits.npz", image=x[3000:], labels=y[3000:])
 
 
-def tflite_file(saved: Path, mode: str, task: Task) -> bytes:
-    import tensorflow as tf
-
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-    if mode != "fp32":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "float16":
-        conv.target_spec.supported_types = [tf.float16]
-    if mode in ("full-int8", "16x8"):
-
-        def representative() -> Any:
-            for b in task.calibration:
-                for x in b[0].numpy():
-                    yield [x[None]]
-
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-            if mode == "full-int8"
-            else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
-    return bytes(conv.convert())
-
-
-def run_tflite(content: bytes, task: Task) -> dict[str, Any]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    def interp(bs: int) -> Any:
-        it = Interpreter(model_content=content, num_threads=1)
-        it.resize_tensor_input(it.get_input_details()[0]["index"], [bs, 28, 28, 1])
-        it.allocate_tensors()
-        return it
-
-    def call(it: Any, x: np.ndarray) -> np.ndarray:
-        it.set_tensor(it.get_input_details()[0]["index"], x)
-        it.invoke()
-        return np.array(it.get_tensor(it.get_output_details()[0]["index"]))
-
-    one = interp(1)
-    outs = [call(one, x[None]) for b in task.eval_batches for x in b[0].numpy()]
-    m = task.score(np.concatenate(outs))
-    lat = {}
-    for bs in (1, 32):
-        it, x = interp(bs), task.latency_input(bs)[0].numpy()
-        lat[bs] = measure_latency(lambda it=it, x=x: call(it, x), min_seconds=0.25, max_seconds=3)["p50"]
-    return {"accuracy": m["accuracy"], "lat": lat, "kb": len(content) / 1e3}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=8)
@@ -127,9 +77,8 @@ def main() -> None:
             r = evaluate(task, get_recipe(recipe, **over), "onnxruntime", **kw)
             rows.append((f"{fid}: quantwise, ONNX Runtime", row(r)))
         for mode in TFLITE:
-            rows.append(
-                (f"{mode}: TFLiteConverter, LiteRT", run_tflite(tflite_file(Path(d) / "saved", mode, task), task))
-            )
+            recipe = None if mode == "fp32" else get_recipe(f"tflite-converter-{mode}")
+            rows.append((f"{mode}: TFLiteConverter, LiteRT", row(evaluate(task, recipe, "tflite", **kw))))
     env = environment(1)
     n = len(task.labels) if task.labels is not None else 0
     print(f"Keras CNN (SavedModel) on {n} held-out MNIST digits, one thread; {env.get('cpu', '')}")
