@@ -76,6 +76,13 @@ def test_slower_than_fp32_is_never_a_speed_win():
     assert recommend(rows, Budget(1.0, False), "size")["winner"]["format"] in ("dyn", "sim")
 
 
+def test_a_format_no_smaller_than_fp32_is_never_a_size_win():
+    rows = BASE + [rec("tiny-dyn", "onnxruntime", 0.97, 9.0, 1000), rec("w8", "torch", 0.97, 13.0, 400)]
+    r = recommend(rows, Budget(1.0, False), "size")
+    assert r["winner"]["format"] == "w8"
+    assert r["others"]["tiny-dyn · onnxruntime"] == "not smaller than FP32 in onnxruntime (1000 vs 1000 bytes)"
+
+
 def test_target_without_kernels_and_unmeasured_latency():
     rows = BASE + [
         rec("int8", "onnxruntime", 0.97, 4.0, 300, "int8"),

@@ -148,6 +148,12 @@ def recommend(
             if why:
                 reasons[k] = f"{why} (FP32 in {brt})"
                 continue
+        if objective == "size":
+            b = base.get(baseline_runtime(r["runtime"]))
+            size, b_size = r.get("size_bytes"), (b or {}).get("size_bytes")
+            if size and b_size and size >= b_size:
+                reasons[k] = f"not smaller than FP32 in {b['runtime']} ({size} vs {b_size} bytes)"  # type: ignore[index]
+                continue
         confidence[k] = budget_confidence(r, drop, allowed)
         candidates.append(r)
 
