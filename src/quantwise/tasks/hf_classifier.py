@@ -11,6 +11,7 @@ the file's labels, and ``agreement`` (top-1 with the FP32 model on the same text
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +59,32 @@ class ImageClassifier(nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
-def load_image_classifier(model_dir: Path) -> tuple[ImageClassifier, Any, dict[int, str]]:
+def from_pretrained(model_dir: Path, auto_model: str, auto_pre: str, what: str) -> tuple[nn.Module, Any]:
+    """A local folder's model and preprocessor (tokenizer or image processor); never the network."""
     import_torchao_quietly()
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    import transformers
 
     try:
         with env_vars(HF_HUB_OFFLINE="1"), hf_quiet():
-            proc = AutoImageProcessor.from_pretrained(str(model_dir))
-            model = AutoModelForImageClassification.from_pretrained(str(model_dir), attn_implementation="eager")
+            pre = getattr(transformers, auto_pre).from_pretrained(str(model_dir))
+            model = getattr(transformers, auto_model).from_pretrained(str(model_dir), attn_implementation="eager")
     except (OSError, ValueError) as e:
-        raise UserError(
-            f"cannot load the image classifier in {model_dir} (it needs its preprocessor_config.json): "
-            f"{str(e).splitlines()[0]}"
-        ) from None
-    id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-    return ImageClassifier(model).eval(), proc, id2label
+        raise UserError(f"cannot load the {what} in {model_dir}: {str(e).splitlines()[0]}") from None
+    return model, pre
+
+
+def _id2label(model: Any) -> dict[int, str]:
+    return {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+
+
+def load_image_classifier(model_dir: Path) -> tuple[ImageClassifier, Any, dict[int, str]]:
+    model, proc = from_pretrained(
+        model_dir,
+        "AutoModelForImageClassification",
+        "AutoImageProcessor",
+        "image classifier (it needs its preprocessor_config.json)",
+    )
+    return ImageClassifier(model).eval(), proc, _id2label(model)
 
 
 class SequenceClassifier(nn.Module):
@@ -87,17 +99,8 @@ class SequenceClassifier(nn.Module):
 
 
 def load_classifier(model_dir: Path) -> tuple[SequenceClassifier, Any, dict[int, str]]:
-    import_torchao_quietly()
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    try:
-        with env_vars(HF_HUB_OFFLINE="1"), hf_quiet():  # local folders only: never the network
-            tok = AutoTokenizer.from_pretrained(str(model_dir))
-            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="eager")
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the classifier in {model_dir}: {str(e).splitlines()[0]}") from None
-    id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-    return SequenceClassifier(model).eval(), tok, id2label
+    model, tok = from_pretrained(model_dir, "AutoModelForSequenceClassification", "AutoTokenizer", "classifier")
+    return SequenceClassifier(model).eval(), tok, _id2label(model)
 
 
 def class_indices(raw: list[str], id2label: dict[int, str], source: str) -> np.ndarray:
@@ -128,16 +131,51 @@ def split(n_all: int, limit: int | None, source: str) -> tuple[np.ndarray, np.nd
     return np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
 
 
-def _score(model: nn.Module, eval_batches: list[Batch], y: np.ndarray, n_classes: int) -> Any:
+def _classifier_task(
+    model_dir: str,
+    model: nn.Module,
+    id2label: dict[int, str],
+    labels: np.ndarray,
+    cal: np.ndarray,
+    test: np.ndarray,
+    batches: Callable[[np.ndarray], list[Batch]],
+    input_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    latency_input: Callable[[int], Batch],
+    build_model: Callable[[], nn.Module],
+    info: dict[str, Any],
+) -> Task:
+    """The task both heads share: the model's logits scored against the labels and against FP32."""
+    eval_batches = batches(test)
+    y = labels[test]
     with torch.no_grad():
         ref = torch.cat([model(*b) for b in eval_batches]).numpy().argmax(1)
 
     def score(out: np.ndarray) -> dict[str, Any]:
-        m = classification_metrics(y, out.argmax(1), n_classes)
+        m = classification_metrics(y, out.argmax(1), len(id2label))
         m["agreement"] = float((out.argmax(1) == ref).mean())
         return m
 
-    return score
+    what = info.pop("what")
+    return Task(
+        name=f"hf:{Path(model_dir).name}",
+        model=model,
+        calibration=batches(cal),
+        eval_batches=eval_batches,
+        score=score,
+        input_names=input_names,
+        dynamic_axes=dynamic_axes,
+        latency_input=latency_input,
+        build_model=build_model,
+        labels=y,
+        info={
+            **info,
+            "n_test": len(test),
+            "split": f"{len(cal)} calibration / {len(test)} test {what} (default_rng(0) permutation)",
+            "classes": [id2label[i] for i in sorted(id2label)],
+        },
+        metrics=(*CLASSIFICATION_METRICS, MetricSpec("agreement")),
+    )
 
 
 def build_hf_image_classifier(model_dir: str, data: str, limit: int | None = None) -> Task:
@@ -156,27 +194,19 @@ def build_hf_image_classifier(model_dir: str, data: str, limit: int | None = Non
     def batches(ix: np.ndarray) -> list[Batch]:
         return [pixels(ix[i : i + BATCH]) for i in range(0, len(ix), BATCH)]
 
-    eval_batches = batches(test)
-    y = labels[test]
-    return Task(
-        name=f"hf:{Path(model_dir).name}",
-        model=model,
-        calibration=batches(cal),
-        eval_batches=eval_batches,
-        score=_score(model, eval_batches, y, len(id2label)),
-        input_names=["pixel_values"],
-        dynamic_axes={"pixel_values": {0: "batch"}, "output": {0: "batch"}},
-        latency_input=lambda bs: pixels(np.resize(test, bs)),
-        build_model=lambda: load_image_classifier(Path(model_dir))[0],
-        labels=y,
-        info={
-            "kind": "hf-image-classifier",
-            "n_test": len(test),
-            "split": f"{len(cal)} calibration / {len(test)} test images (default_rng(0) permutation)",
-            "classes": [id2label[i] for i in sorted(id2label)],
-            "folders": classes,
-        },
-        metrics=(*CLASSIFICATION_METRICS, MetricSpec("agreement")),
+    return _classifier_task(
+        model_dir,
+        model,
+        id2label,
+        labels,
+        cal,
+        test,
+        batches,
+        ["pixel_values"],
+        {"pixel_values": {0: "batch"}, "output": {0: "batch"}},
+        lambda bs: pixels(np.resize(test, bs)),
+        lambda: load_image_classifier(Path(model_dir))[0],
+        {"kind": "hf-image-classifier", "what": "images", "folders": classes},
     )
 
 
@@ -194,28 +224,17 @@ def build_hf_classifier(
     def batches(ix: np.ndarray) -> list[Batch]:
         return [tokens(ix[i : i + BATCH]) for i in range(0, len(ix), BATCH)]
 
-    eval_batches = batches(test)
-    y = labels[test]
-    return Task(
-        name=f"hf:{Path(model_dir).name}",
-        model=model,
-        calibration=batches(cal),
-        eval_batches=eval_batches,
-        score=_score(model, eval_batches, y, len(id2label)),
-        input_names=["input_ids", "attention_mask"],
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "seq"},
-            "attention_mask": {0: "batch", 1: "seq"},
-            "output": {0: "batch"},
-        },
-        latency_input=lambda bs: tokens(np.resize(test, bs), pad="max_length"),
-        build_model=lambda: load_classifier(Path(model_dir))[0],
-        labels=y,
-        info={
-            "kind": "hf-sequence-classifier",
-            "n_test": len(test),
-            "split": f"{len(cal)} calibration / {len(test)} test texts (default_rng(0) permutation)",
-            "classes": [id2label[i] for i in sorted(id2label)],
-        },
-        metrics=(*CLASSIFICATION_METRICS, MetricSpec("agreement")),
+    return _classifier_task(
+        model_dir,
+        model,
+        id2label,
+        labels,
+        cal,
+        test,
+        batches,
+        ["input_ids", "attention_mask"],
+        {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "output": {0: "batch"}},
+        lambda bs: tokens(np.resize(test, bs), pad="max_length"),
+        lambda: load_classifier(Path(model_dir))[0],
+        {"kind": "hf-sequence-classifier", "what": "texts"},
     )

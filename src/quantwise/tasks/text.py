@@ -20,7 +20,6 @@ from torch import nn
 
 from quantwise.errors import UserError
 from quantwise.progress import progress_iter
-from quantwise.quiet import env_vars, hf_quiet, import_torchao_quietly
 from quantwise.tasks.base import Batch, Task, classification_metrics
 
 MAX_LEN = 128
@@ -42,19 +41,13 @@ class MeanPoolEncoder(nn.Module):
 
 def load_encoder(model_dir: Path) -> tuple[nn.Module, Any]:
     """Load a local Hugging Face encoder folder (no network) and its tokenizer."""
-    import_torchao_quietly()
-    from transformers import AutoModel, AutoTokenizer
+    from quantwise.tasks.hf_classifier import from_pretrained
 
     if not Path(model_dir).is_dir() or not (Path(model_dir) / "config.json").exists():
         raise UserError(
             f"model folder {model_dir} not found or has no config.json: pass a local Hugging Face model folder"
         )
-    try:
-        with env_vars(HF_HUB_OFFLINE="1"), hf_quiet():  # local folders only: never the network
-            tok = AutoTokenizer.from_pretrained(str(model_dir))
-            model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}") from None
+    model, tok = from_pretrained(Path(model_dir), "AutoModel", "AutoTokenizer", "model")
     return MeanPoolEncoder(model).eval(), tok
 
 
