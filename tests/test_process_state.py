@@ -14,7 +14,13 @@ from quantwise import evaluate, quantize
 
 def _state():
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    return torch.get_num_threads(), env, list(warnings.filters), logging.root.manager.disable
+    return (
+        torch.get_num_threads(),
+        env,
+        list(warnings.filters),
+        logging.root.manager.disable,
+        torch.backends.quantized.engine,
+    )
 
 
 def _work(mnist):
@@ -26,14 +32,19 @@ def _work(mnist):
 
 def test_quantize_and_evaluate_restore_process_state(mnist):
     _work(mnist)  # third-party libraries set what they set when first imported (OpenMP variables): not ours
-    before = torch.get_num_threads()
+    before, engine = torch.get_num_threads(), torch.backends.quantized.engine
     torch.set_num_threads(2)
+    # a caller's own quantized engine (not the x86 one torch-int8 packs for) stays theirs
+    other = next(e for e in torch.backends.quantized.supported_engines if e not in ("x86", "none"))
+    torch.backends.quantized.engine = other
     try:
-        threads, env, filters, disable = _state()
+        threads, env, filters, disable, _ = _state()
         _work(mnist)
         after = _state()
     finally:
         torch.set_num_threads(before)
+        torch.backends.quantized.engine = engine
+    assert after[4] == other
     assert after[0] == threads == 2
     assert {k: v for k, v in after[1].items() if env.get(k) != v} == {}
     assert [k for k in env if k not in after[1]] == []

@@ -23,6 +23,7 @@ from quantwise.progress import progress_iter, status
 from quantwise.quantized import QuantizedModel, artifact_size, atomic_dir
 from quantwise.quiet import torch_threads
 from quantwise.recipes import Recipe, get_recipe
+from quantwise.records import Record
 from quantwise.runtime.registry import RUNTIMES, check_can_run, get_runtime
 from quantwise.tasks.base import Task
 from quantwise.transform.quantize import check_batch, check_finite_weights, quantize_model
@@ -168,7 +169,7 @@ def evaluate(
     measure_memory: bool = True,
     latency_seconds: float = 5.0,
     quantized: QuantizedModel | None = None,
-) -> dict[str, Any]:
+) -> Record:
     """Quantize (unless ``recipe`` is None: FP32), lower, run and measure; returns the result record.
 
     With ``out``, the artifacts and ``result.json`` are written there (atomically: a temporary
@@ -192,7 +193,7 @@ def _evaluate(
     measure_memory: bool,
     latency_seconds: float,
     quantized: QuantizedModel | None,
-) -> dict[str, Any]:
+) -> Record:
     name = recipe.name if recipe else "fp32"
     tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
     try:
@@ -236,7 +237,7 @@ def _record(
     runner: Any,
     metrics: dict[str, Any],
     threads: int,
-) -> dict[str, Any]:
+) -> Record:
     return {
         "schema": RESULT_SCHEMA,
         "task": task.name,
@@ -269,7 +270,7 @@ def _memory(runtime: str, runner: Any, module: nn.Module, task: Task, tmp: Path,
     return peak_memory(runtime, artifact, task.latency_input(1), task.input_names, threads)
 
 
-def _publish(tmp: Path, out: Path, record: dict[str, Any]) -> None:
+def _publish(tmp: Path, out: Path, record: Record) -> None:
     import json
 
     (tmp / "module.pt").unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,37 @@ from quantwise.outdir import atomic_dir
 from quantwise.recipes import Recipe, recipe_from_dict
 
 FORMAT_VERSION = 1
+
+
+class LayerKind(StrEnum):
+    """What a quantized layer computes."""
+
+    LINEAR = "linear"
+    CONV2D = "conv2d"
+    EMBEDDING = "embedding"
+
+
+class QuantMode(StrEnum):
+    """How a layer's activations are treated: float (weight-only), quantized at run time, or calibrated."""
+
+    WEIGHT_ONLY = "weight_only"
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+
+
+class ActGranularity(StrEnum):
+    """Dynamic activations: one scale per tensor, or per token (row of the flattened input)."""
+
+    PER_TENSOR = "per-tensor"
+    PER_TOKEN = "per-token"
+
+
+def _enum(cls: type[StrEnum], value: Any, what: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in cls)
+        raise UserError(f"a quantized layer's {what} must be one of {allowed}, got {value!r}") from None
 
 
 @dataclass
@@ -57,8 +89,8 @@ class LayerQuant:
         fused_relu: name of the ReLU module folded into this layer's output, if any.
     """
 
-    kind: str
-    mode: str
+    kind: LayerKind
+    mode: QuantMode
     weight_q: torch.Tensor
     weight_scale: torch.Tensor
     weight_zero_point: torch.Tensor
@@ -67,9 +99,14 @@ class LayerQuant:
     input: ActQuant | None = None
     output: ActQuant | None = None
     fused_relu: str | None = None
-    dynamic_granularity: str = "per-tensor"
+    dynamic_granularity: ActGranularity = ActGranularity.PER_TENSOR
     bias_q: torch.Tensor | None = None  # static layers: the int32 bias on the grid s_in * s_w, (N,)
     bias_scale: torch.Tensor | None = None  # its scale per output channel, float32 (N,)
+
+    def __post_init__(self) -> None:  # strings from a saved file or a caller become the enums
+        self.kind = _enum(LayerKind, self.kind, "kind")
+        self.mode = _enum(QuantMode, self.mode, "mode")
+        self.dynamic_granularity = _enum(ActGranularity, self.dynamic_granularity, "dynamic granularity")
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight the runtimes compute with: ``(q - zp) * scale`` (fp16 weights: cast up)."""
@@ -79,15 +116,15 @@ class LayerQuant:
 
     def meta(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "mode": self.mode,
+            "kind": LayerKind(self.kind).value,
+            "mode": QuantMode(self.mode).value,
             "weight_qtype": self.weight_qtype,
             "weight_shape": list(self.weight_q.shape),
             "weight_granularity": self.weight_granularity.to_dict(),
             "input": self.input.to_dict() if self.input else None,
             "output": self.output.to_dict() if self.output else None,
             "fused_relu": self.fused_relu,
-            "dynamic_granularity": self.dynamic_granularity,
+            "dynamic_granularity": ActGranularity(self.dynamic_granularity).value,
             "bias_int32": self.bias_q is not None,
         }
 
@@ -215,8 +252,8 @@ class QuantizedModel:
                 n = int(torch.tensor(m["weight_shape"]).prod())
                 wq = unpack_int4(wq, qt.signed)[:n].reshape(m["weight_shape"])
             lq = LayerQuant(
-                kind=m["kind"],
-                mode=m["mode"],
+                kind=_enum(LayerKind, m["kind"], "kind"),
+                mode=_enum(QuantMode, m["mode"], "mode"),
                 weight_q=wq,
                 weight_scale=tensors[f"q::{name}::weight_scale"],
                 weight_zero_point=tensors[f"q::{name}::weight_zero_point"],
@@ -225,7 +262,7 @@ class QuantizedModel:
                 input=ActQuant(**m["input"]) if m["input"] else None,
                 output=ActQuant(**m["output"]) if m["output"] else None,
                 fused_relu=m["fused_relu"],
-                dynamic_granularity=m.get("dynamic_granularity", "per-tensor"),
+                dynamic_granularity=_enum(ActGranularity, m.get("dynamic_granularity", "per-tensor"), "granularity"),
                 bias_q=tensors.get(f"q::{name}::bias_q"),
                 bias_scale=tensors.get(f"q::{name}::bias_scale"),
             )
@@ -255,8 +292,9 @@ def write_back(model: nn.Module, layers: dict[str, LayerQuant]) -> None:
     """Store each layer's dequantized weight in the float model, so it computes what was quantized."""
     with torch.no_grad():
         for name, lq in layers.items():
-            mod = model.get_submodule(name)
-            mod.weight.copy_(lq.dequantized_weight().reshape(mod.weight.shape))
+            weight = model.get_submodule(name).weight
+            assert isinstance(weight, torch.Tensor)
+            weight.copy_(lq.dequantized_weight().reshape(weight.shape))
 
 
 def _pack4(q: torch.Tensor) -> torch.Tensor:

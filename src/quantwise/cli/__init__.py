@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any, NoReturn
 
-from quantwise.cli.args import load_task_from_args, recipe_args, recipe_from_args, task_args, validate_task_args
+from quantwise.cli.args import load_task_from_args, task_args, validate_task_args
+from quantwise.cli.recipe_flags import recipe_args, recipe_from_args
 from quantwise.errors import UserError
 from quantwise.outdir import check_out
 
@@ -155,15 +156,14 @@ _ALIASES = {  # registry names that share a class with another, said in their ow
 
 
 def cmd_recipes(_args: argparse.Namespace) -> int:
-    import dataclasses
-
+    from quantwise.cli.recipe_flags import recipe_keys
     from quantwise.recipes import RECIPES
 
-    for name, (cls, defaults) in RECIPES.items():
-        keys = [f"{f.name}={defaults.get(f.name, f.default)!r}" for f in dataclasses.fields(cls)]
+    for name, (cls, _defaults) in RECIPES.items():
         doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
         print(f"{name}: {_ALIASES.get(name, doc.split('. ')[0].rstrip('.'))}")
-        print(f"    keys: {', '.join(keys)}")
+        for key in recipe_keys(name):
+            print(f"    {key.key}={key.default!r}  ({key.takes}; {key.flag or 'recipe file only'}) {key.help}")
     return 0
 
 

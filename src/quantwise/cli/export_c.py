@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantwise.cli.args import load_task_from_args, recipe_args, recipe_from_args, task_args
+from quantwise.cli.args import load_task_from_args, task_args
+from quantwise.cli.recipe_flags import recipe_args, recipe_from_args
 
 
 def add_export_c_parser(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from quantwise.api import build_quantized
 from quantwise.explain.causes import diagnose, input_stats, weight_error_against
 from quantwise.explain.sensitivity import first_samples, layer_sensitivity, reference_model
@@ -38,7 +40,9 @@ def explain(
     stats = input_stats(qm, ref, [r.name for r in worst], batches)
     for r in worst:
         lq = qm.layers[r.name]
-        wst = weight_error_against(ref.get_submodule(r.name).weight, qm, r.name)
+        weight = ref.get_submodule(r.name).weight
+        assert isinstance(weight, torch.Tensor)
+        wst = weight_error_against(weight, qm, r.name)
         r.stats = {**stats.get(r.name, {}), **wst}
         r.causes, r.suggestions = diagnose(
             r.name, lq.kind, lq.mode, isinstance(lq.weight_granularity, PerTensor), stats.get(r.name, {}), wst

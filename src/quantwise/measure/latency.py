@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from quantwise.measure.stats import median_interval
+from quantwise.records import Latency
 
 NOISY_OTHER_SHARE = 0.25  # other processes used more than a quarter of the machine's CPU time
 NOISY_CI_WIDTH = 0.15  # the median's 95% interval is wider than 15% of the median
@@ -48,7 +48,7 @@ def _time(fn: Callable[[], object], iters: int, min_seconds: float, max_seconds:
 
 def measure_latency(
     fn: Callable[[], object], warmup: int = 3, iters: int = 20, min_seconds: float = 0.0, max_seconds: float = 10.0
-) -> dict[str, Any]:
+) -> Latency:
     """Time ``fn()``; returns ``{"p50", "p90", "ci95", "n", "other_load", "noisy"}`` (ms).
 
     Runs ``warmup`` untimed calls, then at least ``iters`` timed calls (or until ``min_seconds``),
@@ -59,7 +59,7 @@ def measure_latency(
     """
     for _ in range(warmup):
         fn()
-    result: dict[str, Any] = {}
+    result: Latency = {}
     for attempt in range(2):
         times, other = _time(fn, iters, min_seconds, max_seconds)
         a = np.array(times)

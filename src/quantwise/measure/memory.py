@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ def peak_memory(
     """Peak extra resident memory in bytes of loading ``artifact`` and running ``batch``; None if it failed."""
     with tempfile.TemporaryDirectory() as d:
         inputs = Path(d) / "inputs.npz"
-        np.savez(inputs, **{n: t.numpy() for n, t in zip(input_names, batch)})
+        arrays: dict[str, Any] = {n: t.numpy() for n, t in zip(input_names, batch)}
+        np.savez(inputs, **arrays)
         cmd = [sys.executable, "-m", "quantwise.measure.memory", runtime, str(artifact), str(inputs), str(threads)]
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "QUANTWISE_PROGRESS": "0"}

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from quantwise.records import Record
 from quantwise.report.terminal import fmt_metric, metric_cells
 from quantwise.runtime.registry import RUNTIMES
 
@@ -19,11 +20,11 @@ def _esc(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _ok(result: dict[str, Any]) -> list[dict[str, Any]]:
+def _ok(result: dict[str, Any]) -> list[Record]:
     return [r for r in result["records"] if r.get("status") == "ok"]
 
 
-def _key(r: dict[str, Any]) -> str:
+def _key(r: Record) -> str:
     return f"{r['format']} · {r['runtime']}"
 
 
@@ -221,7 +222,7 @@ def render_html(result: dict[str, Any]) -> str:
     rec = result["recommendation"]
     lat_key = "decode_token" if _is_lm(result) else f"batch_{result['settings']['latency_batch']}"
 
-    def lat(r: dict[str, Any]) -> float | None:
+    def lat(r: Record) -> float | None:
         v = r["latency_ms"].get(lat_key)
         return v["p50"] if v else None
 

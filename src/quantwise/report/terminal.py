@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from quantwise.records import Latency, Record
+
 
 def fmt_metric(v: float | None, fraction: bool = True) -> str:
     """A metric value: a fraction (accuracy) as a percentage, else in its own units (perplexity)."""
@@ -25,17 +27,20 @@ def fmt_bytes(n: int | None) -> str:
     return str(n)
 
 
-def fmt_ms(lat: dict[str, Any] | None, key: str = "p50") -> str:
+def fmt_ms(lat: Latency | None, key: str = "p50") -> str:
     """A latency; ``~`` marks a measurement flagged noisy (other load, or a wide interval)."""
-    return f"{'~' if lat.get('noisy') and key == 'p50' else ''}{lat[key]:.2f}" if lat else "n/a"
+    if not lat:
+        return "n/a"
+    value = lat["p90"] if key == "p90" else lat["p50"]
+    return f"{'~' if lat.get('noisy') and key == 'p50' else ''}{value:.2f}"
 
 
-def int_share(rec: dict[str, Any]) -> str:
+def int_share(rec: Record) -> str:
     ops = rec.get("integer_ops") or {}
     return f"{ops.get('integer', 0)}/{ops.get('total', 0)}" if ops else "n/a"
 
 
-def lm_records_table(records: list[dict[str, Any]], title: str) -> Table:
+def lm_records_table(records: list[Record], title: str) -> Table:
     """One row per causal-LM record: perplexity, agreement with FP32, prefill and decode speed."""
     t = Table(title=title, header_style="bold")
     cols = ("format", "runtime", "perplexity", "KL to FP32", "top-1 agree", "prefill ms", "decode tok/s", "size")
@@ -58,7 +63,7 @@ def lm_records_table(records: list[dict[str, Any]], title: str) -> Table:
     return t
 
 
-def records_table(records: list[dict[str, Any]], title: str) -> Table:
+def records_table(records: list[Record], title: str) -> Table:
     """One row per record: metrics, latency, size, memory, integer share."""
     if records and "perplexity" in records[0]["metrics"]:
         return lm_records_table(records, title)
@@ -98,7 +103,7 @@ def make_console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=220)
 
 
-def print_records(records: list[dict[str, Any]], title: str, console: Console | None = None) -> None:
+def print_records(records: list[Record], title: str, console: Console | None = None) -> None:
     console = console or make_console()
     console.print(records_table(records, title))
     for r in records:

@@ -15,7 +15,9 @@ has no PyTorch CPU kernel here and is refused with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ from quantwise.nnutil import set_module
 from quantwise.numerics.granularity import PerTensor
 from quantwise.quantized import LayerQuant, QuantizedModel
 from quantwise.runtime.base import RuntimeSpec, load_exported
+
+
+@contextlib.contextmanager
+def x86_engine() -> Iterator[None]:
+    """PyTorch's x86 quantized engine while packing and running our layers; the caller's engine after."""
+    before = torch.backends.quantized.engine
+    want = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
+    if before == want:
+        yield
+        return
+    torch.backends.quantized.engine = want
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 def _qweight(lq: LayerQuant) -> torch.Tensor:
@@ -49,16 +66,22 @@ class Int8Linear(nn.Module):
         self.packed = torch.ops.quantized.linear_prepack(_qweight(lq), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K)
+        with x86_engine():
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.k).contiguous()
         if self.mode == "dynamic":
             y = torch.ops.quantized.linear_dynamic(x2, self.packed, False)
         elif self.lq_out is None:
+            assert self.lq_in is not None  # a static layer always has its input quantization
             y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 x2, self.lq_in.scale, self.lq_in.zero_point, self.packed
             )
             y = torch.relu(y) if self.relu else y
         else:
+            assert self.lq_in is not None
             xq = torch.quantize_per_tensor(x2, self.lq_in.scale, self.lq_in.zero_point, torch.quint8)
             op = torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
             y = op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
@@ -80,7 +103,8 @@ class Int8Conv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         xq = torch.quantize_per_tensor(x.contiguous(), self.lq_in.scale, self.lq_in.zero_point, torch.quint8)
         op = torch.ops.quantized.conv2d_relu if self.relu else torch.ops.quantized.conv2d
-        return op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
+        with x86_engine():
+            return op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
 
 
 class Int8Embedding(nn.Module):
@@ -92,7 +116,8 @@ class Int8Embedding(nn.Module):
         self.register_buffer("s", lq.weight_scale.reshape(-1, 1).float())  # (V, 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
-        return self.w[ids].to(torch.float32) * self.s[ids]
+        w, s = self.get_buffer("w"), self.get_buffer("s")
+        return w[ids].to(torch.float32) * s[ids]
 
 
 def why_not_int8(qm: QuantizedModel | None) -> str | None:
@@ -116,7 +141,9 @@ def why_not_int8(qm: QuantizedModel | None) -> str | None:
             )
         if lq.mode == "weight_only":
             return f"{name}: weight-only formats have no fast PyTorch CPU kernel here (use --runtime onnxruntime)"
-        if lq.mode == "static" and (lq.input.qtype != "uint8" or (lq.output and lq.output.qtype != "uint8")):
+        if lq.mode == "static" and (
+            (lq.input and lq.input.qtype != "uint8") or (lq.output and lq.output.qtype != "uint8")
+        ):
             return f"{name}: PyTorch's x86 int8 kernels take uint8 activations; drop --symmetric-activations"
         if lq.mode == "static" and lq.kind == "conv2d" and lq.output is None:
             return f"{name}: a static Conv2d needs output quantization"
@@ -128,14 +155,14 @@ def lower_torch_int8(qm: QuantizedModel) -> nn.Module:
     reason = why_not_int8(qm)
     if reason:
         raise UnsupportedModel(f"torch-int8 cannot run this model: {reason}")
-    torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
     model = copy.deepcopy(qm.model).eval()
-    for name, lq in qm.layers.items():
-        layer = model.get_submodule(name)
-        cls = {"conv2d": Int8Conv2d, "linear": Int8Linear, "embedding": Int8Embedding}[lq.kind]
-        set_module(model, name, cls(lq, layer))
-        if lq.fused_relu:
-            set_module(model, lq.fused_relu, nn.Identity())
+    with x86_engine():  # weights are packed for the engine the layers run under
+        for name, lq in qm.layers.items():
+            layer = model.get_submodule(name)
+            cls = {"conv2d": Int8Conv2d, "linear": Int8Linear, "embedding": Int8Embedding}[lq.kind]
+            set_module(model, name, cls(lq, layer))
+            if lq.fused_relu:
+                set_module(model, lq.fused_relu, nn.Identity())
     return model
 
 

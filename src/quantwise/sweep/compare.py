@@ -17,6 +17,7 @@ from quantwise.errors import UnsupportedModel, UserError
 from quantwise.measure.env import environment
 from quantwise.outdir import clear_previous_run
 from quantwise.progress import live_progress, warn
+from quantwise.records import Record
 from quantwise.sweep.derive import derive, runtime_agreement, sample_size_note
 from quantwise.sweep.formats import Format, select_formats
 from quantwise.sweep.identity import run_identity, seal, why_stale
@@ -107,7 +108,7 @@ def run_compare(
         clear_previous_run(out, PREVIOUS_RUN)
     records_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_file, {"run_id": run_id, "task": task.name, "settings": settings.to_dict()})
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     built = {} if built is None else built  # one QuantizedModel per format, shared by its runtimes
     left = {f.id: sum(1 for g, _ in pairs if g.id == f.id) for f, _ in pairs}  # runtimes still to run
     with live_progress() as progress:
@@ -116,7 +117,7 @@ def run_compare(
             path = records_dir / f"{fmt.id}__{runtime}.json"
             if resume and path.exists():
                 saved, why = _read_record(path, run_id, fmt.id, runtime)
-                if why is None:
+                if why is None and saved is not None:
                     records.append(saved)
                     progress.advance(overall)
                     continue
@@ -163,7 +164,7 @@ def run_compare(
     }
 
 
-def within_budget(records: list[dict[str, Any]], fmt_id: str, task: Task, budget: Budget) -> bool:
+def within_budget(records: list[Record], fmt_id: str, task: Task, budget: Budget) -> bool:
     """Whether any finished record of ``fmt_id`` is within ``budget`` of the best FP32 record so far
     (True when there is no FP32 record yet: nothing can be ruled out)."""
     spec = task.metric_spec()
@@ -195,7 +196,7 @@ def batch_sizes(task: Task, s: CompareSettings) -> tuple[int, ...]:
     return (s.latency_batch,) if is_lm(task) else (s.latency_batch, s.batch_n)
 
 
-def _read_record(path: Path, run_id: str, fmt: str, runtime: str) -> tuple[Any, str | None]:
+def _read_record(path: Path, run_id: str, fmt: str, runtime: str) -> tuple[Record | None, str | None]:
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, OSError) as e:
@@ -203,9 +204,7 @@ def _read_record(path: Path, run_id: str, fmt: str, runtime: str) -> tuple[Any, 
     return rec, why_stale(rec, run_id, fmt, runtime)
 
 
-def _run_one(
-    task: Task, fmt: Format, runtime: str, s: CompareSettings, built: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: dict[str, Any] | None = None) -> Record:
     from quantwise.api import build_quantized
 
     built = {} if built is None else built
@@ -230,26 +229,30 @@ def _run_one(
         )
         rec.pop("env", None)
     except UnsupportedModel as e:
-        rec = {
-            "schema": "quantwise.result/1",
-            "task": task.name,
-            "recipe": fmt.recipe or "fp32",
-            "runtime": runtime,
-            "status": "unsupported",
-            "error": str(e),
-        }
+        rec = Record(
+            **{
+                "schema": "quantwise.result/1",
+                "task": task.name,
+                "recipe": fmt.recipe or "fp32",
+                "runtime": runtime,
+                "status": "unsupported",
+                "error": str(e),
+            }
+        )
     except UserError:
         raise
     except Exception as e:  # one failing format must not stop the others; it is recorded with its error
-        rec = {
-            "schema": "quantwise.result/1",
-            "task": task.name,
-            "recipe": fmt.recipe or "fp32",
-            "runtime": runtime,
-            "status": "failed",
-            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-            "traceback": traceback.format_exc(limit=5),
-        }
+        rec = Record(
+            **{
+                "schema": "quantwise.result/1",
+                "task": task.name,
+                "recipe": fmt.recipe or "fp32",
+                "runtime": runtime,
+                "status": "failed",
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                "traceback": traceback.format_exc(limit=5),
+            }
+        )
     rec["format"] = fmt.id
     rec["family"] = fmt.family
     return rec

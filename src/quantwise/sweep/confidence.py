@@ -7,7 +7,7 @@ than FP32 the task metric is, as an interval, from the paired bootstrap) and ``l
 
 from __future__ import annotations
 
-from typing import Any
+from quantwise.records import Record
 
 TIE_RULE = "more accurate, then smaller, then runs in more runtimes, then name"
 TIE_MARGIN = 0.05  # medians this close are a tie even when their intervals do not overlap: one run's
@@ -16,7 +16,7 @@ TIE_MARGIN = 0.05  # medians this close are a tie even when their intervals do n
 # while each run's 95% interval was under 0.3% wide.
 
 
-def latency_ci(r: dict[str, Any], batch: str) -> list[float] | None:
+def latency_ci(r: Record, batch: str) -> list[float] | None:
     lat = (r.get("latency_ms") or {}).get(batch)
     if not lat:
         return None
@@ -24,7 +24,7 @@ def latency_ci(r: dict[str, Any], batch: str) -> list[float] | None:
     return [float(ci[0]), float(ci[1])] if ci else [float(lat["p50"]), float(lat["p50"])]
 
 
-def budget_confidence(r: dict[str, Any], worse: float, allowed: float) -> str:
+def budget_confidence(r: Record, worse: float, allowed: float) -> str:
     """``confident`` (the whole interval is within budget), ``possibly`` (the estimate is, the
     interval's worse end is not), or ``point`` (no interval: the estimate is within budget)."""
     ci = (r.get("uncertainty") or {}).get("worse_ci")
@@ -33,7 +33,7 @@ def budget_confidence(r: dict[str, Any], worse: float, allowed: float) -> str:
     return "confident" if ci[1] <= allowed + 1e-12 else "possibly"
 
 
-def faster_with_confidence(r: dict[str, Any], base: dict[str, Any], batches: list[str]) -> str | None:
+def faster_with_confidence(r: Record, base: Record, batches: list[str]) -> str | None:
     """None when ``r`` is faster than FP32 with its interval entirely below FP32's at every
     batch size measured, else why not (a format is never called a speed win on noise)."""
     for b in batches:
@@ -53,7 +53,7 @@ def overlaps(a: list[float] | None, b: list[float] | None) -> bool:
     return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
 
 
-def indistinguishable(r: dict[str, Any], best: dict[str, Any], batch: str) -> bool:
+def indistinguishable(r: Record, best: Record, batch: str) -> bool:
     """Latencies that cannot be told apart: 95% intervals overlap, or medians within TIE_MARGIN."""
     a, b = latency_ci(r, batch), latency_ci(best, batch)
     if a is None or b is None:

@@ -16,11 +16,12 @@ from quantwise.measure.stats import (
     paired_bootstrap,
     ratio_interval,
 )
+from quantwise.records import Record
 from quantwise.runtime.registry import baseline_runtime
 from quantwise.tasks.base import CLASSIFICATION_METRICS, MetricSpec
 
 
-def derive(records: list[dict[str, Any]], metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS) -> None:
+def derive(records: list[Record], metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS) -> None:
     """Add to each record, vs FP32 in its baseline runtime: ``metric_change`` (points for fractions,
     else the metric's units; positive is an increase), ``uncertainty`` (paired bootstrap interval
     of the accuracy change and McNemar's exact test, when both carry per-example outcomes, and
@@ -60,7 +61,7 @@ def derive(records: list[dict[str, Any]], metrics: tuple[MetricSpec, ...] = CLAS
         r["compression"] = b["size_bytes"] / r["size_bytes"] if r["size_bytes"] else None
 
 
-def sample_size_note(records: list[dict[str, Any]], allowed_points: float, unit: str) -> str | None:
+def sample_size_note(records: list[Record], allowed_points: float, unit: str) -> str | None:
     """A note when the test set is too small for an interval as narrow as the budget."""
     n = next((len(r["per_example"]["correct"]) for r in records if (r.get("per_example") or {}).get("correct")), 0)
     if not n or unit != "points":
@@ -76,14 +77,14 @@ def sample_size_note(records: list[dict[str, Any]], allowed_points: float, unit:
     )
 
 
-def runtime_agreement(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def runtime_agreement(records: list[Record]) -> list[dict[str, Any]]:
     """For each format run in several runtimes: do their accuracies agree within their intervals?
 
     Paired over the same test examples (each runtime's per-example outcomes); a pair is flagged
     when the 95% interval of the difference excludes zero, or McNemar's exact test gives p < 0.05.
     Users of peer tools keep discovering after deploying that one backend is less accurate.
     """
-    by_format: dict[str, list[dict[str, Any]]] = {}
+    by_format: dict[str, list[Record]] = {}
     for r in records:
         if r.get("status") == "ok" and (r.get("per_example") or {}).get("correct"):
             by_format.setdefault(r["format"], []).append(r)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantwise.records import Record
 from quantwise.tasks.base import Task
 
 
@@ -53,12 +54,12 @@ def run_identity(task: Task, settings: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _digest(rec: dict[str, Any]) -> str:
+def _digest(rec: Record | dict[str, Any]) -> str:
     body = {k: v for k, v in rec.items() if k != "digest"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def seal(rec: dict[str, Any], run_id: str) -> dict[str, Any]:
+def seal(rec: Record, run_id: str) -> Record:
     """Stamp a finished record with the run identity and its content digest."""
     rec["run_id"] = run_id
     rec["digest"] = _digest(rec)

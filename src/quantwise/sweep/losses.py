@@ -15,6 +15,7 @@ from typing import Any
 
 from quantwise.progress import status, warn
 from quantwise.recipes import DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
+from quantwise.records import Record
 from quantwise.sweep.formats import formats_for
 from quantwise.tasks.base import Task
 
@@ -32,7 +33,7 @@ def explain_command(task_name: str, fmt_id: str, kind: str | None = None) -> str
     return f"quantwise explain --task {task_name} --recipe {fmt.recipe}{flags}{extra}"
 
 
-def over_budget(records: list[dict[str, Any]], recommendation: dict[str, Any]) -> dict[str, float]:
+def over_budget(records: list[Record], recommendation: dict[str, Any]) -> dict[str, float]:
     """Format id -> its largest drop in points over its runtimes, for formats over the budget; worst first."""
     from quantwise.tasks.base import MetricSpec
 
@@ -53,7 +54,7 @@ def over_budget(records: list[dict[str, Any]], recommendation: dict[str, Any]) -
 
 def explain_losses(
     task: Task,
-    records: list[dict[str, Any]],
+    records: list[Record],
     recommendation: dict[str, Any],
     mode: str,
     samples: int,

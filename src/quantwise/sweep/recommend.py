@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantwise.errors import UserError
+from quantwise.records import Record
 from quantwise.runtime.registry import baseline_runtime
 from quantwise.sweep.confidence import (
     TIE_MARGIN,
@@ -64,11 +65,11 @@ def parse_budget(text: str | float) -> Budget:
     return Budget(v, rel)
 
 
-def key(r: dict[str, Any]) -> str:
+def key(r: Record) -> str:
     return f"{r['format']} · {r['runtime']}"
 
 
-def _objective(r: dict[str, Any], objective: str, batch: str) -> float | None:
+def _objective(r: Record, objective: str, batch: str) -> float | None:
     if objective == "latency":
         lat = r.get("latency_ms", {}).get(batch)
         return lat["p50"] if lat else None
@@ -88,7 +89,7 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
 
 
 def recommend(
-    records: list[dict[str, Any]],
+    records: list[Record],
     budget: Budget,
     objective: str = "latency",
     profile: Profile | None = None,
@@ -115,7 +116,7 @@ def recommend(
     base_score = max(scores) if spec.higher_is_better else min(scores)
     allowed = budget.allowed(base_score, spec)  # display units: points, or the metric's own
 
-    def worse(r: dict[str, Any]) -> float:
+    def worse(r: Record) -> float:
         return spec.worse_by(base_score, r["metrics"][metric])
 
     measured = profile is None or profile.measured
@@ -157,7 +158,7 @@ def recommend(
         confidence[k] = budget_confidence(r, drop, allowed)
         candidates.append(r)
 
-    def rank(r: dict[str, Any]) -> tuple[Any, ...]:
+    def rank(r: Record) -> tuple[Any, ...]:
         drop = worse(r)
         if objective == "latency" and not measured:
             speed_class = (
@@ -219,16 +220,16 @@ def recommend(
     }
 
 
-def _points(ok: list[dict[str, Any]], worse: Any, cost: Any) -> list[tuple[str, float, float]]:
+def _points(ok: list[Record], worse: Any, cost: Any) -> list[tuple[str, float, float]]:
     """``(name, cost, goodness)``: goodness is minus how much worse than FP32 (higher is better)."""
     return [(key(r), float(cost(r)), -float(worse(r))) for r in ok if cost(r) is not None]
 
 
-def _summary(r: dict[str, Any], worse: Any) -> dict[str, Any]:
+def _summary(r: Record, worse: Any) -> dict[str, Any]:
     return {"key": key(r), "format": r["format"], "runtime": r["runtime"], "drop_points": worse(r)}
 
 
-def _lost_to(r: dict[str, Any], w: dict[str, Any], objective: str, batch: str, measured: bool) -> str:
+def _lost_to(r: Record, w: Record, objective: str, batch: str, measured: bool) -> str:
     if objective == "latency" and not measured:
         return f"ranked below {key(w)} by kernel family and size"
     a, b = _objective(r, objective, batch), _objective(w, objective, batch)
@@ -244,7 +245,7 @@ def _lost_to(r: dict[str, Any], w: dict[str, Any], objective: str, batch: str, m
 
 
 def _message(
-    winner: dict[str, Any] | None,
+    winner: Record | None,
     closest: dict[str, Any] | None,
     budget: Budget,
     objective: str,
@@ -274,7 +275,7 @@ def _message(
 
 
 def _break_tie(
-    ranked: list[dict[str, Any]],
+    ranked: list[Record],
     objective: str,
     batch: str,
     worse: Any,
@@ -287,7 +288,7 @@ def _break_tie(
         return None
     best = ranked[0]
 
-    def same(r: dict[str, Any]) -> bool:
+    def same(r: Record) -> bool:
         if objective == "latency":
             return indistinguishable(r, best, batch)
         return _objective(r, objective, batch) == _objective(best, objective, batch)

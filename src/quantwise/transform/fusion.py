@@ -73,6 +73,7 @@ def fold_batchnorm(model: nn.Module) -> dict[str, str]:
     folded = {}
     for a_name, a, b_name, b in _adjacent_pairs(model):
         if isinstance(a, nn.Conv2d) and type(b) is nn.BatchNorm2d and b.track_running_stats and b.affine:
+            assert b.running_var is not None and b.running_mean is not None  # track_running_stats
             with torch.no_grad():
                 inv = b.weight / torch.sqrt(b.running_var + b.eps)  # (C_out,)
                 a.weight.mul_(inv.reshape(-1, 1, 1, 1))

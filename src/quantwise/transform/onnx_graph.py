@@ -25,7 +25,7 @@ from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.numerics.qtypes import INT4, INT8, UINT4, UINT8
 from quantwise.onnxmodel import HeavyNode, OnnxGraphModule, consumers, gather_tables, heavy_nodes, session
 from quantwise.progress import progress_iter
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
+from quantwise.quantized import ActQuant, LayerKind, LayerQuant, QuantizedModel, QuantMode
 from quantwise.recipes import (
     CastRecipe,
     DynamicInt8Recipe,
@@ -147,7 +147,7 @@ def _static(
     for h in nodes:
         gran = PerChannel(0) if recipe.per_channel else PerTensor()
         q, s, z = quantize_tensor(weight_torch_layout(gm, h), INT8, gran, True)
-        lq = LayerQuant(h.kind, "static", q, s, z, INT8.name, gran)
+        lq = LayerQuant(LayerKind(h.kind), QuantMode.STATIC, q, s, z, INT8.name, gran)
         lq.input = _act(obs[h.x].range(), recipe.symmetric_activations)
         if h.name in outs:
             lq.output = _act(obs[outs[h.name][0]].range(), recipe.symmetric_activations)
@@ -170,7 +170,7 @@ def _dynamic(
             continue
         gran = PerChannel(0) if recipe.per_channel else PerTensor()
         q, s, z = quantize_tensor(weight_torch_layout(gm, h), INT8, gran, True)
-        layers[h.name] = LayerQuant(h.kind, "dynamic", q, s, z, INT8.name, gran)
+        layers[h.name] = LayerQuant(LayerKind(h.kind), QuantMode.DYNAMIC, q, s, z, INT8.name, gran)
     return layers
 
 
@@ -224,7 +224,7 @@ def _weight_only(
             q, s, z = gptq_quantize(w, hess[name][0], qtype, g, recipe.symmetric, recipe.gptq_damp, full_range=full)
         else:
             q, s, z = quantize_tensor(w, qtype, gran, recipe.symmetric, fp16_scale=recipe.fp16_scales, full_range=full)
-        layers[name] = LayerQuant(h.kind, "weight_only", q, s, z, qtype.name, gran)
+        layers[name] = LayerQuant(LayerKind(h.kind), QuantMode.WEIGHT_ONLY, q, s, z, qtype.name, gran)
     info: dict[str, Any] = {"gptq_order": "one pass over the graph's inputs"} if hess else {}
     if any(g != recipe.group_size for _, g in todo.values()):
         info["group_size_fallback"] = {n: g for n, (_, g) in todo.items() if g != recipe.group_size}
@@ -240,7 +240,7 @@ def _embeddings(
     for g in tables:
         w = float_initializer(gm, g.weight)
         q, s, z = quantize_tensor(w, INT8, PerChannel(0), True)
-        layers[g.name] = LayerQuant("embedding", "weight_only", q, s, z, INT8.name, PerChannel(0))
+        layers[g.name] = LayerQuant(LayerKind.EMBEDDING, QuantMode.WEIGHT_ONLY, q, s, z, INT8.name, PerChannel(0))
         del skipped[g.name]
     if tables:
         info["embedding_tables"] = "int8, one scale per row (ONNX graphs: int8 tables only)"

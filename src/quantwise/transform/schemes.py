@@ -13,7 +13,7 @@ from quantwise.calibrate.observers import make_observer
 from quantwise.numerics import INT4, INT8, UINT4, UINT8, choose_qparams, dequantize, quantize_tensor
 from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.progress import progress_iter
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
+from quantwise.quantized import ActGranularity, ActQuant, LayerKind, LayerQuant, QuantizedModel, QuantMode, write_back
 from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.fusion import find_relu_after, fold_batchnorm, pairing_method
 from quantwise.transform.gptq import gptq_quantize
@@ -244,7 +244,9 @@ def _gptq_layers(
             fp16_scales=recipe.fp16_scales,
             full_range=recipe.full_range and b == 4,
         )
-        layers[name] = LayerQuant("linear", "weight_only", q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0))
+        layers[name] = LayerQuant(
+            LayerKind.LINEAR, QuantMode.WEIGHT_ONLY, q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0)
+        )
         with torch.no_grad():  # later blocks are calibrated on what this layer now computes
             mod.weight.copy_(layers[name].dequantized_weight().reshape(mod.weight.shape))
 
@@ -276,7 +278,7 @@ def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence
             skipped[name] = "dynamic INT8 covers Linear layers; use static-int8 for convolutions"
             continue
         layers[name] = _weight_layer(mod, "dynamic", 8, 0, True, recipe.per_channel)
-        layers[name].dynamic_granularity = recipe.activations
+        layers[name].dynamic_granularity = ActGranularity(recipe.activations)
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)

@@ -41,7 +41,8 @@ def select_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.
     """
     check_patterns(model, recipe)
     wanted = tuple(_TYPES[t] for t in (recipe.module_types or tuple(_TYPES)))
-    chosen, skipped = [], {}
+    chosen: list[tuple[str, nn.Module]] = []
+    skipped: dict[str, str] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Embedding):
             if not getattr(recipe, "embeddings", False):
@@ -101,7 +102,8 @@ def check_patterns(model: nn.Module, recipe: Recipe) -> None:
 
 def select_embeddings(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
     """Embedding tables to store as int8 (recipes with ``embeddings=True``), and the skipped ones."""
-    chosen, skipped = [], {}
+    chosen: list[tuple[str, nn.Module]] = []
+    skipped: dict[str, str] = {}
     if not getattr(recipe, "embeddings", False):
         return chosen, skipped
     for name, mod in model.named_modules():
