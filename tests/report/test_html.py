@@ -30,6 +30,7 @@ def open_in_browser(page: Path, profile: Path) -> tuple[str, str]:
             f"--user-data-dir={profile}",
             "--enable-logging=stderr",
             "--v=0",
+            "--virtual-time-budget=10000",
             "--dump-dom",
             page.as_uri(),
         ],
@@ -59,15 +60,39 @@ def test_report_renders_every_plot_without_errors(mnist, tmp_path):
     result = run_compare(mnist, s, tmp_path / "run")
     page = write_html(result, tmp_path / "report.html")
     text = page.read_text()
-    assert "http://" not in text and "https://" not in text and "<script src" not in text  # opens offline
+    # opens offline: plotly.js is inlined, nothing is fetched
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", text)
     dom, log = open_in_browser(page, tmp_path / "p1")
     assert "Uncaught" not in log, log
     m = re.search(r'<body data-plots="(\d+)" data-rendered="(\d+)"', dom)
     assert m, "the report's script did not run"
     plots, drawn = int(m.group(1)), int(m.group(2))
     assert plots == 5 and drawn == plots
-    assert "★" in dom and "Pareto" in dom and "Confusion matrix change" in dom
+    assert dom.count('class="main-svg"') >= 2 * plots  # Plotly drew each figure
+    assert "Pareto front" in dom and "recommended" in dom and "Confusion matrix change" in dom
+    assert "error_y" in text and "arrayminus" in text  # metric and latency intervals are plotted
     assert result["recommendation"]["winner"]["key"] in dom
+
+    # the results table sorts by a clicked column and filters by typed text, in the browser
+    size_col = re.findall(r"<th[^>]*>([^<]*)</th>", text.split('id="results"')[1]).index("size MB")
+    probe = text.replace(
+        "</body>",
+        "<script>document.addEventListener('DOMContentLoaded', function () {"
+        f"var th = document.querySelectorAll('#results th')[{size_col}]; th.click();"
+        f"var sizes = Array.from(document.querySelectorAll('#results tbody tr')).map(r => r.cells[{size_col}].textContent);"
+        "document.body.setAttribute('data-sorted', sizes.join('|'));"
+        "var f = document.getElementById('filter'); f.value = 'onnxruntime'; f.dispatchEvent(new Event('input'));"
+        "var shown = Array.from(document.querySelectorAll('#results tbody tr')).filter(r => r.style.display !== 'none');"
+        "document.body.setAttribute('data-shown', shown.map(r => r.cells[1].textContent).join('|'));"
+        "});</script></body>",
+    )
+    (tmp_path / "probe.html").write_text(probe)
+    dom, log = open_in_browser(tmp_path / "probe.html", tmp_path / "p3")
+    assert "Uncaught" not in log, log
+    sizes = [float(v) for v in re.search(r'data-sorted="([^"]*)"', dom).group(1).split("|") if v]
+    assert len(sizes) >= 4 and sizes == sorted(sizes)
+    shown = re.search(r'data-shown="([^"]*)"', dom).group(1).split("|")
+    assert shown and set(shown) == {"onnxruntime"}
 
 
 def test_report_confusion_change_and_where_accuracy_was_lost_are_shown(mnist_dim_calibration, tmp_path):

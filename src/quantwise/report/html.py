@@ -1,120 +1,22 @@
-"""A self-contained ``report.html``: inline SVG plots, no external files, opens offline."""
+"""A self-contained ``report.html``: Plotly plots with plotly.js inlined, a sortable and filterable
+results table, no external files; opens offline."""
 
 from __future__ import annotations
 
 import html
-import math
 import os
 from pathlib import Path
 from typing import Any
 
-from quantwise.records import Record
+from quantwise.report.plots import COLOURS, figures, key, ok_records, plotly_js, script_json
 from quantwise.report.terminal import fmt_metric, metric_cells
-from quantwise.runtime.registry import RUNTIMES
-
-W, H, PAD = 560, 340, 56
-_COLORS = {name: spec.colour for name, spec in RUNTIMES.items()}
 
 
 def _esc(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _ok(result: dict[str, Any]) -> list[Record]:
-    return [r for r in result["records"] if r.get("status") == "ok"]
-
-
-def _key(r: Record) -> str:
-    return f"{r['format']} · {r['runtime']}"
-
-
-def scatter(result: dict[str, Any], cost_name: str, cost: Any, unit: str, front: list[str], log_x: bool = False) -> str:
-    """Accuracy (y) against a cost (x): the Pareto front joined, the winner starred."""
-    metric = result["recommendation"]["metric"]
-    frac = result["recommendation"].get("metric_unit", "points") == "points"
-    pts = [
-        (_key(r), cost(r), (100 if frac else 1) * r["metrics"][metric], r["runtime"]) for r in _ok(result) if cost(r)
-    ]
-    if not pts:
-        return "<p>no data</p>"
-    fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
-    xs, ys = [fx(p[1]) for p in pts], [p[2] for p in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x0, x1 = (x0 - 0.5, x1 + 0.5) if x1 == x0 else (x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
-    y0, y1 = (y0 - 0.5, y1 + 0.5) if y1 == y0 else (y0 - 0.08 * (y1 - y0), y1 + 0.08 * (y1 - y0))
-
-    def sx(v: float) -> float:
-        return PAD + (fx(v) - x0) / (x1 - x0) * (W - 2 * PAD)
-
-    def sy(v: float) -> float:
-        return H - PAD - (v - y0) / (y1 - y0) * (H - 2 * PAD)
-
-    win = (result["recommendation"].get("winner") or {}).get("key")
-    parts = [
-        f'<svg class="plot" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="accuracy vs {_esc(cost_name)}">',
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#444"/>',
-        f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#444"/>',
-    ]
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        xv = x0 + (x1 - x0) * i / 4
-        xl = 10**xv if log_x else xv
-        parts.append(f'<text x="{PAD - 6}" y="{sy(yv) + 4:.1f}" font-size="10" text-anchor="end">{yv:.2f}</text>')
-        parts.append(
-            f'<text x="{PAD + (xv - x0) / (x1 - x0) * (W - 2 * PAD):.1f}" y="{H - PAD + 16}" font-size="10" text-anchor="middle">{xl:.3g}</text>'
-        )
-    parts.append(
-        f'<text x="{W / 2}" y="{H - 12}" font-size="12" text-anchor="middle">{_esc(cost_name)} ({_esc(unit)}{", log scale" if log_x else ""}) — lower is better</text>'
-    )
-    parts.append(
-        f'<text x="14" y="{H / 2}" font-size="12" text-anchor="middle" transform="rotate(-90 14 {H / 2})">{_esc(metric)}{" (%)" if frac else ""}</text>'
-    )
-    fpts = sorted((p for p in pts if p[0] in front), key=lambda p: p[1])
-    if len(fpts) > 1:
-        parts.append(
-            '<polyline fill="none" stroke="#2a9d4a" stroke-width="2" stroke-dasharray="5,3" points="'
-            + " ".join(f"{sx(p[1]):.1f},{sy(p[2]):.1f}" for p in fpts)
-            + '"/>'
-        )
-    for name, c, y, rt in pts:
-        col = _COLORS.get(rt, "#777")
-        parts.append(
-            f'<circle cx="{sx(c):.1f}" cy="{sy(y):.1f}" r="{6 if name in front else 4}" fill="{col}" '
-            f'stroke="{"#2a9d4a" if name in front else "none"}" stroke-width="2"><title>{_esc(name)}: {y:.2f}%, {c:.4g} {_esc(unit)}</title></circle>'
-        )
-        if name == win:
-            parts.append(
-                f'<text x="{sx(c):.1f}" y="{sy(y) - 10:.1f}" font-size="18" text-anchor="middle" fill="#c00">★</text>'
-            )
-        if name in front or name == win:  # label the front and the winner; every point has a tooltip
-            parts.append(f'<text x="{sx(c) + 7:.1f}" y="{sy(y) + 3:.1f}" font-size="9" fill="#333">{_esc(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def bars(result: dict[str, Any], title: str, value: Any, fmt: str) -> str:
-    """Horizontal bars, one per format/runtime."""
-    rows = [(_key(r), value(r), r["runtime"]) for r in _ok(result) if value(r) is not None]
-    if not rows:
-        return "<p>no data</p>"
-    vmax = max(abs(v) for _, v, _ in rows) or 1.0
-    bh, left = 18, 230
-    h = len(rows) * (bh + 4) + 30
-    parts = [
-        f'<svg class="plot" viewBox="0 0 {W + 120} {h}" width="{W + 120}" height="{h}" role="img" aria-label="{_esc(title)}">',
-        f'<text x="4" y="14" font-size="12" font-weight="bold">{_esc(title)}</text>',
-    ]
-    for i, (name, v, rt) in enumerate(rows):
-        y = 24 + i * (bh + 4)
-        wv = max(1.0, (W - left) * max(v, 0.0) / vmax)
-        parts.append(f'<text x="{left - 6}" y="{y + 13}" font-size="10" text-anchor="end">{_esc(name)}</text>')
-        parts.append(
-            f'<rect x="{left}" y="{y}" width="{wv:.1f}" height="{bh}" fill="{_COLORS.get(rt, "#777")}"><title>{_esc(name)}: {_esc(fmt.format(v))}</title></rect>'
-        )
-        parts.append(f'<text x="{left + wv + 4:.1f}" y="{y + 13}" font-size="10">{_esc(fmt.format(v))}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+_ok, _key = ok_records, key
 
 
 def confusion_change(result: dict[str, Any]) -> str:
@@ -199,67 +101,109 @@ def _table(result: dict[str, Any]) -> str:
             ]
         )
     return (
-        '<table class="data"><tr>'
-        + "".join(f"<th>{_esc(h)}</th>" for h in head)
-        + "</tr>"
+        '<p><input id="filter" type="search" placeholder="filter rows (format, runtime, status ...)" size="40"> '
+        "click a column heading to sort</p>"
+        '<table class="data sortable" id="results"><thead><tr>'
+        + "".join(f'<th title="sort">{_esc(h)}</th>' for h in head)
+        + "</tr></thead><tbody>"
         + "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-        + "</table>"
+        + "</tbody></table>"
     )
 
 
 _SCRIPT = """
+function qwCell(td) {
+  var t = td.textContent.trim().replace(/^~/, '');
+  var n = parseFloat(t);
+  return (/^[-+]?[0-9.]/.test(t) && !isNaN(n)) ? n : t.toLowerCase();
+}
+function qwSort(table, col, th) {
+  var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+  var asc = th.getAttribute('data-sort') !== 'asc';
+  table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('data-sort'); });
+  th.setAttribute('data-sort', asc ? 'asc' : 'desc');
+  rows.sort(function (a, b) {
+    var x = qwCell(a.cells[col]), y = qwCell(b.cells[col]);
+    if (typeof x !== typeof y) { return typeof x === 'number' ? -1 : 1; }  // numbers first, then text
+    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+  });
+  rows.forEach(function (r) { body.appendChild(r); });
+}
 document.addEventListener('DOMContentLoaded', function () {
-  var plots = document.querySelectorAll('svg.plot');
   var drawn = 0;
-  plots.forEach(function (p) { if (p.querySelectorAll('circle,rect,polyline').length > 0) drawn++; });
-  document.body.setAttribute('data-plots', String(plots.length));
+  QW_FIGURES.forEach(function (f) {
+    var el = document.getElementById(f[0]);
+    Plotly.newPlot(el, f[1].data, f[1].layout, {displaylogo: false, responsive: true});
+    if (el.querySelector('.main-svg')) { drawn++; }
+  });
+  document.body.setAttribute('data-plots', String(QW_FIGURES.length));
   document.body.setAttribute('data-rendered', String(drawn));
+  document.querySelectorAll('table.sortable').forEach(function (table) {
+    table.querySelectorAll('th').forEach(function (th, i) {
+      th.addEventListener('click', function () { qwSort(table, i, th); });
+    });
+  });
+  var filter = document.getElementById('filter');
+  if (filter) {
+    filter.addEventListener('input', function () {
+      var q = filter.value.toLowerCase();
+      document.querySelectorAll('#results tbody tr').forEach(function (tr) {
+        tr.style.display = tr.textContent.toLowerCase().indexOf(q) >= 0 ? '' : 'none';
+      });
+    });
+  }
 });
 """
+
+
+def _tie(rec: dict[str, Any]) -> str:
+    tie = rec.get("tie")
+    if not tie:
+        return ""
+    return (
+        f"<br>tie: {_esc(', '.join(tie.get('keys', [])))} could not be told apart ({_esc(tie.get('why', ''))}); "
+        f"broken by {_esc(tie.get('rule', ''))}"
+    )
 
 
 def render_html(result: dict[str, Any]) -> str:
     rec = result["recommendation"]
     lat_key = "decode_token" if _is_lm(result) else f"batch_{result['settings']['latency_batch']}"
-
-    def lat(r: Record) -> float | None:
-        v = r["latency_ms"].get(lat_key)
-        return v["p50"] if v else None
-
+    figs = figures(result, lat_key)
     env = result.get("env", {})
     others = "".join(f"<li><b>{_esc(k)}</b>: {_esc(v)}</li>" for k, v in rec["others"].items())
     notes = "".join(f"<li>{_esc(n)}</li>" for n in rec.get("notes", []))
     env_rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in env.items())
     runtimes = list(dict.fromkeys(r["runtime"] for r in result["records"]))
-    legend = "".join(f'<span style="background:{_COLORS.get(rt, "#777")}"></span>{_esc(rt)}' for rt in runtimes)
+    legend = "".join(f'<span style="background:{COLOURS.get(rt, "#777")}"></span>{_esc(rt)}' for rt in runtimes)
+    divs = {fid: f'<div class="plot" id="{fid}"></div>' for fid, _ in figs}
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>quantwise compare: {_esc(result["task"])}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }}
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1280px; }}
 table {{ border-collapse: collapse; margin: 8px 0 20px; font-size: 13px; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 .data td:first-child, .data td:nth-child(2) {{ text-align: left; }}
+.sortable th {{ cursor: pointer; background: #f4f4f4; }}
+.sortable th[data-sort=asc]::after {{ content: " ▲"; }}
+.sortable th[data-sort=desc]::after {{ content: " ▼"; }}
 .winner {{ background: #eef9f0; border-left: 4px solid #2a9d4a; padding: 8px 12px; }}
-.plots {{ display: flex; flex-wrap: wrap; gap: 16px; }}
+.plots {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 16px; }}
 .legend span {{ display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 12px; }}
-</style></head>
+</style>
+<script>{plotly_js()}</script>
+</head>
 <body>
 <h1>quantwise compare — {_esc(result["task"])}</h1>
 <div class="winner"><b>{_esc(rec["message"])}</b><br>target {_esc(rec["target"])} · optimize {_esc(rec["objective"])} · budget {_esc(rec["budget"])}
-{f"<br>runner-up: {_esc(rec['runner_up']['key'])}" if rec.get("runner_up") else ""}</div>
+{f"<br>runner-up: {_esc(rec['runner_up']['key'])}" if rec.get("runner_up") else ""}{_tie(rec)}</div>
 <ul>{notes}</ul>
 <h2>Accuracy against cost</h2>
-<p class="legend">runtime:{legend} · green ring and dashed line: Pareto front · ★ recommended</p>
-<div class="plots">
-{scatter(result, f"latency {lat_key.replace('_', ' ')} p50", lat, "ms", rec["pareto"]["latency"], log_x=True)}
-{scatter(result, "size on disk", lambda r: r.get("size_bytes") and r["size_bytes"] / 1e6, "MB", rec["pareto"]["size"])}
-</div>
+<p class="legend">runtime:{legend} · dashed line: Pareto front · ★ recommended · error bars: 95% intervals
+(latency: bootstrap of the median; metric: paired bootstrap of the change vs FP32). Hover a point for its format.</p>
+<div class="plots">{divs["plot-latency"]}{divs["plot-size"]}</div>
 <h2>Per format</h2>
-<div class="plots">
-{bars(result, f"latency {lat_key.replace('_', ' ')} p50 (ms)", lat, "{:.2f} ms")}
-{bars(result, "size on disk (MB)", lambda r: r["size_bytes"] / 1e6, "{:.2f} MB")}
-{bars(result, f"{rec['metric']} change vs FP32 ({rec.get('metric_unit', 'points')})", lambda r: (r.get("metric_change") or {}).get(rec["metric"], 0.0), "{:+.3g}")}
-</div>
+<div class="plots">{divs["bars-latency"]}{divs["bars-size"]}{divs["bars-change"]}</div>
 <h2>All results</h2>
 {_table(result)}
 <h2>Why the others lost</h2><ul>{others}</ul>
@@ -269,7 +213,8 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 {confusion_change(result)}
 <h2>Environment</h2><table>{env_rows}</table>
 <p>schema {_esc(result["schema"])} · created {_esc(result["created"])}</p>
-<script>{_SCRIPT}</script>
+<script>var QW_FIGURES = {script_json(figs)};
+{_SCRIPT}</script>
 </body></html>
 """
 
