@@ -21,6 +21,7 @@ class Latency(TypedDict, total=False):
     other_load: float | None
     noisy: bool
     retimed: bool
+    reference: dict[str, float]
 
 
 class Record(TypedDict, total=False):

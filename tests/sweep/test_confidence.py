@@ -156,3 +156,22 @@ def test_runtimes_that_disagree_on_one_format_are_flagged():
     got = {a["format"]: a for a in runtime_agreement(rows)}
     assert got["agrees"]["agree"] and got["agrees"]["examples_differing"] == 1
     assert not got["differs"]["agree"] and got["differs"]["difference_ci"][1] < 0 and got["differs"]["mcnemar_p"] < 1e-6
+
+
+def test_host_contention_seen_by_the_reference_kernel_is_flagged():
+    """A slower reference kernel than its best in this process marks the timing noisy, even when
+    /proc/stat shows no other process (a contended host is invisible from inside the machine)."""
+    from quantwise.measure import latency
+
+    def work() -> None:
+        sum(i * i for i in range(5_000))
+
+    first = measure_latency(work, iters=10, min_seconds=0.1)
+    assert first["reference"]["slowdown"] >= 1.0 and first["reference"]["best_ms"] > 0
+    saved = list(latency._reference_best)
+    latency._reference_best[:] = [latency.reference_ms() / 2]  # as if the host had been twice as fast before
+    try:
+        slowed = measure_latency(work, iters=10, min_seconds=0.1)
+    finally:
+        latency._reference_best[:] = saved
+    assert slowed["reference"]["slowdown"] > 1.3 and slowed["noisy"] and slowed["retimed"]

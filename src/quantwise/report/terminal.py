@@ -28,7 +28,7 @@ def fmt_bytes(n: int | None) -> str:
 
 
 def fmt_ms(lat: Latency | None, key: str = "p50") -> str:
-    """A latency; ``~`` marks a measurement flagged noisy (other load, or a wide interval)."""
+    """A latency; ``~`` marks a measurement flagged noisy (other load, a wide interval, a slow host)."""
     if not lat:
         return "n/a"
     value = lat["p90"] if key == "p90" else lat["p50"]
@@ -226,8 +226,9 @@ def print_compare(result: dict[str, Any], console: Console | None = None) -> Non
     console.print(compare_table(result))
     if any(v.get("noisy") for r in result["records"] for v in (r.get("latency_ms") or {}).values()):
         console.print(
-            "[yellow]~ noisy latency: other processes used the CPU, or the 95% interval of the median "
-            "is wide (results.json: latency_ms.*.other_load, ci95)[/yellow]"
+            "[yellow]~ noisy latency: other processes used the CPU, the 95% interval of the median is wide, "
+            "or a reference kernel ran slow (host contention) (results.json: latency_ms.*.other_load, ci95, "
+            "reference)[/yellow]"
         )
     console.print(
         "[dim]Δ: change vs FP32 with its 95% paired-bootstrap interval where per-example outcomes exist[/dim]"
