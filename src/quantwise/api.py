@@ -205,6 +205,8 @@ def _evaluate(
             # per-example outcomes, so compare can give paired intervals and McNemar's test vs FP32
             correct = np.asarray(task.predict(outputs)) == np.asarray(task.labels)
             record["per_example"] = {"correct": correct.astype(int).tolist()}
+        if task.per_example is not None:  # per-example values of mean metrics (cosine, per-window NLL)
+            record.setdefault("per_example", {}).update(task.per_example(outputs))
         status("measuring latency")
         for bs in batch_sizes:
             batch = task.latency_input(bs)

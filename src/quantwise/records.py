@@ -39,7 +39,7 @@ class Record(TypedDict, total=False):
     traceback: str
     metrics: dict[str, Any]
     latency_ms: dict[str, Latency]
-    per_example: dict[str, list[int]]
+    per_example: dict[str, list[float]]
     decode: dict[str, Any]
     size_bytes: int
     peak_memory_bytes: int | None

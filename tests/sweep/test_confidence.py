@@ -175,3 +175,46 @@ def test_host_contention_seen_by_the_reference_kernel_is_flagged():
     finally:
         latency._reference_best[:] = saved
     assert slowed["reference"]["slowdown"] > 1.3 and slowed["noisy"] and slowed["retimed"]
+
+
+def test_perplexity_and_cosine_changes_get_paired_intervals_in_their_direction():
+    """Metrics that are means of per-example values (per-window NLL, per-example cosine) get the
+    same paired interval as accuracy, in their own units and direction."""
+    from quantwise.measure.stats import paired_bootstrap
+    from quantwise.sweep.derive import derive
+    from quantwise.tasks.base import MetricSpec
+
+    rng = np.random.default_rng(1)
+    nll_fp = rng.normal(3.3, 0.2, size=16)
+    nll_q = nll_fp + 0.05 + rng.normal(0, 0.01, size=16)  # every window a little worse
+    boot = paired_bootstrap(nll_fp, nll_q, from_mean="exp")
+    assert boot["delta"] == pytest.approx(np.exp(nll_q.mean()) - np.exp(nll_fp.mean()))
+
+    def rec(fmt, nll):
+        return {
+            "format": fmt,
+            "runtime": "onnxruntime",
+            "status": "ok",
+            "metrics": {"perplexity": float(np.exp(np.mean(nll)))},
+            "per_example": {"nll": list(nll)},
+            "latency_ms": {},
+            "size_bytes": 1,
+        }
+
+    records = [rec("fp32", nll_fp), rec("w4", nll_q)]
+    spec = (MetricSpec("perplexity", higher_is_better=False, fraction=False, per_example="nll", from_mean="exp"),)
+    derive(records, spec, "perplexity")
+    unc = records[1]["uncertainty"]
+    rise = records[1]["metric_change"]["perplexity"]
+    assert unc["metric"] == "perplexity" and unc["change_points"] == pytest.approx(rise)
+    assert 0 < unc["change_ci"][0] < rise < unc["change_ci"][1]
+    assert unc["worse_ci"] == unc["change_ci"]  # lower is better: a rise is worse
+    assert "mcnemar" not in unc
+
+    cos = [rec("fp32", nll_fp), rec("int8", nll_q)]
+    for r, vals in zip(cos, ([1.0] * 16, list(1 - np.abs(rng.normal(0, 0.01, 16))))):
+        r["metrics"] = {"cosine": float(np.mean(vals))}
+        r["per_example"] = {"cosine": vals}
+    derive(cos, (MetricSpec("cosine", per_example="cosine"),), "cosine")
+    unc = cos[1]["uncertainty"]
+    assert unc["change_ci"][1] < 0 and unc["worse_ci"] == [-unc["change_ci"][1], -unc["change_ci"][0]]

@@ -16,25 +16,36 @@ SEED = 0
 
 
 def paired_bootstrap(
-    a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED
+    a: np.ndarray,
+    b: np.ndarray,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = SEED,
+    from_mean: str = "mean",
 ) -> dict[str, Any]:
-    """Interval of ``mean(b) - mean(a)`` over the same examples (paired: one resample of example
-    indices is used for both). ``a`` and ``b``: per-example scores (1/0 correct, a loss ...)."""
+    """Interval of ``f(mean(b)) - f(mean(a))`` over the same examples (paired: one resample of
+    example indices is used for both). ``a`` and ``b``: per-example scores (1/0 correct, a loss
+    ...); ``f`` is the identity (``from_mean="mean"``) or ``exp`` (perplexity from mean NLL)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"paired scores must be two 1-D arrays of one length, got {a.shape} and {b.shape}")
     rng = np.random.default_rng(seed)
-    d = b - a
-    idx = rng.integers(0, len(d), size=(resamples, len(d)))
-    means = d[idx].mean(axis=1)
+    if from_mean not in ("mean", "exp"):
+        raise ValueError(f"from_mean must be mean or exp, got {from_mean!r}")
+
+    def f(x: Any) -> Any:
+        return np.exp(x) if from_mean == "exp" else x
+
+    idx = rng.integers(0, len(a), size=(resamples, len(a)))
+    means = f(b[idx].mean(axis=1)) - f(a[idx].mean(axis=1))
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {
-        "delta": float(d.mean()),
+        "delta": float(f(b.mean()) - f(a.mean())),
         "ci": [float(lo), float(hi)],
         "level": level,
         "resamples": resamples,
         "seed": seed,
-        "n": int(len(d)),
+        "n": int(len(a)),
     }
 
 

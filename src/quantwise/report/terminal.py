@@ -297,10 +297,11 @@ def metric_cells(result: dict[str, Any], r: dict[str, Any]) -> tuple[str, str, s
         metric, r.get("accuracy_change_points", 0.0) if metric == "accuracy" else 0.0
     )
     f1 = r["metrics"].get("f1_macro")
-    ci = (r.get("uncertainty") or {}).get("change_ci") if metric == "accuracy" else None
+    unc = r.get("uncertainty") or {}
+    ci = unc.get("change_ci") if unc.get("metric", "accuracy") == metric else None
     shown = f"{change:+.2f}" if frac else f"{change:+.4g}"
     if ci:
-        shown += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        shown += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if frac else f" [{ci[0]:+.3g}, {ci[1]:+.3g}]"
     return (
         f"{100 * v:.2f}%" if frac else f"{v:.4g}",
         shown,

@@ -130,7 +130,7 @@ def run_compare(
             left[fmt.id] -= 1
             if not left[fmt.id] and fmt.id in built and not within_budget(records, fmt.id, task, settings.max_drop):
                 del built[fmt.id]  # no export will need it (explain rebuilds): an LLM's copies add up
-    derive(records, task.metrics)
+    derive(records, task.metrics, task.primary_metric)
     speed = speed_keys(task, settings)
     rec_result = recommend(
         records,

@@ -21,11 +21,13 @@ from quantwise.runtime.registry import baseline_runtime
 from quantwise.tasks.base import CLASSIFICATION_METRICS, MetricSpec
 
 
-def derive(records: list[Record], metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS) -> None:
+def derive(
+    records: list[Record], metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS, primary: str = "accuracy"
+) -> None:
     """Add to each record, vs FP32 in its baseline runtime: ``metric_change`` (points for fractions,
     else the metric's units; positive is an increase), ``uncertainty`` (paired bootstrap interval
-    of the accuracy change and McNemar's exact test, when both carry per-example outcomes, and
-    ``worse_ci``: how much worse, in the primary metric's direction), ``speedup`` with
+    of the primary metric's change (accuracy: with McNemar's exact test) when both carry its
+    per-example values, and ``worse_ci``: how much worse, in its direction), ``speedup`` with
     ``speedup_ci`` (from the medians' intervals) and ``compression``."""
     base = {r["runtime"]: r for r in records if r["format"] == "fp32" and r.get("status") == "ok"}
     for r in records:
@@ -39,18 +41,9 @@ def derive(records: list[Record], metrics: tuple[MetricSpec, ...] = CLASSIFICATI
         }
         if "accuracy" in r["metric_change"]:
             r["accuracy_change_points"] = r["metric_change"]["accuracy"]
-        ours, theirs = (r.get("per_example") or {}).get("correct"), (b.get("per_example") or {}).get("correct")
-        if ours is not None and theirs is not None and len(ours) == len(theirs) and len(ours) > 0:
-            boot = paired_bootstrap(np.array(theirs), np.array(ours))
-            change = [100 * boot["ci"][0], 100 * boot["ci"][1]]
-            r["uncertainty"] = {
-                "metric": "accuracy",
-                "change_points": 100 * boot["delta"],
-                "change_ci": change,
-                "worse_ci": [-change[1], -change[0]],
-                "method": f"paired bootstrap over {boot['n']} examples, {RESAMPLES} resamples, seed {SEED}, {LEVEL:.0%}",
-                "mcnemar": mcnemar_exact(np.array(theirs), np.array(ours)),
-            }
+        unc = uncertainty(r, b, metrics, primary)
+        if unc is not None:
+            r["uncertainty"] = unc
         lat, blat = r["latency_ms"], b["latency_ms"]
         r["speedup"] = {k: blat[k]["p50"] / v["p50"] for k, v in lat.items() if k in blat and v["p50"] > 0}
         r["speedup_ci"] = {
@@ -59,6 +52,30 @@ def derive(records: list[Record], metrics: tuple[MetricSpec, ...] = CLASSIFICATI
             if k in blat and "ci95" in v and "ci95" in blat[k]
         }
         r["compression"] = b["size_bytes"] / r["size_bytes"] if r["size_bytes"] else None
+
+
+def uncertainty(r: Record, b: Record, metrics: tuple[MetricSpec, ...], primary: str) -> dict[str, Any] | None:
+    """The paired-bootstrap interval of the primary metric's change against FP32 (display units:
+    points for fractions), from the per-example values both records carry; None without them."""
+    spec = next((m for m in metrics if m.name == primary), MetricSpec(primary))
+    key = "correct" if primary == "accuracy" else spec.per_example
+    ours, theirs = (r.get("per_example") or {}).get(key), (b.get("per_example") or {}).get(key)
+    if not key or ours is None or theirs is None or len(ours) != len(theirs) or len(ours) == 0:
+        return None
+    boot = paired_bootstrap(np.array(theirs), np.array(ours), from_mean=spec.from_mean)
+    scale = 100 if spec.fraction else 1
+    change = [scale * boot["ci"][0], scale * boot["ci"][1]]
+    worse = [-change[1], -change[0]] if spec.higher_is_better else change
+    out: dict[str, Any] = {
+        "metric": primary,
+        "change_points": scale * boot["delta"],
+        "change_ci": change,
+        "worse_ci": worse,
+        "method": f"paired bootstrap over {boot['n']} examples ({key}), {RESAMPLES} resamples, seed {SEED}, {LEVEL:.0%}",
+    }
+    if key == "correct":
+        out["mcnemar"] = mcnemar_exact(np.array(theirs), np.array(ours))
+    return out
 
 
 def sample_size_note(records: list[Record], allowed_points: float, unit: str) -> str | None:

@@ -22,11 +22,18 @@ class MetricSpec:
         higher_is_better: direction; a budget on a lower-is-better metric caps its rise.
         fraction: a value in [0, 1] shown and budgeted in percentage points (accuracy);
             otherwise the metric's own units (perplexity, KL).
+        per_example: the key of ``record.per_example`` holding per-example values whose mean
+            gives the metric (after ``from_mean``), so compare can put a paired interval on its
+            change; "" when the metric is not such a mean (accuracy uses ``correct``).
+        from_mean: ``mean`` (the metric is the mean itself) or ``exp`` (perplexity: exp of the
+            mean negative log-likelihood).
     """
 
     name: str
     higher_is_better: bool = True
     fraction: bool = True
+    per_example: str = ""
+    from_mean: str = "mean"
 
     @property
     def unit(self) -> str:
@@ -81,6 +88,8 @@ class Task:
             names the one budgets and rankings apply to.
         reduce: ``reduce(i, batch, outputs) -> rows`` shrinks evaluation batch ``i``'s outputs
             as they come (an LLM's logits are too big to keep); ``score`` then sees the rows.
+        per_example: maps the same outputs to ``{key: one value per example}`` for the metrics
+            whose ``MetricSpec.per_example`` names a key (per-window NLL, per-example cosine).
         generation: for generative tasks, how decode speed is measured.
     """
 
@@ -106,6 +115,7 @@ class Task:
     train_defaults: dict[str, Any] = field(default_factory=dict)
     metrics: tuple[MetricSpec, ...] = CLASSIFICATION_METRICS
     reduce: Callable[[int, Batch, np.ndarray], np.ndarray] | None = None
+    per_example: Callable[[np.ndarray], dict[str, list[float]]] | None = None
     generation: Generation | None = None
 
     def metric_spec(self, name: str | None = None) -> MetricSpec:

@@ -31,8 +31,8 @@ from quantwise.tasks.base import Batch, Generation, MetricSpec, Task
 from quantwise.tasks.llm_load import bbc_articles, load_causal_lm, read_texts, smollm2_path
 
 LLM_METRICS = (
-    MetricSpec("perplexity", higher_is_better=False, fraction=False),
-    MetricSpec("kl_to_fp32", higher_is_better=False, fraction=False),
+    MetricSpec("perplexity", higher_is_better=False, fraction=False, per_example="nll", from_mean="exp"),
+    MetricSpec("kl_to_fp32", higher_is_better=False, fraction=False, per_example="kl"),
     MetricSpec("top1_agreement"),
     MetricSpec("zero_shot_accuracy"),
 )
@@ -178,6 +178,16 @@ def build_causal_lm_task(
         "decode_new_tokens": s.new_tokens,
     }
     metrics = LLM_METRICS if choices else LLM_METRICS[:3]
+
+    def per_window(rows: np.ndarray) -> dict[str, list[float]]:
+        """Mean NLL and KL per evaluation window (equal token counts, so their means are the metrics'):
+        the unit a perplexity interval resamples, since tokens within a window are not independent."""
+        ppl = rows[rows[:, 0] == PPL]
+        if len(ppl) == 0 or len(ppl) % n_eval:
+            return {}
+        w = ppl.reshape(n_eval, -1, ppl.shape[1])
+        return {"nll": w[:, :, 1].mean(1).tolist(), "kl": w[:, :, 3].mean(1).tolist()}
+
     return Task(
         name=name,
         model=model,
@@ -194,6 +204,7 @@ def build_causal_lm_task(
         validation=[(w,) for w in val_w],
         reduce=reduce,
         generation=Generation(prompt=prompt, new_tokens=s.new_tokens),
+        per_example=per_window,
         info={"kind": "causal-lm", "protocol": protocol, "n_test": n_eval, "source": str(source or "")},
     )
 

@@ -31,7 +31,7 @@ LABEL_KEYS = ("labels", "label")
 MAX_CALIBRATION = 128
 BATCH = 32
 OUTPUT_METRICS = (
-    MetricSpec("cosine"),
+    MetricSpec("cosine", per_example="cosine"),
     MetricSpec("agreement"),
     MetricSpec("sqnr_db", fraction=False),
     MetricSpec("kl", higher_is_better=False, fraction=False),
@@ -104,6 +104,17 @@ def _check_shapes(gm: OnnxGraphModule, arrays: dict[str, np.ndarray]) -> None:
         for i, (d, s) in enumerate(zip(dims, a.shape)):
             if isinstance(d, int) and d > 0 and d != s:
                 raise UserError(f"input {n}: dimension {i} must be {d} (model signature {dims}), the data has {s}")
+
+
+def per_example_cosine(ref: np.ndarray, out: np.ndarray) -> dict[str, list[float]]:
+    """Each example's cosine to FP32 (its mean is the ``cosine`` metric); nothing for one-number
+    outputs, whose cosine is taken over the whole test set's column."""
+    r = ref.reshape(len(ref), -1).astype(np.float64)
+    o = out.reshape(len(out), -1).astype(np.float64)
+    if r.shape[1] == 1:
+        return {}
+    cos = (r * o).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1), 1e-30)
+    return {"cosine": cos.tolist()}
 
 
 def _output_metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
@@ -221,6 +232,7 @@ def onnx_task(
         },
         predict=predict,
         metrics=metrics,
+        per_example=(lambda out: per_example_cosine(ref, out)) if score is None else None,
     )
 
 
