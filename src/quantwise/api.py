@@ -207,20 +207,7 @@ def _evaluate(
             record["per_example"] = {"correct": correct.astype(int).tolist()}
         if task.per_example is not None:  # per-example values of mean metrics (cosine, per-window NLL)
             record.setdefault("per_example", {}).update(task.per_example(outputs))
-        status("measuring latency")
-        for bs in batch_sizes:
-            batch = task.latency_input(bs)
-            record["latency_ms"][f"batch_{bs}"] = measure_latency(
-                partial(runner.run, batch), min_seconds=min(0.25, latency_seconds), max_seconds=latency_seconds
-            )
-        if task.generation is not None:
-            status("measuring decode speed")
-            record["decode"] = measure_decode(runner, task.generation)
-            if "per_token_ms" in record["decode"]:
-                record["latency_ms"]["decode_token"] = record["decode"].pop("per_token_ms")
-        if measure_memory:
-            status("measuring peak memory in a separate process")
-            record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)
+        _measure(record, task, runtime, runner, module, tmp, threads, batch_sizes, measure_memory, latency_seconds)
         if out is not None:
             _publish(tmp, Path(out), record)
         if hasattr(runner, "close"):
@@ -228,6 +215,60 @@ def _evaluate(
         return record
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(
+    task: Task,
+    quantized: QuantizedModel | None,
+    runtime: str,
+    record: Record,
+    threads: int = 1,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    measure_memory: bool = True,
+    latency_seconds: float = 5.0,
+) -> Record:
+    """The measuring stage alone: lower ``quantized`` (None: FP32) afresh and add latency (and an
+    LLM's decode speed) and peak memory to ``record``, which ``evaluate(..., batch_sizes=(),
+    measure_memory=False)`` scored. A cluster runs this on the target machine, one at a time."""
+    tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
+    try:
+        with torch_threads(threads):
+            runner, module = lower(quantized, task, runtime, tmp, threads, batch_sizes)
+            _measure(record, task, runtime, runner, module, tmp, threads, batch_sizes, measure_memory, latency_seconds)
+            if hasattr(runner, "close"):
+                runner.close()
+        return record
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _measure(
+    record: Record,
+    task: Task,
+    runtime: str,
+    runner: Any,
+    module: nn.Module,
+    tmp: Path,
+    threads: int,
+    batch_sizes: tuple[int, ...],
+    measure_memory: bool,
+    latency_seconds: float,
+) -> None:
+    if batch_sizes:
+        status("measuring latency")
+    for bs in batch_sizes:
+        batch = task.latency_input(bs)
+        record["latency_ms"][f"batch_{bs}"] = measure_latency(
+            partial(runner.run, batch), min_seconds=min(0.25, latency_seconds), max_seconds=latency_seconds
+        )
+    if task.generation is not None and batch_sizes:
+        status("measuring decode speed")
+        record["decode"] = measure_decode(runner, task.generation)
+        if "per_token_ms" in record["decode"]:
+            record["latency_ms"]["decode_token"] = record["decode"].pop("per_token_ms")
+    if measure_memory:
+        status("measuring peak memory in a separate process")
+        record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)
 
 
 def _record(

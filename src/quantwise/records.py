@@ -59,6 +59,8 @@ class Record(TypedDict, total=False):
     speedup_ci: dict[str, list[float]]
     compression: float | None
     uncertainty: dict[str, Any]
+    built_on: dict[str, Any]
+    measured_on: dict[str, Any]
     run_id: str
     digest: str
 

@@ -50,6 +50,20 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument(
         "--explain-samples", type=int, default=128, help="evaluation examples explain measures on (default 128)"
     )
+    p.add_argument(
+        "--executor",
+        choices=("in-process", "ray"),
+        default="in-process",
+        help="in-process (default) or ray: trials on a Ray cluster, build/score fanned out, measuring exclusive "
+        "on labelled nodes (needs quantwise[ray])",
+    )
+    p.add_argument("--address", help="--executor ray: an existing cluster (host:port); default: start a local Ray")
+    p.add_argument(
+        "--measure-on",
+        default="quantwise-measure",
+        help="--executor ray: the Ray resource marking the nodes that may measure latency and memory "
+        "(one unit per node; default quantwise-measure, which a local Ray gets)",
+    )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -75,6 +89,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         train=not args.no_train,
         explain=args.explain,
         explain_samples=args.explain_samples,
+        executor=args.executor,
+        address=args.address,
+        measure_on=args.measure_on,
     )
     if args.explain_samples < 1:
         raise UserError("--explain-samples must be a positive number of examples")
@@ -82,6 +99,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from quantwise.outdir import check_out
 
     check_out(args.out, args.overwrite, resume=args.resume)
+    if args.address and args.executor != "ray":
+        raise UserError("--address names a Ray cluster: add --executor ray")
+    if args.executor == "ray":  # reach the cluster and find a measuring node before any work
+        from quantwise.sweep.ray_executor import connect
+
+        connect(args.address, args.measure_on)
     select_formats(args.formats, args.runtimes)  # validate names before loading anything
     task = load_task_from_args(args)
     if args.max_drop is None and task.info.get("kind") == "causal-lm":

@@ -45,6 +45,9 @@ class CompareSettings:
     train: bool = True
     explain: str = "worst"
     explain_samples: int = 128
+    executor: str = "in-process"  # or "ray": trials on a Ray cluster (sweep/ray_executor.py)
+    address: str | None = None  # an existing Ray cluster; None starts a local one
+    measure_on: str = "quantwise-measure"  # the Ray resource marking nodes that may measure
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that change a record's content (the resume identity hashes them)."""
@@ -69,6 +72,9 @@ class CompareSettings:
             "target": self.target,
             "explain": self.explain,
             "explain_samples": self.explain_samples,
+            "executor": self.executor,
+            "address": self.address,
+            "measure_on": self.measure_on,
         }
 
 
@@ -113,6 +119,7 @@ def run_compare(
     left = {f.id: sum(1 for g, _ in pairs if g.id == f.id) for f, _ in pairs}  # runtimes still to run
     with live_progress() as progress:
         overall = progress.add_task("compare: all formats", total=len(pairs))
+        todo = []
         for fmt, runtime in pairs:
             path = records_dir / f"{fmt.id}__{runtime}.json"
             if resume and path.exists():
@@ -122,6 +129,18 @@ def run_compare(
                     progress.advance(overall)
                     continue
                 warn(f"--resume: recomputing {fmt.id} · {runtime}: {path} {why}")
+            todo.append((fmt, runtime, path))
+        if settings.executor == "ray":
+            from quantwise.sweep.ray_executor import run_on_ray
+
+            progress.update(overall, description=f"compare on Ray: {len(todo)} trials")
+            for done_fmt, done_runtime, path, rec in run_on_ray(task, todo, settings):
+                rec = seal(rec, run_id)
+                write_json(path, rec)
+                records.append(rec)
+                progress.update(overall, description=f"compare on Ray: {done_fmt.id} · {done_runtime} done")
+                progress.advance(overall)
+        for fmt, runtime, path in todo if settings.executor != "ray" else []:
             progress.update(overall, description=f"compare: {fmt.id} · {runtime}")
             rec = seal(_run_one(task, fmt, runtime, settings, built), run_id)
             write_json(path, rec)
@@ -130,6 +149,8 @@ def run_compare(
             left[fmt.id] -= 1
             if not left[fmt.id] and fmt.id in built and not within_budget(records, fmt.id, task, settings.max_drop):
                 del built[fmt.id]  # no export will need it (explain rebuilds): an LLM's copies add up
+    order = {(f.id, r): i for i, (f, r) in enumerate(pairs)}
+    records.sort(key=lambda r: order.get((r.get("format", ""), r.get("runtime", "")), len(order)))
     derive(records, task.metrics, task.primary_metric)
     speed = speed_keys(task, settings)
     rec_result = recommend(
@@ -204,7 +225,16 @@ def _read_record(path: Path, run_id: str, fmt: str, runtime: str) -> tuple[Recor
     return rec, why_stale(rec, run_id, fmt, runtime)
 
 
-def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: dict[str, Any] | None = None) -> Record:
+def _run_one(
+    task: Task,
+    fmt: Format,
+    runtime: str,
+    s: CompareSettings,
+    built: dict[str, Any] | None = None,
+    measure: bool = True,
+) -> Record:
+    """One trial: build (or reuse) the format's QuantizedModel, run it in ``runtime`` and score it;
+    ``measure=False`` leaves timing and memory to a separate stage (``api.measure``)."""
     from quantwise.api import build_quantized
 
     built = {} if built is None else built
@@ -222,8 +252,8 @@ def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: d
             recipe,
             runtime,
             threads=s.threads,
-            batch_sizes=batch_sizes(task, s),
-            measure_memory=s.measure_memory,
+            batch_sizes=batch_sizes(task, s) if measure else (),
+            measure_memory=s.measure_memory and measure,
             latency_seconds=s.latency_seconds,
             quantized=built.get(fmt.id),
         )
@@ -256,3 +286,6 @@ def _run_one(task: Task, fmt: Format, runtime: str, s: CompareSettings, built: d
     rec["format"] = fmt.id
     rec["family"] = fmt.family
     return rec
+
+
+run_trial = _run_one  # the executors' name for one trial (tests patch _run_one in-process)

@@ -1,0 +1,88 @@
+"""compare through a real local Ray cluster (2 CPUs, loopback): the same records as in-process,
+a worker killed mid-trial is retried, and a measuring label no node has is refused up front."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+import ray  # the ray extra is part of the README's set-up
+
+from quantwise.errors import UserError
+from quantwise.sweep.compare import CompareSettings, run_compare
+from quantwise.sweep.recommend import Budget
+
+pytestmark = pytest.mark.xdist_group("ray")  # one local Ray at a time
+
+FORMATS = dict(
+    formats="fp32,static-int8-minmax,dynamic-int8",
+    runtimes="onnxruntime,torch",
+    max_drop=Budget(1.0, False),
+    measure_memory=False,
+    latency_seconds=0.1,
+    optimize="size",
+    explain="none",
+)
+SAME = ("status", "metrics", "per_example", "integer_ops", "quantized_layers", "float_layers", "recipe_params")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, resources={"quantwise-measure": 1}, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _check_same(a, b):
+    assert [(r["format"], r["runtime"]) for r in a["records"]] == [(r["format"], r["runtime"]) for r in b["records"]]
+    for x, y in zip(a["records"], b["records"]):
+        for k in SAME:
+            assert x.get(k) == y.get(k), (x["format"], x["runtime"], k)
+        assert abs(x["size_bytes"] - y["size_bytes"]) <= 16  # quantwise.json's timings differ by digits
+        assert set(y["latency_ms"]) == set(x["latency_ms"]) and "measured_on" in y and "built_on" in y
+    assert a["recommendation"]["winner"]["key"] == b["recommendation"]["winner"]["key"]
+
+
+def test_ray_compare_equals_in_process_and_resumes(mnist, local_ray, tmp_path):
+    here = run_compare(mnist, CompareSettings(**FORMATS), tmp_path / "here")
+    there = run_compare(mnist, CompareSettings(executor="ray", **FORMATS), tmp_path / "ray")
+    _check_same(here, there)
+    # a driver restarted with --resume against the same records/ reuses what finished, byte for byte
+    kept = tmp_path / "ray" / "records" / "static-int8-minmax__onnxruntime.json"
+    lost = tmp_path / "ray" / "records" / "dynamic-int8__torch.json"
+    before = kept.read_bytes()
+    lost.unlink()
+    again = run_compare(mnist, CompareSettings(executor="ray", **FORMATS), tmp_path / "ray", resume=True)
+    assert kept.read_bytes() == before and lost.exists()
+    _check_same(here, again)
+
+
+def test_a_worker_killed_mid_trial_is_retried(mnist, local_ray, tmp_path):
+    result: dict = {}
+    s = CompareSettings(executor="ray", **{**FORMATS, "formats": "fp32,static-int8-minmax"})
+    runner = threading.Thread(target=lambda: result.update(run_compare(mnist, s, tmp_path / "ray")))
+    runner.start()
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and time.time() < deadline and runner.is_alive():
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if any("build_and_score" in part for part in (p.info["cmdline"] or [])):
+                os.kill(p.info["pid"], signal.SIGKILL)
+                killed = p.info["pid"]
+                break
+        time.sleep(0.05)
+    runner.join(timeout=300)
+    assert killed is not None, "no Ray worker was seen running a build stage"
+    assert result and all(r["status"] == "ok" for r in result["records"]), [r.get("error") for r in result["records"]]
+    assert len(result["records"]) == 4
+
+
+def test_a_measuring_label_no_node_has_is_refused_before_any_trial(local_ray):
+    from quantwise.sweep.ray_executor import connect
+
+    with pytest.raises(UserError, match="no node of the Ray cluster carries the measuring label 'hw:nope'"):
+        connect(None, "hw:nope")
