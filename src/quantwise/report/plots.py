@@ -127,7 +127,7 @@ def bars(
     title: str,
     unit: str,
 ) -> dict[str, Any]:
-    """Horizontal bars, one per format and runtime, sorted by value, with error bars where measured."""
+    """Horizontal bars, one per format and runtime, smallest at the top, with error bars where measured."""
     rows = [(key(r), r["runtime"], v) for r in ok_records(result) if (v := value(r)) is not None]
     rows.sort(key=lambda row: row[2][0])
     fig = go.Figure(
@@ -143,7 +143,7 @@ def bars(
     fig.update_layout(
         title=title,
         xaxis={"title": unit},
-        yaxis={"automargin": True},
+        yaxis={"automargin": True, "autorange": "reversed"},  # smallest first, read top-down
         font=_FONT,
         height=max(260, 24 * len(rows) + 110),
         margin={"l": 10, "r": 20, "t": 50, "b": 50},
