@@ -50,3 +50,11 @@ print("|---|---|---|---|")
 print(f"| in-process | {n} | {t1 - t0:.1f} | (reference) |")
 print(f"| ray (local, {os.cpu_count()} CPUs) | {len(there['records'])} | {t2 - t1:.1f} | {same}/{n} |")
 print(f"overhead: ray wall time / in-process = {(t2 - t1) / (t1 - t0):.2f}x (includes starting Ray)")
+stages = [r.get("stage_seconds", {}) for r in there["records"]]
+build = sum(st.get("build_and_score", 0.0) for st in stages)
+meas = sum(st.get("measure", 0.0) for st in stages)
+print(f"stage seconds summed over trials: build+score {build:.1f}, measure {meas:.1f}")
+print("projection (assumptions: builds fan out evenly over W one-CPU workers, every measurement runs on the one")
+print("labelled node in series, no transfer cost, Ray start excluded): wall between max(B/W, M) and B/W + M")
+for w in (2, 8, 32):
+    print(f"| W={w} | {max(build / w, meas):.1f} - {build / w + meas:.1f} s |")

@@ -61,6 +61,7 @@ class Record(TypedDict, total=False):
     uncertainty: dict[str, Any]
     built_on: dict[str, Any]
     measured_on: dict[str, Any]
+    stage_seconds: dict[str, float]
     run_id: str
     digest: str
 

@@ -108,20 +108,26 @@ def build_and_score(task: Task, fmt: Format, runtime: str, settings: CompareSett
     """Stage 1 on any worker: the record without timing, and the QuantizedModel for stage 2."""
     from quantwise.sweep.compare import run_trial
 
+    import time
+
     built: dict[str, Any] = {}
+    t0 = time.perf_counter()
     rec = run_trial(task, fmt, runtime, settings, built, measure=False)
     qm = built.get(fmt.id)
     rec["built_on"] = node()
+    rec["stage_seconds"] = {"build_and_score": round(time.perf_counter() - t0, 3)}
     return rec, (None if isinstance(qm, Exception) else qm)
 
 
 def measure_stage(task: Task, qm: Any, runtime: str, rec: Record, settings: CompareSettings) -> Record:
     """Stage 2 on a labelled node, one at a time per node: latency, decode speed, peak memory."""
+    import time
     import traceback
 
     from quantwise.api import measure
     from quantwise.sweep.compare import batch_sizes
 
+    t0 = time.perf_counter()
     try:
         measure(
             task,
@@ -138,6 +144,7 @@ def measure_stage(task: Task, qm: Any, runtime: str, rec: Record, settings: Comp
         rec["error"] = f"measuring: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         rec["traceback"] = traceback.format_exc(limit=5)
     rec["measured_on"] = node()
+    rec.setdefault("stage_seconds", {})["measure"] = round(time.perf_counter() - t0, 3)
     return rec
 
 
