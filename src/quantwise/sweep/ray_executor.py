@@ -106,9 +106,9 @@ def node() -> dict[str, Any]:
 
 def build_and_score(task: Task, fmt: Format, runtime: str, settings: CompareSettings) -> tuple[Record, Any]:
     """Stage 1 on any worker: the record without timing, and the QuantizedModel for stage 2."""
-    from quantwise.sweep.compare import run_trial
-
     import time
+
+    from quantwise.sweep.compare import run_trial
 
     built: dict[str, Any] = {}
     t0 = time.perf_counter()
