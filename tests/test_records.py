@@ -23,3 +23,5 @@ def test_evaluate_writes_only_declared_keys(mnist):
     )
     assert set(rec) <= RECORD_KEYS, sorted(set(rec) - RECORD_KEYS)
     assert set(rec["latency_ms"]["batch_1"]) <= set(Latency.__annotations__)
+    # every single-number measurement says how often it was taken
+    assert rec["samples"] == {"peak_memory_bytes": 0, "time_to_quantize_s": 1}

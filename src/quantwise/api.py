@@ -269,6 +269,7 @@ def _measure(
     if measure_memory:
         status("measuring peak memory in a separate process")
         record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)
+        record["samples"]["peak_memory_bytes"] = 1 if record["peak_memory_bytes"] is not None else 0
 
 
 def _record(
@@ -292,6 +293,8 @@ def _record(
         "latency_ms": {},
         "size_bytes": artifact_size(runner.artifact),
         "peak_memory_bytes": None,
+        # single measurements say so (latency carries its own n and interval; metrics their examples)
+        "samples": {"peak_memory_bytes": 0, "time_to_quantize_s": 1 if qm else 0},
         "time_to_quantize_s": qm.info.get("time_to_quantize_s", 0.0) if qm else 0.0,
         "integer_ops": runner.integer_ops(),
         "fixed_point": runner.report() if getattr(runner, "runtime", "") == "integer" else None,

@@ -43,6 +43,7 @@ class Record(TypedDict, total=False):
     decode: dict[str, Any]
     size_bytes: int
     peak_memory_bytes: int | None
+    samples: dict[str, int]
     time_to_quantize_s: float
     integer_ops: dict[str, Any]
     fixed_point: dict[str, Any] | None
