@@ -171,7 +171,7 @@ def recipe_keys(name: str) -> list[RecipeKey]:
     out = []
     for f in dataclasses.fields(cls):
         default = defaults.get(f.name, f.default)
-        out.append(RecipeKey(f.name, default, describe(f, default), flags.get(f.name, ""), spec(f).help))
+        out.append(RecipeKey(f.name, default, describe(f), flags.get(f.name, ""), spec(f).help))
     return out
 
 

@@ -70,11 +70,6 @@ def spec(f: dataclasses.Field[Any]) -> Spec:
     return s  # type: ignore[no-any-return]
 
 
-def kind_of(default: Any) -> type:
-    """The value type of a field, from its default."""
-    return type(default)
-
-
 def check_field(recipe: str, f: dataclasses.Field[Any], value: Any) -> None:
     """Refuse a value outside the field's declaration: one line naming the recipe, key and allowed values."""
     s = spec(f)
@@ -93,10 +88,10 @@ def check_field(recipe: str, f: dataclasses.Field[Any], value: Any) -> None:
                 raise UserError(f"recipe {recipe}: {f.name} must be in {s.range_text()}, got {v}{hint}")
 
 
-def describe(f: dataclasses.Field[Any], default: Any) -> str:
+def describe(f: dataclasses.Field[Any]) -> str:
     """``int, one of 4, 8``-style summary of what a key takes."""
     s = spec(f)
-    typ = {bool: "true/false", int: "integer", float: "number", str: "text", tuple: "list"}[kind_of(f.default)]
+    typ = {bool: "true/false", int: "integer", float: "number", str: "text", tuple: "list"}[type(f.default)]
     parts = [typ]
     if s.choices is not None:
         parts.append("one of " + ", ".join(str(c) for c in s.choices))

@@ -140,7 +140,8 @@ def run_compare(
                 records.append(rec)
                 progress.update(overall, description=f"compare on Ray: {done_fmt.id} · {done_runtime} done")
                 progress.advance(overall)
-        for fmt, runtime, path in todo if settings.executor != "ray" else []:
+            todo = []  # every trial ran on the cluster
+        for fmt, runtime, path in todo:
             progress.update(overall, description=f"compare: {fmt.id} · {runtime}")
             rec = seal(_run_one(task, fmt, runtime, settings, built), run_id)
             write_json(path, rec)
@@ -259,32 +260,35 @@ def _run_one(
         )
         rec.pop("env", None)
     except UnsupportedModel as e:
-        rec = Record(
-            **{
-                "schema": "quantwise.result/1",
-                "task": task.name,
-                "recipe": fmt.recipe or "fp32",
-                "runtime": runtime,
-                "status": "unsupported",
-                "error": str(e),
-            }
-        )
+        return not_run(task, fmt, runtime, "unsupported", str(e))
     except UserError:
         raise
     except Exception as e:  # one failing format must not stop the others; it is recorded with its error
-        rec = Record(
-            **{
-                "schema": "quantwise.result/1",
-                "task": task.name,
-                "recipe": fmt.recipe or "fp32",
-                "runtime": runtime,
-                "status": "failed",
-                "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                "traceback": traceback.format_exc(limit=5),
-            }
-        )
+        return not_run(task, fmt, runtime, "failed", error_line(e), traceback.format_exc(limit=5))
     rec["format"] = fmt.id
     rec["family"] = fmt.family
+    return rec
+
+
+def error_line(e: BaseException) -> str:
+    """``Type: first line of the message`` for a record's ``error``."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def not_run(task: Task, fmt: Format, runtime: str, status: str, error: str, trace: str | None = None) -> Record:
+    """The record of a trial that produced no measurements: ``unsupported`` or ``failed``, and why."""
+    rec = Record(
+        schema="quantwise.result/1",
+        task=task.name,
+        recipe=fmt.recipe or "fp32",
+        runtime=runtime,
+        status=status,
+        error=error,
+        format=fmt.id,
+        family=fmt.family,
+    )
+    if trace is not None:
+        rec["traceback"] = trace
     return rec
 
 

@@ -140,8 +140,10 @@ def measure_stage(task: Task, qm: Any, runtime: str, rec: Record, settings: Comp
             latency_seconds=settings.latency_seconds,
         )
     except Exception as e:  # a trial that fails is recorded once, not retried
+        from quantwise.sweep.compare import error_line
+
         rec["status"] = "failed"
-        rec["error"] = f"measuring: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        rec["error"] = f"measuring: {error_line(e)}"
         rec["traceback"] = traceback.format_exc(limit=5)
     rec["measured_on"] = node()
     rec.setdefault("stage_seconds", {})["measure"] = round(time.perf_counter() - t0, 3)
@@ -183,14 +185,7 @@ def run_on_ray(
 
 
 def _lost(task: Task, fmt: Format, runtime: str, stage: str, e: Exception) -> Record:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return Record(
-        schema="quantwise.result/1",
-        task=task.name,
-        recipe=fmt.recipe or "fp32",
-        runtime=runtime,
-        status="failed",
-        error=f"the Ray worker running its {stage} stage died {RETRIES + 1} times: {type(e).__name__} {first[:200]}",
-        format=fmt.id,
-        family=fmt.family,
-    )
+    from quantwise.sweep.compare import error_line, not_run
+
+    why = f"the Ray worker running its {stage} stage died {RETRIES + 1} times: {error_line(e)[:240]}"
+    return not_run(task, fmt, runtime, "failed", why)
