@@ -18,6 +18,7 @@ from quantwise.measure.stats import (
 )
 from quantwise.records import Record
 from quantwise.runtime.registry import baseline_runtime
+from quantwise.sweep.confidence import per_example_key
 from quantwise.tasks.base import CLASSIFICATION_METRICS, MetricSpec
 
 
@@ -58,7 +59,7 @@ def uncertainty(r: Record, b: Record, metrics: tuple[MetricSpec, ...], primary: 
     """The paired-bootstrap interval of the primary metric's change against FP32 (display units:
     points for fractions), from the per-example values both records carry; None without them."""
     spec = next((m for m in metrics if m.name == primary), MetricSpec(primary))
-    key = "correct" if primary == "accuracy" else spec.per_example
+    key = per_example_key(spec) or ""
     ours, theirs = (r.get("per_example") or {}).get(key), (b.get("per_example") or {}).get(key)
     if not key or ours is None or theirs is None or len(ours) != len(theirs) or len(ours) == 0:
         return None

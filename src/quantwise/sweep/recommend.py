@@ -14,11 +14,13 @@ from quantwise.errors import UserError
 from quantwise.records import Record
 from quantwise.runtime.registry import baseline_runtime
 from quantwise.sweep.confidence import (
+    SIZE_MARGIN,
     TIE_MARGIN,
     TIE_RULE,
     budget_confidence,
     faster_with_confidence,
     indistinguishable,
+    significantly_worse,
 )
 from quantwise.sweep.profiles import Profile
 from quantwise.tasks.base import MetricSpec
@@ -174,7 +176,7 @@ def recommend(
         return (sure, v if v is not None else float("inf"), drop, r.get("size_bytes") or 0, key(r))
 
     candidates.sort(key=rank)
-    tie = _break_tie(candidates, objective, latency_batch, worse, portability or {}, confidence) if measured else None
+    tie = _break_tie(candidates, objective, latency_batch, spec, portability or {}, confidence) if measured else None
     winner = candidates[0] if candidates else None
     runner_up = candidates[1] if len(candidates) > 1 else None
     for r in candidates[2:]:
@@ -183,7 +185,7 @@ def recommend(
         reasons[key(runner_up)] = "runner-up: " + _lost_to(runner_up, winner, objective, latency_batch, measured)  # type: ignore[arg-type]
     for k in (tie or {}).get("keys", [])[1:]:
         prefix = "runner-up: " if runner_up is not None and k == key(runner_up) else ""
-        reasons[k] = f"{prefix}ties {key(winner)} on {objective} ({tie['why']}); loses by the rule: {tie['rule']}"  # type: ignore[index,arg-type]
+        reasons[k] = f"{prefix}ties {key(winner)} on {objective} ({tie['why']}); loses by the rule: {tie['lost_by'][k]}"  # type: ignore[index,arg-type]
     closest = None
     if winner is None:
         quantized = [r for r in ok if r["format"] != "fp32"]
@@ -278,12 +280,16 @@ def _break_tie(
     ranked: list[Record],
     objective: str,
     batch: str,
-    worse: Any,
+    spec: MetricSpec,
     portability: dict[str, int],
     confidence: dict[str, str],
 ) -> dict[str, Any] | None:
     """Reorder, in place, the candidates whose objective cannot be told apart from the best
-    (latency intervals overlap; equal size or memory) by :data:`TIE_RULE`; describe the tie."""
+    (latency intervals overlap or medians close; equal size or memory) by :data:`TIE_RULE`;
+    describe the tie and why each tied format lost.
+
+    Only differences that are themselves significant reorder a tie: which formats fall inside
+    it moves with the noise, so a rule that let a point difference decide would move too."""
     if len(ranked) < 2:
         return None
     best = ranked[0]
@@ -297,12 +303,31 @@ def _break_tie(
     group = [r for r in ranked if same(r) and confidence.get(key(r)) == sure]
     if len(group) < 2:
         return None
-    group.sort(key=lambda r: (round(worse(r), 9), r.get("size_bytes") or 0, -portability.get(r["format"], 1), key(r)))
-    rest = [r for r in ranked if r not in group]
-    ranked[:] = group + rest
+    lost: dict[str, str] = {}
+    sign = -1 if spec.higher_is_better else 1
+    top = min(group, key=lambda r: (sign * r["metrics"][spec.name], key(r)))  # the most accurate
+    keep = []
+    for r in group:
+        if r is not top and significantly_worse(r, top, spec):
+            lost[key(r)] = f"significantly less accurate than {key(top)}"
+        else:
+            keep.append(r)
+    smallest = min(keep, key=lambda r: (r.get("size_bytes") or 0, key(r)))
+    small = smallest.get("size_bytes") or 0
+    for r in list(keep):
+        size = r.get("size_bytes") or 0
+        if small and size and small <= (1 - SIZE_MARGIN) * size:
+            lost[key(r)] = f"at least {SIZE_MARGIN:.0%} larger than {key(smallest)} ({size} vs {small} bytes)"
+            keep.remove(r)
+    keep.sort(key=lambda r: (_objective(r, objective, batch) or 0.0, -portability.get(r["format"], 1), key(r)))
+    for r in keep[1:]:
+        lost[key(r)] = f"{'a slower median' if objective == 'latency' else 'equal'} than {key(keep[0])}"
+    order = keep + [r for r in group if r not in keep]
+    ranked[:] = order + [r for r in ranked if r not in order]
     return {
-        "keys": [key(r) for r in group],
+        "keys": [key(r) for r in order],
         "rule": TIE_RULE,
+        "lost_by": lost,
         "why": f"their {objective} cannot be told apart"
         + (
             f" (95% intervals of the median overlap, or medians within {TIE_MARGIN:.0%})"
