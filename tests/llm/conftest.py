@@ -11,7 +11,13 @@ from quantwise.tasks.llm_load import bbc_articles, smollm2_path
 
 
 def save_tiny_llama(
-    folder: Path, layers: int = 2, seed: int = 0, hidden: int = 64, heads: int = 4, kv_heads: int = 2
+    folder: Path,
+    layers: int = 2,
+    seed: int = 0,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    max_shard_size: str | None = None,
 ) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -31,7 +37,7 @@ def save_tiny_llama(
         eos_token_id=tok.eos_token_id,
     )
     model = LlamaForCausalLM(cfg).eval()
-    model.save_pretrained(str(folder))
+    model.save_pretrained(str(folder), **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     tok.save_pretrained(str(folder))
     return folder
 
@@ -39,6 +45,14 @@ def save_tiny_llama(
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def sharded_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three blocks, tied embeddings, saved in shards of at most 2 MB (the embedding is its own)."""
+    folder = save_tiny_llama(tmp_path_factory.mktemp("sharded"), layers=3, seed=4, max_shard_size="2MB")
+    assert (folder / "model.safetensors.index.json").is_file()
+    return folder
 
 
 @pytest.fixture(scope="session")

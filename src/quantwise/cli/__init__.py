@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier quantwise output")
     from quantwise.cli.compare import add_compare_parser
     from quantwise.cli.export_c import add_export_c_parser
+    from quantwise.cli.stream import add_stream_parser
 
     add_export_c_parser(sub)
+    add_stream_parser(sub)
 
     add_compare_parser(sub)
     return parser
@@ -189,6 +191,10 @@ def _main(argv: list[str] | None) -> int:
             from quantwise.cli.compare import cmd_compare
 
             return cmd_compare(args)
+        if args.command == "stream":
+            from quantwise.cli.stream import cmd_stream
+
+            return cmd_stream(args)
         return handlers[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -69,7 +69,7 @@ def _with_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dic
     return args, {**kwargs, "hidden_states": h}
 
 
-def collect_hessians(mods: dict[str, Any], run: Callable[[], None]) -> dict[str, torch.Tensor]:
+def collect_hessians(mods: dict[str, Any], run: Callable[[], object]) -> dict[str, torch.Tensor]:
     """Input Hessians of ``mods`` over whatever ``run`` feeds them."""
     hess: dict[str, list[Any]] = {
         n: [torch.zeros(m.in_features, m.in_features, dtype=torch.float64), 0] for n, m in mods.items()

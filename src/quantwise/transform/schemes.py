@@ -154,10 +154,15 @@ def cast_handler(model: nn.Module, recipe: CastRecipe, calib: Sequence[Batch]) -
     return QuantizedModel(model=copy.deepcopy(model).eval(), recipe=recipe, cast=recipe.dtype)
 
 
-def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Sequence[Batch]) -> QuantizedModel:
-    model = copy.deepcopy(model).eval()
+def plan_weight_only(
+    model: nn.Module, recipe: WeightOnlyRecipe
+) -> tuple[list[tuple[str, nn.Module]], dict[str, str], dict[str, int], dict[str, int], dict[str, object]]:
+    """Which layers a weight-only recipe quantizes: ``(todo, skipped, groups, bits, info)``.
+
+    ``groups``: layers whose input size needs a smaller group than the recipe's; ``bits``: each
+    layer's width (the output head's may differ, ``head_bits``). Reads only shapes, so it works on
+    a model whose weights are not loaded (``meta`` tensors, as the streaming path builds)."""
     chosen, skipped = select_layers(model, recipe)
-    layers: dict[str, LayerQuant] = {}
     todo = []
     groups: dict[str, int] = {}  # layers whose group size had to be smaller than the recipe's
     for name, mod in chosen:
@@ -182,6 +187,13 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
         if head in bits:
             bits[head] = recipe.head_bits
         info["head_bits"] = {head: recipe.head_bits} if head in bits else "no quantized output head found"
+    return todo, skipped, groups, bits, info
+
+
+def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Sequence[Batch]) -> QuantizedModel:
+    model = copy.deepcopy(model).eval()
+    layers: dict[str, LayerQuant] = {}
+    todo, skipped, groups, bits, info = plan_weight_only(model, recipe)
     if recipe.method.startswith("awq"):
         lin, tied = _scalable(model, {n: m for n, m in todo if isinstance(m, nn.Linear)})
 
@@ -211,6 +223,28 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
 
 
+def gptq_layer(mod: nn.Module, h: torch.Tensor, recipe: WeightOnlyRecipe, b: int, g: int) -> LayerQuant:
+    """GPTQ one Linear from its input Hessian ``h``; its weight becomes the dequantized result
+    (later blocks are calibrated on what this layer now computes)."""
+    qtype = (INT8 if recipe.symmetric else UINT8) if b == 8 else (INT4 if recipe.symmetric else UINT4)
+    q, s, z = gptq_quantize(
+        mod.weight,
+        h,
+        qtype,
+        g,
+        recipe.symmetric,
+        recipe.gptq_damp,
+        fp16_scales=recipe.fp16_scales,
+        full_range=recipe.full_range and b == 4,
+    )
+    layer = LayerQuant(
+        LayerKind.LINEAR, QuantMode.WEIGHT_ONLY, q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0)
+    )
+    with torch.no_grad():
+        mod.weight.copy_(layer.dequantized_weight().reshape(mod.weight.shape))
+    return layer
+
+
 def _gptq_layers(
     model: nn.Module,
     recipe: WeightOnlyRecipe,
@@ -231,24 +265,7 @@ def _gptq_layers(
     layers: dict[str, LayerQuant] = {}
 
     def gptq_one(name: str, mod: nn.Module, h: torch.Tensor) -> None:
-        b = bits.get(name, recipe.bits)
-        qtype = (INT8 if recipe.symmetric else UINT8) if b == 8 else (INT4 if recipe.symmetric else UINT4)
-        g = groups.get(name, recipe.group_size)
-        q, s, z = gptq_quantize(
-            mod.weight,
-            h,
-            qtype,
-            g,
-            recipe.symmetric,
-            recipe.gptq_damp,
-            fp16_scales=recipe.fp16_scales,
-            full_range=recipe.full_range and b == 4,
-        )
-        layers[name] = LayerQuant(
-            LayerKind.LINEAR, QuantMode.WEIGHT_ONLY, q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0)
-        )
-        with torch.no_grad():  # later blocks are calibrated on what this layer now computes
-            mod.weight.copy_(layers[name].dequantized_weight().reshape(mod.weight.shape))
+        layers[name] = gptq_layer(mod, h, recipe, bits.get(name, recipe.bits), groups.get(name, recipe.group_size))
 
     linear = {n: m for n, m in todo if isinstance(m, nn.Linear)}
     info = sequential_gptq(model, linear, calib, gptq_one)

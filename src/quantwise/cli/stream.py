@@ -1,0 +1,74 @@
+"""``quantwise stream``: weight-only quantization of a causal LM one block at a time, for models
+larger than memory (``pipeline/streaming.py``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from quantwise.cli.recipe_flags import recipe_args, recipe_from_args
+
+
+def add_stream_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stream",
+        help="quantize a causal LM block by block from its safetensors shards (RTN or GPTQ weight-only), "
+        "for models larger than memory",
+    )
+    p.add_argument("--model", required=True, help="a Hugging Face causal-LM folder with safetensors weights")
+    p.add_argument("--data", help="text to calibrate GPTQ on (.txt with blank-line-separated documents, .csv, .jsonl)")
+    p.add_argument("--text-column", default="text", help="the text column of a CSV/JSONL --data (default text)")
+    p.add_argument("--window", type=int, default=512, help="tokens per calibration window (default 512)")
+    p.add_argument("--windows", type=int, default=8, help="calibration windows (default 8)")
+    recipe_args(p)
+    p.add_argument("--out", required=True, help="a new folder for the quantized blocks and quantwise-streamed.json")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier quantwise output")
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from quantwise.errors import UserError
+    from quantwise.outdir import check_out
+
+    if not args.recipe and not args.recipe_file:
+        args.recipe = "weight-int4"
+    recipe = recipe_from_args(args)
+    if args.window < 2 or args.windows < 1:
+        raise UserError("--window must be at least 2 and --windows at least 1")
+    check_out(args.out, args.overwrite)
+    folder = Path(args.model)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: stream takes a Hugging Face causal-LM folder")
+    calib = []
+    if getattr(recipe, "method", "") == "gptq":
+        if not args.data:
+            raise UserError("GPTQ calibrates on text: pass --data (or --method rtn, which needs none)")
+        calib = _windows(folder, Path(args.data), args.text_column, args.window, args.windows)
+    from quantwise.pipeline.streaming import stream_quantize
+
+    m = stream_quantize(folder, recipe, calib, args.out, args.overwrite)
+    gib = 1 / 2**30
+    print(
+        f"wrote {args.out}: {len(m['layers'])} quantized layers, {m['blocks']}, {m['seconds']} s; "
+        f"checkpoint {m['checkpoint_bytes'] * gib:.2f} GiB, peak resident memory {m['peak_rss_bytes'] * gib:.2f} GiB"
+    )
+    return 0
+
+
+def _windows(folder: Path, data: Path, column: str, window: int, n: int) -> list:
+    from transformers import AutoTokenizer
+
+    from quantwise.errors import UserError
+    from quantwise.quiet import env_vars, hf_quiet
+    from quantwise.tasks.llm import token_windows
+    from quantwise.tasks.llm_load import read_texts
+
+    docs = read_texts(data, column)
+    try:
+        with env_vars(HF_HUB_OFFLINE="1"), hf_quiet():
+            tok = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the tokenizer of {folder}: {(str(e).splitlines() or [''])[0]}") from None
+    wins = token_windows(tok, docs, window, n)
+    if not wins:
+        raise UserError(f"{data} has fewer than {window} tokens: give more text or a smaller --window")
+    return [(w,) for w in wins]
