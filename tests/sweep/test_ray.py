@@ -1,12 +1,17 @@
 """compare through a real local Ray cluster (2 CPUs, loopback): the same records as in-process,
-a worker killed mid-trial is retried, and a measuring label no node has is refused up front."""
+a worker killed mid-trial is retried, a driver killed mid-run resumes without recomputing what
+finished, and a measuring label no node has is refused up front."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -86,3 +91,32 @@ def test_a_measuring_label_no_node_has_is_refused_before_any_trial(local_ray):
 
     with pytest.raises(UserError, match="no node of the Ray cluster carries the measuring label 'hw:nope'"):
         connect(None, "hw:nope")
+
+
+def test_a_killed_driver_is_resumed_against_the_same_cluster_without_recomputing(local_ray, tmp_path: Path):
+    """``quantwise compare --executor ray --address`` as its own process, killed (SIGKILL) once a
+    trial has finished; the same command with --resume keeps that record byte for byte."""
+    address = ray.get_runtime_context().gcs_address
+    out = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "quantwise.cli", "compare", "--formats", "fp32,static-int8-minmax,dynamic-int8,fp16"]
+    cmd += ["--runtimes", "onnxruntime", "--no-memory", "--explain", "none", "--optimize", "size"]
+    cmd += ["--executor", "ray", "--address", address, "--out", str(out)]
+    env = {**os.environ, "QUANTWISE_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    records = out / "records"
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None and not list(records.glob("*.json")):
+        time.sleep(0.05)
+    assert driver.poll() is None, "the driver ended before it could be killed: " + driver.stderr.read().decode()[-500:]
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    done = {f.name: f.read_bytes() for f in records.glob("*.json")}
+    assert 1 <= len(done) < 4
+    again = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode in (0, 1), again.stderr[-1500:]  # 1: no format met the budget, still a full run
+    for name, data in done.items():
+        assert (records / name).read_bytes() == data, f"{name} was recomputed"
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["format"], r["status"]) for r in results["records"]) == sorted(
+        (f, "ok") for f in ("fp32", "static-int8-minmax", "dynamic-int8", "fp16")
+    )
