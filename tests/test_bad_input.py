@@ -204,6 +204,26 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("unknown recipe", lambda t: ["quantize", "--recipe", "int3"], "unknown recipe"),
     ("quantize without a recipe", lambda t: ["quantize"], "needs --recipe"),
     (
+        "stream a missing folder",
+        lambda t: ["stream", "--model", str(t / "nope"), "--method", "rtn", "--out", str(t / "o")],
+        "is not a folder",
+    ),
+    (
+        "stream with AWQ",
+        lambda t: ["stream", "--model", str(t / "mine"), "--method", "awq", "--out", str(t / "o")],
+        "method rtn or gptq",
+    ),
+    (
+        "stream GPTQ without text",
+        lambda t: ["stream", "--model", str(t / "mine"), "--method", "gptq", "--out", str(t / "o")],
+        "pass --data",
+    ),
+    (
+        "stream a folder that is no LLM",
+        lambda t: ["stream", "--model", str(t / "mine"), "--method", "rtn", "--out", str(t / "o")],
+        "not a causal-LM folder",
+    ),
+    (
         "export-c of another recipe",
         lambda t: ["export-c", "--recipe", "static-int8", "--out", str(t / "c")],
         "fixed-point",

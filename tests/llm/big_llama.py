@@ -43,8 +43,10 @@ CHILD = textwrap.dedent(
     if mode == "memory":
         from quantwise.api import quantize
         from quantwise.pipeline.shards import write_part
-        from quantwise.tasks.llm_load import load_causal_lm
-        model, _ = load_causal_lm(folder)
+        from transformers import AutoModelForCausalLM
+        from quantwise.tasks.llm_load import CausalLMLogits
+        lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+        model = CausalLMLogits(lm.eval()).eval()  # as load_causal_lm, which also wants a tokenizer
         qm = quantize(model, recipe, calib)
         out.mkdir()
         write_part(out, "all.safetensors", qm.layers, {})
