@@ -149,14 +149,36 @@ def lower(
     return get_runtime(runtime).lower(qm, task, workdir, threads, batch_sizes)
 
 
-def run_outputs(runner: Any, batches: Sequence[Batch], label: str, task: Task | None = None) -> np.ndarray:
-    """Concatenated outputs of ``runner`` over ``batches`` (each first shrunk by ``task.reduce`` if it has one)."""
+def run_outputs(
+    runner: Any, batches: Sequence[Batch], label: str, task: Task | None = None, first: int = 0
+) -> np.ndarray:
+    """Concatenated outputs of ``runner`` over ``batches`` (each first shrunk by ``task.reduce`` if
+    it has one; ``first``: the index of ``batches[0]`` among the task's evaluation batches)."""
     reduce = task.reduce if task is not None else None
     outs = []
-    for i, b in enumerate(progress_iter(batches, label)):
+    for i, b in enumerate(progress_iter(batches, label), start=first):
         out = runner.run(b)
         outs.append(reduce(i, b, out) if reduce is not None else out)
     return np.concatenate(outs)
+
+
+def shard_outputs(
+    task: Task, quantized: QuantizedModel | None, runtime: str, start: int, stop: int, threads: int = 1
+) -> np.ndarray:
+    """The outputs on evaluation batches ``start:stop`` alone, lowered afresh: one shard of a test
+    set split across workers; the shards, concatenated in order, are what ``evaluate`` scores."""
+    tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
+    try:
+        with torch_threads(threads):
+            runner, _module = lower(quantized, task, runtime, tmp, threads, (1,))
+            name = quantized.recipe.name if quantized is not None else "fp32"
+            label = f"{task.name} · {name} · {runtime}: batches {start}-{stop - 1}"
+            out = run_outputs(runner, task.eval_batches[start:stop], label, task, first=start)
+            if hasattr(runner, "close"):
+                runner.close()
+            return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def evaluate(
@@ -169,18 +191,22 @@ def evaluate(
     measure_memory: bool = True,
     latency_seconds: float = 5.0,
     quantized: QuantizedModel | None = None,
+    outputs: np.ndarray | None = None,
 ) -> Record:
     """Quantize (unless ``recipe`` is None: FP32), lower, run and measure; returns the result record.
 
     With ``out``, the artifacts and ``result.json`` are written there (atomically: a temporary
-    folder renamed when complete). ``quantized`` reuses a QuantizedModel already built for ``recipe``.
+    folder renamed when complete). ``quantized`` reuses a QuantizedModel already built for ``recipe``;
+    ``outputs``: the test set's outputs already computed (``shard_outputs``, concatenated), scored as given.
     """
     if isinstance(recipe, str):
         recipe = None if recipe == "fp32" else get_recipe(recipe)
     get_runtime(runtime)
     check_task(task)
     with torch_threads(threads):
-        return _evaluate(task, recipe, runtime, out, threads, batch_sizes, measure_memory, latency_seconds, quantized)
+        return _evaluate(
+            task, recipe, runtime, out, threads, batch_sizes, measure_memory, latency_seconds, quantized, outputs
+        )
 
 
 def _evaluate(
@@ -193,13 +219,18 @@ def _evaluate(
     measure_memory: bool,
     latency_seconds: float,
     quantized: QuantizedModel | None,
+    given: np.ndarray | None = None,
 ) -> Record:
     name = recipe.name if recipe else "fp32"
     tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
     try:
         qm = quantized if quantized is not None else (build_quantized(task, recipe) if recipe else None)
         runner, module = lower(qm, task, runtime, tmp, threads, batch_sizes)
-        outputs = run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating", task)
+        outputs = (
+            given
+            if given is not None
+            else run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating", task)
+        )
         record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
         if task.labels is not None and len(task.labels) == len(outputs):
             # per-example outcomes, so compare can give paired intervals and McNemar's test vs FP32

@@ -62,7 +62,8 @@ class Record(TypedDict, total=False):
     uncertainty: dict[str, Any]
     built_on: dict[str, Any]
     measured_on: dict[str, Any]
-    stage_seconds: dict[str, float]
+    stage_seconds: dict[str, Any]
+    eval_shards: list[dict[str, Any]]
     run_id: str
     digest: str
 

@@ -57,6 +57,13 @@ def add_compare_parser(sub: Any) -> None:
         help="in-process (default) or ray: trials on a Ray cluster, build/score fanned out, measuring exclusive "
         "on labelled nodes (needs quantwise[ray])",
     )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="--executor ray: split each trial's test set across N workers, scored as one (default 0: one "
+        "shard per node of the cluster)",
+    )
     p.add_argument("--address", help="--executor ray: an existing cluster (host:port); default: start a local Ray")
     p.add_argument(
         "--measure-on",
@@ -77,6 +84,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from quantwise.sweep.recommend import parse_budget
 
     validate_task_args(args)
+    if args.shards < 0:
+        raise UserError("--shards must be 0 (one per node of the Ray cluster) or a positive number of workers")
     settings = CompareSettings(
         formats=args.formats,
         runtimes=args.runtimes,
@@ -91,6 +100,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         explain_samples=args.explain_samples,
         executor=args.executor,
         address=args.address,
+        shards=args.shards,
         measure_on=args.measure_on,
     )
     if args.explain_samples < 1:

@@ -17,6 +17,7 @@ from quantwise.errors import UnsupportedModel, UserError
 from quantwise.measure.env import environment
 from quantwise.outdir import clear_previous_run
 from quantwise.progress import live_progress, warn
+from quantwise.recipes import Recipe
 from quantwise.records import Record
 from quantwise.sweep.derive import derive, runtime_agreement, sample_size_note
 from quantwise.sweep.formats import Format, select_formats
@@ -48,6 +49,7 @@ class CompareSettings:
     executor: str = "in-process"  # or "ray": trials on a Ray cluster (sweep/ray_executor.py)
     address: str | None = None  # an existing Ray cluster; None starts a local one
     measure_on: str = "quantwise-measure"  # the Ray resource marking nodes that may measure
+    shards: int = 0  # Ray: split each trial's test set across this many workers (0: one per node)
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that change a record's content (the resume identity hashes them)."""
@@ -73,6 +75,7 @@ class CompareSettings:
             "explain": self.explain,
             "explain_samples": self.explain_samples,
             "executor": self.executor,
+            "shards": self.shards,
             "address": self.address,
             "measure_on": self.measure_on,
         }
@@ -226,6 +229,33 @@ def _read_record(path: Path, run_id: str, fmt: str, runtime: str) -> tuple[Recor
     return rec, why_stale(rec, run_id, fmt, runtime)
 
 
+def build_format(task: Task, fmt: Format, s: CompareSettings, built: dict[str, Any]) -> Recipe | None:
+    """The format's recipe, with its QuantizedModel built into ``built[fmt.id]`` unless already
+    there (FP32: None). A model the recipe cannot take raises ``UnsupportedModel`` (remembered, so
+    every runtime of the format gets the same answer)."""
+    from quantwise.api import build_quantized
+
+    recipe = fmt.build_recipe(s.max_drop.points(1.0), s.optimize)
+    if recipe is not None and fmt.id not in built:
+        try:
+            built[fmt.id] = build_quantized(task, recipe)
+        except UnsupportedModel as e:
+            built[fmt.id] = e
+    if isinstance(built.get(fmt.id), UnsupportedModel):
+        raise built[fmt.id]
+    return recipe
+
+
+def failure_record(task: Task, fmt: Format, runtime: str, e: Exception) -> Record:
+    """What a trial that raised ``e`` records: unsupported, or failed with its error; a user's
+    mistake (``UserError``) is raised, as it stops the whole run."""
+    if isinstance(e, UnsupportedModel):
+        return not_run(task, fmt, runtime, "unsupported", str(e))
+    if isinstance(e, UserError):
+        raise e
+    return not_run(task, fmt, runtime, "failed", error_line(e), traceback.format_exc(limit=5))
+
+
 def _run_one(
     task: Task,
     fmt: Format,
@@ -233,21 +263,14 @@ def _run_one(
     s: CompareSettings,
     built: dict[str, Any] | None = None,
     measure: bool = True,
+    outputs: Any = None,
 ) -> Record:
     """One trial: build (or reuse) the format's QuantizedModel, run it in ``runtime`` and score it;
-    ``measure=False`` leaves timing and memory to a separate stage (``api.measure``)."""
-    from quantwise.api import build_quantized
-
+    ``measure=False`` leaves timing and memory to a separate stage (``api.measure``); ``outputs``:
+    the test set's outputs already computed in shards (``api.shard_outputs``)."""
     built = {} if built is None else built
     try:
-        recipe = fmt.build_recipe(s.max_drop.points(1.0), s.optimize)
-        if recipe is not None and fmt.id not in built:
-            try:
-                built[fmt.id] = build_quantized(task, recipe)
-            except UnsupportedModel as e:
-                built[fmt.id] = e  # the same answer for every runtime of this format
-        if isinstance(built.get(fmt.id), UnsupportedModel):
-            raise built[fmt.id]
+        recipe = build_format(task, fmt, s, built)
         rec = evaluate(
             task,
             recipe,
@@ -257,14 +280,11 @@ def _run_one(
             measure_memory=s.measure_memory and measure,
             latency_seconds=s.latency_seconds,
             quantized=built.get(fmt.id),
+            outputs=outputs,
         )
         rec.pop("env", None)
-    except UnsupportedModel as e:
-        return not_run(task, fmt, runtime, "unsupported", str(e))
-    except UserError:
-        raise
     except Exception as e:  # one failing format must not stop the others; it is recorded with its error
-        return not_run(task, fmt, runtime, "failed", error_line(e), traceback.format_exc(limit=5))
+        return failure_record(task, fmt, runtime, e)
     rec["format"] = fmt.id
     rec["family"] = fmt.family
     return rec

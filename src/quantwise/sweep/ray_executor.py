@@ -1,9 +1,13 @@
 """compare's trials on a Ray cluster (``--executor ray``): build and score fan out, measuring is exclusive.
 
-Each (format, runtime) trial runs as two Ray tasks of their own resource shape:
+Each (format, runtime) trial runs as Ray tasks of their own resource shape:
 
 - **build and score** (``num_cpus=threads``): quantize (calibrate, train), lower, run the test set,
-  keep per-example outcomes. These run side by side on any worker.
+  keep per-example outcomes. These run side by side on any worker. With more than one shard
+  (``--shards``, default one per node of the cluster) this is three stages: **build** the
+  QuantizedModel; **shards**, each lowering it afresh and running a contiguous range of the test
+  set's batches on any worker; **score** the outputs concatenated in order, exactly as one run
+  over the whole test set would (per-example outcomes, intervals and metrics are the same).
 - **measure** (``num_cpus=threads`` plus one unit of the measuring label, default
   ``quantwise-measure``): lower the same QuantizedModel afresh and time it (latency, an LLM's
   decode) and measure peak memory. A node offers one unit of its label, so at most one measurement
@@ -119,6 +123,71 @@ def build_and_score(task: Task, fmt: Format, runtime: str, settings: CompareSett
     return rec, (None if isinstance(qm, Exception) else qm)
 
 
+def build_stage(task: Task, fmt: Format, runtime: str, settings: CompareSettings) -> tuple[dict[str, Any], Any]:
+    """Sharded trials, stage 1: ``({"status": "built", where, seconds}, the QuantizedModel (None for
+    FP32))``, or the record of why it could not be built and None."""
+    import time
+
+    from quantwise.sweep.compare import build_format, failure_record
+
+    built: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    try:
+        build_format(task, fmt, settings, built)
+    except Exception as e:
+        return dict(failure_record(task, fmt, runtime, e)), None
+    return {"status": "built", "built_on": node(), "seconds": round(time.perf_counter() - t0, 3)}, built.get(fmt.id)
+
+
+def shard_stage(task: Task, qm: Any, runtime: str, settings: CompareSettings, start: int, stop: int) -> Any:
+    """Sharded trials, stage 2 on any worker: the outputs on evaluation batches ``start:stop``."""
+    import time
+    import traceback
+
+    from quantwise.api import shard_outputs
+    from quantwise.sweep.compare import error_line
+
+    t0 = time.perf_counter()
+    try:
+        out = shard_outputs(task, qm, runtime, start, stop, settings.threads)
+    except Exception as e:
+        return {"error": error_line(e), "traceback": traceback.format_exc(limit=5)}
+    return {"outputs": out, "batches": [start, stop], "on": node(), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def score_stage(
+    task: Task, fmt: Format, runtime: str, settings: CompareSettings, qm: Any, built: dict[str, Any], *shards: Any
+) -> Record:
+    """Sharded trials, stage 3: score the shards' outputs, concatenated in order, as one test set."""
+    import time
+
+    import numpy as np
+
+    from quantwise.sweep.compare import not_run, run_trial
+
+    failed = next((sh for sh in shards if "error" in sh), None)
+    if failed is not None:
+        return not_run(task, fmt, runtime, "failed", f"evaluating: {failed['error']}", failed["traceback"])
+    t0 = time.perf_counter()
+    outputs = np.concatenate([sh["outputs"] for sh in shards])
+    rec = run_trial(task, fmt, runtime, settings, {fmt.id: qm} if qm is not None else {}, False, outputs)
+    rec["built_on"] = built["built_on"]
+    rec["eval_shards"] = [{"batches": sh["batches"], "on": sh["on"]} for sh in shards]
+    rec["stage_seconds"] = {
+        "build": built["seconds"],
+        "shards": [sh["seconds"] for sh in shards],
+        "score": round(time.perf_counter() - t0, 3),
+    }
+    return rec
+
+
+def shard_bounds(n_batches: int, shards: int) -> list[tuple[int, int]]:
+    """``shards`` contiguous, near-equal ranges of batch indices (fewer when there are fewer batches)."""
+    k = max(1, min(shards, n_batches))
+    edges = [round(i * n_batches / k) for i in range(k + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
 def measure_stage(task: Task, qm: Any, runtime: str, rec: Record, settings: CompareSettings) -> Record:
     """Stage 2 on a labelled node, one at a time per node: latency, decode speed, peak memory."""
     import time
@@ -158,12 +227,17 @@ def run_on_ray(
     label = settings.measure_on or MEASURE_LABEL
     connect(settings.address, label)
     cpus = max(1, settings.threads)
-    build = ray.remote(num_cpus=cpus, max_retries=RETRIES, retry_exceptions=False, num_returns=2)(build_and_score)
-    meas = ray.remote(num_cpus=cpus, resources={label: 1}, max_retries=RETRIES, retry_exceptions=False)(measure_stage)
+    opts = dict(num_cpus=cpus, max_retries=RETRIES, retry_exceptions=False)
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    bounds = shard_bounds(len(task.eval_batches), settings.shards or nodes)
+    sharded = len(bounds) > 1
+    first = ray.remote(num_returns=2, **opts)(build_stage if sharded else build_and_score)
+    shard, score = ray.remote(**opts)(shard_stage), ray.remote(**opts)(score_stage)
+    meas = ray.remote(resources={label: 1}, **opts)(measure_stage)
     task_ref = ray.put(task)
     pending: dict[Any, tuple[str, Format, str, Path, Any]] = {}
     for fmt, runtime, path in todo:
-        rec_ref, qm_ref = build.remote(task_ref, fmt, runtime, settings)
+        rec_ref, qm_ref = first.remote(task_ref, fmt, runtime, settings)
         pending[rec_ref] = ("build", fmt, runtime, path, qm_ref)
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)
@@ -178,7 +252,11 @@ def run_on_ray(
         except ray.exceptions.RayError as e:  # the worker died more often than it is retried
             yield fmt, runtime, path, _lost(task, fmt, runtime, stage, e)
             continue
-        if stage == "build" and rec.get("status") == "ok":
+        if stage == "build" and rec.get("status") == "built":  # fan the test set out, then score it
+            parts = [shard.remote(task_ref, qm_ref, runtime, settings, a, b) for a, b in bounds]
+            ref = score.remote(task_ref, fmt, runtime, settings, qm_ref, rec, *parts)
+            pending[ref] = ("score", fmt, runtime, path, qm_ref)
+        elif stage in ("build", "score") and rec.get("status") == "ok":
             pending[meas.remote(task_ref, qm_ref, runtime, rec, settings)] = ("measure", fmt, runtime, path, None)
         else:
             yield fmt, runtime, path, rec
