@@ -67,15 +67,16 @@ def test_ray_compare_equals_in_process_and_resumes(mnist, local_ray, tmp_path):
 
 
 def test_a_test_set_sharded_across_workers_scores_as_one(mnist, local_ray, tmp_path):
-    """Three shards per trial (build, then each shard lowers the model and runs its batches on any
-    worker, then score): the same records as in-process, per-example outcomes included."""
+    """Up to three shards per trial (build, then each shard lowers the model and runs its batches on
+    any worker, then score): the same records as in-process, per-example outcomes included."""
     formats = {**FORMATS, "formats": "fp32,static-int8-minmax"}
     here = run_compare(mnist, CompareSettings(**formats), tmp_path / "here")
     there = run_compare(mnist, CompareSettings(executor="ray", shards=3, **formats), tmp_path / "ray")
     _check_same(here, there)
     for r in there["records"]:
         spans = [s["batches"] for s in r["eval_shards"]]
-        assert len(spans) == 3 and spans[0][0] == 0 and spans[-1][1] == len(mnist.eval_batches)
+        assert len(spans) == min(3, len(mnist.eval_batches)) > 1  # no more shards than batches
+        assert spans[0][0] == 0 and spans[-1][1] == len(mnist.eval_batches)
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # contiguous, in order
         assert set(r["stage_seconds"]) == {"build", "shards", "score", "measure"}
 
