@@ -209,9 +209,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "is not a folder",
     ),
     (
-        "stream with AWQ",
-        lambda t: ["stream", "--model", str(t / "mine"), "--method", "awq", "--out", str(t / "o")],
-        "method rtn or gptq",
+        "stream with AWQ then GPTQ",
+        lambda t: ["stream", "--model", str(t / "mine"), "--method", "awq-gptq", "--out", str(t / "o")],
+        "method rtn, gptq or awq",
     ),
     (
         "stream GPTQ without text",

@@ -18,6 +18,7 @@ def save_tiny_llama(
     heads: int = 4,
     kv_heads: int = 2,
     max_shard_size: str | None = None,
+    tie: bool = True,
 ) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -32,7 +33,7 @@ def save_tiny_llama(
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=128,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
@@ -53,6 +54,12 @@ def sharded_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = save_tiny_llama(tmp_path_factory.mktemp("sharded"), layers=3, seed=4, max_shard_size="2MB")
     assert (folder / "model.safetensors.index.json").is_file()
     return folder
+
+
+@pytest.fixture(scope="session")
+def sharded_untied_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As ``sharded_llama`` with an LM head of its own (AWQ can then scale it through the final norm)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("untied"), layers=2, seed=5, max_shard_size="2MB", tie=False)
 
 
 @pytest.fixture(scope="session")

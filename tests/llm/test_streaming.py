@@ -25,21 +25,27 @@ def _calib(n: int = 3, length: int = 24) -> list[tuple[torch.Tensor]]:
 
 
 @pytest.mark.parametrize(
-    "recipe",
+    ("recipe", "folder"),
     [
-        WeightOnlyRecipe(bits=4, group_size=32, method="gptq"),
-        WeightOnlyRecipe(bits=8, method="rtn", embeddings=True),
-        WeightOnlyRecipe(bits=4, group_size=32, method="gptq", head_bits=8, symmetric=False),
+        (WeightOnlyRecipe(bits=4, group_size=32, method="gptq"), "sharded_llama"),
+        (WeightOnlyRecipe(bits=8, method="rtn", embeddings=True), "sharded_llama"),
+        (WeightOnlyRecipe(bits=4, group_size=32, method="gptq", head_bits=8, symmetric=False), "sharded_llama"),
+        (WeightOnlyRecipe(bits=4, group_size=32, method="awq"), "sharded_llama"),
+        (WeightOnlyRecipe(bits=4, group_size=32, method="awq"), "sharded_untied_llama"),
     ],
-    ids=["gptq-int4-g32", "rtn-int8", "gptq-asym-head8"],
+    ids=["gptq-int4-g32", "rtn-int8", "gptq-asym-head8", "awq-tied", "awq-untied-head"],
 )
-def test_streamed_equals_the_in_memory_path_bit_for_bit(sharded_llama: Path, recipe, tmp_path: Path):
+def test_streamed_equals_the_in_memory_path_bit_for_bit(recipe, folder: str, request, tmp_path: Path):
+    folder = request.getfixturevalue(folder)
     calib = _calib()
-    model, _ = load_causal_lm(sharded_llama)
+    model, _ = load_causal_lm(folder)
     qm = quantize(model, recipe, calib)
-    manifest = stream_quantize(sharded_llama, recipe, calib, tmp_path / "s")
+    manifest = stream_quantize(folder, recipe, calib, tmp_path / "s")
     _, layers = read_streamed(tmp_path / "s")
-    assert set(layers) == set(qm.layers) and len(layers) == 3 * 7 + 1  # the tied table is the head's
+    config = json.loads((folder / "config.json").read_text())
+    blocks, tied = config["num_hidden_layers"], config["tie_word_embeddings"]
+    # untied: the embedding table is quantized too (the recipe's default embeddings=True)
+    assert set(layers) == set(qm.layers) and len(layers) == blocks * 7 + 1 + (not tied)
     for name, lq in qm.layers.items():
         got = layers[name]
         assert got.weight_qtype == lq.weight_qtype and got.weight_granularity == lq.weight_granularity, name
@@ -47,7 +53,13 @@ def test_streamed_equals_the_in_memory_path_bit_for_bit(sharded_llama: Path, rec
         assert torch.equal(got.weight_scale, lq.weight_scale), name
         assert torch.equal(got.weight_zero_point, lq.weight_zero_point), name
     assert manifest["skipped"] == qm.skipped
-    assert manifest["tied"] == {"lm.lm_head.weight": "lm.model.embed_tokens.weight"}
+    assert manifest["tied"] == ({"lm.lm_head.weight": "lm.model.embed_tokens.weight"} if tied else {})
+    if recipe.method == "awq":  # the same scales found, and the same layers left unscaled and why
+        got, want = manifest["info"]["awq"], qm.info["awq"]
+        assert got["exponents"] == want["exponents"] and got["groups"] == want["groups"] == blocks * 2
+        assert got["unscaled_layers"] == want["unscaled_layers"] and got["tied_not_scaled"] == want["tied_not_scaled"]
+        # an untied head reads a slice of the final norm's output, not the output itself: left unscaled
+        assert ("lm.lm_head" in got["unscaled_layers"]) == (not tied)
     streamed = load_streamed(tmp_path / "s")
     x = calib[0][0]
     with torch.no_grad():
@@ -55,8 +67,8 @@ def test_streamed_equals_the_in_memory_path_bit_for_bit(sharded_llama: Path, rec
 
 
 def test_streaming_refuses_what_it_cannot_do_faithfully(sharded_llama: Path, tmp_path: Path):
-    with pytest.raises(UserError, match="method rtn or gptq, got awq"):
-        stream_quantize(sharded_llama, WeightOnlyRecipe(bits=4, method="awq"), _calib(), tmp_path / "a")
+    with pytest.raises(UserError, match="method rtn, gptq or awq, got awq-gptq"):
+        stream_quantize(sharded_llama, WeightOnlyRecipe(bits=4, method="awq-gptq"), _calib(), tmp_path / "a")
     with pytest.raises(UserError, match="GPTQ needs calibration"):
         stream_quantize(sharded_llama, WeightOnlyRecipe(bits=4, method="gptq"), [], tmp_path / "b")
     bin_only = tmp_path / "bin"

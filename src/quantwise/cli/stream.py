@@ -12,11 +12,13 @@ from quantwise.cli.recipe_flags import recipe_args, recipe_from_args
 def add_stream_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "stream",
-        help="quantize a causal LM block by block from its safetensors shards (RTN or GPTQ weight-only), "
+        help="quantize a causal LM block by block from its safetensors shards (weight-only RTN, GPTQ or AWQ), "
         "for models larger than memory",
     )
     p.add_argument("--model", required=True, help="a Hugging Face causal-LM folder with safetensors weights")
-    p.add_argument("--data", help="text to calibrate GPTQ on (.txt with blank-line-separated documents, .csv, .jsonl)")
+    p.add_argument(
+        "--data", help="text to calibrate GPTQ or AWQ on (.txt with blank-line-separated documents, .csv, .jsonl)"
+    )
     p.add_argument("--text-column", default="text", help="the text column of a CSV/JSONL --data (default text)")
     p.add_argument("--window", type=int, default=512, help="tokens per calibration window (default 512)")
     p.add_argument("--windows", type=int, default=8, help="calibration windows (default 8)")
@@ -39,9 +41,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: stream takes a Hugging Face causal-LM folder")
     calib = []
-    if getattr(recipe, "method", "") == "gptq":
+    method = getattr(recipe, "method", "")
+    if method in ("gptq", "awq"):
         if not args.data:
-            raise UserError("GPTQ calibrates on text: pass --data (or --method rtn, which needs none)")
+            raise UserError(f"{method.upper()} calibrates on text: pass --data (or --method rtn, which needs none)")
         calib = _windows(folder, Path(args.data), args.text_column, args.window, args.windows)
     from quantwise.pipeline.streaming import stream_quantize
 

@@ -121,3 +121,14 @@ def read_streamed(folder: str | Path) -> tuple[dict[str, Any], dict[str, LayerQu
                 granularity_from_dict(spec["granularity"]),
             )
     return manifest, layers
+
+
+def read_floats(folder: str | Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The float parameters a streamed folder holds (norms, unquantized layers), by parameter name."""
+    from safetensors import safe_open
+
+    out = {}
+    for file, names in manifest["floats"].items():
+        with safe_open(str(Path(folder) / file), framework="pt") as f:
+            out.update({n: f.get_tensor(f"float.{n}") for n in names})
+    return out

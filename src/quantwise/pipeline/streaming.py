@@ -1,4 +1,4 @@
-"""Weight-only quantization (round to nearest or GPTQ) of a causal LM that need not fit in memory.
+"""Weight-only quantization (round to nearest, GPTQ or AWQ) of a causal LM that need not fit in memory.
 
 The model is built from its ``config.json`` with every parameter on the ``meta`` device (no
 memory); the parts outside the repeated blocks (embeddings, final norm, LM head) are loaded, and
@@ -25,7 +25,16 @@ from torch import nn
 
 from quantwise.errors import UserError
 from quantwise.outdir import atomic_dir, check_out
-from quantwise.pipeline.shards import MANIFEST, Checkpoint, load_params, read_streamed, unload_module, write_part
+from quantwise.pipeline.shards import (
+    MANIFEST,
+    Checkpoint,
+    load_params,
+    read_floats,
+    read_streamed,
+    unload_module,
+    write_part,
+)
+from quantwise.pipeline.stream_awq import StreamAWQ
 from quantwise.progress import progress_iter, status
 from quantwise.quantized import LayerQuant, QuantizedModel, write_back
 from quantwise.quiet import env_vars, hf_quiet, import_torchao_quietly
@@ -33,9 +42,16 @@ from quantwise.recipes import WeightOnlyRecipe, recipe_from_dict
 from quantwise.tasks.llm_load import CausalLMLogits, is_causal_lm, load_causal_lm
 from quantwise.transform.gptq_seq import _block_inputs, _hidden, _with_hidden, collect_hessians, find_blocks
 from quantwise.transform.registry import Batch
-from quantwise.transform.schemes import _weight_layer, gptq_layer, plan_weight_only, quantize_embeddings
+from quantwise.transform.schemes import (
+    _scalable,
+    _weight_layer,
+    awq_quant_for,
+    gptq_layer,
+    plan_weight_only,
+    quantize_embeddings,
+)
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "awq")
 WRAP = "lm."  # CausalLMLogits holds the Hugging Face model as ``lm``: checkpoint names lack it
 
 
@@ -159,16 +175,16 @@ def stream_quantize(
 ) -> dict[str, Any]:
     """Quantize the causal LM in ``folder`` block by block into ``out``; returns the manifest.
 
-    ``calib``: ``(input_ids,)`` batches (GPTQ only). Embedding tables are quantized as the
-    in-memory path does when the recipe asks. AWQ is not streamed (its scales move between a
-    block's layers and its norms)."""
+    ``calib``: ``(input_ids,)`` batches (GPTQ and AWQ). Embedding tables are quantized as the
+    in-memory path does when the recipe asks. AWQ folds each block's scales into its norms, then
+    rounds to nearest (``stream_awq``); AWQ followed by GPTQ is not streamed."""
     folder, out = Path(folder), check_out(out, overwrite)
     if not isinstance(recipe, WeightOnlyRecipe) or recipe.method not in METHODS:
         got = recipe.method if isinstance(recipe, WeightOnlyRecipe) else recipe.name
-        raise UserError(f"streaming quantizes weight-only recipes with method rtn or gptq, got {got}")
-    gptq = recipe.method == "gptq"
-    if gptq and not calib:
-        raise UserError("GPTQ needs calibration text: pass --data")
+        raise UserError(f"streaming quantizes weight-only recipes with method rtn, gptq or awq, got {got}")
+    gptq, use_awq = recipe.method == "gptq", recipe.method == "awq"
+    if (gptq or use_awq) and not calib:
+        raise UserError(f"{recipe.method.upper()} needs calibration text: pass --data")
     start = time.perf_counter()
     model = skeleton(folder)
     ckpt = Checkpoint(folder)
@@ -181,8 +197,11 @@ def stream_quantize(
     everything = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     outer = [n for n in everything if not n.startswith(prefix + ".")]
     _load(model, outer, ckpt, tied)
-    inputs = _block_inputs(model, blocks[0], calib) if gptq else []
+    inputs = _block_inputs(model, blocks[0], calib) if gptq or use_awq else []
     manifest: dict[str, Any] = {"layers": {}, "floats": {}}
+    linear = {n: m for n, m in todo if isinstance(m, nn.Linear)}
+    scalable, tied_not_scaled = _scalable(model, linear, id) if use_awq else ({}, {})
+    smooth = StreamAWQ(model, inputs, awq_quant_for(recipe, bits, groups)) if use_awq else None
 
     def quant(name: str, mod: nn.Module, h: torch.Tensor | None) -> LayerQuant:
         b, g = bits.get(name, recipe.bits), groups.get(name, recipe.group_size)
@@ -205,6 +224,8 @@ def stream_quantize(
             names = [n for n in everything if n.startswith(f"{prefix}.{i}.")]
             _load(model, names, ckpt, tied)
             here = {n: m for n, m in todo if n.startswith(f"{prefix}.{i}.")}
+            if smooth is not None:
+                smooth.fold(block, {n: m for n, m in scalable.items() if n in here}, _feed)
             hess = collect_hessians(here, partial(_feed, block, inputs)) if gptq else {}
             layers = {n: quant(n, m, hess.get(n)) for n, m in here.items()}
             if gptq:  # the next block sees this block's quantized outputs
@@ -218,6 +239,17 @@ def stream_quantize(
             final = [_hidden(a, k) for a, k in inputs]
             with _blocks_replaced(blocks, [_Replay(final)] + [_Pass() for _ in range(len(blocks) - 1)]):
                 hess = collect_hessians(rest, lambda: _run(model, calib))
+        if smooth is not None:  # the final norm and an untied head: the float chain's last outputs
+            last = {id(b): _hidden(a, k) for b, (a, k) in zip(calib, smooth.inputs, strict=True)}
+
+            def run(b: Batch) -> Any:
+                with _blocks_replaced(blocks, [_Replay([last[id(b)]])] + [_Pass() for _ in range(len(blocks) - 1)]):
+                    return model(*b)
+
+            smooth.fold_outside({n: m for n, m in scalable.items() if n in rest}, calib, run)
+            if not smooth.info["groups"]:
+                raise UserError("awq: no Linear takes its input straight from a norm or a Linear; stream with rtn")
+            info["awq"] = {**smooth.info, "tied_not_scaled": tied_not_scaled}
         layers = {n: quant(n, m, hess.get(n)) for n, m in rest.items()}
         with _without_blocks(model, prefix):
             quantize_embeddings(model, recipe, layers, skipped)
@@ -246,5 +278,8 @@ def load_streamed(out: str | Path, folder: str | Path | None = None) -> Quantize
     manifest, layers = read_streamed(out)
     model, _tok = load_causal_lm(folder or manifest["source"])
     write_back(model, layers)
+    with torch.no_grad():  # the float parameters as written: AWQ folded its scales into the norms
+        for name, values in read_floats(out, manifest).items():
+            model.get_parameter(name).copy_(values)
     recipe = recipe_from_dict(manifest["recipe"])
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=manifest["skipped"], info=manifest["info"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -133,16 +133,22 @@ def _output_head(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
 
 
-def _scalable(model: nn.Module, linears: dict[str, nn.Linear]) -> tuple[dict[str, nn.Linear], dict[str, str]]:
-    """Linears whose weight no other module shares (scaling a tied LM head would scale the embedding)."""
+def _scalable(
+    model: nn.Module, linears: dict[str, nn.Linear], same: Callable[[torch.Tensor], int] | None = None
+) -> tuple[dict[str, nn.Linear], dict[str, str]]:
+    """Linears whose weight no other module shares (scaling a tied LM head would scale the embedding).
+
+    ``same(weight)``: what two shared weights have in common (default their storage; ``id`` for a
+    model whose weights are not loaded yet, ``meta``)."""
+    key = same or (lambda w: w.untyped_storage().data_ptr())
     owners: dict[int, list[str]] = {}
     for n, m in model.named_modules():
         w = getattr(m, "weight", None)
         if isinstance(w, torch.Tensor):
-            owners.setdefault(w.untyped_storage().data_ptr(), []).append(n)
+            owners.setdefault(key(w), []).append(n)
     keep, tied = {}, {}
     for n, m in linears.items():
-        others = [o for o in owners[m.weight.untyped_storage().data_ptr()] if o != n]
+        others = [o for o in owners[key(m.weight)] if o != n]
         if others:
             tied[n] = f"its weight is tied to {others[0]}, which a scale would change too"
         else:
@@ -196,16 +202,7 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
     todo, skipped, groups, bits, info = plan_weight_only(model, recipe)
     if recipe.method.startswith("awq"):
         lin, tied = _scalable(model, {n: m for n, m in todo if isinstance(m, nn.Linear)})
-
-        def quant_for(n: str) -> Quant:
-            return _rtn(
-                bits[n],
-                groups.get(n, recipe.group_size),
-                recipe.symmetric,
-                fp16=recipe.fp16_scales,
-                full=recipe.full_range,
-            )
-
+        quant_for = awq_quant_for(recipe, bits, groups)
         info["awq"] = smooth(
             model, lin, calib, "awq", lambda gs: {**awq(model, gs, quant_for), "tied_not_scaled": tied}
         )
@@ -221,6 +218,17 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
+
+
+def awq_quant_for(recipe: WeightOnlyRecipe, bits: dict[str, int], groups: dict[str, int]) -> Callable[[str], Quant]:
+    """The weight rounding AWQ's scale search measures each layer with (the recipe's, per layer)."""
+
+    def quant_for(n: str) -> Quant:
+        return _rtn(
+            bits[n], groups.get(n, recipe.group_size), recipe.symmetric, fp16=recipe.fp16_scales, full=recipe.full_range
+        )
+
+    return quant_for
 
 
 def gptq_layer(mod: nn.Module, h: torch.Tensor, recipe: WeightOnlyRecipe, b: int, g: int) -> LayerQuant:

@@ -57,9 +57,16 @@ def _channel_op(mod: nn.Module) -> bool:
 
 
 def find_groups(
-    model: nn.Module, linears: dict[str, nn.Linear], calib: Sequence[Batch]
+    model: nn.Module,
+    linears: dict[str, nn.Linear],
+    calib: Sequence[Any],
+    forward: Callable[[Any], Any] | None = None,
 ) -> tuple[list[Group], dict[str, str]]:
-    """Groups among ``linears`` with their calibration statistics, and ``{linear: why not}``."""
+    """Groups among ``linears`` with their calibration statistics, and ``{linear: why not}``.
+
+    ``forward(item)`` runs one calibration item (default ``model(*item)``; streaming runs one
+    block on its inputs)."""
+    forward = forward or (lambda b: model(*b))
     names = {id(m): n for n, m in model.named_modules()}
     # weak references, so a tensor id reused after its producer's output was freed never matches
     produced: dict[int, tuple[str, weakref.ref[torch.Tensor]]] = {}
@@ -81,7 +88,7 @@ def find_groups(
         handles.append(m.register_forward_pre_hook(on_in))
     try:
         with torch.no_grad():
-            model(*calib[0])
+            forward(calib[0])
     finally:
         for h in handles:
             h.remove()
@@ -93,13 +100,13 @@ def find_groups(
             why[n] = "its input is not the output of a norm or Linear (attention, activation): no scale folded"
         else:
             by_prev.setdefault(src, []).append(n)
-    stats = _input_stats(model, {p: linears[ls[0]] for p, ls in by_prev.items()}, calib)
+    stats = _input_stats({p: linears[ls[0]] for p, ls in by_prev.items()}, calib, forward)
     groups = [Group(p, ls, *stats[p]) for p, ls in by_prev.items()]
     return groups, why
 
 
 def _input_stats(
-    model: nn.Module, first: dict[str, nn.Linear], calib: Sequence[Batch]
+    first: dict[str, nn.Linear], calib: Sequence[Any], forward: Callable[[Any], Any]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     rows: dict[str, list[torch.Tensor]] = {p: [] for p in first}
     amax: dict[str, torch.Tensor] = {}
@@ -123,7 +130,7 @@ def _input_stats(
     try:
         with torch.no_grad():
             for b in progress_iter(calib, "smoothing: activation statistics"):
-                model(*b)
+                forward(b)
     finally:
         for h in handles:
             h.remove()
