@@ -3,10 +3,11 @@
 The model is built from its ``config.json`` with every parameter on the ``meta`` device (no
 memory); the parts outside the repeated blocks (embeddings, final norm, LM head) are loaded, and
 then one block at a time: its weights are read from the safetensors shards, GPTQ calibrates it
-on the previous blocks' quantized outputs (as the in-memory path, ``gptq_seq``, does), its
+on the previous blocks' quantized outputs (as the in-memory path, ``gptq_seq``, does; AWQ folds
+its scales first, ``stream_awq``), its
 integer weights are written to the output folder, and it is freed. Peak memory is the
 embeddings and head, one block with its Hessians, and the calibration activations; the result
-is the in-memory path's, bit for bit (``tests/pipeline/test_streaming.py``).
+is the in-memory path's, bit for bit (``tests/llm/test_streaming.py``).
 """
 
 from __future__ import annotations
