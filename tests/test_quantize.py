@@ -269,3 +269,29 @@ def test_the_int32_bias_is_stored_once_and_is_what_onnx_runtime_gets(mnist, tmp_
     ]
     for lq in qm.layers.values():
         assert any(a.shape == tuple(lq.bias_q.shape) and (a == lq.bias_q.numpy()).all() for a in int32)
+
+
+def test_gptq_activation_order_helps_when_a_few_inputs_dominate():
+    """Columns whose inputs carry the most energy go first (static groups keep the layout). On correlated
+    inputs with a few outlier channels, as LLM activations have, the layer's output error drops (to 0.46x
+    here; 0.32-0.51x over three seeds; on independent inputs act-order changes little, 0.95-0.98x)."""
+    from quantwise.numerics import dequantize
+    from quantwise.numerics.granularity import PerGroup
+    from quantwise.numerics.qtypes import INT4
+    from quantwise.transform.gptq import gptq_quantize, hessian_update
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 128, generator=g, dtype=torch.float64)
+    x = x @ (torch.eye(128, dtype=torch.float64) + 0.3 * torch.randn(128, 128, generator=g, dtype=torch.float64))
+    x[:, torch.randperm(128, generator=g)[:6]] *= 10  # six outlier input channels
+    w = torch.randn(64, 128, generator=g, dtype=torch.float64) * 0.05
+    h, _ = hessian_update(torch.zeros(128, 128, dtype=torch.float64), 0, x)
+    errs = {}
+    for act_order in (False, True):
+        q, s, z = gptq_quantize(w, h, INT4, 32, True, act_order=act_order)
+        assert s.shape == (64, 4) and int(q.min()) >= -8 and int(q.max()) <= 7
+        wq = dequantize(q, s, z, PerGroup(32)).to(torch.float64)
+        errs[act_order] = float(((x @ (wq - w).t()) ** 2).mean())
+    assert errs[True] < 0.7 * errs[False], errs
+    q0, s0, _ = gptq_quantize(w, h, INT4, 0, True, act_order=True)  # per channel: one scale per row
+    assert s0.shape == (64,) and q0.shape == (64, 128)

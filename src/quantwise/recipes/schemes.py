@@ -175,6 +175,11 @@ class WeightOnlyRecipe(Recipe):
     gptq_damp: float = knob(
         0.01, "GPTQ diagonal dampening, as a fraction of the mean Hessian diagonal", low=0, high=1, high_open=True
     )
+    gptq_act_order: bool = knob(
+        False,
+        "GPTQ: quantize the columns in order of decreasing Hessian diagonal (activation order), each group's scale "
+        "fixed beforehand from the unquantized weights (static groups, so groups stay consecutive columns)",
+    )
     embeddings: bool = _embeddings()
     embedding_bits: int = knob(
         8,

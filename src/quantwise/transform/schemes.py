@@ -244,6 +244,7 @@ def gptq_layer(mod: nn.Module, h: torch.Tensor, recipe: WeightOnlyRecipe, b: int
         recipe.gptq_damp,
         fp16_scales=recipe.fp16_scales,
         full_range=recipe.full_range and b == 4,
+        act_order=recipe.gptq_act_order,
     )
     layer = LayerQuant(
         LayerKind.LINEAR, QuantMode.WEIGHT_ONLY, q, s, z, qtype.name, PerGroup(g) if g else PerChannel(0)
