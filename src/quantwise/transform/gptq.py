@@ -6,6 +6,8 @@ Pure function; the orchestration (collecting Hessians layer by layer) lives in `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from quantwise.numerics import choose_qparams, quantize
@@ -38,7 +40,6 @@ def gptq_quantize(
         group_size: 0 for one scale per output row, else scales per ``group_size`` columns.
             Group scales are chosen when the sweep reaches the group, from the
             error-compensated weights (as the reference implementation does).
-
         act_order: sweep the columns in order of decreasing Hessian diagonal (the inputs with the
             most energy first, while the most columns are left to absorb their error). Group scales
             are then fixed beforehand from the unquantized weights ("static groups"), so every group
@@ -47,105 +48,60 @@ def gptq_quantize(
     Returns:
         ``(q (N, K), scale, zero_point)``; scale/zero point are ``(N,)`` or ``(N, K // group_size)``.
     """
-    if act_order:
-        return _act_order(w, h, qtype, group_size, symmetric, damp, block, fp16_scales, full_range)
     w = w.detach().to(torch.float64).clone()  # (N, K)
     n_out, k = w.shape
     h = h.detach().to(torch.float64).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+
+    def qparams(cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return choose_qparams(
+            cols.amin(dim=1), cols.amax(dim=1), qtype, symmetric, fp16_scale=fp16_scales, full_range=full_range
+        )
+
+    g = group_size or k
+    q_all = torch.zeros(n_out, k, dtype=torch.int16)
+    dynamic = bool(group_size) and not act_order  # group scales chosen as the sweep reaches each group
+    # otherwise fixed beforehand from the unquantized weights: one per row, or static groups
+    fixed = [] if dynamic else [qparams(w[:, c : c + g]) for c in range(0, k, g)]
+    order = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(k)
+    w, h = (w[:, order], h[order][:, order]) if act_order else (w, h)
+    found: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def column(pos: int, w1: torch.Tensor, i: int) -> torch.Tensor:
+        """Quantize the column at sweep position ``pos`` (``w1[:, i]``); its dequantized values."""
+        col = int(order[pos])  # in the layer's own order
+        if dynamic and col % group_size == 0:
+            found.append(qparams(w1[:, i : i + group_size]))
+        s, z = found[-1] if dynamic else fixed[col // g]
+        q = quantize(w1[:, i], s, z, qtype)
+        q_all[:, col] = q.to(torch.int16)
+        return (q.to(torch.float64) - z.to(torch.float64)) * s.to(torch.float64)
+
     h += damp * torch.mean(torch.diag(h)) * torch.eye(k, dtype=torch.float64)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (K, K)
-    block = max(block, group_size)
-    q_all = torch.zeros(n_out, k, dtype=torch.int16)
-    scales, zps = [], []
-    if group_size == 0:
-        s, z = choose_qparams(
-            w.amin(dim=1), w.amax(dim=1), qtype, symmetric, fp16_scale=fp16_scales, full_range=full_range
-        )  # (N,)
-        scales, zps = [s], [z]
-    for i1 in range(0, k, block):
-        i2 = min(i1 + block, k)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        hinv1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if group_size and col % group_size == 0:
-                grp = w1[:, i : i + group_size]
-                s, z = choose_qparams(
-                    grp.amin(dim=1), grp.amax(dim=1), qtype, symmetric, fp16_scale=fp16_scales, full_range=full_range
-                )
-                scales.append(s)
-                zps.append(z)
-            s, z = scales[-1], zps[-1]
-            wc = w1[:, i]
-            q = quantize(wc, s, z, qtype)
-            deq = (q.to(torch.float64) - z.to(torch.float64)) * s.to(torch.float64)
-            q_all[:, col] = q.to(torch.int16)
-            e = (wc - deq) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    scale = torch.stack(scales, dim=1) if group_size else scales[0]
-    zp = torch.stack(zps, dim=1) if group_size else zps[0]
+    _sweep(w, hinv, max(block, group_size), column)
+    pairs = found if dynamic else fixed
+    scale = torch.stack([p[0] for p in pairs], dim=1) if group_size else pairs[0][0]
+    zp = torch.stack([p[1] for p in pairs], dim=1) if group_size else pairs[0][1]
     return q_all.to(qtype.torch_dtype), scale, zp
 
 
-def _act_order(
-    w: torch.Tensor,
-    h: torch.Tensor,
-    qtype: QType,
-    group_size: int,
-    symmetric: bool,
-    damp: float,
-    block: int,
-    fp16_scales: bool,
-    full_range: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GPTQ with activation order and static groups (see ``gptq_quantize``)."""
-    w = w.detach().to(torch.float64).clone()
-    n_out, k = w.shape
-    h = h.detach().to(torch.float64).clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    g = group_size or k
-    pairs = [
-        choose_qparams(
-            w[:, c : c + g].amin(dim=1),
-            w[:, c : c + g].amax(dim=1),
-            qtype,
-            symmetric,
-            fp16_scale=fp16_scales,
-            full_range=full_range,
-        )
-        for c in range(0, k, g)
-    ]
-    scales = torch.stack([p[0] for p in pairs], dim=1)  # (N, groups)
-    zps = torch.stack([p[1] for p in pairs], dim=1)
-    perm = torch.argsort(torch.diag(h), descending=True, stable=True)
-    w, h = w[:, perm], h[perm][:, perm]
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(k, dtype=torch.float64)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    q_all = torch.zeros(n_out, k, dtype=torch.int16)
+def _sweep(
+    w: torch.Tensor, hinv: torch.Tensor, block: int, column: Callable[[int, torch.Tensor, int], torch.Tensor]
+) -> None:
+    """GPTQ's sweep over ``w``'s columns in blocks: ``column(position, block weights, index in
+    block)`` rounds one column; its error is spread over the columns not yet rounded."""
+    k = w.shape[1]
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = int(perm[i1 + i])  # the column in the layer's own order
-            s, z = scales[:, col // g], zps[:, col // g]
-            wc = w1[:, i]
-            q = quantize(wc, s, z, qtype)
-            deq = (q.to(torch.float64) - z.to(torch.float64)) * s.to(torch.float64)
-            q_all[:, col] = q.to(torch.int16)
-            e = (wc - deq) / hinv1[i, i]
+            deq = column(i1 + i, w1, i)
+            e = (w1[:, i] - deq) / hinv1[i, i]
             w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    if not group_size:
-        scales, zps = scales[:, 0], zps[:, 0]
-    return q_all.to(qtype.torch_dtype), scales, zps
