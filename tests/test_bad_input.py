@@ -44,6 +44,10 @@ def task_file(tmp: Path, edit: str = "pass", labels: str = "y", n: int = 64, nam
     return f"{f}:build"
 
 
+def stream(t: Path, folder: str, method: str) -> list[str]:
+    return ["stream", "--model", str(t / folder), "--method", method, "--out", str(t / "o")]
+
+
 def small_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
 
@@ -203,26 +207,10 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("unknown flag", lambda t: ["evaluate", "--colour"], "unrecognized arguments"),
     ("unknown recipe", lambda t: ["quantize", "--recipe", "int3"], "unknown recipe"),
     ("quantize without a recipe", lambda t: ["quantize"], "needs --recipe"),
-    (
-        "stream a missing folder",
-        lambda t: ["stream", "--model", str(t / "nope"), "--method", "rtn", "--out", str(t / "o")],
-        "is not a folder",
-    ),
-    (
-        "stream with AWQ then GPTQ",
-        lambda t: ["stream", "--model", str(t / "mine"), "--method", "awq-gptq", "--out", str(t / "o")],
-        "method rtn, gptq or awq",
-    ),
-    (
-        "stream GPTQ without text",
-        lambda t: ["stream", "--model", str(t / "mine"), "--method", "gptq", "--out", str(t / "o")],
-        "pass --data",
-    ),
-    (
-        "stream a folder that is no LLM",
-        lambda t: ["stream", "--model", str(t / "mine"), "--method", "rtn", "--out", str(t / "o")],
-        "not a causal-LM folder",
-    ),
+    ("stream a missing folder", lambda t: stream(t, "nope", "rtn"), "is not a folder"),
+    ("stream with AWQ then GPTQ", lambda t: stream(t, "mine", "awq-gptq"), "method rtn, gptq or awq"),
+    ("stream GPTQ without text", lambda t: stream(t, "mine", "gptq"), "pass --data"),
+    ("stream a folder that is no LLM", lambda t: stream(t, "mine", "rtn"), "not a causal-LM folder"),
     (
         "export-c of another recipe",
         lambda t: ["export-c", "--recipe", "static-int8", "--out", str(t / "c")],

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from quantwise.errors import UserError
+from quantwise.transform.gptq_seq import _hidden as hidden_of
 from quantwise.transform.registry import Batch
-from quantwise.transform.smoothing import awq, find_groups
+from quantwise.transform.smoothing import _first, awq, find_groups
 
 Quant = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,9 +74,4 @@ class StreamAWQ:
 
 
 def _hidden(item: tuple[tuple, dict]) -> torch.Tensor:
-    args, kwargs = item
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
+    return hidden_of(*item)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantwise.calibrate.collect import run_calibration
 from quantwise.errors import UserError
 from quantwise.outdir import atomic_dir, check_out
 from quantwise.pipeline.shards import (
@@ -129,12 +130,15 @@ class _Pass(nn.Module):
 
 
 @contextmanager
-def _blocks_replaced(blocks: nn.ModuleList, replacement: list[nn.Module]) -> Iterator[None]:
+def _replaying(blocks: nn.ModuleList, outputs: list[torch.Tensor]) -> Iterator[None]:
+    """The blocks stood in for by their stored last outputs (one per forward pass, in order), so a
+    pass through the model runs only what lies outside them (final norm, head)."""
     saved = list(blocks)
-    for i, m in enumerate(replacement):
+    for i in range(len(blocks)):
+        stand_in: nn.Module = _Replay(outputs) if i == 0 else _Pass()
         if hasattr(saved[i], "attention_type"):  # models that pick a mask per block read it
-            m.attention_type = saved[i].attention_type  # type: ignore[assignment]
-        blocks[i] = m
+            stand_in.attention_type = saved[i].attention_type  # type: ignore[assignment]
+        blocks[i] = stand_in
     try:
         yield
     finally:
@@ -163,12 +167,6 @@ def _feed(block: nn.Module, inputs: list[tuple[tuple, dict]]) -> list[tuple[tupl
             out = block(*args, **kwargs)
             nxt.append(_with_hidden(args, kwargs, out[0] if isinstance(out, tuple) else out))
     return nxt
-
-
-def _run(model: nn.Module, calib: Sequence[Batch]) -> None:
-    with torch.no_grad():
-        for b in calib:
-            model(*b)
 
 
 def stream_quantize(
@@ -238,13 +236,13 @@ def stream_quantize(
         hess = {}
         if gptq and rest:  # the head's inputs: the last block's outputs through the final norm
             final = [_hidden(a, k) for a, k in inputs]
-            with _blocks_replaced(blocks, [_Replay(final)] + [_Pass() for _ in range(len(blocks) - 1)]):
-                hess = collect_hessians(rest, lambda: _run(model, calib))
+            with _replaying(blocks, final):
+                hess = collect_hessians(rest, lambda: run_calibration(model, calib, "GPTQ: layers outside the blocks"))
         if smooth is not None:  # the final norm and an untied head: the float chain's last outputs
             last = {id(b): _hidden(a, k) for b, (a, k) in zip(calib, smooth.inputs, strict=True)}
 
             def run(b: Batch) -> Any:
-                with _blocks_replaced(blocks, [_Replay([last[id(b)]])] + [_Pass() for _ in range(len(blocks) - 1)]):
+                with _replaying(blocks, [last[id(b)]]):
                     return model(*b)
 
             smooth.fold_outside({n: m for n, m in scalable.items() if n in rest}, calib, run)
