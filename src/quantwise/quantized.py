@@ -176,13 +176,16 @@ class QuantizedModel:
             tensors: dict[str, torch.Tensor] = {}
             quantized_params = {f"{n}.weight" for n in self.layers}
             aliases: dict[str, str] = {}  # tied weights (an LM head sharing the embedding) are stored once
-            first_of: dict[tuple[int, int, tuple[int, ...]], str] = {}
-            for k, v in self.model.state_dict().items():
-                ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-                if ident in first_of and v.numel():
+            sd = self.model.state_dict()
+            # a quantized weight is the first of its ties: an embedding tied to a quantized head is
+            # the head's dequantized table, never a second, float copy
+            first_of = {_ident(sd[k]): k for k in quantized_params if k in sd}
+            for k, v in sd.items():
+                ident = _ident(v)
+                if ident in first_of and first_of[ident] != k and v.numel():
                     aliases[k] = first_of[ident]
                     continue
-                first_of[ident] = k
+                first_of.setdefault(ident, k)
                 if k not in quantized_params:
                     if self.cast and v.is_floating_point():
                         v = v.to(torch.float16 if self.cast == "fp16" else torch.bfloat16)
@@ -269,6 +272,7 @@ class QuantizedModel:
             layers[name] = lq
         if not getattr(model, "is_onnx_graph", False):  # an ONNX graph keeps its float weights in the graph
             write_back(model, layers)  # the float copy of a quantized weight is its dequantized value
+            _retie(model, {k: first for k, first in meta.get("aliases", {}).items() if first not in float_sd})
         plan = None
         if meta.get("plan"):
             from quantwise.fixedpoint.plan import FixedPointPlan
@@ -286,6 +290,20 @@ class QuantizedModel:
             cast=meta["cast"],
             info=meta["info"],
         )
+
+
+def _ident(v: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+    return (v.untyped_storage().data_ptr(), int(v.storage_offset()), tuple(v.shape))
+
+
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Tensors saved as ties of a quantized weight take its dequantized value (already so when the
+    fresh model ties them itself)."""
+    sd = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for k, first in aliases.items():
+            if _ident(sd[k]) != _ident(sd[first]):
+                sd[k].copy_(sd[first])
 
 
 def write_back(model: nn.Module, layers: dict[str, LayerQuant]) -> None:

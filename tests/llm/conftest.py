@@ -19,12 +19,30 @@ def save_tiny_llama(
     kv_heads: int = 2,
     max_shard_size: str | None = None,
     tie: bool = True,
+    arch: str = "llama",
 ) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A random-weight causal LM with SmolLM2's tokenizer; ``arch="gpt2"`` gives GPT-2's structure
+    (``GPT2LMHeadModel``: transformers ``Conv1D`` layers, fused QKV, learned positions, LayerNorm)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     gguf = smollm2_path()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     torch.manual_seed(seed)
+    if arch == "gpt2":
+        g2 = GPT2Config(
+            vocab_size=len(tok),
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=128,
+            tie_word_embeddings=tie,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        gpt2 = GPT2LMHeadModel(g2).eval()
+        gpt2.save_pretrained(str(folder), **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+        tok.save_pretrained(str(folder))
+        return folder
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden,
@@ -46,6 +64,17 @@ def save_tiny_llama(
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2")
+
+
+@pytest.fixture(scope="session")
+def sharded_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GPT-2's structure (transformers ``Conv1D``, fused QKV, tied head), three blocks, 2 MB shards."""
+    return save_tiny_llama(tmp_path_factory.mktemp("gpt2-sharded"), layers=3, seed=6, max_shard_size="2MB", arch="gpt2")
 
 
 @pytest.fixture(scope="session")

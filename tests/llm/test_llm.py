@@ -58,6 +58,20 @@ def test_tied_lm_head_stays_tied_and_is_recorded(tiny_task) -> None:
     assert torch.equal(head, qm.layers["lm.lm_head"].dequantized_weight().reshape(head.shape))
 
 
+def test_a_tied_quantized_head_is_saved_once_and_loads_back_tied(tiny_task, tmp_path: Path) -> None:
+    from quantwise.quantized import QuantizedModel, artifact_size
+
+    qm = quantize(tiny_task.model, get_recipe("weight-int4", group_size=32), tiny_task.calibration)
+    folder = qm.save(tmp_path / "q")
+    meta = json.loads((folder / "quantwise.json").read_text())
+    assert meta["aliases"] == {"lm.model.embed_tokens.weight": "lm.lm_head.weight"}
+    table = tiny_task.model.lm.model.embed_tokens.weight.numel() * 4
+    assert artifact_size(folder) < table / 4  # no float copy of the (tied) embedding table beside the int4 head
+    back = QuantizedModel.load(folder, tiny_task.build_model())
+    emb, head = back.model.lm.model.embed_tokens.weight, back.model.lm.lm_head.weight
+    assert torch.equal(emb, qm.model.lm.model.embed_tokens.weight) and torch.equal(head, emb)
+
+
 def test_gptq_calibrates_each_block_on_the_quantized_blocks_before_it(tiny_task) -> None:
     model = copy.deepcopy(tiny_task.model)
     linear = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n}
@@ -116,6 +130,26 @@ def test_compare_on_a_user_llm(tiny_llama: Path, lm_text: Path, tmp_path: Path) 
     if ("fp32", "llamacpp") in by:  # installed: a folder has no .gguf to copy the tokenizer from
         assert by[("fp32", "llamacpp")]["status"] == "unsupported"
         assert "convert_hf_to_gguf" in by[("fp32", "llamacpp")]["error"]
+
+
+def test_a_gpt2_folder_is_a_causal_lm_and_runs_with_its_cache(tiny_gpt2: Path, lm_text: Path) -> None:
+    """GPT2LMHeadModel (not *ForCausalLM): Conv1D layers, learned positions (the decode prompt leaves
+    room for the new tokens), a tied head saved once."""
+    task = load_task(model=str(tiny_gpt2), data=str(lm_text))
+    assert task.info["kind"] == "causal-lm"
+    proto = task.info["protocol"]
+    assert proto["window"] == 128 and proto["decode_prompt_tokens"] + proto["decode_new_tokens"] <= 128
+    kw = {"measure_memory": False, "latency_seconds": 0.2, "batch_sizes": (1,)}
+    base = evaluate(task, None, "onnxruntime", **kw)
+    rec = evaluate(task, "w4a16", "onnxruntime", **kw)
+    assert rec["status"] == "ok" and rec["decode"]["status"] == "ok"
+    assert rec["integer_ops"]["kernels"].get("MatMulNBits", 0) == 2 * 4 + 1  # every Conv1D and the head
+    assert rec["info"]["rewritten_as_linear"] and len(rec["quantized_layers"]) == 2 * 4 + 2  # + the position table
+    assert rec["size_bytes"] < base["size_bytes"]
+    # the simulation's greedy tokens are the runtime's, from the same prompt
+    sim = evaluate(task, "w4a16", "torch", **kw)
+    n = len(sim["decode"]["greedy_tokens"])
+    assert rec["decode"]["greedy_tokens"][:n] == sim["decode"]["greedy_tokens"]
 
 
 def test_a_simulation_is_never_timed_as_a_decode_speed(tiny_task) -> None:

@@ -66,6 +66,27 @@ def test_streamed_equals_the_in_memory_path_bit_for_bit(recipe, folder: str, req
         assert torch.equal(streamed.model(x), qm.model(x))  # the same model, computed the same way
 
 
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_gpt2_conv1d_layers_stream_as_the_in_memory_path_quantizes_them(method: str, sharded_gpt2: Path, tmp_path):
+    recipe = WeightOnlyRecipe(bits=4, group_size=32, method=method)
+    calib = _calib()
+    model, _ = load_causal_lm(sharded_gpt2)
+    qm = quantize(model, recipe, calib)
+    manifest = stream_quantize(sharded_gpt2, recipe, calib, tmp_path / "s")
+    _, layers = read_streamed(tmp_path / "s")
+    # 4 Conv1D per block (c_attn, attn.c_proj, c_fc, mlp.c_proj) read transposed from the checkpoint,
+    # the tied head and the position table
+    assert set(layers) == set(qm.layers) and len(layers) == 3 * 4 + 2
+    assert manifest["info"]["rewritten_as_linear"] == qm.info["rewritten_as_linear"]
+    for name, lq in qm.layers.items():
+        assert torch.equal(layers[name].weight_q, lq.weight_q), name
+        assert torch.equal(layers[name].weight_scale, lq.weight_scale), name
+    streamed = load_streamed(tmp_path / "s")
+    x = calib[0][0]
+    with torch.no_grad():
+        assert torch.equal(streamed.model(x), qm.model(x))
+
+
 def test_streaming_refuses_what_it_cannot_do_faithfully(sharded_llama: Path, tmp_path: Path):
     with pytest.raises(UserError, match="method rtn, gptq or awq, got awq-gptq"):
         stream_quantize(sharded_llama, WeightOnlyRecipe(bits=4, method="awq-gptq"), _calib(), tmp_path / "a")
@@ -106,3 +127,11 @@ def test_streaming_runs_under_a_memory_limit_the_model_exceeds(tmp_path: Path):
     assert got["layers"] == 24 * 7 + 1
     _, layers = read_streamed(tmp_path / "out")
     assert layers["lm.model.layers.23.mlp.down_proj"].weight_q.shape == (1024, 1024)
+
+
+def test_the_calibration_window_fits_the_models_positions(sharded_gpt2: Path, lm_text: Path, tmp_path: Path, capsys):
+    args = ["stream", "--model", str(sharded_gpt2), "--data", str(lm_text), "--method", "gptq", "--windows", "1"]
+    assert main([*args, "--window", "256", "--out", str(tmp_path / "a")]) == 2
+    assert "longer than the model's 128 positions" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0  # the default: 512, or the model's 128 positions

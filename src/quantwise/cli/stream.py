@@ -20,7 +20,12 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> None:
         "--data", help="text to calibrate GPTQ or AWQ on (.txt with blank-line-separated documents, .csv, .jsonl)"
     )
     p.add_argument("--text-column", default="text", help="the text column of a CSV/JSONL --data (default text)")
-    p.add_argument("--window", type=int, default=512, help="tokens per calibration window (default 512)")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="tokens per calibration window (default 512, or the model's positions if fewer)",
+    )
     p.add_argument("--windows", type=int, default=8, help="calibration windows (default 8)")
     recipe_args(p)
     p.add_argument("--out", required=True, help="a new folder for the quantized blocks and quantwise-streamed.json")
@@ -34,7 +39,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if not args.recipe and not args.recipe_file:
         args.recipe = "weight-int4"
     recipe = recipe_from_args(args)
-    if args.window < 2 or args.windows < 1:
+    if (args.window is not None and args.window < 2) or args.windows < 1:
         raise UserError("--window must be at least 2 and --windows at least 1")
     check_out(args.out, args.overwrite)
     folder = Path(args.model)
@@ -57,8 +62,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def _windows(folder: Path, data: Path, column: str, window: int, n: int) -> list:
-    from transformers import AutoTokenizer
+DEFAULT_WINDOW = 512
+
+
+def _windows(folder: Path, data: Path, column: str, window: int | None, n: int) -> list:
+    from transformers import AutoConfig, AutoTokenizer
 
     from quantwise.errors import UserError
     from quantwise.quiet import env_vars, hf_quiet
@@ -69,8 +77,15 @@ def _windows(folder: Path, data: Path, column: str, window: int, n: int) -> list
     try:
         with env_vars(HF_HUB_OFFLINE="1"), hf_quiet():
             tok = AutoTokenizer.from_pretrained(str(folder))
+            positions = getattr(AutoConfig.from_pretrained(str(folder)), "max_position_embeddings", None)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the tokenizer of {folder}: {(str(e).splitlines() or [''])[0]}") from None
+    if window is None:
+        window = min(DEFAULT_WINDOW, int(positions or DEFAULT_WINDOW))
+    elif positions and window > int(positions):
+        raise UserError(
+            f"--window {window} is longer than the model's {positions} positions: give --window {positions} or less"
+        )
     wins = token_windows(tok, docs, window, n)
     if not wins:
         raise UserError(f"{data} has fewer than {window} tokens: give more text or a smaller --window")

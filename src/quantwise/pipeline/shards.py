@@ -60,9 +60,12 @@ class Checkpoint:
         return out
 
 
-def load_params(model: nn.Module, names: list[str], ckpt: Checkpoint, strip: str = "") -> None:
+def load_params(
+    model: nn.Module, names: list[str], ckpt: Checkpoint, strip: str = "", transposed: frozenset[str] = frozenset()
+) -> None:
     """Give the parameters ``names`` of ``model`` (``meta`` until now) their checkpoint values
-    (the checkpoint's name is the parameter's without the prefix ``strip``)."""
+    (the checkpoint's name is the parameter's without the prefix ``strip``). The weights of the
+    layers ``transposed`` (transformers ``Conv1D`` rewritten as ``nn.Linear``) are stored (in, out)."""
     keys = {n: n.removeprefix(strip) for n in names}
     missing = [k for k in keys.values() if k not in ckpt.where]
     if missing:
@@ -70,7 +73,13 @@ def load_params(model: nn.Module, names: list[str], ckpt: Checkpoint, strip: str
     values = ckpt.read(sorted(set(keys.values())))
     for n, k in keys.items():
         owner, _, attr = n.rpartition(".")
-        setattr(model.get_submodule(owner), attr, nn.Parameter(values[k], requires_grad=False))
+        v = values[k].t().contiguous() if attr == "weight" and owner in transposed else values[k]
+        if tuple(v.shape) != tuple(model.get_parameter(n).shape):
+            raise UserError(
+                f"the checkpoint's {k} has shape {tuple(values[k].shape)}, the config's model expects "
+                f"{tuple(model.get_parameter(n).shape)}: it does not match its config.json"
+            )
+        setattr(model.get_submodule(owner), attr, nn.Parameter(v, requires_grad=False))
 
 
 def unload_module(module: nn.Module) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from quantwise.calibrate.collect import run_calibration
 from quantwise.errors import UserError
+from quantwise.nnutil import canonicalize
 from quantwise.outdir import atomic_dir, check_out
 from quantwise.pipeline.shards import (
     MANIFEST,
@@ -57,20 +58,25 @@ METHODS = ("rtn", "gptq", "awq")
 WRAP = "lm."  # CausalLMLogits holds the Hugging Face model as ``lm``: checkpoint names lack it
 
 
-def skeleton(folder: Path) -> CausalLMLogits:
+def skeleton(folder: Path) -> tuple[CausalLMLogits, list[str]]:
     """The model of ``folder``'s config with parameters on ``meta`` (buffers such as rotary
-    frequencies computed for real), float32, eager attention: as ``load_causal_lm`` loads it."""
+    frequencies computed for real), float32, eager attention: as ``load_causal_lm`` loads it.
+    transformers ``Conv1D`` layers (GPT-2) become ``nn.Linear``, as ``quantize`` rewrites them: their
+    names are returned (their checkpoint weights are stored transposed)."""
     import_torchao_quietly()
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not is_causal_lm(folder):
-        raise UserError(f"{folder} is not a causal-LM folder: its config.json names no *ForCausalLM architecture")
+        raise UserError(
+            f"{folder} is not a causal-LM folder: its config.json names no causal-LM architecture (*ForCausalLM, GPT2LMHeadModel ...)"
+        )
     with env_vars(HF_HUB_OFFLINE="1"), hf_quiet():
         config = AutoConfig.from_pretrained(str(folder))
         with init_empty_weights(include_buffers=False):
             lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    return CausalLMLogits(lm.eval()).eval()
+    model = CausalLMLogits(lm.eval()).eval()
+    return model, canonicalize(model)
 
 
 def _give_back_freed_memory() -> None:
@@ -104,9 +110,11 @@ def _tied(model: CausalLMLogits, ckpt: Checkpoint) -> dict[str, str]:
     return {shared: kept}
 
 
-def _load(model: nn.Module, names: list[str], ckpt: Checkpoint, tied: dict[str, str]) -> None:
+def _load(
+    model: nn.Module, names: list[str], ckpt: Checkpoint, tied: dict[str, str], transposed: frozenset[str]
+) -> None:
     """Load the parameters ``names``; tied ones become the very same Parameter again."""
-    load_params(model, [n for n in names if n not in tied], ckpt, WRAP)
+    load_params(model, [n for n in names if n not in tied], ckpt, WRAP, transposed)
     for n, src in tied.items():
         if n in names:
             owner, _, attr = n.rpartition(".")
@@ -185,7 +193,8 @@ def stream_quantize(
     if (gptq or use_awq) and not calib:
         raise UserError(f"{recipe.method.upper()} needs calibration text: pass --data")
     start = time.perf_counter()
-    model = skeleton(folder)
+    model, rewritten = skeleton(folder)
+    transposed = frozenset(rewritten)
     ckpt = Checkpoint(folder)
     found = find_blocks(model)
     if found is None:
@@ -193,9 +202,11 @@ def stream_quantize(
     prefix, blocks = found
     tied = _tied(model, ckpt)
     todo, skipped, groups, bits, info = plan_weight_only(model, recipe)
+    if transposed:
+        info["rewritten_as_linear"] = sorted(transposed)
     everything = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     outer = [n for n in everything if not n.startswith(prefix + ".")]
-    _load(model, outer, ckpt, tied)
+    _load(model, outer, ckpt, tied, transposed)
     inputs = _block_inputs(model, blocks[0], calib) if gptq or use_awq else []
     manifest: dict[str, Any] = {"layers": {}, "floats": {}}
     linear = {n: m for n, m in todo if isinstance(m, nn.Linear)}
@@ -221,7 +232,7 @@ def stream_quantize(
     with atomic_dir(out) as staged:
         for i, block in enumerate(progress_iter(list(blocks), f"streaming {len(blocks)} blocks")):
             names = [n for n in everything if n.startswith(f"{prefix}.{i}.")]
-            _load(model, names, ckpt, tied)
+            _load(model, names, ckpt, tied, transposed)
             here = {n: m for n, m in todo if n.startswith(f"{prefix}.{i}.")}
             if smooth is not None:
                 smooth.fold(block, {n: m for n, m in scalable.items() if n in here}, _feed)
@@ -276,6 +287,7 @@ def load_streamed(out: str | Path, folder: str | Path | None = None) -> Quantize
     default the folder it was quantized from): for evaluating it where it fits in memory."""
     manifest, layers = read_streamed(out)
     model, _tok = load_causal_lm(folder or manifest["source"])
+    canonicalize(model)  # streamed as nn.Linear, as the skeleton was
     write_back(model, layers)
     with torch.no_grad():  # the float parameters as written: AWQ folded its scales into the norms
         for name, values in read_floats(out, manifest).items():

@@ -52,7 +52,7 @@ def load_task(
         if Path(data).suffix.lower() == ".txt":
             raise UserError(
                 f"--data {data} is plain text, which scores causal LMs, and {model} is not one (no .gguf, no "
-                "*ForCausalLM in its config.json): give a CSV/JSONL with text and label columns"
+                "causal-LM architecture such as *ForCausalLM in its config.json): give a CSV/JSONL with text and label columns"
             )
         from quantwise.tasks.hf_classifier import head_kind
 

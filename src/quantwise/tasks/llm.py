@@ -163,6 +163,9 @@ def build_causal_lm_task(
         return choice_rows(out, batch[0], p, ends, y)
 
     prompt = eval_w[0]
+    # the generation's prompt leaves room for its new tokens inside the model's positions (learned
+    # position tables, as GPT-2's, have no row beyond them)
+    gen_prompt = prompt[:, : max(1, min(window, int(max_pos) - s.new_tokens))]
 
     def latency_input(n: int) -> Batch:
         return (prompt.repeat(n, 1),)
@@ -175,6 +178,7 @@ def build_causal_lm_task(
         "calibration_windows": len(calib_w),
         "zero_shot_examples": len(choices),
         "prefill_tokens": window,
+        "decode_prompt_tokens": int(gen_prompt.shape[-1]),
         "decode_new_tokens": s.new_tokens,
     }
     metrics = LLM_METRICS if choices else LLM_METRICS[:3]
@@ -203,7 +207,7 @@ def build_causal_lm_task(
         metrics=metrics,
         validation=[(w,) for w in val_w],
         reduce=reduce,
-        generation=Generation(prompt=prompt, new_tokens=s.new_tokens),
+        generation=Generation(prompt=gen_prompt, new_tokens=s.new_tokens),
         per_example=per_window,
         info={"kind": "causal-lm", "protocol": protocol, "n_test": n_eval, "source": str(source or "")},
     )

@@ -50,8 +50,20 @@ def smollm2_path() -> Path:
     return path
 
 
+def causal_lm_classes() -> frozenset[str]:
+    """The class names transformers loads with ``AutoModelForCausalLM`` (``*ForCausalLM``, and older
+    names such as GPT-2's ``GPT2LMHeadModel``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names: set[str] = set()
+    for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([v] if isinstance(v, str) else v)
+    return frozenset(names)
+
+
 def is_causal_lm(model: str | Path) -> bool:
-    """A ``.gguf`` file, or a folder whose ``config.json`` names a ``*ForCausalLM`` architecture."""
+    """A ``.gguf`` file, or a folder whose ``config.json`` names an architecture transformers loads as a
+    causal LM (``*ForCausalLM``, ``GPT2LMHeadModel`` ...)."""
     p = Path(model)
     if p.suffix.lower() == ".gguf":
         return True
@@ -62,7 +74,9 @@ def is_causal_lm(model: str | Path) -> bool:
         archs = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
     except (ValueError, UnicodeDecodeError, AttributeError):
         return False
-    return any(str(a).endswith("ForCausalLM") for a in archs)
+    if any(str(a).endswith("ForCausalLM") for a in archs):
+        return True
+    return bool(archs) and any(str(a) in causal_lm_classes() for a in archs)
 
 
 def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
@@ -88,7 +102,7 @@ def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
             raise UserError("reading a .gguf model needs the gguf package: pip install gguf==0.19.0")
     elif not is_causal_lm(p):
         raise UserError(
-            f"{p} is not a causal language model: its config.json names no *ForCausalLM architecture "
+            f"{p} is not a causal language model: its config.json names no causal-LM architecture (*ForCausalLM, GPT2LMHeadModel ...) "
             "(pass a decoder LLM folder or a .gguf file; encoders take --data with labels)"
         )
     try:
