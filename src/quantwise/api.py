@@ -65,10 +65,20 @@ def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
     from quantwise.errors import Unsupported
     from quantwise.recipes import MixedRecipe, QATRecipe
 
-    if task.info.get("kind") == "causal-lm" and isinstance(recipe, (MixedRecipe, QATRecipe)):
+    if task.info.get("kind") == "causal-lm" and isinstance(recipe, QATRecipe):
         raise Unsupported(
             f"{recipe.name} is not built for causal LMs yet: use `quantwise explain` to find the sensitive blocks "
             "and --exclude them from a post-training recipe"
+        )
+    if (
+        task.info.get("kind") == "causal-lm"
+        and isinstance(recipe, MixedRecipe)
+        and recipe.optimize == "latency"
+        and recipe.base == "static-int8"
+    ):
+        raise Unsupported(
+            "mixed on a causal LM builds on dynamic W8A8 or on INT4/INT8 weights, not on static-int8: "
+            "pass --base dynamic-int8, or --optimize size"
         )
     if isinstance(recipe, MixedRecipe):
         from quantwise.pipeline.mixed import search_mixed

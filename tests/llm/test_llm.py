@@ -204,10 +204,44 @@ def test_explain_names_the_block_and_the_outlier_channel(tiny_task) -> None:
     assert block1["stats"]["layers_measured"]["lm.model.layers.1.self_attn.q_proj"]["top_channels"][0] == 5
 
 
-def test_mixed_and_qat_on_an_llm_are_refused_in_one_line(tiny_llama: Path, lm_text: Path) -> None:
-    for recipe in ("mixed", "qat-w8a8"):
-        r = run_cli("quantize", "--model", str(tiny_llama), "--data", str(lm_text), "--recipe", recipe)
-        assert r.returncode == 2 and "not built for causal LMs" in r.stderr and "Traceback" not in r.stderr
+def test_qat_and_static_mixed_on_an_llm_are_refused_in_one_line(tiny_llama: Path, lm_text: Path) -> None:
+    r = run_cli("quantize", "--model", str(tiny_llama), "--data", str(lm_text), "--recipe", "qat-w8a8")
+    assert r.returncode == 2 and "not built for causal LMs" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("quantize", "--model", str(tiny_llama), "--data", str(lm_text), "--recipe", "mixed")
+    assert r.returncode == 2 and "pass --base dynamic-int8, or --optimize size" in r.stderr
+
+
+def test_mixed_on_an_llm_promotes_the_most_sensitive_layers_until_perplexity_meets_the_budget(tiny_task) -> None:
+    from quantwise.api import build_quantized
+    from quantwise.pipeline.mixed import window_perplexity
+    from quantwise.runtime.torch_sim import lower_torch
+
+    model = copy.deepcopy(tiny_task.model)
+    with torch.no_grad():  # sharper next-token distributions: perplexity then feels int4 rounding (random weights)
+        model.lm.model.embed_tokens.weight.mul_(30.0)
+    task = dataclasses.replace(tiny_task, model=model)
+    ref = window_perplexity(model, task.validation)
+
+    def rise(qm) -> float:
+        return 100.0 * (window_perplexity(lower_torch(qm), task.validation) / ref - 1.0)
+
+    all_int4 = rise(build_quantized(task, get_recipe("mixed", optimize="size", max_drop=1000.0)))
+    assert all_int4 > 5.0  # INT4 everywhere (GPTQ, g32) misses a 1% budget on validation
+    qm = build_quantized(task, get_recipe("mixed", optimize="size", max_drop=1.0))
+    info = qm.info
+    promoted, ranking = info["int8_layers"], list(info["precision_map"])
+    assert promoted and promoted == ranking[: len(promoted)]  # the most sensitive first
+    assert info["budget_met"] and info["validation_criterion"] == "perplexity rise vs FP32 (%)"
+    assert info["validation_drop_points"] <= 1.0 and abs(info["validation_drop_points"] - rise(qm)) < 1e-6
+    assert {qm.layers[n].weight_qtype for n in promoted} == {"int8"}
+    assert {qm.layers[n].weight_qtype for n in ranking[len(promoted) :]} == {"int4"}
+    # ONNX Runtime runs the mix (INT4 and INT8 MatMulNBits) and computes what the simulation does
+    kw = {"measure_memory": False, "latency_seconds": 0.1, "batch_sizes": (1,), "quantized": qm}
+    ort = evaluate(task, qm.recipe, "onnxruntime", **kw)
+    sim = evaluate(task, qm.recipe, "torch", **kw)
+    assert ort["integer_ops"]["kernels"].get("MatMulNBits") == len(ranking)
+    assert ort["metrics"]["top1_agreement"] > 0.99 * sim["metrics"]["top1_agreement"]
+    assert abs(ort["metrics"]["kl_to_fp32"] - sim["metrics"]["kl_to_fp32"]) < 0.05 * sim["metrics"]["kl_to_fp32"]
 
 
 def test_a_group_that_does_not_divide_the_input_falls_back_to_a_finer_one(tiny_task) -> None:

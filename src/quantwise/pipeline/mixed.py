@@ -4,14 +4,15 @@ The search, and why it is this one:
 1. Rank layers by sensitivity: the output SQNR with *only that layer* quantized, measured on
    the first 64 examples of the task's validation data (never the test set). One pass per layer.
 2. Find the smallest number k of most-sensitive layers to keep in FP32 such that the whole
-   mixed model, measured end to end on the validation data, loses at most ``max_drop`` points:
+   mixed model, measured end to end on the validation data, loses at most ``max_drop`` points
+   (a causal LM: its validation perplexity rises at most ``max_drop`` percent over FP32's):
    of accuracy when the task labels its validation data (bbc-minilm), else of predictions
    changed relative to FP32 (an upper bound on the accuracy lost). k is found by binary search over the ranking
    (end-to-end results are close to monotone in k): about log2(layers) + 1 full evaluations.
 
 With ``optimize="size"`` the same search runs from the other end of the size scale: every Linear
 and embedding table starts at INT4 weights (GPTQ, blocks of 32; tables in blocks of 32 per row)
-and the k most sensitive are promoted to INT8. Both quantizations are made once and each
+and the k most sensitive are promoted to INT8 (per channel; a causal LM's in blocks of 32). Both quantizations are made once and each
 candidate is assembled from them, since weight-only layers are quantized independently.
 
 Then the layers kept in float are tried as FP16 weights (half the bytes, the same float32
@@ -26,11 +27,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from quantwise.errors import UserError
 from quantwise.explain.sensitivity import layer_sensitivity_on
@@ -39,6 +43,7 @@ from quantwise.quantized import LayerQuant, QuantizedModel, write_back
 from quantwise.recipes import MixedRecipe, Recipe, WeightOnlyRecipe, get_recipe
 from quantwise.runtime.torch_sim import lower_torch
 from quantwise.tasks.base import Task
+from quantwise.transform.registry import Batch
 from quantwise.transform.schemes import fp16_layer
 
 
@@ -101,18 +106,14 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
             WeightOnlyRecipe(bits=4, group_size=32, method="gptq", embedding_bits=4, **common),
             task.calibration,
         )
-        high = quantize(task.model, WeightOnlyRecipe(bits=8, **common))
+        # a causal LM's INT8 layers in blocks of 32 too: ONNX Runtime runs them in MatMulNBits (8 bits)
+        group = 32 if task.info.get("kind") == "causal-lm" else 0
+        high = quantize(task.model, WeightOnlyRecipe(bits=8, group_size=group, **common))
     else:
         full = quantize(task.model, base_recipe(recipe), task.calibration)
-    ref_pred = _predictions(task.model, task)
-    labels = np.concatenate([y.numpy() for y in task.val_labels]) if task.val_labels else None
-
-    def drop_of(pred: np.ndarray) -> float:
-        """Validation accuracy lost vs FP32 when the task labels its validation data, else the
-        share of validation predictions that change (an upper bound on the accuracy lost)."""
-        if labels is not None:
-            return 100.0 * (float(np.mean(ref_pred == labels)) - float(np.mean(pred == labels)))
-        return 100.0 * float(np.mean(pred != ref_pred))
+    drop_of, criterion = _criterion(task)
+    llm = task.info.get("kind") == "causal-lm"
+    lost, unit = ("% perplexity rise", "%") if llm else (" points lost", " points")
 
     ranking = [r.name for r in layer_sensitivity_on(task.model, full, _first(task.validation, RANK_SAMPLES))]
     if not size:
@@ -129,10 +130,8 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
             else:
                 qm = full if k == 0 else quantize(task.model, base_recipe(recipe, tuple(ranking[:k])), task.calibration)
             evaluations["end-to-end"] += 1
-            cache[k] = (qm, drop_of(_predictions(lower_torch(qm), task)))
-            status(
-                f"mixed: {k} layer(s) in {'INT8' if size else 'FP32'} -> {cache[k][1]:.2f} points lost on validation"
-            )
+            cache[k] = (qm, drop_of(lower_torch(qm)))
+            status(f"mixed: {k} layer(s) in {'INT8' if size else 'FP32'} -> {cache[k][1]:.2f}{lost} on validation")
         return cache[k]
 
     lo, hi = 0, len(ranking)
@@ -142,8 +141,8 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
         met = False
         top = "INT8" if size else "FP32"
         warn(
-            f"mixed: even with every layer in {top} the budget of {recipe.max_drop} points is not met "
-            f"({changed(hi)[1]:.2f} points lost on validation); returning that closest mix: widen --max-drop"
+            f"mixed: even with every layer in {top} the budget of {recipe.max_drop}{unit} is not met "
+            f"({changed(hi)[1]:.2f}{lost} on validation); returning that closest mix: widen --max-drop"
             + (" or use --optimize latency" if size else "")
         )
         lo = hi - 1
@@ -161,8 +160,8 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     if k and not size:  # the layers kept in float: FP16 storage halves them, if the budget still holds
         half = _with_layers(qm, {n: fp16_layer(qm.model.get_submodule(n)) for n in ranking[:k]}, recipe)
         evaluations["end-to-end"] += 1
-        half_drop = drop_of(_predictions(lower_torch(half), task))
-        status(f"mixed: those {k} layer(s) in FP16 -> {half_drop:.2f} points lost on validation")
+        half_drop = drop_of(lower_torch(half))
+        status(f"mixed: those {k} layer(s) in FP16 -> {half_drop:.2f}{lost} on validation")
         if half_drop <= recipe.max_drop:
             qm, drop = half, half_drop
     qm = dataclasses.replace(qm, recipe=recipe)
@@ -174,13 +173,49 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
             "validation_drop_points": drop,
             "optimize": recipe.optimize,
             "budget_met": met,
-            "validation_criterion": "accuracy vs labels" if labels is not None else "predictions changed vs FP32",
+            "validation_criterion": criterion,
             "evaluations": evaluations,
             "time_to_quantize_s": time.perf_counter() - t0,
             "search": "binary search over the sensitivity ranking, verified end to end on validation data",
         }
     )
     return qm
+
+
+def _criterion(task: Task) -> tuple[Callable[[nn.Module], float], str]:
+    """What a candidate loses on the validation data, in the budget's units, and what that is.
+
+    A causal LM: the rise of its validation perplexity over FP32's, in percent. A classifier:
+    accuracy points lost when the task labels its validation data, else the share of validation
+    predictions that change (an upper bound on the accuracy lost)."""
+    if task.info.get("kind") == "causal-lm":
+        ref_ppl = window_perplexity(task.model, task.validation)
+
+        def ppl_rise(model: nn.Module) -> float:
+            return 100.0 * (window_perplexity(model, task.validation) / ref_ppl - 1.0)
+
+        return ppl_rise, "perplexity rise vs FP32 (%)"
+    ref_pred = _predictions(task.model, task)
+    labels = np.concatenate([y.numpy() for y in task.val_labels]) if task.val_labels else None
+
+    def drop_of(model: nn.Module) -> float:
+        pred = _predictions(model, task)
+        if labels is not None:
+            return 100.0 * (float(np.mean(ref_pred == labels)) - float(np.mean(pred == labels)))
+        return 100.0 * float(np.mean(pred != ref_pred))
+
+    return drop_of, "accuracy vs labels" if labels is not None else "predictions changed vs FP32"
+
+
+def window_perplexity(model: nn.Module, windows: Sequence[Batch]) -> float:
+    """Perplexity of ``(input_ids,)`` windows, each scored on its own (the task's protocol)."""
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for (ids,) in windows:
+            logp = torch.log_softmax(model(ids)[:, :-1].to(torch.float64), dim=-1)
+            nll -= float(logp.gather(-1, ids[:, 1:, None]).sum())
+            n += ids[:, 1:].numel()
+    return math.exp(nll / n)
 
 
 def _precision(qm: QuantizedModel, name: str) -> str:

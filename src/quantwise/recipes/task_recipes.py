@@ -89,7 +89,12 @@ class MixedRecipe(Recipe):
         "static-int8", "the INT8 scheme for the layers it quantizes (latency)", choices=("static-int8", "dynamic-int8")
     )
     calibration: str = knob("minmax", "observer for activation ranges (a static base)", choices=CALIBRATIONS)
-    max_drop: float = knob(0.2, "budget in points of validation predictions that may change vs FP32", low=0)
+    max_drop: float = knob(
+        0.2,
+        "budget in points of validation predictions that may change vs FP32 (a causal LM: percent its "
+        "validation perplexity may rise)",
+        low=0,
+    )
     optimize: str = knob(
         "latency",
         "latency (INT8 base, sensitive layers FP32) or size (INT4, sensitive layers INT8)",

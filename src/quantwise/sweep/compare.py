@@ -235,7 +235,14 @@ def build_format(task: Task, fmt: Format, s: CompareSettings, built: dict[str, A
     every runtime of the format gets the same answer)."""
     from quantwise.api import build_quantized
 
-    recipe = fmt.build_recipe(s.max_drop.points(1.0), s.optimize)
+    drop = s.max_drop.points(1.0)
+    if fmt.recipe == "mixed" and task.info.get("kind") == "causal-lm" and not s.max_drop.relative:
+        from quantwise.pipeline.mixed import window_perplexity
+
+        # an LLM's mixed search budgets a rise of validation perplexity in percent: a budget in
+        # perplexity units becomes that percent of FP32's validation perplexity
+        drop = 100.0 * s.max_drop.value / window_perplexity(task.model, task.validation)
+    recipe = fmt.build_recipe(drop, s.optimize)
     if recipe is not None and fmt.id not in built:
         try:
             built[fmt.id] = build_quantized(task, recipe)

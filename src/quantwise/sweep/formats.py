@@ -43,7 +43,7 @@ class Format:
         over = dict(self.overrides)
         if self.recipe == "mixed" and max_drop_points is not None:
             over["max_drop"] = max_drop_points
-        if self.recipe == "mixed" and optimize is not None:
+        if self.recipe == "mixed" and optimize is not None and "optimize" not in self.overrides:  # unless pinned
             over["optimize"] = "latency" if optimize == "latency" else "size"  # memory follows size
         return get_recipe(self.recipe, **over)
 
@@ -135,6 +135,10 @@ LLM_FORMATS: dict[str, Format] = {
             family="int8",
         ),
         Format("w8a8-per-tensor", "dynamic-int8", runtimes=(*_LMQ, "torch-int8"), family="int8"),
+        # mixed precision within the perplexity budget (on validation windows): INT4 weights (GPTQ, g32)
+        # with the most sensitive layers promoted to INT8; or per-tensor W8A8 with them kept in float
+        Format("mixed-w4-w8", "mixed", {"optimize": "size"}, runtimes=_LMQ, family="int4-weight"),
+        Format("mixed-w8a8", "mixed", {"base": "dynamic-int8", "optimize": "latency"}, runtimes=_LMQ, family="int8"),
     )
 }
 _ORT = ("onnxruntime",)

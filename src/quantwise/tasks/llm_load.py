@@ -33,7 +33,7 @@ class CausalLMLogits(nn.Module):
         # the causal mask built here, as transformers builds it for eager attention (the model's
         # own mask code does not export to ONNX): 0 on and below the diagonal, the dtype's minimum above
         s = input_ids.shape[-1]
-        dtype = self.lm.get_input_embeddings().weight.dtype
+        dtype = self.lm.dtype  # the float parameters' (a quantized embedding table has no float weight)
         above = torch.ones(s, s, dtype=torch.bool, device=input_ids.device).triu(1)
         mask = torch.zeros(s, s, dtype=dtype).masked_fill(above, torch.finfo(dtype).min)[None, None]
         return self.lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
