@@ -86,7 +86,8 @@ class LayerQuant:
         weight_granularity: which weight elements share a scale.
         input: static input quantization (``static`` mode only).
         output: static output quantization, applied after a fused ReLU (``static`` only).
-        fused_relu: name of the ReLU module folded into this layer's output, if any.
+        fused_relu: name of the ReLU (or ReLU6) module folded into this layer's output, if any.
+        fused_act: what that module computes: ``relu`` (``max(y, 0)``) or ``relu6`` (``min(max(y, 0), 6)``).
     """
 
     kind: LayerKind
@@ -99,6 +100,7 @@ class LayerQuant:
     input: ActQuant | None = None
     output: ActQuant | None = None
     fused_relu: str | None = None
+    fused_act: str = "relu"
     dynamic_granularity: ActGranularity = ActGranularity.PER_TENSOR
     bias_q: torch.Tensor | None = None  # static layers: the int32 bias on the grid s_in * s_w, (N,)
     bias_scale: torch.Tensor | None = None  # its scale per output channel, float32 (N,)
@@ -107,6 +109,13 @@ class LayerQuant:
         self.kind = _enum(LayerKind, self.kind, "kind")
         self.mode = _enum(QuantMode, self.mode, "mode")
         self.dynamic_granularity = _enum(ActGranularity, self.dynamic_granularity, "dynamic granularity")
+        if self.fused_act not in ("relu", "relu6"):
+            raise UserError(f"fused activation must be relu or relu6, got {self.fused_act!r}")
+
+    @property
+    def activation(self) -> str | None:
+        """The fused activation (``relu``/``relu6``), None when none is fused."""
+        return self.fused_act if self.fused_relu is not None else None
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight the runtimes compute with: ``(q - zp) * scale`` (fp16 weights: cast up)."""
@@ -124,6 +133,7 @@ class LayerQuant:
             "input": self.input.to_dict() if self.input else None,
             "output": self.output.to_dict() if self.output else None,
             "fused_relu": self.fused_relu,
+            "fused_act": self.fused_act,
             "dynamic_granularity": ActGranularity(self.dynamic_granularity).value,
             "bias_int32": self.bias_q is not None,
         }
@@ -265,6 +275,7 @@ class QuantizedModel:
                 input=ActQuant(**m["input"]) if m["input"] else None,
                 output=ActQuant(**m["output"]) if m["output"] else None,
                 fused_relu=m["fused_relu"],
+                fused_act=m.get("fused_act", "relu"),
                 dynamic_granularity=_enum(ActGranularity, m.get("dynamic_granularity", "per-tensor"), "granularity"),
                 bias_q=tensors.get(f"q::{name}::bias_q"),
                 bias_scale=tensors.get(f"q::{name}::bias_scale"),
@@ -290,6 +301,13 @@ class QuantizedModel:
             cast=meta["cast"],
             info=meta["info"],
         )
+
+
+def apply_activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
+    """A fused activation on a layer's float output: ``relu``, ``relu6`` or None (the identity)."""
+    if act is None:
+        return y
+    return torch.relu(y) if act == "relu" else torch.clamp(y, 0.0, 6.0)
 
 
 def _ident(v: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:

@@ -127,3 +127,27 @@ def test_static_int8_runs_every_quantized_layer_in_integer_kernels(name, tmp_pat
     heavy_quantized = sum(lq.kind != "embedding" for lq in qm.layers.values())
     assert ops["integer"] >= heavy_quantized, ops
     assert np.mean(out.reshape(len(out), -1).argmax(1) == sim.reshape(len(sim), -1).argmax(1)) >= 0.9
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch-int8", "tflite"])
+def test_relu6_is_fused_and_each_runtime_clips_as_the_simulation(runtime, tmp_path: Path):
+    """MobileNetV2's ReLU6 after a conv (and a folded BatchNorm) is fused like a ReLU: the conv's
+    output is quantized over the clipped range [0, 6], not the conv's own."""
+    model, batches = _model("mobilenetv2-style")
+    qm = quantize(model, "static-int8", batches[:1])
+    acts = {n: lq.activation for n, lq in qm.layers.items() if lq.activation}
+    assert acts == {n: "relu6" for n in ("features.0", *(f"features.{b}.conv.{i}" for b in (3, 4) for i in (0, 3)))}
+    for n in acts:
+        out = qm.layers[n].output
+        assert out is not None and out.zero_point == 0 and (255 - out.zero_point) * out.scale <= 6.0 + 1e-6
+    runner, _ = lower(qm, _task(model, batches), runtime, tmp_path)
+    got = runner.run(batches[1])
+    with torch.no_grad():
+        sim = lower_torch(qm)(*batches[1]).numpy()
+        ref = model(*batches[1]).numpy()
+    # within a few output steps of the simulation, and as close to FP32 as the simulation is
+    assert _sqnr(torch.from_numpy(sim), torch.from_numpy(got)) > 30.0
+    assert _sqnr(torch.from_numpy(ref), torch.from_numpy(got)) > _sqnr(torch.from_numpy(ref), torch.from_numpy(sim)) - 3
+    if runtime == "onnxruntime":
+        ops = runner.integer_ops()
+        assert ops["integer"] >= sum(lq.kind != "embedding" for lq in qm.layers.values()), ops

@@ -107,9 +107,8 @@ def layer_sensitivity(
     for name in progress_iter(list(qm.layers), "explain: one layer at a time"):
         out_only = _only_it(float_model, sim, qm, name, batches)
         float_layer = float_model.get_submodule(name)
-        restored = (
-            nn.Sequential(float_layer, nn.ReLU()) if qm.layers[name].fused_relu else float_layer
-        )  # the sim's ReLU is fused away
+        act = qm.layers[name].activation  # the sim's ReLU/ReLU6 is fused away
+        restored = nn.Sequential(float_layer, nn.ReLU() if act == "relu" else nn.ReLU6()) if act else float_layer
         out_but = _run_swapped(sim, {name: restored}, batches)
         rows.append(
             LayerSensitivity(

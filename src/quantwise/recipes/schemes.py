@@ -262,7 +262,7 @@ class StaticInt8Recipe(Recipe):
     )
     fuse_relu: bool = knob(
         True,
-        "fuse a ReLU that follows a Conv/Linear into its output quantization",
+        "fuse a ReLU or ReLU6 that follows a Conv/Linear into its output quantization",
         flag="--no-fuse-relu",
         negate=True,
     )

@@ -15,7 +15,7 @@ from torch import nn
 from quantwise.numerics import get_qtype, pack_int4
 from quantwise.numerics.granularity import PerGroup, PerTensor
 from quantwise.numerics.packing import nbits_block_ok, pack_matmul_nbits
-from quantwise.quantized import ActQuant, LayerQuant
+from quantwise.quantized import ActQuant, LayerQuant, apply_activation
 from quantwise.runtime.qfunctions import (
     DQ,
     QDQ,
@@ -41,7 +41,7 @@ class _QLayer(nn.Module):
         self.mode = lq.mode
         self.input_q = lq.input
         self.output_q = lq.output
-        self.relu = lq.fused_relu is not None
+        self.act = lq.activation
         qt = get_qtype(lq.weight_qtype)
         self.per_group = isinstance(lq.weight_granularity, PerGroup)
         self.bits = qt.bits
@@ -83,8 +83,7 @@ class _QLayer(nn.Module):
         return self.bias
 
     def _finish(self, y: torch.Tensor) -> torch.Tensor:
-        if self.relu:
-            y = torch.relu(y)
+        y = apply_activation(y, self.act)
         if self.output_q is not None:
             y = _qdq(y, self.output_q)
         return y

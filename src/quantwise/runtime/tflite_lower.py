@@ -26,7 +26,7 @@ from quantwise.errors import UnsupportedModel
 from quantwise.nnutil import set_module
 from quantwise.numerics import get_qtype
 from quantwise.numerics.granularity import PerChannel, PerTensor
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, apply_activation
 
 
 def _ops():
@@ -69,7 +69,7 @@ class _TfliteLayer(nn.Module):
         self.register_buffer("w_scale", s.expand(n).contiguous() if s.numel() == 1 else s)
         self.register_buffer("w_zp", torch.zeros(n, dtype=torch.int64))
         self.register_buffer("b", layer.bias.detach().clone() if layer.bias is not None else torch.zeros(n))
-        self.relu = lq.fused_relu is not None
+        self.act = lq.activation
         if self.kind == "conv2d":
             self.stride, self.padding, self.dilation, self.groups = (
                 layer.stride,
@@ -88,8 +88,7 @@ class _TfliteLayer(nn.Module):
             y = F.conv2d(x, w, self.b, self.stride, self.padding, self.dilation, self.groups)
         else:
             y = F.linear(x, w, self.b)
-        if self.relu:
-            y = torch.relu(y)
+        y = apply_activation(y, self.act)
         if self.lq.mode == "static" and self.lq.output is not None:
             y = _qdq_act(y, self.lq.output)
         return y

@@ -27,7 +27,7 @@ from torch import nn
 from quantwise.errors import UnsupportedModel
 from quantwise.nnutil import set_module
 from quantwise.numerics.granularity import PerTensor
-from quantwise.quantized import LayerQuant, QuantizedModel
+from quantwise.quantized import LayerQuant, QuantizedModel, apply_activation
 from quantwise.runtime.base import RuntimeSpec, load_exported
 
 
@@ -62,7 +62,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.k, self.n, self.mode = layer.in_features, layer.out_features, lq.mode
         bias = layer.bias.detach().float() if layer.bias is not None else None
-        self.lq_in, self.lq_out, self.relu = lq.input, lq.output, lq.fused_relu is not None
+        self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
+        self.relu = self.act == "relu"  # PyTorch fuses ReLU into its int8 kernels; ReLU6 is clamped after
         self.packed = torch.ops.quantized.linear_prepack(_qweight(lq), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K)
@@ -79,12 +80,13 @@ class Int8Linear(nn.Module):
             y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 x2, self.lq_in.scale, self.lq_in.zero_point, self.packed
             )
-            y = torch.relu(y) if self.relu else y
+            y = apply_activation(y, self.act)
         else:
             assert self.lq_in is not None
             xq = torch.quantize_per_tensor(x2, self.lq_in.scale, self.lq_in.zero_point, torch.quint8)
             op = torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
             y = op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
+            y = apply_activation(y, "relu6") if self.act == "relu6" else y
         return y.reshape(*lead, self.n)
 
 
@@ -98,13 +100,14 @@ class Int8Conv2d(nn.Module):
         self.packed = torch.ops.quantized.conv2d_prepack(
             _qweight(lq), bias, list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups
         )
-        self.lq_in, self.lq_out, self.relu = lq.input, lq.output, lq.fused_relu is not None
+        self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         xq = torch.quantize_per_tensor(x.contiguous(), self.lq_in.scale, self.lq_in.zero_point, torch.quint8)
-        op = torch.ops.quantized.conv2d_relu if self.relu else torch.ops.quantized.conv2d
+        op = torch.ops.quantized.conv2d_relu if self.act == "relu" else torch.ops.quantized.conv2d
         with x86_engine():
-            return op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
+            y = op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
+        return apply_activation(y, "relu6") if self.act == "relu6" else y
 
 
 class Int8Embedding(nn.Module):

@@ -1,4 +1,4 @@
-"""Structural rewrites before calibration: BatchNorm folding and ReLU fusion.
+"""Structural rewrites before calibration: BatchNorm folding and ReLU/ReLU6 fusion.
 
 Pairs are found by dataflow: the model is traced with ``torch.fx`` and a layer pairs with the
 module that consumes its output when that is the output's only use and each module is called
@@ -15,7 +15,7 @@ from torch import nn
 
 from quantwise.nnutil import fold_batchnorm_structure, set_module
 
-__all__ = ["find_relu_after", "fold_batchnorm", "fold_batchnorm_structure", "set_module"]
+__all__ = ["activation_kind", "find_relu_after", "fold_batchnorm", "fold_batchnorm_structure", "set_module"]
 
 
 def pairing_method(model: nn.Module) -> str:
@@ -88,16 +88,27 @@ def fold_batchnorm(model: nn.Module) -> dict[str, str]:
     return folded
 
 
+def activation_kind(mod: nn.Module) -> str | None:
+    """``relu`` for ``nn.ReLU``, ``relu6`` for ``nn.ReLU6`` or ``nn.Hardtanh(0, 6)``, else None
+    (exact classes only: a subclass may compute something else)."""
+    if type(mod) is nn.ReLU:
+        return "relu"
+    if type(mod) in (nn.ReLU6, nn.Hardtanh) and (mod.min_val, mod.max_val) == (0.0, 6.0):  # type: ignore[union-attr]
+        return "relu6"
+    return None
+
+
 def find_relu_after(model: nn.Module) -> dict[str, str]:
-    """``{layer_name: relu_name}`` for each Conv2d/Linear whose only consumer is an ``nn.ReLU``
-    module called once (by dataflow), or that is followed by one in the same ``nn.Sequential``
-    with only ``nn.Identity`` (a folded BatchNorm) between them when the model cannot be traced."""
+    """``{layer_name: activation_name}`` for each Conv2d/Linear whose only consumer is a ReLU or
+    ReLU6 module (:func:`activation_kind`) called once (by dataflow), or that is followed by one in
+    the same ``nn.Sequential`` with only ``nn.Identity`` (a folded BatchNorm) between them when the
+    model cannot be traced."""
     traced, _ = _trace(model)
     if traced is not None:
         return {
             a: b
             for a, b in _through_identity(model, traced)
-            if isinstance(model.get_submodule(a), (nn.Conv2d, nn.Linear)) and type(model.get_submodule(b)) is nn.ReLU
+            if isinstance(model.get_submodule(a), (nn.Conv2d, nn.Linear)) and activation_kind(model.get_submodule(b))
         }
     out = {}
     for parent_name, parent in model.named_modules():
@@ -106,7 +117,7 @@ def find_relu_after(model: nn.Module) -> dict[str, str]:
         prefix = f"{parent_name}." if parent_name else ""
         kids = [(n, m) for n, m in parent.named_children() if not isinstance(m, nn.Identity)]
         for (a_name, a), (b_name, b) in zip(kids, kids[1:]):
-            if isinstance(a, (nn.Conv2d, nn.Linear)) and isinstance(b, nn.ReLU):
+            if isinstance(a, (nn.Conv2d, nn.Linear)) and activation_kind(b):
                 out[prefix + a_name] = prefix + b_name
     return out
 

@@ -29,7 +29,7 @@ from quantwise.nnutil import set_module
 from quantwise.numerics import PerChannel, PerGroup, get_qtype, quantize, quantize_bias
 from quantwise.numerics.affine import fake_quantize_lsq
 from quantwise.numerics.granularity import expand_param
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, write_back
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, apply_activation, write_back
 from quantwise.recipes import QATRecipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.registry import Batch
 from quantwise.transform.schemes import quantize_embeddings
@@ -66,6 +66,7 @@ class QATLayer(nn.Module):
         self.qtype = get_qtype(lq.weight_qtype)
         self.granularity = lq.weight_granularity
         self.fused_relu = lq.fused_relu
+        self.act = lq.activation
         self.lsq = lsq
         init = lq.weight_scale.detach().to(torch.float32).clone()
         self.w_scale = nn.Parameter(init, requires_grad=lsq)  # trained only with LSQ
@@ -122,8 +123,7 @@ class QATLayer(nn.Module):
                 bq, sb = quantize_bias(b, self.input_fq.scale.detach().abs().clamp(min=EPS), s.detach())
                 b = b + ((bq.double() * sb.double()).float() - b).detach()
             y = self._op(x, wq, b)
-        if self.fused_relu:
-            y = torch.relu(y)
+        y = apply_activation(y, self.act)
         if self.output_fq is not None:
             y = self.output_fq(y)
         return y
@@ -247,6 +247,7 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
             input=m.input_fq.act_quant() if m.input_fq else None,
             output=m.output_fq.act_quant() if m.output_fq else None,
             fused_relu=relus.get(name),
+            fused_act=m.act or "relu",
         )
         layers[name] = lq
         set_module(model, name, layer)

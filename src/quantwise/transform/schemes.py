@@ -15,7 +15,7 @@ from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.progress import progress_iter
 from quantwise.quantized import ActGranularity, ActQuant, LayerKind, LayerQuant, QuantizedModel, QuantMode, write_back
 from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
-from quantwise.transform.fusion import find_relu_after, fold_batchnorm, pairing_method
+from quantwise.transform.fusion import activation_kind, find_relu_after, fold_batchnorm, pairing_method
 from quantwise.transform.gptq import gptq_quantize
 from quantwise.transform.gptq_seq import collect_hessians, sequential_gptq
 from quantwise.transform.registry import Batch
@@ -333,6 +333,8 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
         if name in out_at:
             lq.output = _act(out_obs[out_at[name]].range(), act_t, recipe.symmetric_activations)
             lq.fused_relu = relus.get(name)
+            if lq.fused_relu:
+                lq.fused_act = activation_kind(model.get_submodule(lq.fused_relu)) or "relu"
         layers[name] = lq
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
