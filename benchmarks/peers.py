@@ -44,13 +44,7 @@ def _measure(
 
 
 def ort_peers(task: Task, workdir: Path, batch_sizes: tuple[int, ...], seconds: float) -> list[dict[str, Any]]:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = export_onnx(
         task.model, task.latency_input(2), workdir / "peer_fp32.onnx", task.input_names, task.dynamic_axes
@@ -71,25 +65,8 @@ def ort_peers(task: Task, workdir: Path, batch_sizes: tuple[int, ...], seconds: 
         )
     )
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(task.calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            b = next(self.it, None)
-            return None if b is None else {n: t.numpy() for n, t in zip(task.input_names, b)}
-
     t0 = time.perf_counter()
-    st = workdir / "peer_ort_static.onnx"
-    quantize_static(
-        str(fp32),
-        str(st),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
+    st = ort_static_file(fp32, workdir / "peer_ort_static.onnx", task)
     recs.append(
         _measure(
             task,
@@ -102,6 +79,30 @@ def ort_peers(task: Task, workdir: Path, batch_sizes: tuple[int, ...], seconds: 
         )
     )
     return recs
+
+
+def ort_static_file(fp32: Path, out: Path, task: Task) -> Path:
+    """ONNX Runtime's ``quantize_static`` on ``fp32`` (QDQ, per-channel, U8S8, MinMax) calibrated on the task's data."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(task.calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self.it, None)
+            return None if b is None else {n: t.numpy() for n, t in zip(task.input_names, b)}
+
+    quantize_static(
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out
 
 
 def torch_ao_dynamic(task: Task, workdir: Path, batch_sizes: tuple[int, ...], seconds: float) -> dict[str, Any]:
