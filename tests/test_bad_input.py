@@ -91,6 +91,11 @@ def _torchscript(tmp: Path) -> str:
     return str(tmp / "scripted.pt")
 
 
+def _exported(tmp: Path) -> str:
+    torch.export.save(torch.export.export(small_model(), (torch.zeros(2, 1, 4, 4),)), str(tmp / "m.pt2"))
+    return str(tmp / "m.pt2")
+
+
 def _quantwise_output(tmp: Path) -> str:
     out = tmp / "prev"
     out.mkdir()
@@ -146,6 +151,11 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "TorchScript --model",
         lambda t: ["evaluate", "--model", _torchscript(t), "--data", image_folder(t)],
         "TorchScript",
+    ),
+    (
+        "torch.export program without --trust-pickle",
+        lambda t: ["evaluate", "--model", _exported(t), "--data", image_folder(t)],
+        "--trust-pickle",
     ),
     ("ONNX --model", lambda t: ["evaluate", "--model", _csv(t, "x", "m.onnx"), "--data", image_folder(t)], "ONNX"),
     (

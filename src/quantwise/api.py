@@ -35,12 +35,16 @@ RESULT_SCHEMA = "quantwise.result/1"
 
 
 def quantize(
-    model: nn.Module | str | os.PathLike[str], recipe: Recipe | str, calibration_data: Sequence[Batch] | None = None
+    model: nn.Module | torch.export.ExportedProgram | str | os.PathLike[str],
+    recipe: Recipe | str,
+    calibration_data: Sequence[Batch] | None = None,
 ) -> QuantizedModel:
     """Quantize ``model`` as ``recipe`` says; the one entry point for every scheme.
 
     Args:
-        model: A float ``nn.Module`` (not modified).
+        model: A float ``nn.Module`` (not modified), a ``torch.export`` program (its Conv/Linear/
+            BatchNorm/ReLU calls are lifted into modules first, checked against the program on
+            its saved example inputs), or the path of a ``.onnx`` file.
         recipe: A recipe object or a registered name (``static-int8``, ``weight-int4`` ...).
         calibration_data: Batches of model inputs (tuples of tensors); required by static and GPTQ.
 
@@ -52,9 +56,13 @@ def quantize(
         from quantwise.onnxmodel import OnnxGraphModule
 
         model = OnnxGraphModule(model)  # its graph is quantized directly; lower with runtime "onnxruntime"
+    if isinstance(model, torch.export.ExportedProgram):
+        from quantwise.transform.lift import lift_program
+
+        model, _lifted = lift_program(model)  # its Conv/Linear/BatchNorm/ReLU calls as modules
     if not isinstance(model, nn.Module):
         raise UserError(
-            f"quantize takes an nn.Module or the path of a .onnx file, got {type(model).__name__}: "
+            f"quantize takes an nn.Module, a torch.export program or the path of a .onnx file, got {type(model).__name__}: "
             "for TorchScript pass the nn.Module itself; for TensorFlow convert to ONNX with tf2onnx"
         )
     return quantize_model(model, get_recipe(recipe) if isinstance(recipe, str) else recipe, calibration_data)

@@ -92,7 +92,7 @@ def load_task(
 
 
 TAKES = (
-    "quantwise takes a PyTorch nn.Module (task file or torch.save), a Hugging Face folder, a GGUF file, an ONNX file "
+    "quantwise takes a PyTorch nn.Module (task file or torch.save), a torch.export program (.pt2), a Hugging Face folder, a GGUF file, an ONNX file "
     "or a TensorFlow SavedModel/.keras file"
 )
 
@@ -108,11 +108,6 @@ def refuse_untakeable(path: Path) -> None:
     if low.endswith(".tflite"):
         raise UserError(
             f"{path} is a converted TFLite model: quantwise quantizes the float model it came from ({TAKES})"
-        )
-    if low.endswith((".pt2", ".ep")):
-        raise UserError(
-            f"{path} is a saved torch.export program: pass it from a task file (torch.export.load(path).module()) "
-            f"or export it to ONNX and pass the .onnx ({TAKES})"
         )
 
 

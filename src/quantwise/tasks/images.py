@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from quantwise.errors import UserError
+from quantwise.progress import status
 from quantwise.tasks.base import Task, batched, classification_metrics
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -27,6 +28,23 @@ _SAFE_SAVE = (
     "save the architecture in a task file instead (--task task.py:build returning the module with its "
     "weights loaded from a state_dict), or pass --trust-pickle if you trust the file"
 )
+
+
+def _exported(path: Path, trust_pickle: bool) -> nn.Module:
+    """A ``torch.export.save`` program, its Conv/Linear/BatchNorm/ReLU calls lifted into modules."""
+    if not trust_pickle:
+        raise UserError(
+            f"{path} is a torch.export program; torch.export.load unpickles its weights, which can run code from "
+            "the file: pass --trust-pickle if you trust it"
+        )
+    from quantwise.transform.lift import load_exported
+
+    model, info = load_exported(str(path))
+    status(
+        f"{path.name}: torch.export program, {len(info['lifted'])} call(s) lifted into modules, checked on "
+        f"{info['checked_on']}" + (f"; left as calls: {info['left']}" if info["left"] else "")
+    )
+    return model
 
 
 def load_model_file(path: Path, trust_pickle: bool = False) -> nn.Module:
@@ -47,10 +65,13 @@ def load_model_file(path: Path, trust_pickle: bool = False) -> nn.Module:
         head = f.read(8)
     if path.suffix.lower() == ".onnx":
         raise UserError(f"{path} is an ONNX file: pass it with --data arrays.npz (one array per model input)")
+    if path.suffix.lower() in (".pt2", ".ep"):
+        return _exported(path, trust_pickle)
     if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
         raise UserError(
             f"{path} is a TorchScript file: quantwise quantizes nn.Module layers and cannot quantize a scripted "
             "graph faithfully; save the nn.Module itself (torch.save(model, path) with --trust-pickle, or a task file), "
+            "a torch.export program (torch.export.save(torch.export.export(model, example), 'model.pt2')), "
             "or export it to ONNX (torch.onnx.export) and pass the .onnx"
         )
     try:
