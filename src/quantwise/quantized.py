@@ -45,10 +45,14 @@ class QuantMode(StrEnum):
 
 
 class ActGranularity(StrEnum):
-    """Dynamic activations: one scale per tensor, or per token (row of the flattened input)."""
+    """Dynamic activations: one scale per tensor, per token (row of the flattened input), or per
+    token and weight block (int8 compute in a weight-only layer)."""
 
     PER_TENSOR = "per-tensor"
     PER_TOKEN = "per-token"
+    # a weight-only layer whose input is quantized to int8 per row and weight block (symmetric,
+    # max|x|/127, round half to even) so the dot products are int8: MatMulNBits accuracy_level=4
+    PER_BLOCK = "per-block"
 
 
 def _enum(cls: type[StrEnum], value: Any, what: str) -> Any:

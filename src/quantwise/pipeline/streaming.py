@@ -50,6 +50,7 @@ from quantwise.transform.schemes import (
     _weight_layer,
     awq_quant_for,
     gptq_layer,
+    mark_int8_compute,
     plan_weight_only,
     quantize_embeddings,
 )
@@ -293,4 +294,6 @@ def load_streamed(out: str | Path, folder: str | Path | None = None) -> Quantize
         for name, values in read_floats(out, manifest).items():
             model.get_parameter(name).copy_(values)
     recipe = recipe_from_dict(manifest["recipe"])
+    if isinstance(recipe, WeightOnlyRecipe):
+        mark_int8_compute(layers, recipe)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=manifest["skipped"], info=manifest["info"])

@@ -212,6 +212,11 @@ class WeightOnlyRecipe(Recipe):
         "fp16 scale (llama.cpp's Q8_0 cache; in the torch simulation and llamacpp; ONNX Runtime refuses it)",
         choices=("float", "int8"),
     )
+    int8_compute: bool = knob(
+        False,
+        "activations quantized to int8 at run time per row and weight block (scale max|x|/127), so the dot products "
+        "run in int8 (W4A8/W8A8): ONNX Runtime's MatMulNBits at accuracy_level=4; blocks need a group size",
+    )
     label: str = knob(
         "",
         "the use-case name it was asked for (w8a16, w4a16: integer weights with float activations), shown in results",
@@ -221,6 +226,8 @@ class WeightOnlyRecipe(Recipe):
 
     @property
     def name(self) -> str:
+        if self.int8_compute:
+            return f"w{self.bits}a8-block"
         return self.label or f"weight-int{self.bits}"
 
 

@@ -26,7 +26,7 @@ from quantwise.numerics import get_qtype
 from quantwise.numerics.granularity import PerGroup
 from quantwise.numerics.packing import nbits_block_ok, pack_matmul_nbits
 from quantwise.onnxmodel import HeavyNode, OnnxGraphModule, consumers, gather_tables, heavy_nodes
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel
+from quantwise.quantized import ActGranularity, ActQuant, LayerQuant, QuantizedModel
 
 _NP = {"int8": np.int8, "uint8": np.uint8}
 
@@ -220,10 +220,21 @@ def _weight_only(gr: _Graph, node: Any, h: HeavyNode, lq: LayerQuant) -> list[An
         b = gr.const(f"{h.weight}_packed", packed.numpy())
         s = gr.const(f"{h.weight}_scales", lq.weight_scale.to(torch.float32).reshape(-1).numpy())
         z = gr.const(f"{h.weight}_zero_points", zp.numpy())
+        level = 4 if lq.dynamic_granularity == ActGranularity.PER_BLOCK else 0  # int8 compute
         y = gr.node(
-            "MatMulNBits", [h.x, b, s, z], node.name, domain="com.microsoft", K=k, N=n, bits=qt.bits, block_size=block
+            "MatMulNBits",
+            [h.x, b, s, z],
+            node.name,
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=qt.bits,
+            block_size=block,
+            accuracy_level=level,
         )[0]
         return _finish(gr, node, h, y)
+    if lq.dynamic_granularity == ActGranularity.PER_BLOCK:
+        raise ValueError(f"{h.name}: int8 compute needs MatMulNBits blocks (a group size of 16-256 dividing {k})")
     if isinstance(g, PerGroup) or lq.weight_qtype not in _NP:
         raise ValueError(f"{h.name}: {lq.weight_qtype} weights with block {block} have no ONNX Runtime kernel")
     node.input[1] = _dq_weight(gr, h, lq)

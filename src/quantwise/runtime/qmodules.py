@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantwise.errors import UnsupportedModel
 from quantwise.numerics import get_qtype, pack_int4
 from quantwise.numerics.granularity import PerGroup, PerTensor
 from quantwise.numerics.packing import nbits_block_ok, pack_matmul_nbits
-from quantwise.quantized import ActQuant, LayerQuant, apply_activation
+from quantwise.quantized import ActGranularity, ActQuant, LayerQuant, apply_activation
 from quantwise.runtime.qfunctions import (
     DQ,
     QDQ,
@@ -120,8 +121,14 @@ class QLinear(_QLayer):
             self.register_buffer("w_t", self.w_q.t().contiguous())  # (K, N) int8
         g = lq.weight_granularity
         block = g.size if isinstance(g, PerGroup) else self.k
+        self.level = 4 if lq.dynamic_granularity == ActGranularity.PER_BLOCK else 0  # int8 compute
         if self.mode == "weight_only" and (self.per_group or self.bits == 4) and nbits_block_ok(block, self.k):
             self._init_nbits(lq)
+        elif self.level:
+            raise UnsupportedModel(
+                f"int8 compute needs MatMulNBits blocks: a layer with {self.k} inputs and weight block {block} has none "
+                "(use a group size of 16-256 that divides the inputs)"
+            )
 
     def _init_nbits(self, lq: LayerQuant) -> None:
         g = lq.weight_granularity
@@ -152,6 +159,7 @@ class QLinear(_QLayer):
                 self.n,
                 self.bits,
                 self.block,
+                self.level,
             )
         else:
             if self.input_q is not None:

@@ -135,6 +135,17 @@ LLM_FORMATS: dict[str, Format] = {
             family="int8",
         ),
         Format("w8a8-per-tensor", "dynamic-int8", runtimes=(*_LMQ, "torch-int8"), family="int8"),
+        # int8 compute: activations quantized per row and weight block at run time, int8 dot products
+        # (MatMulNBits accuracy_level=4); the simulation quantizes them the same way
+        Format("w4a8-g32", "w4a16", {"group_size": 32, "int8_compute": True}, runtimes=_LMQ, family="int8"),
+        Format(
+            "w4a8-g128-gptq",
+            "w4a16",
+            {"group_size": 128, "method": "gptq", "int8_compute": True},
+            runtimes=_LMQ,
+            family="int8",
+        ),
+        Format("w8a8-g32", "w8a16", {"group_size": 32, "int8_compute": True}, runtimes=_LMQ, family="int8"),
         # mixed precision within the perplexity budget (on validation windows): INT4 weights (GPTQ, g32)
         # with the most sensitive layers promoted to INT8; or per-tensor W8A8 with them kept in float
         Format("mixed-w4-w8", "mixed", {"optimize": "size"}, runtimes=_LMQ, family="int4-weight"),

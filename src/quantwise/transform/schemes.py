@@ -217,7 +217,16 @@ def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Seque
             )
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
+    mark_int8_compute(layers, recipe)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
+
+
+def mark_int8_compute(layers: dict[str, LayerQuant], recipe: WeightOnlyRecipe) -> None:
+    """With ``int8_compute``, every Linear's input is quantized per row and weight block at run time."""
+    if recipe.int8_compute:
+        for lq in layers.values():
+            if lq.kind == LayerKind.LINEAR:
+                lq.dynamic_granularity = ActGranularity.PER_BLOCK
 
 
 def awq_quant_for(recipe: WeightOnlyRecipe, bits: dict[str, int], groups: dict[str, int]) -> Callable[[str], Quant]:
