@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from quantwise.api import evaluate
+from quantwise.api import build_quantized, evaluate
 from quantwise.errors import UserError
+from quantwise.recipes import get_recipe
 from quantwise.tasks import load_task
 
 
@@ -68,7 +69,7 @@ def classifier(tmp_path_factory):
 def test_the_models_own_head_and_labels_score_it(classifier):
     task = load_task(model=str(classifier / "model"), data=str(classifier / "names.csv"))
     assert task.info["kind"] == "hf-sequence-classifier" and task.info["classes"][0] == "business"
-    assert task.info["split"].startswith("30 calibration / 90 test")
+    assert task.info["split"].startswith("30 calibration (also QAT training and mixed-precision validation) / 90 test")
     out = np.concatenate([task.model(*b).detach().numpy() for b in task.eval_batches])
     assert out.shape == (90, 5)  # the head's logits, not a pooled embedding
     m = task.score(out)
@@ -82,6 +83,18 @@ def test_static_int8_runs_in_onnxruntime_with_the_head(classifier, tmp_path):
     rec = evaluate(task, "static-int8", "onnxruntime", batch_sizes=(1,), measure_memory=False, latency_seconds=0.1)
     assert rec["integer_ops"]["integer"] >= 36  # every Linear of the 6 blocks, the pooler and the head
     assert rec["metrics"]["agreement"] >= 0.9
+
+
+def test_the_calibration_split_trains_qat_and_validates_mixed(classifier):
+    task = load_task(model=str(classifier / "model"), data=str(classifier / "names.csv"))
+    assert sum(len(b[0]) for b in task.train_batches) == 30 and sum(len(y) for y in task.train_labels) == 30
+    cal_labels = np.concatenate([y.numpy() for y in task.train_labels])
+    with torch.no_grad():  # the labels line up with their texts: the FP32 head agrees with most of them
+        pred = np.concatenate([task.model(*b).numpy().argmax(1) for b in task.train_batches])
+    assert np.mean(pred == cal_labels) > 0.8
+    qm = build_quantized(task, get_recipe("qat-w8a8", steps=2, lr=1e-5))  # refused without training data
+    assert qm.layers and qm.info["training"]["steps"] == 2
+    assert len(task.validation) == len(task.train_batches)  # mixed precision searches on them
 
 
 def test_labels_the_model_does_not_know_are_refused(classifier, tmp_path):
@@ -126,7 +139,7 @@ def image_classifier(tmp_path_factory):
 def test_an_image_classifier_runs_with_its_own_head_and_processor(image_classifier):
     task = load_task(model=str(image_classifier / "vit"), data=str(image_classifier / "imgs"))
     assert task.info["kind"] == "hf-image-classifier" and task.info["classes"] == ["cats", "dogs"]
-    assert task.info["split"].startswith("10 calibration / 30 test")
+    assert task.info["split"].startswith("10 calibration (also QAT training and mixed-precision validation) / 30 test")
     assert tuple(task.eval_batches[0][0].shape) == (30, 3, 32, 32)  # the processor's size, not --image-size
     out = np.concatenate([task.model(*b).detach().numpy() for b in task.eval_batches])
     assert out.shape == (30, 2) and task.score(out)["agreement"] == 1.0

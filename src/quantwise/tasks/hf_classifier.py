@@ -168,14 +168,27 @@ def _classifier_task(
         latency_input=latency_input,
         build_model=build_model,
         labels=y,
+        # the calibration split also trains the QAT formats and validates mixed precision's search
+        # (as mnist-cnn's calibration digits do); never the test split
+        train_batches=(train := batches(cal)),
+        train_labels=[
+            torch.from_numpy(labels[cal[i : i + len(b[0])]]) for i, b in zip(_starts(train), train, strict=True)
+        ],
+        validation=train,
         info={
             **info,
             "n_test": len(test),
-            "split": f"{len(cal)} calibration / {len(test)} test {what} (default_rng(0) permutation)",
+            "split": f"{len(cal)} calibration (also QAT training and mixed-precision validation) / {len(test)} test "
+            f"{what} (default_rng(0) permutation)",
             "classes": [id2label[i] for i in sorted(id2label)],
         },
         metrics=(*CLASSIFICATION_METRICS, MetricSpec("agreement")),
     )
+
+
+def _starts(batches: list[Batch]) -> list[int]:
+    """The index of each batch's first example among all of them."""
+    return [int(x) for x in np.cumsum([0] + [len(b[0]) for b in batches[:-1]])]
 
 
 def build_hf_image_classifier(model_dir: str, data: str, limit: int | None = None) -> Task:
