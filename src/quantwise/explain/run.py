@@ -57,8 +57,10 @@ def _explain_lm(task: Task, recipe: Recipe, qm: QuantizedModel, top: int) -> dic
     summary, rows = block_sensitivity(task, qm, windows=1)
     groups = block_groups(qm)
     batches = [task.eval_batches[0]]
+    # Conv1D layers (GPT-2) compared as the Linear layers they were quantized as
+    ref = reference_model(task.model, qm) if qm.info.get("rewritten_as_linear") else task.model
     for r in rows[:top]:
-        diagnose_block(qm, task.model, r, groups[r.name], batches)
+        diagnose_block(qm, ref, r, groups[r.name], batches)
     return _result(task, recipe, summary, rows, len(rows) + 2)
 
 

@@ -64,13 +64,17 @@ def first_samples(task: Task, samples: int) -> tuple[list[Batch], int]:
 
 
 def reference_model(float_model: nn.Module, qm: QuantizedModel) -> nn.Module:
-    """The float model with the QuantizedModel's structure (BatchNorm folded the same way).
+    """The float model with the QuantizedModel's structure (BatchNorm folded the same way,
+    transformers ``Conv1D`` as the ``nn.Linear`` it was quantized as, so weights compare in the
+    same orientation).
 
     ``qm.model`` itself holds the *dequantized* weights, so it cannot be the reference.
     """
+    from quantwise.nnutil import canonicalize
     from quantwise.transform.fusion import fold_batchnorm
 
     ref = copy.deepcopy(float_model).eval()
+    canonicalize(ref)
     if qm.folded:
         fold_batchnorm(ref)
     return ref
