@@ -151,3 +151,24 @@ def test_relu6_is_fused_and_each_runtime_clips_as_the_simulation(runtime, tmp_pa
     if runtime == "onnxruntime":
         ops = runner.integer_ops()
         assert ops["integer"] >= sum(lq.kind != "embedding" for lq in qm.layers.values()), ops
+
+
+def test_a_lowered_layer_that_changes_its_output_shape_stops_quantize(monkeypatch):
+    """The shape guard: a quantized layer computing another shape than its float layer (as a
+    dropped padding did) is a one-line error naming it, never a different model."""
+    from quantwise.errors import Unsupported
+    from quantwise.runtime import qmodules
+
+    model, batches = _model("resnet-style")
+    real = qmodules.QConv2d.__init__
+
+    def drop_padding(self, lq, layer):
+        real(self, lq, layer)
+        self.padding = (0, 0)
+
+    monkeypatch.setattr(qmodules.QConv2d, "__init__", drop_padding)
+    with pytest.raises(
+        Unsupported,
+        match=r"conv1: the quantized layer gives shape \(16, 16, 15, 15\) where the float layer gives \(16, 16, 16, 16\)",
+    ):
+        quantize(model, "static-int8", batches[:1])
