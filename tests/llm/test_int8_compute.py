@@ -83,7 +83,8 @@ def test_w4a8_runs_in_onnx_runtime_as_the_simulation_computes(tiny_task, tmp_pat
     kw = {"measure_memory": False, "latency_seconds": 0.1, "batch_sizes": (1,), "quantized": qm}
     rec = evaluate(tiny_task, recipe, "onnxruntime", out=tmp_path / "o", **kw)
     s = evaluate(tiny_task, recipe, "torch", **kw)
-    assert rec["integer_ops"]["kernels"].get("MatMulNBits") == 15
+    ops = rec["integer_ops"]
+    assert ops["kernels"].get("MatMulNBits (int8 compute)") == 15 and ops["integer"] == 15  # attention stays float
     levels = {
         a.i
         for f in (tmp_path / "o").rglob("*.onnx")

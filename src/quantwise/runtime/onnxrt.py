@@ -27,7 +27,7 @@ HEAVY_INT = {
     "MatMulIntegerToFloat",
     "NhwcQLinearConv",
 }
-HEAVY_LOWBIT = {"MatMulNBits"}  # low-bit weights, float compute at accuracy_level 0
+HEAVY_LOWBIT = {"MatMulNBits"}  # low-bit weights, float compute at accuracy_level 0, int8 compute at 4
 
 
 def export_onnx(
@@ -109,14 +109,15 @@ def census(optimized: Path) -> dict[str, Any]:
     kinds: Counter[str] = Counter()
     for node in g.node:
         t = node.op_type
-        if t in HEAVY_INT:
+        level = next((a.i for a in node.attribute if a.name == "accuracy_level"), 0)
+        if t in HEAVY_INT or (t in HEAVY_LOWBIT and level == 4):
             ops.integer += 1
         elif t in HEAVY_FLOAT or t in HEAVY_LOWBIT:
             ops.float_ops.append(node.name or t)
         else:
             continue
         ops.total += 1
-        kinds[t] += 1
+        kinds[f"{t} (int8 compute)" if t in HEAVY_LOWBIT and level == 4 else t] += 1
     ops.kernels = dict(kinds)
     return ops.to_dict()
 
