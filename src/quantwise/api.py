@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantwise.errors import Unsupported, UserError
+from quantwise.errors import UserError
 from quantwise.measure.decode import measure_decode
 from quantwise.measure.env import environment
 from quantwise.measure.latency import measure_latency
@@ -67,55 +67,10 @@ def quantize(
         )
     qm = quantize_model(model, get_recipe(recipe) if isinstance(recipe, str) else recipe, calibration_data)
     if calibration_data:
+        from quantwise.runtime.torch_sim import check_layer_shapes
+
         check_layer_shapes(model, qm, calibration_data[0])
     return qm
-
-
-def check_layer_shapes(model: nn.Module, qm: QuantizedModel, batch: Batch) -> None:
-    """Every quantized layer of the simulation gives its float layer's output shape on ``batch``;
-    a layer that would not is a one-line error naming it, never a silently different model."""
-    if qm.plan is not None or qm.cast or getattr(model, "is_onnx_graph", False) or not qm.layers:
-        return
-    from quantwise.runtime.torch_sim import lower_torch
-
-    failed: list[str] = []
-
-    def shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
-        seen: dict[str, tuple[int, ...]] = {}  # filled in the order the layers run
-        hooks = []
-        for name in qm.layers:
-            try:
-                mod = m.get_submodule(name)
-            except AttributeError:
-                continue
-
-            def hook(_m: nn.Module, _a: tuple, out: object, name: str = name) -> None:
-                if isinstance(out, torch.Tensor):
-                    seen.setdefault(name, tuple(out.shape))
-
-            hooks.append(mod.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                m(*batch)
-        except Exception as e:  # a wrong shape usually breaks what reads it: the layers seen so far say which
-            failed.append((str(e).strip().splitlines() or [type(e).__name__])[0][:160])
-        finally:
-            for h in hooks:
-                h.remove()
-        return seen
-
-    want = shapes(model)
-    if failed:
-        return  # the float model itself fails on this batch: check_task reports that, not this guard
-    got = shapes(lower_torch(qm))
-    for name, shape in got.items():
-        if name in want and want[name] != shape:
-            raise Unsupported(
-                f"{name}: the quantized layer gives shape {shape} where the float layer gives {want[name]}: "
-                "it would change what the model computes; --exclude it"
-            )
-    if failed:
-        raise Unsupported(f"the quantized model fails on a calibration batch where the float model runs: {failed[0]}")
 
 
 def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
