@@ -49,35 +49,21 @@ def ort_peers(task: Task, workdir: Path, batch_sizes: tuple[int, ...], seconds: 
     fp32 = export_onnx(
         task.model, task.latency_input(2), workdir / "peer_fp32.onnx", task.input_names, task.dynamic_axes
     )
-    recs = []
-    t0 = time.perf_counter()
-    dyn = workdir / "peer_ort_dynamic.onnx"
-    quantize_dynamic(str(fp32), str(dyn), per_channel=True, weight_type=QuantType.QInt8)
-    recs.append(
-        _measure(
-            task,
-            OrtRunner(dyn, task.input_names),
-            "ort quantize_dynamic",
-            "onnxruntime",
-            time.perf_counter() - t0,
-            batch_sizes,
-            seconds,
-        )
-    )
 
-    t0 = time.perf_counter()
-    st = ort_static_file(fp32, workdir / "peer_ort_static.onnx", task)
-    recs.append(
-        _measure(
-            task,
-            OrtRunner(st, task.input_names),
-            "ort quantize_static (QDQ)",
-            "onnxruntime",
-            time.perf_counter() - t0,
-            batch_sizes,
-            seconds,
-        )
-    )
+    def dynamic() -> Path:
+        out = workdir / "peer_ort_dynamic.onnx"
+        quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8)
+        return out
+
+    recs = []
+    for name, build in (
+        ("ort quantize_dynamic", dynamic),
+        ("ort quantize_static (QDQ)", lambda: ort_static_file(fp32, workdir / "peer_ort_static.onnx", task)),
+    ):
+        t0 = time.perf_counter()
+        path = build()
+        runner = OrtRunner(path, task.input_names)
+        recs.append(_measure(task, runner, name, "onnxruntime", time.perf_counter() - t0, batch_sizes, seconds))
     return recs
 
 

@@ -28,34 +28,35 @@ def save_tiny_llama(
     gguf = smollm2_path()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     torch.manual_seed(seed)
+    model: torch.nn.Module
     if arch == "gpt2":
-        g2 = GPT2Config(
-            vocab_size=len(tok),
-            n_embd=hidden,
-            n_layer=layers,
-            n_head=heads,
-            n_positions=128,
-            tie_word_embeddings=tie,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        gpt2 = GPT2LMHeadModel(g2).eval()
-        gpt2.save_pretrained(str(folder), **({"max_shard_size": max_shard_size} if max_shard_size else {}))
-        tok.save_pretrained(str(folder))
-        return folder
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tok),
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=heads,
+                n_positions=128,
+                tie_word_embeddings=tie,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        ).eval()
+    else:
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=hidden,
+                intermediate_size=2 * hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=kv_heads,
+                max_position_embeddings=128,
+                tie_word_embeddings=tie,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        ).eval()
     model.save_pretrained(str(folder), **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     tok.save_pretrained(str(folder))
     return folder
