@@ -67,9 +67,9 @@ def quantize(
         )
     qm = quantize_model(model, get_recipe(recipe) if isinstance(recipe, str) else recipe, calibration_data)
     if calibration_data:
-        from quantwise.runtime.torch_sim import check_layer_shapes
+        from quantwise.runtime.torch_sim import check_fidelity
 
-        check_layer_shapes(model, qm, calibration_data[0])
+        check_fidelity(model, qm, calibration_data[0])
     return qm
 
 

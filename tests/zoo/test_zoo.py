@@ -172,3 +172,35 @@ def test_a_lowered_layer_that_changes_its_output_shape_stops_quantize(monkeypatc
         match=r"conv1: the quantized layer gives shape \(16, 16, 15, 15\) where the float layer gives \(16, 16, 16, 16\)",
     ):
         quantize(model, "static-int8", batches[:1])
+
+
+def test_a_forward_hook_a_swap_would_drop_stops_quantize():
+    """The fidelity guard: with every quantizer disabled the simulation must reproduce FP32. A
+    user's forward hook on a conv (here doubling its output) would vanish with the swapped module,
+    changing the model without changing any shape: one line names the layer."""
+    from quantwise.errors import Unsupported
+
+    model, batches = _model("resnet-style")
+    model.layer1[0].conv2.register_forward_hook(lambda _m, _a, out: out * 2)
+    with pytest.raises(Unsupported, match=r"layer1\.0\.conv2: with every quantizer disabled the lowered layer differs"):
+        quantize(model, "static-int8", batches[:1])
+
+
+def test_a_fused_activation_dropped_in_lowering_is_caught(monkeypatch):
+    """A fused ReLU6 the lowering forgot to apply (its module is gone, replaced by Identity): the
+    guard names the first layer whose output, activation included, differs from the float model's."""
+    from quantwise.errors import Unsupported
+    from quantwise.runtime import qmodules
+
+    model, batches = _model("mobilenetv2-style")
+    real = qmodules.QConv2d.__init__
+
+    def no_clip(self, lq, layer):
+        real(self, lq, layer)
+        self.act = None
+
+    monkeypatch.setattr(qmodules.QConv2d, "__init__", no_clip)
+    with pytest.raises(
+        Unsupported, match=r"with every quantizer disabled the lowered layer differs from the float layer"
+    ):
+        quantize(model, "static-int8", batches[:1])

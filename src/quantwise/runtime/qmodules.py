@@ -64,16 +64,28 @@ class _QLayer(nn.Module):
             self.register_buffer("b_q", lq.bias_q.to(torch.int32).contiguous())  # read, never re-derived
             self.register_buffer("b_scale", lq.bias_scale.to(torch.float32).contiguous())
             self.register_buffer("b_zp", torch.zeros(bias.shape, dtype=torch.int32))
+        self.w_float: torch.Tensor | None = None
+
+    def disable_quantizers(self, weight: torch.Tensor) -> None:
+        """Compute in float with ``weight`` (the float layer's): every structural step of this module
+        (its convolution parameters, flattening, fused activation) stays, every quantizer goes. The
+        fidelity guard compares this with the float model."""
+        self.w_float = weight.detach().to(torch.float32)
+        self.mode, self.input_q, self.output_q = "float", None, None
 
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized float weight: parents that read ``layer.weight`` (its dtype, its shape:
         transformers' ViT patch embedding does) see what the layer computes with."""
+        if self.w_float is not None:
+            return self.w_float
         if self.w_q.dtype == torch.float16:
             return self.w_q.to(torch.float32)
         return DQ.apply(self.w_q, self.w_scale, self.w_zp, 0)
 
     def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        if self.w_float is not None:
+            return self.w_float
         if self.w_q.dtype == torch.float16:  # fp16 storage, float32 arithmetic
             return HalfToFloat.apply(self.w_q, like)
         return DQ.apply(self.w_q, self.w_scale, self.w_zp, 0)
@@ -147,7 +159,7 @@ class QLinear(_QLayer):
         if self.mode == "dynamic":
             fn = DynamicQMatMulPerToken if self.per_token else DynamicQMatMul
             y = fn.apply(x2, self.w_t, self.w_scale, self.bias)
-        elif hasattr(self, "nb_packed"):
+        elif hasattr(self, "nb_packed") and self.w_float is None:
             y = MatMulNBits.apply(
                 x2,
                 self.w_deq,
@@ -187,8 +199,15 @@ class QEmbedding(nn.Module):
             self.register_buffer("zp", pack_int4(zp.reshape(-1)).reshape(v, -1))
         else:
             self.register_buffer("w_scale", lq.weight_scale.to(torch.float32).reshape(-1))  # (V,)
+        self.w_float: torch.Tensor | None = None
+
+    def disable_quantizers(self, weight: torch.Tensor) -> None:
+        """Gather rows of ``weight`` (the float table) instead: the fidelity guard's float twin."""
+        self.w_float = weight.detach().to(torch.float32)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
+        if self.w_float is not None:
+            return F.embedding(ids, self.w_float)
         if self.block:
             return GatherBlockDQ.apply(ids, self.w_q, self.w_scale, self.packed, self.zp, self.block)
         return GatherDQ.apply(ids, self.w_q, self.w_scale)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from quantwise.errors import Unsupported
 from quantwise.nnutil import set_module
-from quantwise.quantized import QuantizedModel
+from quantwise.quantized import QuantizedModel, apply_activation
 from quantwise.runtime.kvcache import use_kv_int8
 from quantwise.runtime.qmodules import CastModel, QConv2d, QEmbedding, QLinear
 from quantwise.transform.registry import Batch
@@ -17,35 +18,59 @@ from quantwise.transform.registry import Batch
 _CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def lower_torch(qm: QuantizedModel) -> nn.Module:
+def lower_torch(qm: QuantizedModel, quantizers: bool = True) -> nn.Module:
     """A new module computing what the QuantizedModel says (the fake-quant simulation).
 
     Quantized layers become :class:`QLinear`/:class:`QConv2d`; a ReLU fused into a layer's
-    output quantization becomes ``nn.Identity``. ``qm.model`` is left untouched.
+    output quantization becomes ``nn.Identity``. ``qm.model`` is left untouched. With
+    ``quantizers=False`` each replaced layer computes in float with its float weight (the
+    fidelity guard's twin of the simulation: the same modules, no rounding).
     """
     model = copy.deepcopy(qm.model).eval()
     for name, lq in qm.layers.items():
         layer = model.get_submodule(name)
         new = {"conv2d": QConv2d, "linear": QLinear, "embedding": QEmbedding}[lq.kind](lq, layer)
+        if not quantizers:
+            new.disable_quantizers(layer.weight)
         set_module(model, name, new)
         if lq.fused_relu:
             set_module(model, lq.fused_relu, nn.Identity())
-    if getattr(qm.recipe, "kv_cache", "float") == "int8":
+    if quantizers and getattr(qm.recipe, "kv_cache", "float") == "int8":
         use_kv_int8(model)
-    if qm.cast:
+    if qm.cast and quantizers:
         return CastModel(model, _CAST[qm.cast]).eval()
     return model
 
 
-def check_layer_shapes(model: nn.Module, qm: QuantizedModel, batch: Batch) -> None:
-    """Every quantized layer of the simulation gives its float layer's output shape on ``batch``;
-    a layer that would not is a one-line error naming it, never a silently different model."""
+FIDELITY_TOLERANCE = 1e-5  # relative to the largest magnitude of the float output it is compared with
+
+
+def _first_tensor(out: object) -> torch.Tensor | None:
+    """The model's main output: a tensor, or the first tensor of a tuple/dict/ModelOutput."""
+    if isinstance(out, torch.Tensor):
+        return out
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    return next((v for v in values if isinstance(v, torch.Tensor)), None)
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).abs().max()) / max(float(want.float().abs().max()), 1e-12)
+
+
+def check_fidelity(model: nn.Module, qm: QuantizedModel, batch: Batch) -> None:
+    """The fidelity guard, on one calibration batch: the simulation with every quantizer disabled
+    (each replaced layer computing in float with the weight the float model holds, fused
+    activations applied in the layer) reproduces the QuantizedModel's float model (``qm.model``:
+    BatchNorm folded, the quantized weights' values) within 1e-5 relative, layer by layer and at
+    the output, and every replaced layer keeps its float layer's output shape. What a swap could
+    lose (a subclass's own forward, a hook, padding, a fused activation's clip) is then a one-line
+    error naming the layer and what differs, never a silently different model."""
     if qm.plan is not None or qm.cast or getattr(model, "is_onnx_graph", False) or not qm.layers:
         return
     failed: list[str] = []
+    want: dict[str, torch.Tensor] = {}  # each layer's float output (after the activation fused into it)
 
-    def shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
-        seen: dict[str, tuple[int, ...]] = {}  # filled in the order the layers run
+    def run(m: nn.Module, hook: Callable[[str, torch.Tensor], None]) -> torch.Tensor | None:
         hooks = []
         for name in qm.layers:
             try:
@@ -53,30 +78,59 @@ def check_layer_shapes(model: nn.Module, qm: QuantizedModel, batch: Batch) -> No
             except AttributeError:
                 continue
 
-            def hook(_m: nn.Module, _a: tuple, out: object, name: str = name) -> None:
+            def on_out(_m: nn.Module, _a: tuple, out: object, name: str = name) -> None:
                 if isinstance(out, torch.Tensor):
-                    seen.setdefault(name, tuple(out.shape))
+                    hook(name, out)
 
-            hooks.append(mod.register_forward_hook(hook))
+            hooks.append(mod.register_forward_hook(on_out))
         try:
             with torch.no_grad():
-                m(*batch)
+                return _first_tensor(m(*batch))
+        except Unsupported:
+            raise
         except Exception as e:  # a wrong shape usually breaks what reads it: the layers seen so far say which
             failed.append((str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+            return None
         finally:
             for h in hooks:
                 h.remove()
-        return seen
 
-    want = shapes(model)
+    def record(name: str, out: torch.Tensor) -> None:
+        if name not in want:  # a shared module called twice: its first call
+            want[name] = apply_activation(out, qm.layers[name].activation).detach().clone()
+
+    ref = run(qm.model, record)
     if failed:
         return  # the float model itself fails on this batch: check_task reports that, not this guard
-    got = shapes(lower_torch(qm))
-    for name, shape in got.items():
-        if name in want and want[name] != shape:
+    seen: set[str] = set()
+
+    def compare(name: str, out: torch.Tensor) -> None:
+        if name in seen or name not in want:
+            return
+        seen.add(name)
+        if tuple(out.shape) != tuple(want[name].shape):
             raise Unsupported(
-                f"{name}: the quantized layer gives shape {shape} where the float layer gives {want[name]}: "
-                "it would change what the model computes; --exclude it"
+                f"{name}: the quantized layer gives shape {tuple(out.shape)} where the float layer gives "
+                f"{tuple(want[name].shape)}: it would change what the model computes; --exclude it"
             )
+        rel = _rel(out, want[name])
+        if rel > FIDELITY_TOLERANCE:
+            raise Unsupported(
+                f"{name}: with every quantizer disabled the lowered layer differs from the float layer by {rel:.2g} "
+                "of its output range: it would change what the model computes; --exclude it"
+            )
+
+    got = run(lower_torch(qm, quantizers=False), compare)
     if failed:
         raise Unsupported(f"the quantized model fails on a calibration batch where the float model runs: {failed[0]}")
+    if ref is not None and got is not None:
+        if got.shape != ref.shape:
+            raise Unsupported(
+                f"the quantized model's output has shape {tuple(got.shape)}, the float model's {tuple(ref.shape)}"
+            )
+        rel = _rel(got, ref)
+        if rel > FIDELITY_TOLERANCE:
+            raise Unsupported(
+                f"with every quantizer disabled the lowered model's output differs from the float model's by {rel:.2g} "
+                "of its range though each replaced layer matches: a folded or fused step changed what the model computes"
+            )
