@@ -63,8 +63,71 @@ def export_onnx(
     except Exception as e:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    share_tied_initializers(tmp)
     os.replace(tmp, path)
     return path
+
+
+def share_tied_initializers(path: Path, min_elements: int = 4096) -> int:
+    """Store a tied weight once. The exporter writes a tied embedding and LM head as separate
+    initializers: the head's folded into its transpose, or the same quantized bytes in another
+    shape (``MatMulNBits`` blocks, ``GatherBlockQuantized`` rows). Each initializer whose values
+    equal another's, or another's transpose, becomes that one (through a ``Reshape`` or
+    ``Transpose`` node that ONNX Runtime folds when the session loads); the file then holds the
+    table once. Returns how many initializers were shared."""
+    import hashlib
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer) or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute
+    ):
+        return 0  # external data, or subgraphs that could read an initializer: left as exported
+    protos = {t.name: t for t in graph.initializer}
+    first: dict[tuple[bytes, int], str] = {}  # (digest of the values in row-major order, dtype) -> the one kept
+    shared: dict[str, tuple[str, str, tuple[int, ...]]] = {}  # name -> (the one kept, same|reshape|transpose, shape)
+
+    def find(a: np.ndarray, dtype: int) -> str | None:
+        name = first.get((hashlib.blake2b(a.tobytes(), digest_size=16).digest(), dtype))
+        if name is not None and np.array_equal(numpy_helper.to_array(protos[name]).reshape(-1), a.reshape(-1)):
+            return name
+        return None
+
+    for t in graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.size < min_elements:
+            continue
+        if (src := find(a, t.data_type)) is not None:
+            same_shape = tuple(protos[src].dims) == a.shape
+            shared[t.name] = (src, "same" if same_shape else "reshape", a.shape)
+            continue
+        if a.ndim == 2 and (src := find(np.ascontiguousarray(a.T), t.data_type)) is not None:
+            if tuple(protos[src].dims) == a.T.shape:
+                shared[t.name] = (src, "transpose", a.shape)
+                continue
+        first[(hashlib.blake2b(a.tobytes(), digest_size=16).digest(), t.data_type)] = t.name
+    if not shared:
+        return 0
+    kept = [t for t in graph.initializer if t.name not in shared]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    renamed = {name: src for name, (src, how, _) in shared.items() if how == "same"}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    for name, (src, how, dims) in shared.items():  # computed from the one kept, before anything reads it
+        if how == "transpose":
+            graph.node.insert(0, helper.make_node("Transpose", [src], [name], name=f"{name}_tied", perm=[1, 0]))
+        elif how == "reshape":
+            shape = f"{name}_tied_shape"
+            graph.initializer.append(numpy_helper.from_array(np.array(dims, dtype=np.int64), shape))
+            graph.node.insert(0, helper.make_node("Reshape", [src, shape], [name], name=f"{name}_tied"))
+    onnx.save(model, str(path))
+    return len(shared)
 
 
 class OrtRunner:

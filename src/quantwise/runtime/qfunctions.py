@@ -117,6 +117,32 @@ class GatherBlockDQ(Function):
         )
 
 
+class GatherNBits(Function):
+    """Rows of a tied LM head's ``MatMulNBits`` weights, for the embedding that shares them:
+    ``com.microsoft::GatherBlockQuantized`` on the head's own packed bytes, scales and zero points
+    (uint8 data in MatMulNBits' layout, 4 or 8 bits), so the graph holds the table once, in its
+    quantized form. The simulation gathers the head's dequantized rows."""
+
+    @staticmethod
+    def forward(ctx, ids, w_deq, packed, scales, zero_points, bits: int, block: int):  # type: ignore[override]
+        # ids: (B, S), w_deq: (V, D) float32 -> (B, S, D); packed (V, D*bits/8), scales (V, D/block)
+        return w_deq[ids]
+
+    @staticmethod
+    def symbolic(g, ids, w_deq, packed, scales, zero_points, bits: int, block: int):
+        return g.op(
+            "com.microsoft::GatherBlockQuantized",
+            packed,
+            ids,
+            scales,
+            zero_points,
+            bits_i=bits,
+            block_size_i=block,
+            gather_axis_i=0,
+            quantize_axis_i=1,
+        )
+
+
 class DynamicQMatMul(Function):
     """Dynamic INT8 matmul: activations quantized per tensor at run time to uint8.
 

@@ -24,6 +24,7 @@ from quantwise.runtime.qfunctions import (
     DynamicQMatMulPerToken,
     GatherBlockDQ,
     GatherDQ,
+    GatherNBits,
     HalfToFloat,
     MatMulNBits,
 )
@@ -210,6 +211,47 @@ class QEmbedding(nn.Module):
             return F.embedding(ids, self.w_float)
         if self.block:
             return GatherBlockDQ.apply(ids, self.w_q, self.w_scale, self.packed, self.zp, self.block)
+        return GatherDQ.apply(ids, self.w_q, self.w_scale)
+
+
+class TiedGather(nn.Module):
+    """An embedding whose table *is* a quantized LM head's weight (tied): its rows are gathered
+    from the head's own integer weights (``MatMulNBits`` bytes through ``GatherBlockQuantized``,
+    or the int8 rows of a dynamic head through ``GatherDQ``), never from a float copy, so the
+    exported graph stores the table once. Computes what the float copy did: the head's
+    dequantized rows."""
+
+    def __init__(self, head: QLinear) -> None:
+        super().__init__()
+        self.nbits = hasattr(head, "nb_packed")
+        if self.nbits:
+            v = head.n
+            self.bits, self.block = head.bits, head.block
+            self.register_buffer("w_deq", head.w_deq)
+            self.register_buffer("packed", head.nb_packed.reshape(v, -1))
+            self.register_buffer("scales", head.nb_scales.reshape(v, -1))
+            self.register_buffer("zp", head.nb_zp.reshape(v, -1))
+        else:
+            self.register_buffer("w_q", head.w_q)  # (V, D) int8, symmetric
+            self.register_buffer("w_scale", head.w_scale.expand(head.n).contiguous())  # one scale per row
+
+    @staticmethod
+    def supports(head: QLinear) -> bool:
+        """A head this can gather from: MatMulNBits weights, or dynamic int8 symmetric ones."""
+        return hasattr(head, "nb_packed") or (
+            head.mode == "dynamic" and head.w_q.dtype == torch.int8 and not bool(head.w_zp.any())
+        )
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized table (callers that read ``embedding.weight``: its dtype, its shape)."""
+        if self.nbits:
+            return self.w_deq
+        return self.w_q.to(torch.float32) * self.w_scale.unsqueeze(1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
+        if self.nbits:
+            return GatherNBits.apply(ids, self.w_deq, self.packed, self.scales, self.zp, self.bits, self.block)
         return GatherDQ.apply(ids, self.w_q, self.w_scale)
 
 

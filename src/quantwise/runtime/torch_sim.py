@@ -12,7 +12,7 @@ from quantwise.errors import Unsupported
 from quantwise.nnutil import set_module
 from quantwise.quantized import QuantizedModel, apply_activation
 from quantwise.runtime.kvcache import use_kv_int8
-from quantwise.runtime.qmodules import CastModel, QConv2d, QEmbedding, QLinear
+from quantwise.runtime.qmodules import CastModel, QConv2d, QEmbedding, QLinear, TiedGather
 from quantwise.transform.registry import Batch
 
 _CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -35,6 +35,16 @@ def lower_torch(qm: QuantizedModel, quantizers: bool = True) -> nn.Module:
         set_module(model, name, new)
         if lq.fused_relu:
             set_module(model, lq.fused_relu, nn.Identity())
+    if quantizers:
+        for tied, first in dict(qm.info.get("tied_weights", {})).items():  # type: ignore[call-overload]
+            emb, head = model.get_submodule(tied), model.get_submodule(first)
+            if (
+                type(emb) is nn.Embedding
+                and emb.max_norm is None
+                and isinstance(head, QLinear)
+                and TiedGather.supports(head)
+            ):
+                set_module(model, tied, TiedGather(head))  # the table once, in the head's integer form
     if quantizers and getattr(qm.recipe, "kv_cache", "float") == "int8":
         use_kv_int8(model)
     if qm.cast and quantizers:
