@@ -255,6 +255,12 @@ def _evaluate(
             else run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating", task)
         )
         record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
+        if qm is None and runtime != "torch":
+            from quantwise.runtime.torch_sim import check_runtime_fp32
+
+            record["info"]["fp32_max_rel_diff"] = check_runtime_fp32(
+                runtime, runner, module, task.eval_batches[0], get_runtime(runtime).fp32_tolerance
+            )
         if task.labels is not None and len(task.labels) == len(outputs):
             # per-example outcomes, so compare can give paired intervals and McNemar's test vs FP32
             correct = np.asarray(task.predict(outputs)) == np.asarray(task.labels)

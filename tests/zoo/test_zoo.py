@@ -204,3 +204,33 @@ def test_a_fused_activation_dropped_in_lowering_is_caught(monkeypatch):
         Unsupported, match=r"with every quantizer disabled the lowered layer differs from the float layer"
     ):
         quantize(model, "static-int8", batches[:1])
+
+
+class _Branchy(nn.Module):
+    """A data-dependent Python branch: tracing for export keeps the side its example input took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        return y * 2 if bool(x.mean() > 0) else y
+
+
+def test_a_runtime_whose_fp32_export_is_another_model_is_refused():
+    """The fidelity guard per runtime: ONNX Runtime's FP32 model must give PyTorch's output on the
+    first evaluation batch (1e-5 of the range); an export that baked in one side of a branch does not."""
+    from quantwise.api import evaluate
+    from quantwise.errors import Unsupported
+
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    batches = [(torch.randn(16, 8) + 1.0,), (torch.randn(16, 8) - 1.0,)]  # the export sees the other branch
+    task = _task(model, [batches[0], batches[1], batches[1]])
+    task.latency_input = lambda n: (batches[0][0][:n],)
+    kw = {"batch_sizes": (), "measure_memory": False}
+    with pytest.raises(Unsupported, match="onnxruntime's FP32 model differs from PyTorch's by 1 of the output range"):
+        evaluate(task, None, "onnxruntime", **kw)  # compare: n/a with this reason
+    task.latency_input = lambda n: (batches[1][0][:n],)
+    assert evaluate(task, None, "onnxruntime", **kw)["info"]["fp32_max_rel_diff"] < 1e-5

@@ -71,6 +71,8 @@ class RuntimeSpec:
         available: None when installed, else what to install.
         load: ``load(folder, task, threads) -> runner`` reads an exported folder back exactly as
             ``how_to_load`` tells a user to (compare re-verifies its export with it).
+        fp32_tolerance: how far (relative to the output range, first evaluation batch) this
+            runtime's FP32 model may be from PyTorch's before the fidelity guard refuses it.
     """
 
     name: str
@@ -83,3 +85,4 @@ class RuntimeSpec:
     memory_loads_artifact: bool = False
     available: Callable[[], str | None] = _always_available
     load: Callable[..., Any] | None = None
+    fp32_tolerance: float = 1e-5

@@ -177,4 +177,7 @@ SPEC = RuntimeSpec(
     memory_loads_artifact=True,
     available=_available,
     load=lambda folder, task, threads=1: LlamaCppRunner(folder / "model.gguf", threads, _context(task)),
+    # llama.cpp keeps its KV cache in F16 and orders its float sums its own way: its F32 logits were
+    # 1.3e-4 of the range from PyTorch's on the tiny test Llama (perplexity within 1e-3)
+    fp32_tolerance=1e-3,
 )

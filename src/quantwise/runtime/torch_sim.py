@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,7 +57,7 @@ def lower_torch(qm: QuantizedModel, quantizers: bool = True) -> nn.Module:
 FIDELITY_TOLERANCE = 1e-5  # relative to the largest magnitude of the float output it is compared with
 
 
-def _first_tensor(out: object) -> torch.Tensor | None:
+def first_tensor(out: object) -> torch.Tensor | None:
     """The model's main output: a tensor, or the first tensor of a tuple/dict/ModelOutput."""
     if isinstance(out, torch.Tensor):
         return out
@@ -95,7 +97,7 @@ def check_fidelity(model: nn.Module, qm: QuantizedModel, batch: Batch) -> None:
             hooks.append(mod.register_forward_hook(on_out))
         try:
             with torch.no_grad():
-                return _first_tensor(m(*batch))
+                return first_tensor(m(*batch))
         except Unsupported:
             raise
         except Exception as e:  # a wrong shape usually breaks what reads it: the layers seen so far say which
@@ -144,3 +146,25 @@ def check_fidelity(model: nn.Module, qm: QuantizedModel, batch: Batch) -> None:
                 f"with every quantizer disabled the lowered model's output differs from the float model's by {rel:.2g} "
                 "of its range though each replaced layer matches: a folded or fused step changed what the model computes"
             )
+
+
+def check_runtime_fp32(runtime: str, runner: Any, module: nn.Module, batch: Batch, tolerance: float) -> float:
+    """The fidelity guard for a runtime's FP32 model: its output on the first evaluation batch is
+    PyTorch's (``module``) within ``tolerance`` of the output range (1e-5 unless the runtime says
+    why not), else the runtime is refused for the task: its quantized formats would be measured
+    against a baseline that is another model. Returns the relative difference."""
+    with torch.no_grad():
+        ref = first_tensor(module(*batch))
+    if ref is None:
+        return 0.0
+    want = ref.float().numpy()
+    got = np.asarray(runner.run(batch), dtype=np.float32)
+    if got.shape != want.shape:
+        raise Unsupported(f"{runtime}'s FP32 model gives shape {got.shape} where PyTorch gives {want.shape}")
+    rel = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+    if rel > tolerance:
+        raise Unsupported(
+            f"{runtime}'s FP32 model differs from PyTorch's by {rel:.2g} of the output range on the first batch "
+            f"(more than {tolerance:g}): its export does not compute this model"
+        )
+    return rel
