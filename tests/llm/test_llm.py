@@ -265,6 +265,31 @@ def test_mixed_on_an_llm_promotes_the_most_sensitive_layers_until_perplexity_mee
     assert abs(ort["metrics"]["kl_to_fp32"] - sim["metrics"]["kl_to_fp32"]) < 0.05 * sim["metrics"]["kl_to_fp32"]
 
 
+def test_mixed_in_int8_compute_promotes_w4a8_layers_to_w8a8_and_runs_them_at_level_4(tiny_task) -> None:
+    """mixed-w4a8-w8a8: the size search with int8 compute in both widths; ONNX Runtime runs every
+    layer as MatMulNBits with int8 dot products. Int8 compute is refused where it has no blocks."""
+    from quantwise.api import build_quantized
+    from quantwise.errors import Unsupported
+    from quantwise.quantized import ActGranularity
+    from quantwise.sweep.formats import LLM_FORMATS
+
+    model = copy.deepcopy(tiny_task.model)
+    with torch.no_grad():  # sharper next-token distributions: perplexity then feels int4 rounding (random weights)
+        model.lm.model.embed_tokens.weight.mul_(30.0)
+    task = dataclasses.replace(tiny_task, model=model)
+    recipe = LLM_FORMATS["mixed-w4a8-w8a8"].build_recipe(max_drop_points=1.0)
+    assert recipe.int8_compute and recipe.optimize == "size"
+    qm = build_quantized(task, recipe)
+    linear = [n for n, lq in qm.layers.items() if lq.kind == "linear"]
+    assert qm.info["int8_layers"] and {qm.layers[n].dynamic_granularity for n in linear} == {ActGranularity.PER_BLOCK}
+    assert {qm.layers[n].weight_qtype for n in qm.info["int8_layers"]} == {"int8"}
+    kw = {"measure_memory": False, "latency_seconds": 0.1, "batch_sizes": (1,), "quantized": qm}
+    ort = evaluate(task, qm.recipe, "onnxruntime", **kw)
+    assert ort["integer_ops"]["kernels"].get("MatMulNBits (int8 compute)") == len(linear)
+    with pytest.raises(Unsupported, match="int8 compute builds on a causal LM's weight blocks"):
+        build_quantized(tiny_task, get_recipe("mixed", base="dynamic-int8", int8_compute=True))
+
+
 def test_a_group_that_does_not_divide_the_input_falls_back_to_a_finer_one(tiny_task) -> None:
     from quantwise.numerics.granularity import PerGroup
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantwise.errors import UserError
+from quantwise.errors import Unsupported, UserError
 from quantwise.explain.sensitivity import layer_sensitivity_on
 from quantwise.progress import status, warn
 from quantwise.quantized import LayerQuant, QuantizedModel, write_back
@@ -100,15 +100,23 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     t0 = time.perf_counter()
     size = recipe.optimize == "size"
     common = {"include": recipe.include, "exclude": recipe.exclude, "module_types": recipe.module_types}
+    if recipe.int8_compute and not (size and task.info.get("kind") == "causal-lm"):
+        raise Unsupported(
+            "mixed with int8 compute builds on a causal LM's weight blocks: use it with --optimize size on a causal LM"
+        )
     if size:  # INT4 everywhere, the most sensitive promoted to INT8; both quantized once, then assembled per candidate
         full = quantize(
             task.model,
-            WeightOnlyRecipe(bits=4, group_size=32, method="gptq", embedding_bits=4, **common),
+            WeightOnlyRecipe(
+                bits=4, group_size=32, method="gptq", embedding_bits=4, int8_compute=recipe.int8_compute, **common
+            ),
             task.calibration,
         )
         # a causal LM's INT8 layers in blocks of 32 too: ONNX Runtime runs them in MatMulNBits (8 bits)
         group = 32 if task.info.get("kind") == "causal-lm" else 0
-        high = quantize(task.model, WeightOnlyRecipe(bits=8, group_size=group, **common))
+        high = quantize(
+            task.model, WeightOnlyRecipe(bits=8, group_size=group, int8_compute=recipe.int8_compute, **common)
+        )
     else:
         full = quantize(task.model, base_recipe(recipe), task.calibration)
     drop_of, criterion = _criterion(task)

@@ -100,3 +100,8 @@ class MixedRecipe(Recipe):
         "latency (INT8 base, sensitive layers FP32) or size (INT4, sensitive layers INT8)",
         choices=("latency", "size"),
     )
+    int8_compute: bool = knob(
+        False,
+        "optimize size on a causal LM: both widths compute in int8, activations quantized per row and weight "
+        "block at run time (W4A8, the promoted layers W8A8: MatMulNBits at accuracy_level=4)",
+    )

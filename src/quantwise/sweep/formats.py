@@ -150,6 +150,8 @@ LLM_FORMATS: dict[str, Format] = {
         # with the most sensitive layers promoted to INT8; or per-tensor W8A8 with them kept in float
         Format("mixed-w4-w8", "mixed", {"optimize": "size"}, runtimes=_LMQ, family="int4-weight"),
         Format("mixed-w8a8", "mixed", {"base": "dynamic-int8", "optimize": "latency"}, runtimes=_LMQ, family="int8"),
+        # the size search in int8 compute: W4A8 everywhere, the most sensitive layers W8A8 (MatMulNBits level 4)
+        Format("mixed-w4a8-w8a8", "mixed", {"optimize": "size", "int8_compute": True}, runtimes=_LMQ, family="int8"),
     )
 }
 _ORT = ("onnxruntime",)
