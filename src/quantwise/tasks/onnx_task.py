@@ -1,7 +1,8 @@
 """An ONNX file and the user's arrays as a task: inputs matched to the graph's signature by name.
 
 Data: a ``.npz`` with one array per graph input (keyed by the input's name) and optionally
-``labels``, or a ``.npy`` for a one-input graph. Examples lie along each input's batch axis: the
+``labels``, a ``.npy`` for a one-input graph, or for a text model a CSV/JSONL of texts tokenized
+with the tokenizer saved beside the ``.onnx`` (``onnx_text``). Examples lie along each input's batch axis: the
 axis whose symbolic name matches the first input's first symbolic dimension (axis 0 when the
 graph names none); an input without it (a scalar such as a sample rate) is passed whole to
 every batch. A fixed split (``default_rng(0)`` permutation): the first quarter, at most 128
@@ -236,8 +237,16 @@ def onnx_task(
     )
 
 
-def build_onnx_task(model: str, data: str, limit: int | None = None) -> Task:
-    """``--model model.onnx --data arrays.npz``."""
+def build_onnx_task(
+    model: str, data: str, limit: int | None = None, text_column: str = "text", label_column: str = "label"
+) -> Task:
+    """``--model model.onnx --data arrays.npz``, or ``--data texts.csv|.jsonl`` for a text model
+    whose tokenizer files lie beside the ``.onnx`` (as optimum's export and ``save_pretrained`` put them)."""
     gm = OnnxGraphModule(model)
-    arrays, labels = read_arrays(data, gm)
+    if Path(data).suffix.lower() in (".csv", ".jsonl"):
+        from quantwise.tasks.onnx_text import tokenized_arrays
+
+        arrays, labels = tokenized_arrays(Path(model), Path(data), gm, text_column, label_column)
+    else:
+        arrays, labels = read_arrays(data, gm)
     return onnx_task(model, arrays, labels, limit=limit)
