@@ -130,7 +130,7 @@ class GatherNBits(Function):
 
     @staticmethod
     def symbolic(g, ids, w_deq, packed, scales, zero_points, bits: int, block: int):
-        return g.op(
+        out = g.op(
             "com.microsoft::GatherBlockQuantized",
             packed,
             ids,
@@ -141,6 +141,10 @@ class GatherNBits(Function):
             gather_axis_i=0,
             quantize_axis_i=1,
         )
+        sizes, dim = ids.type().varyingSizes(), w_deq.type().sizes()[-1]
+        if sizes is not None:  # the exporter cannot infer a contrib op's output: (ids..., D) float
+            out.setType(w_deq.type().with_sizes([*sizes, dim]))
+        return out
 
 
 class DynamicQMatMul(Function):
