@@ -339,3 +339,13 @@ def test_a_tokenizer_larger_than_the_embedding(tmp_path: Path, lm_text: Path) ->
     tok.save_pretrained(str(tmp_path / "m"))
     r = run_cli("quantize", "--model", str(tmp_path / "m"), "--data", str(lm_text), "--recipe", "w8a16")
     assert r.returncode == 2 and "embedding has 1000 rows" in r.stderr, r.stderr
+
+
+def test_the_llm_mixed_searches_run_by_name_only() -> None:
+    """compare's default LLM set leaves out the hour-long mixed searches; a name or prefix selects them."""
+    from quantwise.sweep.formats import select_formats
+
+    default = {f.id for f, _ in select_formats(None, "onnxruntime", "causal-lm")}
+    assert "w8a8-g32" in default and not {f for f in default if f.startswith("mixed")}
+    named = {f.id for f, _ in select_formats("mixed", "onnxruntime", "causal-lm")}
+    assert named == {"fp32", "mixed-w4-w8", "mixed-w8a8", "mixed-w4a8-w8a8"}

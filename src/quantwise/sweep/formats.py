@@ -23,6 +23,7 @@ class Format:
         overrides: Recipe field overrides.
         runtimes: Runtimes that can run it.
         family: Kernel family, for hardware profiles: fp32, fp16, bf16, int8, int4-weight, int8-weight, fixed-point.
+        default: run when ``--formats`` is not given; a search that takes an hour on a real LLM runs by name only.
     """
 
     id: str
@@ -30,6 +31,7 @@ class Format:
     overrides: dict[str, Any] = field(default_factory=dict)
     runtimes: tuple[str, ...] = ("torch", "onnxruntime")
     family: str = "fp32"
+    default: bool = True
 
     @property
     def trains(self) -> bool:
@@ -148,10 +150,25 @@ LLM_FORMATS: dict[str, Format] = {
         Format("w8a8-g32", "w8a16", {"group_size": 32, "int8_compute": True}, runtimes=_LMQ, family="int8"),
         # mixed precision within the perplexity budget (on validation windows): INT4 weights (GPTQ, g32)
         # with the most sensitive layers promoted to INT8; or per-tensor W8A8 with them kept in float
-        Format("mixed-w4-w8", "mixed", {"optimize": "size"}, runtimes=_LMQ, family="int4-weight"),
-        Format("mixed-w8a8", "mixed", {"base": "dynamic-int8", "optimize": "latency"}, runtimes=_LMQ, family="int8"),
+        # (run by name: one sensitivity pass per layer took 4,654 s on SmolLM2, past compare's 30 minutes)
+        Format("mixed-w4-w8", "mixed", {"optimize": "size"}, runtimes=_LMQ, family="int4-weight", default=False),
+        Format(
+            "mixed-w8a8",
+            "mixed",
+            {"base": "dynamic-int8", "optimize": "latency"},
+            runtimes=_LMQ,
+            family="int8",
+            default=False,
+        ),
         # the size search in int8 compute: W4A8 everywhere, the most sensitive layers W8A8 (MatMulNBits level 4)
-        Format("mixed-w4a8-w8a8", "mixed", {"optimize": "size", "int8_compute": True}, runtimes=_LMQ, family="int8"),
+        Format(
+            "mixed-w4a8-w8a8",
+            "mixed",
+            {"optimize": "size", "int8_compute": True},
+            runtimes=_LMQ,
+            family="int8",
+            default=False,
+        ),
     )
 }
 _ORT = ("onnxruntime",)
@@ -236,7 +253,7 @@ def select_formats(formats: str | None, runtimes: str | None, kind: str | None =
         if registry["fp32"] not in chosen:
             chosen.insert(0, registry["fp32"])
     else:
-        chosen = list(registry.values())
+        chosen = [f for f in registry.values() if f.default]
     pairs = [(f, r) for f in chosen for r in rts if r in f.runtimes]
     for base in dict.fromkeys(RUNTIMES[r].baseline for r in rts):  # e.g. torch-int8's speedups are against torch FP32
         if base not in rts and registry["fp32"] in chosen and (registry["fp32"], base) not in pairs:
