@@ -219,3 +219,43 @@ def test_an_onnx_text_model_takes_a_csv_through_the_tokenizer_beside_it(text_onn
     (alone / "model.onnx").write_bytes((text_onnx / "model.onnx").read_bytes())
     with pytest.raises(UserError, match="has no tokenizer .tokenizer.json.: save it beside model.onnx"):
         build_onnx_task(str(alone / "model.onnx"), str(text_onnx / "news.csv"))
+
+
+def test_mixed_on_an_onnx_graph_ranks_its_nodes_in_onnx_runtime_and_keeps_the_worst_in_float(mnist_files):
+    """The graph's mixed search: every node ranked by its own SQNR in ONNX Runtime on the calibration
+    split, the fewest worst kept in float (none when the base already meets the budget), and the
+    result runs in ONNX Runtime with those nodes in float and listed with the reason."""
+    from quantwise.api import build_quantized
+    from quantwise.recipes import get_recipe
+
+    task = build_onnx_task(str(mnist_files / "m.onnx"), str(mnist_files / "d.npz"))
+    assert len(task.validation) == len(task.calibration) and len(task.val_labels) == len(task.validation)
+    for budget, want_float in ((5.0, 0), (0.0, None)):
+        qm = build_quantized(task, get_recipe("mixed", max_drop=budget))
+        info = qm.info
+        assert sorted(info["node_sqnr_db"]) == sorted(info["precision_map"]) and len(info["precision_map"]) == 4
+        kept = info["float_layers"]
+        if want_float is not None:
+            assert kept == [] and info["budget_met"]
+        assert all(qm.skipped[n].startswith("kept in float by mixed precision") for n in kept)
+        worst_first = sorted(info["node_sqnr_db"], key=info["node_sqnr_db"].get)
+        assert kept == worst_first[: len(kept)]
+        rec = evaluate(task, qm.recipe, "onnxruntime", quantized=qm, batch_sizes=(), measure_memory=False)
+        assert rec["integer_ops"]["integer"] == 4 - len(kept)
+        assert rec["metrics"]["accuracy"] >= 0.95
+
+
+def test_the_smallest_k_search_finds_the_first_k_within_budget_and_warns_when_none_is():
+    from quantwise.pipeline.mixed import smallest_k
+
+    curve = [9.0, 7.0, 4.0, 2.5, 1.0, 0.5, 0.2, 0.1]  # drop with k layers kept, close to monotone
+    calls: list[int] = []
+
+    def drop(k: int) -> float:
+        calls.append(k)
+        return curve[k]
+
+    assert smallest_k(drop, 7, 1.0, "x", " points") == (4, True)
+    assert len(set(calls)) <= 2 + 3  # both ends, then a binary search over 7
+    assert smallest_k(lambda k: curve[k], 7, 0.05, "none meets", " points") == (7, False)
+    assert smallest_k(lambda k: curve[k], 7, 10.0, "x", " points") == (0, True)

@@ -63,7 +63,7 @@ def base_recipe(recipe: MixedRecipe, exclude: tuple[str, ...] = ()) -> Recipe:
 RANK_SAMPLES = 64  # the ranking needs an order, not a score; every candidate is still verified on all validation data
 
 
-def _first(batches: list, n: int) -> list:
+def first_batches(batches: list, n: int) -> list:
     """The first batches holding at least ``n`` examples."""
     out, seen = [], 0
     for b in batches:
@@ -95,6 +95,10 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     def quantize(model, recipe, calib=None):  # candidates may keep every layer in float
         return quantize_model(model, recipe, calib, allow_empty=True)
 
+    if getattr(task.model, "is_onnx_graph", False):
+        from quantwise.pipeline.mixed_onnx import search_mixed_onnx
+
+        return search_mixed_onnx(task, recipe)
     if not task.validation:
         raise UserError(f"task {task.name} has no validation data: mixed precision needs held-out data to search on")
     t0 = time.perf_counter()
@@ -119,11 +123,11 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
         )
     else:
         full = quantize(task.model, base_recipe(recipe), task.calibration)
-    drop_of, criterion = _criterion(task)
+    drop_of, criterion = criterion_for(task)
     llm = task.info.get("kind") == "causal-lm"
     lost, unit = ("% perplexity rise", "%") if llm else (" points lost", " points")
 
-    ranking = [r.name for r in layer_sensitivity_on(task.model, full, _first(task.validation, RANK_SAMPLES))]
+    ranking = [r.name for r in layer_sensitivity_on(task.model, full, first_batches(task.validation, RANK_SAMPLES))]
     if not size:
         ranking = [n for n in ranking if full.layers[n].kind != "embedding"]
     evaluations = {"sensitivity passes": len(ranking) + 1, "end-to-end": 0}
@@ -142,28 +146,15 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
             status(f"mixed: {k} layer(s) in {'INT8' if size else 'FP32'} -> {cache[k][1]:.2f}{lost} on validation")
         return cache[k]
 
-    lo, hi = 0, len(ranking)
-    met = True
-    if changed(0)[1] > recipe.max_drop and changed(hi)[1] > recipe.max_drop:
-        # nothing meets the budget: say so, and give the closest mix (everything promoted)
-        met = False
-        top = "INT8" if size else "FP32"
-        warn(
-            f"mixed: even with every layer in {top} the budget of {recipe.max_drop}{unit} is not met "
-            f"({changed(hi)[1]:.2f}{lost} on validation); returning that closest mix: widen --max-drop"
-            + (" or use --optimize latency" if size else "")
-        )
-        lo = hi - 1
-    if changed(0)[1] > recipe.max_drop:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if changed(mid)[1] <= recipe.max_drop:
-                hi = mid
-            else:
-                lo = mid
-        k = hi
-    else:
-        k = 0
+    top = "INT8" if size else "FP32"
+    k, met = smallest_k(
+        lambda k: changed(k)[1],
+        len(ranking),
+        recipe.max_drop,
+        f"even with every layer in {top} the budget of {recipe.max_drop}{unit} is not met",
+        lost,
+        " or use --optimize latency" if size else "",
+    )
     qm, drop = changed(k)
     if k and not size:  # the layers kept in float: FP16 storage halves them, if the budget still holds
         half = _with_layers(qm, {n: fp16_layer(qm.model.get_submodule(n)) for n in ranking[:k]}, recipe)
@@ -190,7 +181,30 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     return qm
 
 
-def _criterion(task: Task) -> tuple[Callable[[nn.Module], float], str]:
+def smallest_k(
+    drop_at: Callable[[int], float], n: int, max_drop: float, not_met: str, lost: str, hint: str = ""
+) -> tuple[int, bool]:
+    """The fewest of the ``n`` ranked layers to change so that ``drop_at(k) <= max_drop``, by binary
+    search (end-to-end drops are close to monotone in k); ``(k, budget met)``. When even ``k = n``
+    misses, it warns and returns ``n``, the closest mix."""
+    if drop_at(0) <= max_drop:
+        return 0, True
+    if drop_at(n) > max_drop:
+        warn(
+            f"mixed: {not_met} ({drop_at(n):.2f}{lost} on validation); returning that closest mix: widen --max-drop{hint}"
+        )
+        return n, False
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if drop_at(mid) <= max_drop:
+            hi = mid
+        else:
+            lo = mid
+    return hi, True
+
+
+def criterion_for(task: Task) -> tuple[Callable[[nn.Module], float], str]:
     """What a candidate loses on the validation data, in the budget's units, and what that is.
 
     A causal LM: the rise of its validation perplexity over FP32's, in percent. A classifier:

@@ -6,7 +6,7 @@ with the tokenizer saved beside the ``.onnx`` (``onnx_text``). Examples lie alon
 axis whose symbolic name matches the first input's first symbolic dimension (axis 0 when the
 graph names none); an input without it (a scalar such as a sample rate) is passed whole to
 every batch. A fixed split (``default_rng(0)`` permutation): the first quarter, at most 128
-examples, calibrates; the rest is the test set.
+examples, calibrates (and validates mixed precision's search); the rest is the test set.
 
 Metrics compare each format's first output with the FP32 graph's on the same examples: mean
 cosine similarity (per example; over the test set's column for a one-number output), SQNR, top-1
@@ -200,6 +200,7 @@ def onnx_task(
     except Exception as e:  # ORT's own message says which input or shape was wrong
         raise UserError(f"the data does not fit the ONNX model: {str(e).splitlines()[0][:300]}") from None
     test_labels = None if labels is None else np.asarray(labels)[:n][test_idx].astype(np.int64)
+    cal_labels = None if labels is None else torch.from_numpy(np.asarray(labels)[:n][cal_idx].astype(np.int64))
     n_classes = int(max(test_labels.max() + 1, ref.reshape(len(ref), -1).shape[1])) if test_labels is not None else 0
 
     def builtin_score(out: np.ndarray) -> dict[str, Any]:
@@ -224,6 +225,9 @@ def onnx_task(
         latency_input=latency_input,
         build_model=lambda: OnnxGraphModule(model),
         labels=test_labels,
+        # mixed precision's search validates on the calibration split (never the test set)
+        validation=calibration,
+        val_labels=[] if cal_labels is None else list(torch.split(cal_labels, BATCH)),
         primary_metric=primary_metric or ("accuracy" if test_labels is not None else "cosine"),
         output_names=gm.output_names,
         info={
