@@ -259,3 +259,23 @@ def test_the_smallest_k_search_finds_the_first_k_within_budget_and_warns_when_no
     assert len(set(calls)) <= 2 + 3  # both ends, then a binary search over 7
     assert smallest_k(lambda k: curve[k], 7, 0.05, "none meets", " points") == (7, False)
     assert smallest_k(lambda k: curve[k], 7, 10.0, "x", " points") == (0, True)
+
+
+def test_an_onnx_image_model_takes_a_folder_of_class_subfolders(mnist_files, text_onnx, tmp_path):
+    """Channels, layout and size come from the graph's input; --mean/--std normalize; labels are
+    the sorted folder names' indices (digit0 -> 0, digit1 -> 1, the model's own output indices)."""
+    from PIL import Image
+
+    images = np.load(mnist_files / "x.npy")
+    labels = np.load(mnist_files / "d.npz")["labels"]
+    for digit in (0, 1):
+        (tmp_path / f"digit{digit}").mkdir()
+        for i, idx in enumerate(np.flatnonzero(labels == digit)[:10]):
+            pixels = (images[idx, 0] * 0.3081 + 0.1307) * 255.0  # back to the 0-255 digit the PNG holds
+            Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(tmp_path / f"digit{digit}/{i}.png")
+    task = build_onnx_task(str(mnist_files / "m.onnx"), str(tmp_path), mean=[0.1307], std=[0.3081])
+    assert task.calibration[0][0].shape[1:] == (1, 28, 28) and task.primary_metric == "accuracy"
+    rec = evaluate(task, "static-int8", "onnxruntime", batch_sizes=(), measure_memory=False)
+    assert rec["metrics"]["accuracy"] >= 0.9 and rec["integer_ops"]["integer"] == 4
+    with pytest.raises(UserError, match="an image folder feeds a one-input model; this one has 3"):
+        build_onnx_task(str(text_onnx / "model.onnx"), str(tmp_path))

@@ -35,7 +35,16 @@ def load_task(
         if Path(model).suffix.lower() == ".onnx":
             from quantwise.tasks.onnx_task import build_onnx_task
 
-            return build_onnx_task(model, data, limit=limit, text_column=text_column, label_column=label_column)
+            return build_onnx_task(
+                model,
+                data,
+                limit=limit,
+                text_column=text_column,
+                label_column=label_column,
+                image_size=image_size,
+                mean=mean,
+                std=std,
+            )
         from quantwise.tasks.tf_model import is_tf_model
 
         if is_tf_model(Path(model)):

@@ -241,13 +241,53 @@ def onnx_task(
     )
 
 
+def image_arrays(
+    gm: OnnxGraphModule, root: Path, size: int, mean: list[float] | None, std: list[float] | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A one-input image model's input from class sub-folders: the graph's own channels (1 or 3),
+    layout (NCHW or NHWC) and height/width (``size`` where they are symbolic), scaled to [0, 1],
+    then ``(x - mean) / std``. Labels: the sorted folder names' indices."""
+    from quantwise.tasks.images import read_images
+
+    if len(gm.input_names) != 1:
+        raise UserError(
+            f"an image folder feeds a one-input model; this one has {len(gm.input_names)} "
+            f"({', '.join(gm.input_names)}): give a .npz of arrays keyed by input name"
+        )
+    name = gm.input_names[0]
+    dims = gm.input_dims(name)
+    if len(dims) != 4 or not ({dims[1], dims[3]} & {1, 3}):
+        raise UserError(
+            f"input {name} has dims {dims}, not an image batch (N, C, H, W) or (N, H, W, C) with 1 or 3 channels: "
+            "give a .npz of arrays keyed by input name"
+        )
+    nhwc = dims[1] not in (1, 3)
+    c, hw = (dims[3], dims[1:3]) if nhwc else (dims[1], dims[2:4])
+    fixed = [d for d in hw if isinstance(d, int) and d > 0]
+    if len(set(fixed)) > 1:
+        raise UserError(f"input {name} is {hw[0]}x{hw[1]}: image folders are resized to squares; give a .npz")
+    x, y, _ = read_images(root, fixed[0] if fixed else size, c == 1, mean or [0.0], std or [1.0])
+    return {name: x.transpose(0, 2, 3, 1) if nhwc else x}, y
+
+
 def build_onnx_task(
-    model: str, data: str, limit: int | None = None, text_column: str = "text", label_column: str = "label"
+    model: str,
+    data: str,
+    limit: int | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    image_size: int = 28,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> Task:
-    """``--model model.onnx --data arrays.npz``, or ``--data texts.csv|.jsonl`` for a text model
-    whose tokenizer files lie beside the ``.onnx`` (as optimum's export and ``save_pretrained`` put them)."""
+    """``--model model.onnx --data arrays.npz``; ``--data texts.csv|.jsonl`` for a text model whose
+    tokenizer files lie beside the ``.onnx`` (as optimum's export and ``save_pretrained`` put them);
+    ``--data IMAGE_DIR`` (class sub-folders) for a one-input image model."""
     gm = OnnxGraphModule(model)
-    if Path(data).suffix.lower() in (".csv", ".jsonl"):
+    labels: np.ndarray | None
+    if Path(data).is_dir():
+        arrays, labels = image_arrays(gm, Path(data), image_size, mean, std)
+    elif Path(data).suffix.lower() in (".csv", ".jsonl"):
         from quantwise.tasks.onnx_text import tokenized_arrays
 
         arrays, labels = tokenized_arrays(Path(model), Path(data), gm, text_column, label_column)
