@@ -502,6 +502,16 @@ ONNX_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
         lambda t: ["evaluate", "--model", _csv(t, "g", "m.pb"), "--data", _npz(t, x=np.zeros((8, 8), np.float32))],
         "frozen TensorFlow graph",
     ),
+    (
+        "ONNX model with texts but no tokenizer beside it",
+        lambda t: ["evaluate", "--model", _onnx(t), "--data", _csv(t, "text,label\nhello,0\nworld,1\n")],
+        "has no tokenizer",
+    ),
+    (
+        "image folder for an ONNX model that takes no images",
+        lambda t: ["evaluate", "--model", _onnx(t), "--data", image_folder(t)],
+        "not an image batch",
+    ),
 ]
 CASES += ONNX_CASES
 
