@@ -219,14 +219,15 @@ def heavy_nodes(model: Any) -> tuple[list[HeavyNode], dict[str, str]]:
 
 
 def _matmul_bias(node: Any, inits: dict[str, Any], readers: list[Any], n: int) -> str | None:
-    """The stored float vector of length N that the one Add reading a MatMul's output adds."""
+    """The stored float vector of length N (or row of shape (1, N)) that the one Add reading a MatMul's
+    output adds; quantized as an int32 vector, which broadcasts over the output's rows the same way."""
     if len(readers) != 1 or readers[0].op_type != "Add":
         return None
     other = [t for t in readers[0].input if t != node.output[0]]
     if len(other) != 1 or other[0] not in inits:
         return None
     t = inits[other[0]]
-    return other[0] if t.data_type == 1 and list(t.dims) == [n] else None
+    return other[0] if t.data_type == 1 and list(t.dims) in ([n], [1, n]) else None  # (1, N): scikit-learn's
 
 
 def gather_tables(model: Any) -> list[HeavyNode]:
@@ -313,6 +314,11 @@ class OnnxGraphModule(nn.Module):
         self.inputs = [i for i in self.proto.graph.input if i.name not in inits]
         self.input_names = [i.name for i in self.inputs]
         self.output_names = [o.name for o in self.proto.graph.output]
+        floats = (1, 10, 11)  # TensorProto FLOAT, FLOAT16, DOUBLE
+        # the output quantwise scores: the first float tensor (not an int64 label, not a ZipMap)
+        self.scored = next(
+            (i for i, o in enumerate(self.proto.graph.output) if o.type.tensor_type.elem_type in floats), None
+        )
         self._session: Any = None
 
     def serialized(self) -> bytes:
@@ -333,7 +339,7 @@ class OnnxGraphModule(nn.Module):
 
     def forward(self, *batch: torch.Tensor) -> torch.Tensor:
         feed = {n: t.numpy() for n, t in zip(self.input_names, batch)}
-        return torch.from_numpy(np.asarray(self.run_numpy(feed)[0], dtype=np.float32))
+        return torch.from_numpy(np.asarray(self.run_numpy(feed)[self.scored or 0], dtype=np.float32))
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle; the proto does
         state = dict(self.__dict__)

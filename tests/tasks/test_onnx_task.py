@@ -279,3 +279,29 @@ def test_an_onnx_image_model_takes_a_folder_of_class_subfolders(mnist_files, tex
     assert rec["metrics"]["accuracy"] >= 0.9 and rec["integer_ops"]["integer"] == 4
     with pytest.raises(UserError, match="an image folder feeds a one-input model; this one has 3"):
         build_onnx_task(str(text_onnx / "model.onnx"), str(tmp_path))
+
+
+def test_a_scikit_learn_graph_is_scored_on_its_probabilities_and_runs_in_qgemm(tmp_path):
+    """skl2onnx's MLP: an int64 label comes first and the bias is a (1, N) row. The probabilities
+    are what is scored (not the label), static INT8 runs both layers as QGemm, and the default
+    ZipMap output is refused with the converter option that fixes it."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=200, random_state=0).fit(x[:600], y[:600])
+    (tmp_path / "zipmap.onnx").write_bytes(to_onnx(clf, x[:1]).SerializeToString())
+    plain = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}})
+    (tmp_path / "mlp.onnx").write_bytes(plain.SerializeToString())
+    np.savez(tmp_path / "d.npz", X=x[600:], labels=y[600:])
+    task = build_onnx_task(str(tmp_path / "mlp.onnx"), str(tmp_path / "d.npz"))
+    kw = {"batch_sizes": (), "measure_memory": False}
+    fp32 = evaluate(task, None, "onnxruntime", **kw)
+    assert fp32["metrics"]["accuracy"] > 0.85  # the probabilities scored (the int64 label read as a score: 0.20)
+    rec = evaluate(task, "static-int8", "onnxruntime", **kw)
+    assert rec["integer_ops"]["kernels"] == {"QGemm": 2}
+    assert abs(rec["metrics"]["accuracy"] - fp32["metrics"]["accuracy"]) <= 0.01
+    with pytest.raises(UserError, match=r"its probabilities are a ZipMap .*'zipmap': False"):
+        build_onnx_task(str(tmp_path / "zipmap.onnx"), str(tmp_path / "d.npz"))

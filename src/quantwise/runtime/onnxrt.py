@@ -27,6 +27,7 @@ HEAVY_INT = {
     "MatMulIntegerToFloat",
     "NhwcQLinearConv",
 }
+FLOAT_TENSORS = ("tensor(float)", "tensor(double)", "tensor(float16)")
 HEAVY_LOWBIT = {"MatMulNBits"}  # low-bit weights, float compute at accuracy_level 0, int8 compute at 4
 
 
@@ -151,10 +152,14 @@ class OrtRunner:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types
             raise RuntimeError(f"ONNX Runtime cannot load {path.name}: {str(e).splitlines()[0]}") from e
+        outs = self.session.get_outputs()
+        # the scored output: the first float tensor (a converter's graph may put an int64 label and a
+        # ZipMap of probabilities first, as scikit-learn's does)
+        self.output = next((o.name for o in outs if o.type in FLOAT_TENSORS), outs[0].name)
 
     def run(self, batch: tuple[torch.Tensor, ...]) -> np.ndarray:
         feed = {n: t.numpy() for n, t in zip(self.input_names, batch)}
-        return self.session.run(None, feed)[0]
+        return self.session.run([self.output], feed)[0]
 
     def integer_ops(self) -> dict[str, Any]:
         return census(self._optimized)

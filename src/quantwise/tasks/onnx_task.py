@@ -160,6 +160,17 @@ def onnx_task(
     """A task for an ONNX file and its inputs (``{input name: array}``); ``score`` replaces the
     built-in metrics (it gets the concatenated first outputs of the test set)."""
     gm = OnnxGraphModule(model)
+    if gm.scored is None:
+        zipmap = any(n.op_type == "ZipMap" for n in gm.proto.graph.node)
+        raise UserError(
+            f"{Path(model).name} has no float tensor output to score ({', '.join(gm.output_names)})"
+            + (
+                ": its probabilities are a ZipMap (scikit-learn's default); convert with "
+                "options={id(model): {'zipmap': False}}"
+                if zipmap
+                else ": export the model's scores or probabilities as an output"
+            )
+        )
     _check_shapes(gm, arrays)
     axes = batch_axes(gm, arrays)
     first = gm.input_names[0]

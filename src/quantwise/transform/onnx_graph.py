@@ -152,7 +152,7 @@ def _static(
         if h.name in outs:
             lq.output = _act(obs[outs[h.name][0]].range(), recipe.symmetric_activations)
             lq.fused_relu = outs[h.name][1]
-        bias = float_initializer(gm, h.bias) if h.bias else torch.zeros(q.shape[0])
+        bias = float_initializer(gm, h.bias).reshape(-1) if h.bias else torch.zeros(q.shape[0])
         lq.bias_q, lq.bias_scale = quantize_bias(bias, lq.input.scale, lq.weight_scale)
         layers[h.name] = lq
     return layers
