@@ -8,7 +8,7 @@ graph names none); an input without it (a scalar such as a sample rate) is passe
 every batch. A fixed split (``default_rng(0)`` permutation): the first quarter, at most 128
 examples, calibrates (and validates mixed precision's search); the rest is the test set.
 
-Metrics compare each format's first output with the FP32 graph's on the same examples: mean
+Metrics compare each format's scored output (the first float tensor output) with the FP32 graph's on the same examples: mean
 cosine similarity (per example; over the test set's column for a one-number output), SQNR, top-1
 agreement and KL of the softmax (outputs with several columns; ``output > 0.5`` agreement for one);
 with labels, also accuracy and macro F1 (argmax, or ``output > 0.5`` for one column), the budget
@@ -158,7 +158,7 @@ def onnx_task(
     primary_metric: str | None = None,
 ) -> Task:
     """A task for an ONNX file and its inputs (``{input name: array}``); ``score`` replaces the
-    built-in metrics (it gets the concatenated first outputs of the test set)."""
+    built-in metrics (it gets the concatenated scored outputs of the test set)."""
     gm = OnnxGraphModule(model)
     if gm.scored is None:
         zipmap = any(n.op_type == "ZipMap" for n in gm.proto.graph.node)
