@@ -185,8 +185,6 @@ ONNX_FORMATS: dict[str, Format] = {
         ),
         Format("weight-int8", "weight-int8", runtimes=_ORT, family="int8-weight"),
         Format("weight-int4-g32", "weight-int4", {"group_size": 32}, runtimes=_ORT, family="int4-weight"),
-        # static INT8 with the most sensitive nodes kept in float, searched in ONNX Runtime on the calibration split
-        Format("mixed", "mixed", runtimes=_ORT, family="int8"),
         Format(
             "weight-int4-g32-gptq",
             "weight-int4",
@@ -194,6 +192,8 @@ ONNX_FORMATS: dict[str, Format] = {
             runtimes=_ORT,
             family="int4-weight",
         ),
+        # static INT8 with the most sensitive nodes kept in float, searched in ONNX Runtime on the calibration split
+        Format("mixed", "mixed", runtimes=_ORT, family="int8"),
     )
 }
 # A TensorFlow model: quantwise's ONNX formats (through tf2onnx) and TensorFlow's own TFLiteConverter
