@@ -93,15 +93,21 @@ def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
             "mixed on a causal LM builds on dynamic W8A8 or on INT4/INT8 weights, not on static-int8: "
             "pass --base dynamic-int8, or --optimize size"
         )
+    if not isinstance(recipe, (MixedRecipe, QATRecipe)):
+        return quantize(task.model, recipe, task.calibration)  # the fidelity guard runs inside
     if isinstance(recipe, MixedRecipe):
         from quantwise.pipeline.mixed import search_mixed
 
-        return search_mixed(task, recipe)
-    if isinstance(recipe, QATRecipe):
+        qm = search_mixed(task, recipe)
+    else:
         from quantwise.train.run import build_qat
 
-        return build_qat(task, recipe)
-    return quantize(task.model, recipe, task.calibration)
+        qm = build_qat(task, recipe)
+    if task.calibration:  # the searched or trained model passes the same fidelity guard
+        from quantwise.runtime.torch_sim import check_fidelity
+
+        check_fidelity(task.model, qm, task.calibration[0])
+    return qm
 
 
 def check_task(task: Task) -> None:

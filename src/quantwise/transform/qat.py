@@ -251,6 +251,8 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
         )
         layers[name] = lq
         set_module(model, name, layer)
+        if lq.fused_relu:  # training applied it inside the layer; the float model computes it again
+            set_module(model, lq.fused_relu, nn.ReLU6() if lq.fused_act == "relu6" else nn.ReLU())
     skipped = dict(prepared.skipped)
     if prepared.recipe.embeddings:  # tables trained in float; stored as int8 per row, as PTQ does
         tables: dict[str, LayerQuant] = {}
