@@ -69,7 +69,7 @@ def quantize(
     if calibration_data:
         from quantwise.runtime.torch_sim import check_fidelity
 
-        check_fidelity(model, qm, calibration_data[0])
+        check_fidelity(qm, calibration_data[0])
     return qm
 
 
@@ -106,7 +106,7 @@ def build_quantized(task: Task, recipe: Recipe) -> QuantizedModel:
     if task.calibration:  # the searched or trained model passes the same fidelity guard
         from quantwise.runtime.torch_sim import check_fidelity
 
-        check_fidelity(task.model, qm, task.calibration[0])
+        check_fidelity(qm, task.calibration[0])
     return qm
 
 

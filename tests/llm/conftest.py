@@ -29,34 +29,27 @@ def save_tiny_llama(
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     torch.manual_seed(seed)
     model: torch.nn.Module
+    common = {
+        "vocab_size": len(tok),
+        "tie_word_embeddings": tie,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
     if arch == "gpt2":
-        model = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=len(tok),
-                n_embd=hidden,
-                n_layer=layers,
-                n_head=heads,
-                n_positions=128,
-                tie_word_embeddings=tie,
-                bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-        ).eval()
+        model = GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=128, **common))
     else:
         model = LlamaForCausalLM(
             LlamaConfig(
-                vocab_size=len(tok),
                 hidden_size=hidden,
                 intermediate_size=2 * hidden,
                 num_hidden_layers=layers,
                 num_attention_heads=heads,
                 num_key_value_heads=kv_heads,
                 max_position_embeddings=128,
-                tie_word_embeddings=tie,
-                bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id,
+                **common,
             )
-        ).eval()
+        )
+    model.eval()
     model.save_pretrained(str(folder), **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     tok.save_pretrained(str(folder))
     return folder

@@ -8,10 +8,7 @@ PyTorch simulation of an ONNX graph). Causes come from the node's measured input
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,20 +20,9 @@ from quantwise.numerics.granularity import PerTensor
 from quantwise.onnxmodel import OnnxGraphModule, gather_tables, heavy_nodes
 from quantwise.progress import progress_iter
 from quantwise.quantized import QuantizedModel
-from quantwise.runtime.onnx_graph import write_graph
-from quantwise.runtime.onnxrt import OrtRunner
+from quantwise.runtime.onnx_graph import graph_outputs
 from quantwise.tasks.base import Batch, Task
 from quantwise.transform.onnx_graph import observe_tensors, weight_torch_layout
-
-
-def _outputs(qm: QuantizedModel, layers: dict[str, Any], gm: OnnxGraphModule, batches: Sequence[Batch]) -> np.ndarray:
-    variant = dataclasses.replace(qm, layers=layers)
-    with tempfile.TemporaryDirectory() as d:
-        runner = OrtRunner(write_graph(variant, gm, Path(d) / "model.onnx"), gm.input_names)
-        try:
-            return np.concatenate([runner.run(b) for b in batches])
-        finally:
-            runner.close()
 
 
 def node_sensitivity(
@@ -49,7 +35,7 @@ def node_sensitivity(
     metric = task.primary_metric
     score = _scorer(task, n)
     ref = np.concatenate([gm(*b).numpy() for b in batches])
-    full = _outputs(qm, qm.layers, gm, batches)
+    full = graph_outputs(qm, qm.layers, gm, batches)
     summary = {
         "samples": n,
         "metric": metric,
@@ -60,8 +46,8 @@ def node_sensitivity(
     }
     rows = []
     for name in progress_iter(list(qm.layers), "explain: one node at a time"):
-        only = _outputs(qm, {name: qm.layers[name]}, gm, batches)
-        but = _outputs(qm, {k: v for k, v in qm.layers.items() if k != name}, gm, batches)
+        only = graph_outputs(qm, {name: qm.layers[name]}, gm, batches)
+        but = graph_outputs(qm, {k: v for k, v in qm.layers.items() if k != name}, gm, batches)
         rows.append(
             LayerSensitivity(name, score(only)[metric], sqnr_db(ref, only), score(but)[metric], sqnr_db(ref, but))
         )

@@ -13,42 +13,20 @@ on graphs.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from quantwise.errors import Unsupported, UserError
 from quantwise.explain.sensitivity import sqnr_db
 from quantwise.onnxmodel import OnnxGraphModule
 from quantwise.pipeline.mixed import RANK_SAMPLES, base_recipe, criterion_for, first_batches, smallest_k
 from quantwise.progress import progress_iter, status
-from quantwise.quantized import LayerQuant, QuantizedModel
+from quantwise.quantized import QuantizedModel
 from quantwise.recipes import MixedRecipe
-from quantwise.runtime.onnx_graph import write_graph
-from quantwise.runtime.onnxrt import OrtRunner
+from quantwise.runtime.onnx_graph import GraphVariant, graph_outputs
 from quantwise.tasks.base import Task
 from quantwise.transform.onnx_graph import quantize_onnx
-
-
-class GraphVariant(nn.Module):
-    """``qm``'s graph with only ``layers`` quantized, run in ONNX Runtime as a callable module."""
-
-    def __init__(self, qm: QuantizedModel, layers: dict[str, LayerQuant], gm: OnnxGraphModule) -> None:
-        super().__init__()
-        self._dir = tempfile.TemporaryDirectory(prefix="quantwise-mixed-")
-        path = write_graph(dataclasses.replace(qm, layers=layers), gm, Path(self._dir.name) / "model.onnx")
-        self.runner = OrtRunner(path, gm.input_names)
-
-    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.runner.run(batch), dtype=np.float32))
-
-    def close(self) -> None:
-        self.runner.close()
-        self._dir.cleanup()
 
 
 def search_mixed_onnx(task: Task, recipe: MixedRecipe) -> QuantizedModel:
@@ -65,28 +43,19 @@ def search_mixed_onnx(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     full = quantize_onnx(gm, base_recipe(recipe), task.calibration)
     drop_of, criterion = criterion_for(task)
 
-    def drop_with(layers: dict[str, LayerQuant]) -> float:
-        variant = GraphVariant(full, layers, gm)
-        try:
-            return drop_of(variant)
-        finally:
-            variant.close()
-
     rank_on = first_batches(list(task.validation), RANK_SAMPLES)
     ref = np.concatenate([gm(*b).numpy() for b in rank_on])
-    scores = {}
-    for name in progress_iter(list(full.layers), "mixed: one node at a time"):
-        variant = GraphVariant(full, {name: full.layers[name]}, gm)
-        try:
-            scores[name] = sqnr_db(ref, np.concatenate([variant(*b).numpy() for b in rank_on]))
-        finally:
-            variant.close()
+    scores = {
+        name: sqnr_db(ref, graph_outputs(full, {name: full.layers[name]}, gm, rank_on))
+        for name in progress_iter(list(full.layers), "mixed: one node at a time")
+    }
     ranking = sorted(scores, key=lambda n: scores[n])  # lowest SQNR (most sensitive) first
     cache: dict[int, float] = {}
 
     def drop_at(k: int) -> float:
         if k not in cache:
-            cache[k] = drop_with({n: lq for n, lq in full.layers.items() if n not in ranking[:k]})
+            with GraphVariant(full, {n: lq for n, lq in full.layers.items() if n not in ranking[:k]}, gm) as variant:
+                cache[k] = drop_of(variant)
             status(f"mixed: {k} node(s) in FP32 -> {cache[k]:.2f} points lost on validation")
         return cache[k]
 

@@ -15,12 +15,16 @@ Reads the QuantizedModel, never re-derives it: each quantized node gets
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from quantwise.numerics import get_qtype
 from quantwise.numerics.granularity import PerGroup
@@ -350,3 +354,34 @@ def write_graph(qm: QuantizedModel | None, gm: OnnxGraphModule, path: Path) -> P
         onnx.save(proto, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+class GraphVariant(nn.Module):
+    """``qm``'s graph with only ``layers`` quantized, run in ONNX Runtime as a callable module (a
+    context manager: its session and temporary file go on exit). Searches and explain use it."""
+
+    def __init__(self, qm: QuantizedModel, layers: dict[str, LayerQuant], gm: OnnxGraphModule) -> None:
+        from quantwise.runtime.onnxrt import OrtRunner
+
+        super().__init__()
+        self._dir = tempfile.TemporaryDirectory(prefix="quantwise-graph-")
+        path = write_graph(dataclasses.replace(qm, layers=layers), gm, Path(self._dir.name) / "model.onnx")
+        self.runner = OrtRunner(path, gm.input_names)
+
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.runner.run(batch), dtype=np.float32))
+
+    def __enter__(self) -> GraphVariant:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.close()
+        self._dir.cleanup()
+
+
+def graph_outputs(
+    qm: QuantizedModel, layers: dict[str, LayerQuant], gm: OnnxGraphModule, batches: Sequence[tuple[torch.Tensor, ...]]
+) -> np.ndarray:
+    """The scored outputs over ``batches`` of ``qm``'s graph with only ``layers`` quantized."""
+    with GraphVariant(qm, layers, gm) as variant:
+        return np.concatenate([variant.runner.run(b) for b in batches])

@@ -91,8 +91,11 @@ def share_tied_initializers(path: Path, min_elements: int = 4096) -> int:
     first: dict[tuple[bytes, int], str] = {}  # (digest of the values in row-major order, dtype) -> the one kept
     shared: dict[str, tuple[str, str, tuple[int, ...]]] = {}  # name -> (the one kept, same|reshape|transpose, shape)
 
-    def find(a: np.ndarray, dtype: int) -> str | None:
-        name = first.get((hashlib.blake2b(a.tobytes(), digest_size=16).digest(), dtype))
+    def key(a: np.ndarray, dtype: int) -> tuple[bytes, int]:
+        return hashlib.blake2b(a.tobytes(), digest_size=16).digest(), dtype
+
+    def find(k: tuple[bytes, int], a: np.ndarray) -> str | None:
+        name = first.get(k)
         if name is not None and np.array_equal(numpy_helper.to_array(protos[name]).reshape(-1), a.reshape(-1)):
             return name
         return None
@@ -101,15 +104,17 @@ def share_tied_initializers(path: Path, min_elements: int = 4096) -> int:
         a = numpy_helper.to_array(t)
         if a.size < min_elements:
             continue
-        if (src := find(a, t.data_type)) is not None:
+        own = key(a, t.data_type)
+        if (src := find(own, a)) is not None:
             same_shape = tuple(protos[src].dims) == a.shape
             shared[t.name] = (src, "same" if same_shape else "reshape", a.shape)
             continue
-        if a.ndim == 2 and (src := find(np.ascontiguousarray(a.T), t.data_type)) is not None:
-            if tuple(protos[src].dims) == a.T.shape:
+        if a.ndim == 2:
+            at = np.ascontiguousarray(a.T)
+            if (src := find(key(at, t.data_type), at)) is not None and tuple(protos[src].dims) == at.shape:
                 shared[t.name] = (src, "transpose", a.shape)
                 continue
-        first[(hashlib.blake2b(a.tobytes(), digest_size=16).digest(), t.data_type)] = t.name
+        first[own] = t.name
     if not shared:
         return 0
     kept = [t for t in graph.initializer if t.name not in shared]

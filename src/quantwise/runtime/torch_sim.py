@@ -69,7 +69,7 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max()) / max(float(want.float().abs().max()), 1e-12)
 
 
-def check_fidelity(model: nn.Module, qm: QuantizedModel, batch: Batch) -> None:
+def check_fidelity(qm: QuantizedModel, batch: Batch) -> None:
     """The fidelity guard, on one calibration batch: the simulation with every quantizer disabled
     (each replaced layer computing in float with the weight the float model holds, fused
     activations applied in the layer) reproduces the QuantizedModel's float model (``qm.model``:
@@ -77,7 +77,7 @@ def check_fidelity(model: nn.Module, qm: QuantizedModel, batch: Batch) -> None:
     the output, and every replaced layer keeps its float layer's output shape. What a swap could
     lose (a subclass's own forward, a hook, padding, a fused activation's clip) is then a one-line
     error naming the layer and what differs, never a silently different model."""
-    if qm.plan is not None or qm.cast or getattr(model, "is_onnx_graph", False) or not qm.layers:
+    if qm.plan is not None or qm.cast or getattr(qm.model, "is_onnx_graph", False) or not qm.layers:
         return
     failed: list[str] = []
     want: dict[str, torch.Tensor] = {}  # each layer's float output (after the activation fused into it)

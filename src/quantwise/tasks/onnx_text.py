@@ -17,6 +17,7 @@ import numpy as np
 
 from quantwise.errors import UserError
 from quantwise.onnxmodel import OnnxGraphModule
+from quantwise.tasks.hf_classifier import class_indices
 from quantwise.tasks.text import read_table
 
 MAX_TOKENS = 512
@@ -39,23 +40,20 @@ def _tokenizer(model: Path):  # type: ignore[no-untyped-def]
 
 
 def _labels(raw: list[str], folder: Path, source: Path) -> np.ndarray:
-    """Class indices of the model's output: integers as given, or names through ``id2label``."""
+    """Class indices of the model's output: names through ``id2label`` of a ``config.json`` beside
+    the file (or indices), as a Hugging Face folder's labels are read; without one, indices."""
+    cfg = folder / "config.json"
+    if cfg.is_file():
+        id2label = {int(k): str(v) for k, v in json.loads(cfg.read_text()).get("id2label", {}).items()}
+        if id2label:
+            return class_indices(raw, id2label, str(source))
     try:
         return np.array([int(v) for v in raw], dtype=np.int64)
     except ValueError:
-        pass
-    cfg = folder / "config.json"
-    names = {}
-    if cfg.is_file():
-        names = {str(v): int(k) for k, v in json.loads(cfg.read_text()).get("id2label", {}).items()}
-    unknown = sorted({v for v in raw if v not in names})
-    if unknown:
         raise UserError(
-            f"{source}: label {unknown[0]!r} is not a class index of the model's output"
-            + (f" nor one of its id2label names ({', '.join(sorted(names))})" if names else "")
-            + ": give the output index (0, 1, ...) per row"
-        )
-    return np.array([names[v] for v in raw], dtype=np.int64)
+            f"{source}: label {next(v for v in raw if not v.lstrip('-').isdigit())!r} is not a class index of the "
+            "model's output and no config.json with id2label lies beside it: give the output index (0, 1, ...) per row"
+        ) from None
 
 
 def tokenized_arrays(
