@@ -65,7 +65,12 @@ def quantize(
             f"quantize takes an nn.Module, a torch.export program or the path of a .onnx file, got {type(model).__name__}: "
             "for TorchScript pass the nn.Module itself; for TensorFlow convert to ONNX with tf2onnx"
         )
-    qm = quantize_model(model, get_recipe(recipe) if isinstance(recipe, str) else recipe, calibration_data)
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if getattr(model, "is_onnx_graph", False) and recipe.kind == "fixed-point" and calibration_data:
+        from quantwise.transform.onnx_import import import_graph
+
+        model = import_graph(model, calibration_data[0])  # fixed point starts from PyTorch layers (checked)
+    qm = quantize_model(model, recipe, calibration_data)
     if calibration_data:
         from quantwise.runtime.torch_sim import check_fidelity
 

@@ -49,3 +49,20 @@ def fold_batchnorm_structure(model: nn.Module, folded: dict[str, str]) -> None:
         if conv.bias is None:
             conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
         set_module(model, bn_name, nn.Identity())
+
+
+def int8_dots_saturate() -> bool:
+    """Whether this CPU's u8 x s8 int8 dot products go through a 16-bit intermediate that can saturate:
+    x86 without VNNI (AVX2's vpmaddubsw adds two u8 x s8 products in int16), as ONNX Runtime's and
+    PyTorch's int8 kernels use them. Weights within 7 bits cannot saturate it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+
+
+def seven_bit_weights(setting: str) -> bool:
+    """A recipe's ``reduce_range`` (``on``, ``off`` or ``auto``: on where int8 dot products saturate)."""
+    return setting == "on" or (setting == "auto" and int8_dots_saturate())

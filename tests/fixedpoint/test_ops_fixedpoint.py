@@ -195,3 +195,39 @@ def test_a_two_input_model_is_named_as_such():
     calib = [(torch.randn(2, 4), torch.ones(2, 4))]
     with pytest.raises(UnsupportedModel, match="one input tensor; this one takes 2"):
         quantize(TwoInputs().eval(), "fixed-point", calib)
+
+
+class SamePadConv(nn.Conv2d):
+    """TensorFlow's "same" padding for a strided conv: one extra row and column of zeros after."""
+
+    def forward(self, x):
+        return super().forward(torch.nn.functional.pad(x, [0, 1, 0, 1]))
+
+
+def test_zero_padding_before_a_strided_conv_is_an_integer_op_everywhere(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(SamePadConv(1, 8, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).eval()
+    calib = [(torch.randn(16, 1, 8, 8),) for _ in range(2)]
+    qm = quantize(model, "fixed-point", calib)
+    pads = [n for n in qm.plan.program.nodes if n.op == "pad"]
+    assert len(pads) == 1 and pads[0].attrs["pad"] == [0, 1, 0, 1] and pads[0].attrs["shape"] == [1, 9, 9]
+    x = torch.randn(20, 1, 8, 8)
+    fout = qm.plan.formats[qm.plan.program.output]
+    xi = enter(x, qm.plan.formats[qm.plan.program.input]).numpy()
+    got = execute(integer_params(qm.plan), xi)
+    with torch.no_grad():
+        sim = FixedPointModule(qm.plan, "exact")(x)
+        ref = model(x)
+    assert np.array_equal(np.round(sim.double().numpy() / fout.scale).astype(np.int64), got)
+    assert np.array_equal(compile_and_run(export_c(qm, tmp_path / "c"), xi, got.shape[1]), got)
+    assert np.abs(got * fout.scale - ref.numpy()).max() < 8 * fout.scale  # the padding kept: 4x4 outputs, not 3x3
+
+
+def test_padding_with_a_value_other_than_zero_is_refused():
+    class Ones(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.pad(x, [1, 1, 1, 1], value=1.0)
+
+    model = nn.Sequential(Ones(), nn.Conv2d(1, 2, 3), nn.Flatten()).eval()
+    with pytest.raises(UnsupportedModel, match="padding other than zeros"):
+        quantize(model, "fixed-point", [(torch.randn(2, 1, 6, 6),)])

@@ -113,16 +113,6 @@ def test_silero_data_errors_name_the_input():
         onnx_task(silero_path(), arrays(), np.zeros(3))
 
 
-@pytest.fixture(scope="module")
-def mnist_files(mnist, tmp_path_factory):
-    d = tmp_path_factory.mktemp("mnist-onnx")
-    export_onnx(mnist.model, mnist.calibration[0], d / "m.onnx", ["image"], {"image": {0: "batch"}}, ["logits"])
-    images = torch.cat([b[0] for b in mnist.eval_batches]).numpy()
-    np.savez(d / "d.npz", image=images, labels=mnist.labels)
-    np.save(d / "x.npy", images)
-    return d
-
-
 def test_npy_for_a_one_input_graph_has_no_labels(mnist_files):
     task = build_onnx_task(str(mnist_files / "m.onnx"), str(mnist_files / "x.npy"))
     assert task.labels is None and task.primary_metric == "cosine"

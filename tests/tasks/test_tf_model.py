@@ -158,8 +158,8 @@ def test_compare_runs_tensorflows_own_converter_in_litert_beside_quantwises_form
 
     task = load_task(model=str(keras_cnn / "saved"), data=str(keras_cnn / "digits.npz"))
     s = CompareSettings(
-        formats="fp32,static-int8-minmax,tflite-full-int8,tflite-dynamic-range",
-        runtimes="onnxruntime,tflite",
+        formats="fp32,static-int8-minmax,tflite-full-int8,tflite-dynamic-range,static-int8-full,fixed-point",
+        runtimes="onnxruntime,tflite,torch,integer",
         max_drop=Budget(2.0, False),
         optimize="size",
         measure_memory=False,
@@ -173,11 +173,22 @@ def test_compare_runs_tensorflows_own_converter_in_litert_beside_quantwises_form
         ("static-int8-minmax", "onnxruntime"),
         ("tflite-full-int8", "tflite"),
         ("tflite-dynamic-range", "tflite"),
+        # on the graph imported into PyTorch (checked against ONNX Runtime): FP32, quantwise's own
+        # full-integer .tflite and fixed point for the integer executor
+        ("fp32", "torch"),
+        ("static-int8-full", "tflite"),
+        ("fixed-point", "integer"),
     }
     assert all(r["status"] == "ok" for r in by.values()), [r.get("error") for r in by.values()]
     full = by[("tflite-full-int8", "tflite")]
     assert full["integer_ops"]["integer"] == full["integer_ops"]["total"] == 4  # int8 kernels only
     assert "the converter chooses every scale" in full["info"]["converter"]
+    ours = by[("static-int8-full", "tflite")]
+    assert ours["integer_ops"]["integer"] == ours["integer_ops"]["total"] == 4
+    assert by[("fixed-point", "integer")]["integer_ops"]["integer"] == 4
+    assert by[("fp32", "torch")]["metrics"]["accuracy"] == by[("fp32", "onnxruntime")]["metrics"]["accuracy"]
+    for key in (("static-int8-full", "tflite"), ("fixed-point", "integer")):
+        assert abs(by[key]["accuracy_change_points"]) <= 2, key
     # each format against the FP32 of its own runtime; TensorFlow's int8 and quantwise's agree on accuracy
     assert (
         abs(full["accuracy_change_points"]) <= 2

@@ -190,6 +190,11 @@ def export_c(qm: QuantizedModel, out: str | os.PathLike[str]) -> Path:
             calls.append(
                 f"qw_add({size[n.output]}, {x}, {ma}, {ra}, {y}, {mb}, {rb}, {a['clip'][0]}, {a['clip'][1]}, {buf(n.output)});"
             )
+        elif n.op == "pad":
+            c, h, wd = shapes[n.inputs[0]]
+            left, _, top, _ = a["pad"]
+            _, ho, wo = a["shape"]
+            calls.append(f"qw_pad({c}, {h}, {wd}, {top}, {left}, {ho}, {wo}, {x}, {buf(n.output)});")
         # flatten / reshape: no call, the output shares its input's bytes (NCHW order kept)
 
     in_buf, out_buf = buf(prog.input), buf(prog.output)

@@ -100,6 +100,9 @@ def _run(p: IntegerParams, n: Node, xs: list[np.ndarray]) -> np.ndarray:
         ya = rounding_shift(xs[0] * a["multiplier"][0], a["shift"][0])
         yb = rounding_shift(xs[1] * a["multiplier"][1], a["shift"][1])
         return (ya + yb).clip(a["clip"][0], a["clip"][1])
+    if n.op == "pad":
+        left, right, top, bottom = a["pad"]
+        return np.pad(xs[0], ((0, 0), (0, 0), (top, bottom), (left, right)))  # zero point 0: real 0 is 0
     return xs[0].reshape(xs[0].shape[0], *a["shape"])
 
 

@@ -46,6 +46,8 @@ def _shape_op(n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         return xs[0] + xs[1]
     if n.op in ("flatten", "reshape"):
         return x.reshape(x.shape[0], *a["shape"])
+    if n.op == "pad":
+        return F.pad(x, a["pad"])
     raise ValueError(f"unknown op {n.op}")
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from quantwise.errors import UnsupportedModel
 
-SUPPORTED = ("conv2d", "linear", "relu", "relu6", "maxpool", "avgpool", "add", "flatten", "reshape")
+SUPPORTED = ("conv2d", "linear", "relu", "relu6", "maxpool", "avgpool", "add", "flatten", "reshape", "pad")
 HEAVY = ("conv2d", "linear")
 
 
@@ -31,7 +31,9 @@ class Node:
         layer: module name of a Conv2d/Linear (its weights), else the module the op came from.
         attrs: operator attributes (stride, padding, kernel ...) and ``shape``, the output
             shape without the batch dimension; ``act`` on conv2d/linear is a fused activation;
-            ``groups`` on conv2d splits channels as ``nn.Conv2d`` does (depthwise: one per channel).
+            ``groups`` on conv2d splits channels as ``nn.Conv2d`` does (depthwise: one per channel);
+            ``pad`` on pad is ``[left, right, top, bottom]`` zeros around the two spatial dimensions
+            (TensorFlow's asymmetric "same" padding before a strided conv, for instance).
     """
 
     op: str
@@ -194,6 +196,15 @@ def _convert(n: torch.fx.Node, params: dict[str, str], alias: dict[str, str]) ->
         if list(a[0].meta["val"].shape) != list(a[1].meta["val"].shape):
             raise refuse("add with broadcasting")
         return Node("add", [src, alias.get(a[1].name, a[1].name)], n.name, where, {"shape": shape})
+    if t in ("aten.pad.default", "aten.constant_pad_nd.default"):
+        pad = [int(p) for p in a[1]]
+        mode = _arg(a, kw, 2, "mode", "constant") if t == "aten.pad.default" else "constant"
+        value = _arg(a, kw, 3 if t == "aten.pad.default" else 2, "value", 0.0)
+        if len(n.meta["val"].shape) != 4 or len(pad) not in (2, 4) or mode != "constant" or (value or 0.0) != 0.0:
+            raise refuse("padding other than zeros around the spatial dimensions of an NCHW tensor")
+        if min(pad) < 0:
+            raise refuse("negative padding (cropping)")
+        return Node("pad", [src], n.name, where, {"pad": (pad + [0, 0])[:4], "shape": shape})
     if t == "aten.flatten.using_ints":
         if _arg(a, kw, 1, "start_dim", 0) != 1 or _arg(a, kw, 2, "end_dim", -1) not in (-1, len(n.meta["val"].shape)):
             raise refuse("flatten other than flatten(x, 1)")

@@ -30,7 +30,7 @@ from quantwise.recipes import FixedPointRecipe
 from quantwise.transform.fusion import fold_batchnorm
 from quantwise.transform.registry import Batch
 
-PASS_THROUGH = ("relu", "relu6", "maxpool", "avgpool", "flatten", "reshape")
+PASS_THROUGH = ("relu", "relu6", "maxpool", "avgpool", "flatten", "reshape", "pad")
 
 
 def fixed_point_handler(model: nn.Module, recipe: FixedPointRecipe, calib: Sequence[Batch]) -> QuantizedModel:

@@ -127,4 +127,6 @@ class FixedPointModule(nn.Module):
             ya = rounding_shift(xs[0] * a["multiplier"][0], a["shift"][0])
             yb = rounding_shift(xs[1] * a["multiplier"][1], a["shift"][1])
             return (ya + yb).clamp(a["clip"][0], a["clip"][1])
+        if n.op == "pad":
+            return F.pad(xs[0], a["pad"])
         return xs[0].reshape(xs[0].shape[0], *a["shape"])

@@ -38,6 +38,16 @@ SMOOTH_ALPHA_HELP = (
 )
 
 
+REDUCE_RANGE_HELP = (
+    "int8 weights within 7 bits ([-64, 64]) so ONNX Runtime's and PyTorch's u8 x s8 kernels cannot saturate their "
+    "16-bit intermediate sums, which they do on x86 CPUs without VNNI (AVX2 only); auto: on where this CPU lacks VNNI"
+)
+
+
+def _reduce_range() -> Any:
+    return knob("auto", REDUCE_RANGE_HELP, choices=("auto", "on", "off"))
+
+
 def _calibration() -> Any:
     return knob("minmax", CALIBRATION_HELP, choices=CALIBRATIONS)
 
@@ -251,6 +261,7 @@ class DynamicInt8Recipe(Recipe):
     embeddings: bool = _embeddings()
     smoothquant: bool = _smoothquant()
     smooth_alpha: float = _smooth_alpha()
+    reduce_range: str = _reduce_range()
 
 
 @declared
@@ -289,6 +300,7 @@ class StaticInt8Recipe(Recipe):
     )
     smoothquant: bool = _smoothquant()
     smooth_alpha: float = _smooth_alpha()
+    reduce_range: str = _reduce_range()
 
     @property
     def name(self) -> str:

@@ -20,7 +20,7 @@ from quantwise.progress import live_progress, warn
 from quantwise.recipes import Recipe
 from quantwise.records import Record
 from quantwise.sweep.derive import derive, runtime_agreement, sample_size_note
-from quantwise.sweep.formats import Format, select_formats
+from quantwise.sweep.formats import Format, select_formats, trial_task
 from quantwise.sweep.identity import run_identity, seal, why_stale
 from quantwise.sweep.losses import explain_losses
 from quantwise.sweep.profiles import get_profile
@@ -277,6 +277,7 @@ def _run_one(
     the test set's outputs already computed in shards (``api.shard_outputs``)."""
     built = {} if built is None else built
     try:
+        task = trial_task(task, fmt, runtime)
         recipe = build_format(task, fmt, s, built)
         rec = evaluate(
             task,

@@ -71,7 +71,7 @@ def export_recommended(
 ) -> Path | None:
     """Write the winner with a metadata file to ``out/recommended``; reuses its QuantizedModel from
     ``built`` when compare made it in this process (after ``--resume`` it is rebuilt, deterministically)."""
-    from quantwise.sweep.formats import formats_for
+    from quantwise.sweep.formats import formats_for, trial_task
 
     w = result["recommendation"]["winner"]
     if not w:
@@ -79,6 +79,7 @@ def export_recommended(
     from quantwise.api import build_quantized
 
     fmt = formats_for(task.info.get("kind"))[w["format"]]
+    task = trial_task(task, fmt, w["runtime"])
     dest = out / "recommended"
     recipe = fmt.build_recipe(max_drop_points, optimize)
     qm = (built or {}).get(fmt.id) or (build_quantized(task, recipe) if recipe else None)

@@ -11,6 +11,7 @@ from typing import Any
 
 from quantwise.errors import UserError
 from quantwise.recipes import Recipe, get_recipe
+from quantwise.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,13 @@ LLM_FORMATS: dict[str, Format] = {
     )
 }
 _ORT = ("onnxruntime",)
-# An ONNX file in: its graph quantized directly and run in ONNX Runtime (no PyTorch module to simulate)
+# An ONNX file in: its graph quantized directly and run in ONNX Runtime. Fixed point (and, for a
+# TensorFlow model, quantwise's own .tflite) is built on the graph imported into PyTorch
+# (tasks.imported), measured against the imported FP32 model in torch: see runs_imported.
 ONNX_FORMATS: dict[str, Format] = {
     f.id: f
     for f in (
-        Format("fp32", None, runtimes=_ORT, family="fp32"),
+        Format("fp32", None, runtimes=(*_ORT, "torch"), family="fp32"),
         Format("fp16", "fp16", runtimes=_ORT, family="fp16"),
         Format("dynamic-int8", "dynamic-int8", runtimes=_ORT, family="int8"),
         *(
@@ -194,13 +197,18 @@ ONNX_FORMATS: dict[str, Format] = {
         ),
         # static INT8 with the most sensitive nodes kept in float, searched in ONNX Runtime on the calibration split
         Format("mixed", "mixed", runtimes=_ORT, family="int8"),
+        Format("fixed-point", "fixed-point", runtimes=("integer",), family="fixed-point"),
     )
 }
 # A TensorFlow model: quantwise's ONNX formats (through tf2onnx) and TensorFlow's own TFLiteConverter
 # formats in LiteRT (the converter chooses their scales), FP32 measured in both runtimes.
 TF_FORMATS: dict[str, Format] = {
     **ONNX_FORMATS,
-    "fp32": Format("fp32", None, runtimes=(*_ORT, "tflite"), family="fp32"),
+    "fp32": Format("fp32", None, runtimes=(*_ORT, "tflite", "torch"), family="fp32"),
+    # quantwise's own full-integer .tflite (its scales in the file), beside the converter's full-int8
+    "static-int8-full": Format(
+        "static-int8-full", "static-int8", {"quantize_outputs": True}, runtimes=("tflite",), family="int8"
+    ),
     **{
         f"tflite-{m}": Format(f"tflite-{m}", "tflite-converter", {"mode": m}, runtimes=("tflite",), family=fam)
         for m, fam in (("dynamic-range", "int8"), ("full-int8", "int8"), ("float16", "fp16"), ("16x8", "int8"))
@@ -213,6 +221,23 @@ REGISTRIES = {
     "tf-graph": TF_FORMATS,
 }
 GRAPH_KINDS = ("onnx-graph", "tf-graph")  # tasks whose model is an ONNX graph (OnnxGraphModule)
+
+
+def runs_imported(kind: str | None, fmt: Format, runtime: str) -> bool:
+    """Whether this trial of a graph task runs on the graph imported into PyTorch: every runtime
+    but ONNX Runtime, except LiteRT running TensorFlow's own converter (its FP32 and formats)."""
+    if kind not in GRAPH_KINDS or runtime == "onnxruntime":
+        return False
+    return not (runtime == "tflite" and fmt.recipe in (None, "tflite-converter"))
+
+
+def trial_task(task: Task, fmt: Format, runtime: str) -> Task:
+    """The task a trial runs on: a graph task's PyTorch import where :func:`runs_imported` says so."""
+    if runs_imported(task.info.get("kind"), fmt, runtime):
+        from quantwise.tasks.imported import imported_task
+
+        return imported_task(task)
+    return task
 
 
 def formats_for(kind: str | None) -> dict[str, Format]:

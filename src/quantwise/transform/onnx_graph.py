@@ -35,6 +35,7 @@ from quantwise.recipes import (
     WeightOnlyRecipe,
 )
 from quantwise.transform.gptq import gptq_quantize, hessian_update
+from quantwise.transform.schemes import reduce_range_info
 
 Batch = tuple[torch.Tensor, ...]
 FUSABLE = ("Relu", "Clip")  # activations ONNX Runtime folds into a quantized Conv/MatMul's output
@@ -126,7 +127,7 @@ def _act(rng: tuple[float, float], symmetric: bool) -> ActQuant:
 
 
 def _static(
-    gm: OnnxGraphModule, recipe: StaticInt8Recipe, nodes: list[HeavyNode], calib: Sequence[Batch]
+    gm: OnnxGraphModule, recipe: StaticInt8Recipe, nodes: list[HeavyNode], calib: Sequence[Batch], seven: bool
 ) -> dict[str, LayerQuant]:
     if recipe.weight_bits != 8 or recipe.activation_bits != 8 or recipe.smoothquant:
         raise Unsupported(
@@ -146,7 +147,7 @@ def _static(
     layers = {}
     for h in nodes:
         gran = PerChannel(0) if recipe.per_channel else PerTensor()
-        q, s, z = quantize_tensor(weight_torch_layout(gm, h), INT8, gran, True)
+        q, s, z = quantize_tensor(weight_torch_layout(gm, h), INT8, gran, True, reduce_range=seven)
         lq = LayerQuant(LayerKind(h.kind), QuantMode.STATIC, q, s, z, INT8.name, gran)
         lq.input = _act(obs[h.x].range(), recipe.symmetric_activations)
         if h.name in outs:
@@ -159,7 +160,7 @@ def _static(
 
 
 def _dynamic(
-    gm: OnnxGraphModule, recipe: DynamicInt8Recipe, nodes: list[HeavyNode], skipped: dict[str, str]
+    gm: OnnxGraphModule, recipe: DynamicInt8Recipe, nodes: list[HeavyNode], skipped: dict[str, str], seven: bool
 ) -> dict[str, LayerQuant]:
     if recipe.smoothquant or recipe.activations != "per-tensor":
         raise Unsupported("on an ONNX graph dynamic INT8 quantizes activations per tensor, without SmoothQuant")
@@ -169,7 +170,7 @@ def _dynamic(
             skipped[h.name] = "dynamic INT8 covers MatMul/Gemm; use static-int8 for convolutions"
             continue
         gran = PerChannel(0) if recipe.per_channel else PerTensor()
-        q, s, z = quantize_tensor(weight_torch_layout(gm, h), INT8, gran, True)
+        q, s, z = quantize_tensor(weight_torch_layout(gm, h), INT8, gran, True, reduce_range=seven)
         layers[h.name] = LayerQuant(LayerKind(h.kind), QuantMode.DYNAMIC, q, s, z, INT8.name, gran)
     return layers
 
@@ -268,10 +269,10 @@ def quantize_onnx(gm: OnnxGraphModule, recipe: Recipe, calib: Sequence[Batch]) -
         return qm
     nodes, skipped = select_nodes(gm, recipe)
     if isinstance(recipe, StaticInt8Recipe):
-        layers = _static(gm, recipe, nodes, calib)
+        layers = _static(gm, recipe, nodes, calib, reduce_range_info(recipe, info))
         info["calibration_batches"] = len(calib)
     elif isinstance(recipe, DynamicInt8Recipe):
-        layers = _dynamic(gm, recipe, nodes, skipped)
+        layers = _dynamic(gm, recipe, nodes, skipped, reduce_range_info(recipe, info))
     elif isinstance(recipe, WeightOnlyRecipe):
         layers, extra = _weight_only(gm, recipe, nodes, skipped, calib)
         info.update(extra)

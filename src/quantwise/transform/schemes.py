@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from quantwise.calibrate.collect import observing, run_calibration
 from quantwise.calibrate.observers import make_observer
+from quantwise.nnutil import seven_bit_weights
 from quantwise.numerics import INT4, INT8, UINT4, UINT8, choose_qparams, dequantize, quantize_tensor
 from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.progress import progress_iter
@@ -84,13 +86,16 @@ def _weight_layer(
     per_channel: bool = True,
     fp16: bool = False,
     full: bool = False,
+    seven_bit: bool = False,
 ) -> LayerQuant:
     """Round-to-nearest weight quantization of one layer (``fp16``: scales rounded to half precision;
-    ``full``: symmetric int4 over the full grid, see ``choose_qparams``)."""
+    ``full``: symmetric int4 over the full grid, see ``choose_qparams``; ``seven_bit``: int8 within 7 bits)."""
     qtype = (INT8 if symmetric else UINT8) if bits == 8 else (INT4 if symmetric else UINT4)
     gran = PerGroup(group) if group else (PerChannel(0) if per_channel else PerTensor())
     w = mod.weight.detach().to(torch.float32)
-    q, s, z = quantize_tensor(w, qtype, gran, symmetric, fp16_scale=fp16, full_range=full and bits == 4)
+    q, s, z = quantize_tensor(
+        w, qtype, gran, symmetric, fp16_scale=fp16, full_range=full and bits == 4, reduce_range=seven_bit and bits == 8
+    )
     return LayerQuant(_kind(mod), mode, q, s, z, qtype.name, gran)
 
 
@@ -303,16 +308,30 @@ def _gptq_layers(
     return {n: layers[n] for n, _ in todo}, {**info, "gptq_layers": len(linear), "rtn_fallback_layers": rtn}
 
 
+def reduce_range_info(recipe: Any, info: dict[str, Any]) -> bool:
+    """Resolve the recipe's ``reduce_range`` on this machine, saying so in ``info`` when it is on."""
+    seven = seven_bit_weights(recipe.reduce_range)
+    if seven:
+        why = (
+            "asked for"
+            if recipe.reduce_range == "on"
+            else "this CPU has no VNNI: its u8 x s8 kernels saturate 8-bit weights"
+        )
+        info["reduce_range"] = f"int8 weights within 7 bits ({why})"
+    return seven
+
+
 def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
     chosen, skipped = select_layers(model, recipe)
     info = {"smoothquant": _smoothquant(model, recipe, chosen, calib)} if recipe.smoothquant else {}
     layers = {}
+    seven = reduce_range_info(recipe, info)
     for name, mod in chosen:
         if isinstance(mod, nn.Conv2d):
             skipped[name] = "dynamic INT8 covers Linear layers; use static-int8 for convolutions"
             continue
-        layers[name] = _weight_layer(mod, "dynamic", 8, 0, True, recipe.per_channel)
+        layers[name] = _weight_layer(mod, "dynamic", 8, 0, True, recipe.per_channel, seven_bit=seven)
         layers[name].dynamic_granularity = ActGranularity(recipe.activations)
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
@@ -336,8 +355,9 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
         run_calibration(model, calib, f"calibrating ({recipe.calibration})")
     act_t = INT8 if recipe.symmetric_activations else UINT8
     layers = {}
+    seven = reduce_range_info(recipe, smoothed) and recipe.weight_bits == 8
     for name, mod in chosen:
-        lq = _weight_layer(mod, "static", recipe.weight_bits, 0, True, recipe.per_channel)
+        lq = _weight_layer(mod, "static", recipe.weight_bits, 0, True, recipe.per_channel, seven_bit=seven)
         lq.input = _act(in_obs[name].range(), act_t, recipe.symmetric_activations)
         if name in out_at:
             lq.output = _act(out_obs[out_at[name]].range(), act_t, recipe.symmetric_activations)

@@ -125,6 +125,20 @@ void qw_maxpool(int c, int h, int w, int k_h, int k_w, int s_h, int s_w, int p_h
     }
 }
 
+/* Zeros around each channel (the zero point is 0): x (c, h, w) at (top, left) inside y (c, out_h, out_w). */
+void qw_pad(int c, int h, int w, int top, int left, int out_h, int out_w, qw_tensor_t x, qw_tensor_t y) {
+    int ci, oy, ox;
+    for (ci = 0; ci < c; ++ci) {
+        for (oy = 0; oy < out_h; ++oy) {
+            for (ox = 0; ox < out_w; ++ox) {
+                const int iy = oy - top, ix = ox - left;
+                const int inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+                qw_store(y, (ci * out_h + oy) * out_w + ox, inside ? qw_load(x, (ci * h + iy) * w + ix) : 0);
+            }
+        }
+    }
+}
+
 void qw_avgpool(int c, int h, int w, int k_h, int k_w, int s_h, int s_w, int out_h, int out_w,
                 int32_t mult, int shift, qw_tensor_t x, qw_tensor_t y) {
     int ci, oy, ox, ky, kx;

@@ -38,6 +38,7 @@ void qw_maxpool(int c, int h, int w, int k_h, int k_w, int s_h, int s_w, int p_h
                 int out_h, int out_w, qw_tensor_t x, qw_tensor_t y);
 void qw_avgpool(int c, int h, int w, int k_h, int k_w, int s_h, int s_w, int out_h, int out_w,
                 int32_t mult, int shift, qw_tensor_t x, qw_tensor_t y);
+void qw_pad(int c, int h, int w, int top, int left, int out_h, int out_w, qw_tensor_t x, qw_tensor_t y);
 void qw_add(int n, qw_tensor_t a, int32_t mult_a, int shift_a, qw_tensor_t b, int32_t mult_b, int shift_b,
             int32_t clip_lo, int32_t clip_hi, qw_tensor_t y);
 
