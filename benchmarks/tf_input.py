@@ -2,7 +2,9 @@
 MNIST digits, saved as a SavedModel. quantwise takes it through tf2onnx (checked against
 TensorFlow) and builds its formats in ONNX Runtime; TensorFlow's own ``TFLiteConverter`` builds
 its four post-training formats from the same SavedModel with the same calibration images
-(quantwise's ``tflite-converter-*`` recipes), run in LiteRT. Every row is scored on the same held-out digits by quantwise's task code and timed with
+(quantwise's ``tflite-converter-*`` recipes), run in LiteRT; and quantwise's own full-integer
+``.tflite`` (``static-int8-full``, built on the graph imported into PyTorch) runs beside them.
+Every row is scored on the same held-out digits by quantwise's task code and timed with
 one thread, in one run.
 
     .venv/bin/python benchmarks/tf_input.py [--epochs 8]
@@ -21,6 +23,7 @@ from quantwise.api import evaluate
 from quantwise.measure.env import environment
 from quantwise.recipes import get_recipe
 from quantwise.tasks import load_task
+from quantwise.tasks.imported import imported_task
 from quantwise.tasks.mnist import load_digits
 
 QUANTWISE = [
@@ -79,6 +82,11 @@ def main() -> None:
         for mode in TFLITE:
             recipe = None if mode == "fp32" else get_recipe(f"tflite-converter-{mode}")
             rows.append((f"{mode}: TFLiteConverter, LiteRT", row(evaluate(task, recipe, "tflite", **kw))))
+        # quantwise's own full-integer .tflite: the same model imported into PyTorch (checked against
+        # ONNX Runtime), quantwise's scales written into the file by litert-torch
+        own = imported_task(task)
+        full = get_recipe("static-int8", quantize_outputs=True)
+        rows.append(("static-int8-full: quantwise's own .tflite, LiteRT", row(evaluate(own, full, "tflite", **kw))))
     env = environment(1)
     n = len(task.labels) if task.labels is not None else 0
     print(f"Keras CNN (SavedModel) on {n} held-out MNIST digits, one thread; {env.get('cpu', '')}")
@@ -88,7 +96,7 @@ def main() -> None:
     print("| model | accuracy | Δ pts vs its FP32 | batch 1 ms (speedup) | batch 32 ms (speedup) | size KB | int ops |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows:
-        base = rows[0][1] if "quantwise" in name else next(v for k, v in rows if k.startswith("fp32: TFLite"))
+        base = next(v for k, v in rows if k.startswith("fp32: TFLite")) if "LiteRT" in name else rows[0][1]
         print(
             f"| {name} | {100 * r['accuracy']:.2f}% | {100 * (r['accuracy'] - base['accuracy']):+.2f} | "
             f"{r['lat'][1]:.3f} ({base['lat'][1] / r['lat'][1]:.2f}x) | {r['lat'][32]:.2f} ({base['lat'][32] / r['lat'][32]:.2f}x) | "

@@ -373,7 +373,10 @@ def _record(
         "gguf": getattr(runner, "gguf", None),
         "quantized_layers": sorted(qm.layers) if qm else [],
         "float_layers": qm.skipped if qm else {},
-        "info": {k: v for k, v in (qm.info.items() if qm else []) if k != "time_to_quantize_s"},
+        "info": {
+            **({"imported": task.info["imported"]} if "imported" in task.info else {}),  # a graph's PyTorch import
+            **{k: v for k, v in (qm.info.items() if qm else []) if k != "time_to_quantize_s"},
+        },
         "env": environment(threads),
     }
 

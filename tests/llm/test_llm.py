@@ -161,7 +161,7 @@ def test_explain_compares_gpt2_conv1d_weights_in_their_quantized_orientation(tin
     from quantwise.explain.run import explain
 
     task = load_task(model=str(tiny_gpt2), data=str(lm_text))
-    res = explain(task, get_recipe("dynamic-int8"), top=4)
+    res = explain(task, get_recipe("dynamic-int8", reduce_range="off"), top=4)  # 8-bit weights on every CPU
     measured = {n: st for r in res["layers"] for n, st in r["stats"].get("layers_measured", {}).items()}
     assert len(measured) == 2 * 4 + 2  # every Conv1D, the head and the position table
     # int8 per channel: well under 1% (a transposed comparison read about 141%)

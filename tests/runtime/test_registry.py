@@ -11,6 +11,7 @@ from test_cli import run_cli  # tests/ is on sys.path (pytest's rootdir conftest
 from quantwise.api import build_quantized
 from quantwise.cli import build_parser
 from quantwise.errors import Unsupported
+from quantwise.runtime.base import saturating_weights
 from quantwise.runtime.registry import RUNTIMES, baseline_runtime, check_can_run
 from quantwise.sweep.formats import FORMATS
 from quantwise.sweep.profiles import PROFILES
@@ -66,7 +67,9 @@ def test_format_table_agrees_with_capability_checks(built, fmt_id):
         assert spec.available() is None, "make test installs every runtime (the tflite extra included)"
         accepts = spec.why_not(qm) is None
         claimed = rt in fmt.runtimes
-        if claimed:
+        if claimed and saturating_weights(qm) and rt in ("onnxruntime", "torch-int8"):
+            assert "no VNNI" in (spec.why_not(qm) or ""), "this CPU's int8 kernels saturate: the runtime must refuse"
+        elif claimed:
             assert accepts, f"{fmt_id} claims {rt}, which refuses it: {spec.why_not(qm)}"
         elif accepts:
             assert (fmt_id, rt) in NOT_SWEPT, (

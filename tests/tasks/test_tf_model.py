@@ -186,6 +186,7 @@ def test_compare_runs_tensorflows_own_converter_in_litert_beside_quantwises_form
     ours = by[("static-int8-full", "tflite")]
     assert ours["integer_ops"]["integer"] == ours["integer_ops"]["total"] == 4
     assert by[("fixed-point", "integer")]["integer_ops"]["integer"] == 4
+    assert "imported into PyTorch (largest difference" in by[("fixed-point", "integer")]["info"]["imported"]
     assert by[("fp32", "torch")]["metrics"]["accuracy"] == by[("fp32", "onnxruntime")]["metrics"]["accuracy"]
     for key in (("static-int8-full", "tflite"), ("fixed-point", "integer")):
         assert abs(by[key]["accuracy_change_points"]) <= 2, key

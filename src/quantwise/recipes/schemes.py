@@ -39,7 +39,7 @@ SMOOTH_ALPHA_HELP = (
 
 
 REDUCE_RANGE_HELP = (
-    "int8 weights within 7 bits ([-64, 64]) so ONNX Runtime's and PyTorch's u8 x s8 kernels cannot saturate their "
+    "int8 weights within 7 bits ([-63, 63]) so ONNX Runtime's and PyTorch's u8 x s8 kernels cannot saturate their "
     "16-bit intermediate sums, which they do on x86 CPUs without VNNI (AVX2 only); auto: on where this CPU lacks VNNI"
 )
 

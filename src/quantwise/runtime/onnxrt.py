@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from quantwise.errors import UserError
-from quantwise.runtime.base import IntegerOps, RuntimeSpec
+from quantwise.runtime.base import IntegerOps, RuntimeSpec, saturating_weights
 
 OPSET = 17
 HEAVY_FLOAT = {"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "FusedGemm", "NchwcConv"}
@@ -221,8 +221,8 @@ def _why_not(qm: Any) -> str | None:
     if qm.plan is not None:
         from quantwise.fixedpoint.simulate import why_not_simulate
 
-        return why_not_simulate(qm.plan, "qdq")
-    return None
+        return why_not_simulate(qm.plan, "qdq") or saturating_weights(qm)
+    return saturating_weights(qm)
 
 
 def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)) -> tuple[OrtRunner, nn.Module]:

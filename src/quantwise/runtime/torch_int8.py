@@ -28,7 +28,7 @@ from quantwise.errors import UnsupportedModel
 from quantwise.nnutil import set_module
 from quantwise.numerics.granularity import PerTensor
 from quantwise.quantized import LayerQuant, QuantizedModel, apply_activation
-from quantwise.runtime.base import RuntimeSpec, load_exported
+from quantwise.runtime.base import RuntimeSpec, load_exported, saturating_weights
 
 
 @contextlib.contextmanager
@@ -150,7 +150,7 @@ def why_not_int8(qm: QuantizedModel | None) -> str | None:
             return f"{name}: PyTorch's x86 int8 kernels take uint8 activations; drop --symmetric-activations"
         if lq.mode == "static" and lq.kind == "conv2d" and lq.output is None:
             return f"{name}: a static Conv2d needs output quantization"
-    return None
+    return saturating_weights(qm)
 
 
 def lower_torch_int8(qm: QuantizedModel) -> nn.Module:
