@@ -17,7 +17,7 @@ not install beside this project's PyTorch.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -75,7 +75,9 @@ class Binary(nn.Module):
         self.register_buffer("const", const)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        a, b = (x, y) if self.const is None else ((self.const, x) if self.const_first else (x, self.const))
+        const = cast("torch.Tensor | None", self.const)  # a registered buffer
+        a, b = (x, y) if const is None else ((const, x) if self.const_first else (x, const))
+        assert b is not None
         if self.op == "Add":
             return a + b
         if self.op == "Sub":
@@ -235,7 +237,8 @@ class _Importer:
             c = [self.const(i) for i in ins[1:5]]
             bn = nn.BatchNorm2d(len(c[0]), eps=float(a.get("epsilon", 1e-5))).eval()
             with torch.no_grad():
-                bn.weight.copy_(c[0]), bn.bias.copy_(c[1]), bn.running_mean.copy_(c[2]), bn.running_var.copy_(c[3])
+                for t, v in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), c):
+                    cast(torch.Tensor, t).copy_(v)
             return [(bn, ins[:1], out)]
         if op in ("MaxPool", "AveragePool"):
             k = list(a["kernel_shape"])
@@ -244,10 +247,12 @@ class _Importer:
                 raise self.refuse(n, "asymmetric pooling padding")
             if list(a.get("dilations", [1, 1])) != [1, 1] or len(k) != 2:
                 raise self.refuse(n, "only 2-D pooling without dilation")
-            kw = dict(stride=list(a.get("strides", k)), padding=pads[:2], ceil_mode=bool(a.get("ceil_mode", 0)))
+            kk, st, pp = (k[0], k[1]), tuple(int(v) for v in a.get("strides", k)), (pads[0], pads[1])
+            ceil = bool(a.get("ceil_mode", 0))
             if op == "MaxPool":
-                return [(nn.MaxPool2d(k, **kw), ins[:1], out)]
-            return [(nn.AvgPool2d(k, count_include_pad=bool(a.get("count_include_pad", 0)), **kw), ins[:1], out)]
+                return [(nn.MaxPool2d(kk, st, pp, ceil_mode=ceil), ins[:1], out)]
+            avg = nn.AvgPool2d(kk, (st[0], st[1]), pp, ceil, bool(a.get("count_include_pad", 0)))
+            return [(avg, ins[:1], out)]
         if op == "GlobalAveragePool" or op == "ReduceMean":
             axes = list(a.get("axes", self.consts[ins[1]] if len(ins) > 1 else []))
             if op == "ReduceMean" and sorted(int(x) % 4 for x in axes) != [2, 3]:
@@ -294,7 +299,16 @@ class _Importer:
         k, s, d = list(w.shape[2:]), list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
         pads = self.pads(n, a, ins[0], k, s, d)
         groups = int(a.get("group", 1))
-        conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], k, s, pads[:2] if pads[:2] == pads[2:] else 0, d, groups)
+        sym = pads[:2] == pads[2:]
+        conv = nn.Conv2d(
+            w.shape[1] * groups,
+            w.shape[0],
+            (k[0], k[1]),
+            (s[0], s[1]),
+            (pads[0], pads[1]) if sym else 0,
+            (d[0], d[1]),
+            groups,
+        )
         bias = self.const(ins[2]) if len(ins) > 2 else torch.zeros(w.shape[0])
         out = n.output[0]
         bn = self.only_reader(out, nodes, "BatchNormalization")
@@ -306,7 +320,7 @@ class _Importer:
             out = bn.output[0]
         with torch.no_grad():
             conv.weight.copy_(w)
-            conv.bias.copy_(bias)
+            cast(torch.Tensor, conv.bias).copy_(bias)  # built with a bias
         if pads[:2] == pads[2:]:
             return [(conv, ins[:1], out)]
         padded = f"{n.output[0]}__padded"
@@ -338,7 +352,7 @@ class _Importer:
         return lin, ins[:1], out
 
 
-def import_graph(gm: OnnxGraphModule, batch: tuple[torch.Tensor, ...]) -> ImportedGraph:
+def import_graph(gm: Any, batch: tuple[torch.Tensor, ...]) -> ImportedGraph:
     """``gm``'s scored output as a PyTorch module, checked against ONNX Runtime on ``batch``.
 
     Raises:
@@ -359,5 +373,5 @@ def import_graph(gm: OnnxGraphModule, batch: tuple[torch.Tensor, ...]) -> Import
             f"the graph imported into PyTorch differs from ONNX Runtime by {diff:.3g} (bound {bound:.3g}) "
             "on the first calibration batch: this format is not built from an inexact import"
         )
-    module.import_max_abs_diff = diff
+    setattr(module, "import_max_abs_diff", diff)  # noqa: B010  (read by tasks.imported)
     return module
