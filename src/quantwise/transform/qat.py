@@ -59,11 +59,20 @@ class ActFQ(nn.Module):
 class QATLayer(nn.Module):
     """A Conv2d or Linear (with an optional BatchNorm folded in) trained under fake quantization."""
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear, lq: LayerQuant, bn: nn.BatchNorm2d | None, lsq: bool) -> None:
+    def __init__(
+        self,
+        layer: nn.Conv2d | nn.Linear,
+        lq: LayerQuant,
+        bn: nn.BatchNorm2d | None,
+        lsq: bool,
+        seven_bit: bool = False,
+    ) -> None:
         super().__init__()
         self.layer, self.bn = layer, bn
         self.kind, self.mode = lq.kind, lq.mode
         self.qtype = get_qtype(lq.weight_qtype)
+        # the weight grid: the type's, or [-63, 63] where the PTQ start kept int8 weights within 7 bits
+        self.wmin, self.wmax = (-63, 63) if seven_bit else (self.qtype.qmin, self.qtype.qmax)
         self.granularity = lq.weight_granularity
         self.fused_relu = lq.fused_relu
         self.act = lq.activation
@@ -95,13 +104,13 @@ class QATLayer(nn.Module):
             amax = flat.abs().amax(1)
         else:
             amax = flat.abs().amax()
-        return amax.clamp(min=EPS) / ((self.qtype.qmax - self.qtype.qmin) / 2)  # as choose_qparams, symmetric
+        return amax.clamp(min=EPS) / ((self.wmax - self.wmin) / 2)  # as choose_qparams, symmetric
 
     def _fq_weight(self, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         w2 = w.reshape(w.shape[0], -1) if isinstance(self.granularity, PerGroup) else w  # groups run along the input
         se = expand_param(s, w2, self.granularity)
-        g = 1.0 / math.sqrt(w[0].numel() * self.qtype.qmax)
-        out = fake_quantize_lsq(w2, se, torch.zeros((), device=w.device), self.qtype.qmin, self.qtype.qmax, g)
+        g = 1.0 / math.sqrt(w[0].numel() * self.wmax)
+        out = fake_quantize_lsq(w2, se, torch.zeros((), device=w.device), self.wmin, self.wmax, g)
         return out.reshape(w.shape)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -205,12 +214,14 @@ def prepare_qat(model: nn.Module, recipe: QATRecipe, calibration: Sequence[Batch
     for name, lq in ptq.layers.items():
         bn = qat.get_submodule(bn_of[name]) if name in bn_of else None
         layer = qat.get_submodule(name)
-        set_module(qat, name, QATLayer(layer, lq, bn, recipe.lsq))
+        seven = "reduce_range" in ptq.info and lq.weight_qtype == "int8"
+        set_module(qat, name, QATLayer(layer, lq, bn, recipe.lsq, seven))
         if name in bn_of:
             set_module(qat, bn_of[name], nn.Identity())
         if lq.fused_relu:
             set_module(qat, lq.fused_relu, nn.Identity())
     info = {
+        **({"reduce_range": ptq.info["reduce_range"]} if "reduce_range" in ptq.info else {}),
         "ptq_init": base.name,
         "bn_folded": bn_of,
         "fused_relu": {n: lq.fused_relu for n, lq in ptq.layers.items() if lq.fused_relu},
@@ -230,7 +241,7 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
             s = m.weight_scale(w).detach().to(torch.float32)
             zp = torch.zeros(s.shape, dtype=torch.int32)
             w2 = w.reshape(w.shape[0], -1) if isinstance(m.granularity, PerGroup) else w
-            q = quantize(w2.detach(), s, zp, m.qtype, m.granularity).reshape(w.shape)
+            q = quantize(w2.detach(), s, zp, m.qtype, m.granularity).reshape(w.shape).clamp(m.wmin, m.wmax)
             layer = m.layer
             if layer.bias is None:
                 layer.bias = nn.Parameter(b.detach().clone())

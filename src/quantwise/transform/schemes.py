@@ -355,7 +355,7 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
         run_calibration(model, calib, f"calibrating ({recipe.calibration})")
     act_t = INT8 if recipe.symmetric_activations else UINT8
     layers = {}
-    seven = reduce_range_info(recipe, smoothed) and recipe.weight_bits == 8
+    seven = recipe.weight_bits == 8 and reduce_range_info(recipe, smoothed)
     for name, mod in chosen:
         lq = _weight_layer(mod, "static", recipe.weight_bits, 0, True, recipe.per_channel, seven_bit=seven)
         lq.input = _act(in_obs[name].range(), act_t, recipe.symmetric_activations)
