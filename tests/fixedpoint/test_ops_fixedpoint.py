@@ -43,6 +43,21 @@ def _model_and_data(seed: int = 0):
     return m.eval(), calib
 
 
+def _executor_simulation_and_c_agree(qm, model, x, tmp_path):
+    """The integer executor equals the exact simulation and the generated C bit for bit, and stays
+    within 8 output steps of the float model; returns its integer output and the output format."""
+    fout = qm.plan.formats[qm.plan.program.output]
+    xi = enter(x, qm.plan.formats[qm.plan.program.input]).numpy()
+    got = execute(integer_params(qm.plan), xi)
+    with torch.no_grad():
+        sim = FixedPointModule(qm.plan, "exact")(x)
+        ref = model(x)
+    assert np.array_equal(np.round(sim.double().numpy() / fout.scale).astype(np.int64), got)
+    assert np.array_equal(compile_and_run(export_c(qm, tmp_path / "c"), xi, got.shape[1]), got)
+    assert np.abs(got * fout.scale - ref.numpy()).max() < 8 * fout.scale
+    return got, fout
+
+
 @pytest.mark.parametrize("pot", [False, True])
 def test_residual_model_integer_equals_simulation_and_c(pot, tmp_path):
     model, calib = _model_and_data()
@@ -151,15 +166,7 @@ def test_depthwise_and_grouped_convolutions_run_integer_only_everywhere(pot, tmp
     assert convs == {"stem.0": 1, "dw.0": 8, "pw.0": 1, "grouped.0": 8}
     assert tuple(qm.plan.layers["dw.0"].weight.shape) == (8, 1, 3, 3)
     x = torch.randn(40, 1, 16, 16)  # 8x8 before global pooling: 1/64 is a power of two
-    fin, fout = qm.plan.formats[qm.plan.program.input], qm.plan.formats[qm.plan.program.output]
-    xi = enter(x, fin).numpy()
-    got = execute(integer_params(qm.plan), xi)
-    with torch.no_grad():
-        sim = FixedPointModule(qm.plan, "exact")(x)
-        ref = model(x)
-    assert np.array_equal(np.round(sim.double().numpy() / fout.scale).astype(np.int64), got)
-    assert np.array_equal(compile_and_run(export_c(qm, tmp_path / "c"), xi, got.shape[1]), got)
-    assert np.abs(got * fout.scale - ref.numpy()).max() < 8 * fout.scale
+    got, fout = _executor_simulation_and_c_agree(qm, model, x, tmp_path)
     # ONNX Runtime runs all four convolutions (depthwise included) and the Gemm as integer kernels
     path = export_onnx(FixedPointModule(qm.plan, "qdq"), (x[:2],), tmp_path / "m.onnx", ["x"], {"x": {0: "batch"}})
     ort = OrtRunner(path, ["x"])
@@ -211,16 +218,8 @@ def test_zero_padding_before_a_strided_conv_is_an_integer_op_everywhere(tmp_path
     qm = quantize(model, "fixed-point", calib)
     pads = [n for n in qm.plan.program.nodes if n.op == "pad"]
     assert len(pads) == 1 and pads[0].attrs["pad"] == [0, 1, 0, 1] and pads[0].attrs["shape"] == [1, 9, 9]
-    x = torch.randn(20, 1, 8, 8)
-    fout = qm.plan.formats[qm.plan.program.output]
-    xi = enter(x, qm.plan.formats[qm.plan.program.input]).numpy()
-    got = execute(integer_params(qm.plan), xi)
-    with torch.no_grad():
-        sim = FixedPointModule(qm.plan, "exact")(x)
-        ref = model(x)
-    assert np.array_equal(np.round(sim.double().numpy() / fout.scale).astype(np.int64), got)
-    assert np.array_equal(compile_and_run(export_c(qm, tmp_path / "c"), xi, got.shape[1]), got)
-    assert np.abs(got * fout.scale - ref.numpy()).max() < 8 * fout.scale  # the padding kept: 4x4 outputs, not 3x3
+    # the padding kept (4x4 conv outputs, not 3x3): within 8 steps of the float model
+    _executor_simulation_and_c_agree(qm, model, torch.randn(20, 1, 8, 8), tmp_path)
 
 
 def test_padding_with_a_value_other_than_zero_is_refused():
