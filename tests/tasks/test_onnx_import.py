@@ -114,3 +114,32 @@ def test_fixed_point_on_an_onnx_file_runs_integer_only_against_the_imported_fp32
     rec = evaluate(torch_task, get_recipe("fixed-point"), "integer", **kw)
     assert rec["integer_ops"]["integer"] == rec["integer_ops"]["total"] == 4
     assert abs(rec["metrics"]["accuracy"] - fp32["metrics"]["accuracy"]) <= 0.01
+
+
+@pytest.mark.parametrize(
+    "data, objective",
+    [
+        ("d.npz", "cross-entropy on the labels"),
+        ("x.npy", "distillation from the FP32 model on its outputs (the data has no labels)"),
+    ],
+)
+def test_qat_on_an_onnx_file_trains_the_imported_layers_and_runs_in_onnx_runtime(
+    mnist_files, tmp_path, capsys, data, objective
+):
+    """QAT on a graph trains the imported layers on the calibration split (never the test set):
+    on its labels, or without them by distilling from the FP32 graph; the result runs in ONNX
+    Runtime with every Conv/Gemm in integer kernels and stays close to FP32."""
+    import json
+
+    from quantwise.cli import main
+
+    out = tmp_path / "run"
+    argv = ["compare", "--model", str(mnist_files / "m.onnx"), "--data", str(mnist_files / data), "--no-memory"]
+    assert main([*argv, "--formats", "fp32,qat-w8a8", "--out", str(out)]) == 0, capsys.readouterr().err
+    by = {r["format"]: r for r in json.loads((out / "results.json").read_text())["records"]}
+    qat = by["qat-w8a8"]
+    assert qat["runtime"] == "onnxruntime" and qat["integer_ops"]["integer"] == 4 and not qat["integer_ops"]["float"]
+    training = qat["info"]["training"]
+    assert training["objective"] == objective and training["train_examples"] == 100  # the calibration quarter
+    metric = "accuracy" if data == "d.npz" else "cosine"
+    assert qat["metrics"][metric] >= by["fp32"]["metrics"][metric] - (0.02 if metric == "accuracy" else 0.01)

@@ -77,7 +77,8 @@ def test_silero_vad_three_inputs_static_int8_and_what_stays_float(tmp_path):
     task = onnx_task(silero_path(), arrays, labels)
     assert task.model.input_names == ["input", "state", "sr"]
     n_cal = min(128, len(labels) // 4)
-    assert task.info["split"].startswith(f"{n_cal} calibration / {len(labels) - n_cal} test")
+    assert task.info["split"].startswith(f"{n_cal} calibration (")
+    assert f" / {len(labels) - n_cal} test examples" in task.info["split"]
     assert [tuple(t.shape) for t in task.eval_batches[0]] == [(32, 576), (2, 32, 128), ()]
     qm = quantize(task.model, "static-int8", task.calibration)
     assert len(qm.layers) == 6 and all(k.endswith("Conv") for k in qm.layers)

@@ -198,6 +198,8 @@ ONNX_FORMATS: dict[str, Format] = {
         # static INT8 with the most sensitive nodes kept in float, searched in ONNX Runtime on the calibration split
         Format("mixed", "mixed", runtimes=_ORT, family="int8"),
         Format("fixed-point", "fixed-point", runtimes=("integer",), family="fixed-point"),
+        # quantization-aware training of the imported layers on the calibration split, then run in ONNX Runtime
+        Format("qat-w8a8", "qat-w8a8", runtimes=_ORT, family="int8"),
     )
 }
 # A TensorFlow model: quantwise's ONNX formats (through tf2onnx) and TensorFlow's own TFLiteConverter
@@ -225,8 +227,13 @@ GRAPH_KINDS = ("onnx-graph", "tf-graph")  # tasks whose model is an ONNX graph (
 
 def runs_imported(kind: str | None, fmt: Format, runtime: str) -> bool:
     """Whether this trial of a graph task runs on the graph imported into PyTorch: every runtime
-    but ONNX Runtime, except LiteRT running TensorFlow's own converter (its FP32 and formats)."""
-    if kind not in GRAPH_KINDS or runtime == "onnxruntime":
+    but ONNX Runtime, except LiteRT running TensorFlow's own converter (its FP32 and formats);
+    and QAT in every runtime (it trains the imported layers)."""
+    if kind not in GRAPH_KINDS:
+        return False
+    if fmt.trains:
+        return True
+    if runtime == "onnxruntime":
         return False
     return not (runtime == "tflite" and fmt.recipe in (None, "tflite-converter"))
 

@@ -83,7 +83,8 @@ class Task:
         val_labels: Class labels of the ``validation`` batches (empty: QAT validates on the
             last 10% of the training batches).
         head: Maps model outputs to class logits, differentiably (None: outputs are logits).
-        train_defaults: ``{"epochs": ..., "lr": ...}`` used when a QAT recipe leaves them at 0.
+        train_defaults: ``{"epochs": ..., "lr": ...}`` used when a QAT recipe leaves them at 0;
+            ``"distill_on"``: what QAT distils on when the data has no labels (default logits).
         metrics: the metrics the task reports, each with its direction; ``primary_metric``
             names the one budgets and rankings apply to.
         reduce: ``reduce(i, batch, outputs) -> rows`` shrinks evaluation batch ``i``'s outputs

@@ -6,7 +6,8 @@ with the tokenizer saved beside the ``.onnx`` (``onnx_text``). Examples lie alon
 axis whose symbolic name matches the first input's first symbolic dimension (axis 0 when the
 graph names none); an input without it (a scalar such as a sample rate) is passed whole to
 every batch. A fixed split (``default_rng(0)`` permutation): the first quarter, at most 128
-examples, calibrates (and validates mixed precision's search); the rest is the test set.
+examples, calibrates, validates mixed precision's search and trains the QAT formats (which run
+on the graph imported into PyTorch); the rest is the test set, which nothing trains or searches on.
 
 Metrics compare each format's scored output (the first float tensor output) with the FP32 graph's on the same examples: mean
 cosine similarity (per example; over the test set's column for a one-number output), SQNR, top-1
@@ -142,6 +143,16 @@ def _output_metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     return m
 
 
+def _probability_head(ref: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """For a graph whose scored output is already a softmax (rows of non-negative numbers that sum
+    to 1, as a Keras classifier's are), the log-probabilities: QAT's cross-entropy and distillation
+    take logits. None for an output of logits or scores."""
+    r = ref.reshape(len(ref), -1)
+    if r.shape[1] < 2 or r.min() < 0 or not np.allclose(r.sum(1), 1.0, atol=1e-4):
+        return None
+    return lambda p: torch.log(p.clamp_min(1e-12))
+
+
 def predict(out: np.ndarray) -> np.ndarray:
     o = out.reshape(len(out), -1)
     return o.argmax(1) if o.shape[1] > 1 else (o[:, 0] > 0.5).astype(np.int64)
@@ -223,6 +234,8 @@ def onnx_task(
     def latency_input(bs: int) -> tuple[torch.Tensor, ...]:
         return take(np.resize(test_idx, bs))
 
+    val_labels = [] if cal_labels is None else list(torch.split(cal_labels, BATCH))
+
     if metrics is None:
         metrics = (CLASSIFICATION_METRICS + OUTPUT_METRICS) if test_labels is not None else OUTPUT_METRICS
     return Task(
@@ -236,15 +249,22 @@ def onnx_task(
         latency_input=latency_input,
         build_model=lambda: OnnxGraphModule(model),
         labels=test_labels,
-        # mixed precision's search validates on the calibration split (never the test set)
+        # mixed precision's search validates on the calibration split, and QAT trains on it
+        # (on its labels, or distilling from the FP32 graph without them): never on the test set
         validation=calibration,
-        val_labels=[] if cal_labels is None else list(torch.split(cal_labels, BATCH)),
+        val_labels=val_labels,
+        train_batches=calibration,
+        train_labels=val_labels,
+        head=_probability_head(ref),
+        # without labels QAT distils; the metrics are then cosine/SQNR of the outputs, so it matches those
+        train_defaults={} if cal_labels is not None else {"distill_on": "outputs"},
         primary_metric=primary_metric or ("accuracy" if test_labels is not None else "cosine"),
         output_names=gm.output_names,
         info={
             "kind": "onnx-graph",
             "source": str(model),
-            "split": f"{len(cal_idx)} calibration / {len(test_idx)} test examples (default_rng(0) permutation)",
+            "split": f"{len(cal_idx)} calibration (also QAT training and mixed-precision validation) / "
+            f"{len(test_idx)} test examples (default_rng(0) permutation)",
         },
         predict=predict,
         metrics=metrics,

@@ -25,17 +25,21 @@ def build_qat(task: Task, recipe: QATRecipe, checkpoint_dir: Path | None = None)
     epochs = recipe.epochs or int(task.train_defaults.get("epochs", DEFAULT_EPOCHS))
     lr = recipe.lr or float(task.train_defaults.get("lr", DEFAULT_LR))
     folder = checkpoint_dir or checkpoint_dir_for(task, prepared)
+    # Without labels the FP32 model is the only teacher: distil from it (the record says so) on what
+    # the task says its outputs are (logits by default; a graph's embeddings or scores: "outputs")
+    distill = recipe.distill or not data.labels
+    distill_on = recipe.distill_on if recipe.distill else str(task.train_defaults.get("distill_on", "logits"))
     with torch_threads(os.cpu_count() or 1):  # training uses every core; inference timing keeps its own setting
         result = train_qat(
             prepared,
             data,
-            task.model if recipe.distill else None,
+            task.model if distill else None,
             epochs,
             recipe.steps,
             lr,
             folder,
             recipe.patience,
-            recipe.distill_on,
+            distill_on,
         )
     qm = convert_qat(prepared)
     qm.info["training"] = {
@@ -44,6 +48,14 @@ def build_qat(task: Task, recipe: QATRecipe, checkpoint_dir: Path | None = None)
         "lr": lr,
         "checkpoint_dir": str(folder),
         "train_examples": sum(len(b[0]) for b in data.batches),
+        "objective": _objective(bool(data.labels), distill, distill_on),
     }
     qm.info["time_to_quantize_s"] = time.perf_counter() - t0
     return qm
+
+
+def _objective(labels: bool, distill: bool, distill_on: str) -> str:
+    teacher = f"distillation from the FP32 model on its {distill_on}"
+    if not labels:
+        return f"{teacher} (the data has no labels)"
+    return f"cross-entropy on the labels + {teacher}" if distill else "cross-entropy on the labels"
