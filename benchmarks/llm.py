@@ -2,10 +2,10 @@
 format in ONNX Runtime (perplexity, KL and top-1 agreement to FP32, zero-shot topic accuracy,
 prefill ms for a 512-token prompt, greedy decode tokens/s with the KV cache), the torch
 simulation for parity, and peers in the same run: ONNX Runtime's own MatMulNBits quantizer
-(RTN, symmetric and asymmetric, block 128 and 32) on the same FP32 export, and MatMulNBits'
-accuracy_level 4 (int8 compute) against level 0. One thread.
+(RTN, symmetric and asymmetric, block 128 and 32; and its GPTQ on the same calibration windows)
+on the same FP32 export, and MatMulNBits' accuracy_level 4 (int8 compute) against level 0. One thread.
 
-    .venv/bin/python benchmarks/llm.py [--windows 8] [--skip-peers | --peers-only]
+    .venv/bin/python benchmarks/llm.py [--windows 8] [--skip-peers | --peers-only | --peers gptq,rtn,torchao]
 
 ONNX Runtime's MatMulNBits quantizer needs onnx-ir (not a quantwise dependency): pip install onnx-ir==1.1.0
 """
@@ -56,16 +56,37 @@ def row(
     )
 
 
-def ort_peer(task: Any, fp32_onnx: Path, fp32_step: Path, work: Path, **kw: Any) -> tuple[dict, float, float]:
-    """ONNX Runtime's MatMulNBitsQuantizer on quantwise's FP32 export (scoring graph and step graph)."""
+def ort_peer(
+    task: Any, fp32_onnx: Path, fp32_step: Path, work: Path, gptq: bool = False, **kw: Any
+) -> tuple[dict, float, float]:
+    """ONNX Runtime's MatMulNBitsQuantizer on quantwise's FP32 export (scoring graph and step graph).
+    With ``gptq``, the scoring graph (which every quality figure comes from) is quantized by ORT's
+    GPTQ on the task's calibration windows; the step graph, which only times decode, by RTN with the
+    same block size and symmetry (the same MatMulNBits kernels, so the same speed)."""
+    import logging
+
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     from quantwise.runtime.onnx_lm import OrtLMRunner
 
+    class Windows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = [{n: t.numpy() for n, t in zip(task.input_names, b)} for b in task.calibration]
+            self.i = 0
+
+        def get_next(self) -> dict | None:
+            self.i += 1
+            return self.feeds[self.i - 1] if self.i <= len(self.feeds) else None
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     paths = []
     for src in (fp32_onnx, fp32_step):
-        q = MatMulNBitsQuantizer(onnx.load(str(src)), **kw)
+        algo = None
+        if gptq and src == fp32_onnx:
+            algo = GPTQWeightOnlyQuantConfig(Windows(), block_size=kw["block_size"])
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), **kw, algo_config=algo)
         q.process()
         dst = work / f"peer-{src.stem}.onnx"
         q.model.save_model_to_file(str(dst), use_external_data_format=False)
@@ -138,6 +159,7 @@ def main() -> None:
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--peers-only", action="store_true", help="FP32 and the peers only (no quantwise formats)")
     ap.add_argument("--formats", help="comma-separated subset of the formats (default: all)")
+    ap.add_argument("--peers", default="rtn,gptq,torchao", help="which peers run (default: rtn,gptq,torchao)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     t0 = time.time()
@@ -207,16 +229,21 @@ def main() -> None:
                 )
                 m, pre, tps = _measure(task, acc4)
                 print(row(f"{fid} accuracy_level=4", "onnxruntime", m, base, pre, tps), flush=True)
-    if not args.skip_peers:
-        with tempfile.TemporaryDirectory() as d:
-            runner, _ = lower(None, task, "onnxruntime", Path(d), 1)
-            for name, kw2 in (
-                ("ORT quantizer RTN int4 b128 asym", {"block_size": 128, "is_symmetric": False}),
-                ("ORT quantizer RTN int4 b128 sym", {"block_size": 128, "is_symmetric": True}),
-                ("ORT quantizer RTN int4 b32 asym", {"block_size": 32, "is_symmetric": False}),
-            ):
-                m, pre, tps = ort_peer(task, runner.artifact, runner.step.artifact, Path(d), **kw2)
-                print(row(name, "onnxruntime", m, base, pre, tps), flush=True)
+    peers = set() if args.skip_peers else set(args.peers.split(","))
+    with tempfile.TemporaryDirectory() as d:
+        runner, _ = lower(None, task, "onnxruntime", Path(d), 1) if peers & {"rtn", "gptq"} else (None, None)
+        for name, kind, kw2 in (
+            ("ORT quantizer RTN int4 b128 asym", "rtn", {"block_size": 128, "is_symmetric": False}),
+            ("ORT quantizer RTN int4 b128 sym", "rtn", {"block_size": 128, "is_symmetric": True}),
+            ("ORT quantizer RTN int4 b32 asym", "rtn", {"block_size": 32, "is_symmetric": False}),
+            ("ORT quantizer GPTQ int4 b128 sym", "gptq", {"block_size": 128, "is_symmetric": True}),
+            ("ORT quantizer GPTQ int4 b128 asym", "gptq", {"block_size": 128, "is_symmetric": False}),
+        ):
+            if kind in peers:
+                t = time.time()
+                m, pre, tps = ort_peer(task, runner.artifact, runner.step.artifact, Path(d), kind == "gptq", **kw2)
+                print(row(name, "onnxruntime", m, base, pre, tps) + f" <!-- built in {time.time() - t:.0f} s -->")
+    if "torchao" in peers:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
 
         for name, cfg in (
