@@ -269,3 +269,22 @@ def test_within_budget_decides_which_built_models_compare_keeps():
     assert not within_budget(recs, "b", T, two_percent)
     assert not within_budget(recs, "c", T, two_percent)
     assert within_budget(recs[1:], "b", T, two_percent)  # no FP32 yet: nothing is ruled out
+
+
+@pytest.mark.parametrize("native", [False, True, None])
+def test_the_default_set_skips_bf16_only_where_the_cpu_has_no_bf16_instructions(mnist, monkeypatch, native):
+    """bf16 on a CPU without bf16 instructions is emulated (slower than FP32): left out of the
+    default set with the reason, run when named; kept where the CPU has them or cannot be read."""
+    from quantwise.sweep.formats import select_formats
+
+    monkeypatch.setattr(cmp, "native_bf16", lambda: native)
+    default = CompareSettings(runtimes="torch")
+    skipped = cmp.skipped_formats(select_formats(None, "torch"), default, mnist)
+    if native is False:
+        assert skipped["bf16"].startswith("this CPU has no bf16 instructions") and "--formats bf16" in skipped["bf16"]
+    else:
+        assert "bf16" not in skipped
+    named = CompareSettings(formats="fp32,bf16", runtimes="torch")
+    assert "bf16" not in cmp.skipped_formats(select_formats("fp32,bf16", "torch"), named, mnist)
+    no_train = CompareSettings(runtimes="torch", train=False)
+    assert cmp.skipped_formats(select_formats(None, "torch"), no_train, mnist)["qat-w8a8"] == "--no-train"

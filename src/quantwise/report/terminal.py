@@ -242,6 +242,8 @@ def print_compare(result: dict[str, Any], console: Console | None = None) -> Non
     for k, why in rec["others"].items():
         if not why.startswith("runner-up"):
             console.print(f"[dim]  {k}: {why}[/dim]")
+    for f, why in (result.get("skipped_formats") or {}).items():
+        console.print(f"[dim]  {f}: not run: {why}[/dim]")
     console.print(f"Pareto front, accuracy vs latency: {', '.join(rec['pareto']['latency'])}")
     console.print(f"Pareto front, accuracy vs size: {', '.join(rec['pareto']['size'])}")
     for r in result["records"]:
