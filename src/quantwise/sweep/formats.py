@@ -120,10 +120,11 @@ LLM_FORMATS: dict[str, Format] = {
         # asymmetric (a minimum and a step per group, as GGUF's Q4_1 stores them)
         Format("w4a16-g32-asym", "w4a16", {"group_size": 32, "symmetric": False}, runtimes=_LMQ, family="int4-weight"),
         Format("w4a16-g128", "w4a16", {"group_size": 128}, runtimes=_LMQ, family="int4-weight"),
+        # GPTQ in activation order with static groups (SmolLM2: +29.8% perplexity against +45.1% in order)
         Format(
             "w4a16-g128-gptq",
             "w4a16",
-            {"group_size": 128, "method": "gptq"},
+            {"group_size": 128, "method": "gptq", "gptq_act_order": True},
             runtimes=_LMQ,
             family="int4-weight",
         ),
@@ -144,7 +145,7 @@ LLM_FORMATS: dict[str, Format] = {
         Format(
             "w4a8-g128-gptq",
             "w4a16",
-            {"group_size": 128, "method": "gptq", "int8_compute": True},
+            {"group_size": 128, "method": "gptq", "gptq_act_order": True, "int8_compute": True},
             runtimes=_LMQ,
             family="int8",
         ),
