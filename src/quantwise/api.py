@@ -136,8 +136,8 @@ def lower(
         from quantwise.errors import Unsupported
 
         raise Unsupported(
-            f"{runtime}: the model is an ONNX graph, quantized and run in ONNX Runtime: use --runtime onnxruntime"
-            " (LiteRT runs a TensorFlow model's TFLiteConverter formats)"
+            f"{runtime}: the model is an ONNX graph, quantized and run in ONNX Runtime: use --runtime onnxruntime, "
+            "or pass quantwise.tasks.imported.imported_task(task) (its checked PyTorch import, as the CLI does)"
         )
     workdir.mkdir(parents=True, exist_ok=True)
     return get_runtime(runtime).lower(qm, task, workdir, threads, batch_sizes)

@@ -143,3 +143,43 @@ def test_qat_on_an_onnx_file_trains_the_imported_layers_and_runs_in_onnx_runtime
     assert training["objective"] == objective and training["train_examples"] == 100  # the calibration quarter
     metric = "accuracy" if data == "d.npz" else "cosine"
     assert qat["metrics"][metric] >= by["fp32"]["metrics"][metric] - (0.02 if metric == "accuracy" else 0.01)
+
+
+def test_an_onnx_file_runs_in_litert_through_the_checked_import(mnist_files, tmp_path, capsys):
+    """A plain .onnx file in LiteRT: FP32 and quantwise's own full-integer .tflite, both converted
+    from the graph imported into PyTorch (exact against ONNX Runtime), every Conv/Gemm in int8."""
+    import json
+
+    from quantwise.cli import main
+
+    out = tmp_path / "run"
+    argv = ["compare", "--model", str(mnist_files / "m.onnx"), "--data", str(mnist_files / "d.npz"), "--no-memory"]
+    argv += ["--formats", "fp32,static-int8-full", "--runtimes", "tflite,onnxruntime", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    by = {(r["format"], r["runtime"]): r for r in json.loads((out / "results.json").read_text())["records"]}
+    assert set(by) == {("fp32", "onnxruntime"), ("fp32", "tflite"), ("static-int8-full", "tflite")}
+    fp32, full = by["fp32", "tflite"], by["static-int8-full", "tflite"]
+    assert fp32["status"] == full["status"] == "ok" and full["info"]["imported"]
+    assert fp32["metrics"]["accuracy"] == by["fp32", "onnxruntime"]["metrics"]["accuracy"]
+    assert full["integer_ops"]["integer"] == full["integer_ops"]["total"] == 4
+    assert full["metrics"]["accuracy"] >= fp32["metrics"]["accuracy"] - 0.02
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--recipe", "fixed-point", "--runtime", "integer"],
+        ["--recipe", "static-int8", "--quantize-outputs", "--runtime", "tflite"],
+    ],
+)
+def test_quantize_on_an_onnx_file_takes_the_import_route_compare_takes(mnist_files, capsys, args):
+    """`quantwise quantize` runs a graph's import-route formats as compare does (before: refused)."""
+    import json
+
+    from quantwise.cli import main
+
+    argv = ["quantize", "--model", str(mnist_files / "m.onnx"), "--data", str(mnist_files / "d.npz"), "--no-memory"]
+    assert main([*argv, *args, "--format", "json"]) == 0, capsys.readouterr().err
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["status"] == "ok" and rec["runtime"] == args[-1] and rec["info"]["imported"]
+    assert rec["integer_ops"]["integer"] == 4 and rec["baseline"]["metrics"]["accuracy"] > 0.97

@@ -76,8 +76,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     validate_task_args(args)
 
+    from quantwise.sweep.formats import task_for_recipe
+
     task = load_task_from_args(args)
     args.runtime = default_runtime(args.runtime, task)
+    task = task_for_recipe(task, None, args.runtime)  # a graph's checked import where the runtime needs it
     rec = evaluate(task, None, args.runtime, threads=args.threads, measure_memory=not args.no_memory)
     if args.format == "json":
         print(json.dumps(rec, indent=2))
@@ -98,13 +101,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     args.runtime = default_runtime(args.runtime, task)
     from quantwise.api import build_quantized
     from quantwise.runtime.registry import baseline_runtime, check_can_run
+    from quantwise.sweep.formats import task_for_recipe
 
     base_runtime = baseline_runtime(args.runtime)  # e.g. torch-int8 and integer are measured against torch FP32
-    qm = build_quantized(task, recipe)
+    # a graph (ONNX, TensorFlow) runs on its checked PyTorch import where compare would: QAT, fixed point, LiteRT
+    qtask, base_task = task_for_recipe(task, recipe, args.runtime), task_for_recipe(task, None, base_runtime)
+    qm = build_quantized(qtask, recipe)
     check_can_run(args.runtime, qm)  # refuse before the FP32 baseline is measured
-    base = evaluate(task, None, base_runtime, threads=args.threads, measure_memory=not args.no_memory)
+    base = evaluate(base_task, None, base_runtime, threads=args.threads, measure_memory=not args.no_memory)
     rec = evaluate(
-        task, recipe, args.runtime, out=args.out, threads=args.threads, measure_memory=not args.no_memory, quantized=qm
+        qtask, recipe, args.runtime, out=args.out, threads=args.threads, measure_memory=not args.no_memory, quantized=qm
     )
     rec["baseline"] = {
         "metrics": base["metrics"],

@@ -240,7 +240,10 @@ def _why_not(qm: Any) -> str | None:
     if qm is not None and getattr(qm.recipe, "kind", None) == "tflite-converter":
         return None
     if qm is not None and getattr(qm.model, "is_onnx_graph", False):
-        return "a graph quantwise quantized runs in ONNX Runtime; LiteRT runs a TensorFlow model's tflite-converter formats"
+        return (
+            "a graph quantwise quantized runs in ONNX Runtime; for LiteRT quantize its checked PyTorch import "
+            "(quantwise.tasks.imported.imported_task, as the CLI does) or use a TensorFlow model's tflite-converter formats"
+        )
     return why_not_tflite(qm)
 
 

@@ -180,7 +180,8 @@ _ORT = ("onnxruntime",)
 ONNX_FORMATS: dict[str, Format] = {
     f.id: f
     for f in (
-        Format("fp32", None, runtimes=(*_ORT, "torch"), family="fp32"),
+        # FP32 in LiteRT: the import converted by litert-torch (TensorFlow's converter for a TF model)
+        Format("fp32", None, runtimes=(*_ORT, "tflite", "torch"), family="fp32"),
         Format("fp16", "fp16", runtimes=_ORT, family="fp16"),
         Format("dynamic-int8", "dynamic-int8", runtimes=_ORT, family="int8"),
         *(
@@ -201,17 +202,14 @@ ONNX_FORMATS: dict[str, Format] = {
         Format("fixed-point", "fixed-point", runtimes=("integer",), family="fixed-point"),
         # quantization-aware training of the imported layers on the calibration split, then run in ONNX Runtime
         Format("qat-w8a8", "qat-w8a8", runtimes=_ORT, family="int8"),
+        # quantwise's own full-integer .tflite of the import (its scales in the file), run in LiteRT
+        Format("static-int8-full", "static-int8", {"quantize_outputs": True}, runtimes=("tflite",), family="int8"),
     )
 }
 # A TensorFlow model: quantwise's ONNX formats (through tf2onnx) and TensorFlow's own TFLiteConverter
-# formats in LiteRT (the converter chooses their scales), FP32 measured in both runtimes.
+# formats in LiteRT (the converter chooses their scales; its FP32 is the LiteRT baseline).
 TF_FORMATS: dict[str, Format] = {
     **ONNX_FORMATS,
-    "fp32": Format("fp32", None, runtimes=(*_ORT, "tflite", "torch"), family="fp32"),
-    # quantwise's own full-integer .tflite (its scales in the file), beside the converter's full-int8
-    "static-int8-full": Format(
-        "static-int8-full", "static-int8", {"quantize_outputs": True}, runtimes=("tflite",), family="int8"
-    ),
     **{
         f"tflite-{m}": Format(f"tflite-{m}", "tflite-converter", {"mode": m}, runtimes=("tflite",), family=fam)
         for m, fam in (("dynamic-range", "int8"), ("full-int8", "int8"), ("float16", "fp16"), ("16x8", "int8"))
@@ -228,15 +226,15 @@ GRAPH_KINDS = ("onnx-graph", "tf-graph")  # tasks whose model is an ONNX graph (
 
 def runs_imported(kind: str | None, fmt: Format, runtime: str) -> bool:
     """Whether this trial of a graph task runs on the graph imported into PyTorch: every runtime
-    but ONNX Runtime, except LiteRT running TensorFlow's own converter (its FP32 and formats);
-    and QAT in every runtime (it trains the imported layers)."""
+    but ONNX Runtime, except LiteRT running a TensorFlow model's own converter (its FP32 and
+    formats); and QAT in every runtime (it trains the imported layers)."""
     if kind not in GRAPH_KINDS:
         return False
     if fmt.trains:
         return True
     if runtime == "onnxruntime":
         return False
-    return not (runtime == "tflite" and fmt.recipe in (None, "tflite-converter"))
+    return not (kind == "tf-graph" and runtime == "tflite" and fmt.recipe in (None, "tflite-converter"))
 
 
 def trial_task(task: Task, fmt: Format, runtime: str) -> Task:
@@ -246,6 +244,12 @@ def trial_task(task: Task, fmt: Format, runtime: str) -> Task:
 
         return imported_task(task)
     return task
+
+
+def task_for_recipe(task: Task, recipe: Recipe | None, runtime: str) -> Task:
+    """``quantize``/``evaluate``'s task for one recipe (None: FP32) in one runtime: a graph task's
+    PyTorch import wherever compare's trial of the same recipe would use it."""
+    return trial_task(task, Format("cli", recipe.name if recipe is not None else None), runtime)
 
 
 def formats_for(kind: str | None) -> dict[str, Format]:
