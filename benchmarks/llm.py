@@ -236,8 +236,8 @@ def main() -> None:
             ("ORT quantizer RTN int4 b128 asym", "rtn", {"block_size": 128, "is_symmetric": False}),
             ("ORT quantizer RTN int4 b128 sym", "rtn", {"block_size": 128, "is_symmetric": True}),
             ("ORT quantizer RTN int4 b32 asym", "rtn", {"block_size": 32, "is_symmetric": False}),
+            ("ORT quantizer GPTQ int4 b128 asym (its default)", "gptq", {"block_size": 128, "is_symmetric": False}),
             ("ORT quantizer GPTQ int4 b128 sym", "gptq", {"block_size": 128, "is_symmetric": True}),
-            ("ORT quantizer GPTQ int4 b128 asym", "gptq", {"block_size": 128, "is_symmetric": False}),
         ):
             if kind in peers:
                 t = time.time()
