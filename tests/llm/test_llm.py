@@ -341,11 +341,16 @@ def test_a_tokenizer_larger_than_the_embedding(tmp_path: Path, lm_text: Path) ->
     assert r.returncode == 2 and "embedding has 1000 rows" in r.stderr, r.stderr
 
 
-def test_the_llm_mixed_searches_run_by_name_only() -> None:
-    """compare's default LLM set leaves out the hour-long mixed searches; a name or prefix selects them."""
+def test_the_llm_mixed_searches_and_variants_run_by_name_only() -> None:
+    """compare's default LLM set leaves out the hour-long mixed searches and the variants of a family
+    it already has; a name or prefix selects them."""
     from quantwise.sweep.formats import select_formats
 
     default = {f.id for f, _ in select_formats(None, "onnxruntime", "causal-lm")}
     assert "w8a8-g32" in default and not {f for f in default if f.startswith("mixed")}
     named = {f.id for f, _ in select_formats("mixed", "onnxruntime", "causal-lm")}
     assert named == {"fp32", "mixed-w4-w8", "mixed-w8a8", "mixed-w4a8-w8a8"}
+    # variants of a family already in the default set run by name too (a default compare fits 30 minutes)
+    variants = {"w4a16-g32-asym", "w4a16-g128", "w4a16-g128-awq", "w8a8-per-token-sq", "w4a8-g128-gptq"}
+    assert not variants & default and {"w4a16-g32", "w4a16-g128-gptq", "w8a8-per-token", "w4a8-g32"} <= default
+    assert variants <= {f.id for f, _ in select_formats("w4a16,w8a8,w4a8", "onnxruntime", "causal-lm")}
