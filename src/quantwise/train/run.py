@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from quantwise.progress import status
 from quantwise.quantized import QuantizedModel
 from quantwise.quiet import torch_threads
 from quantwise.recipes import QATRecipe
@@ -29,6 +30,8 @@ def build_qat(task: Task, recipe: QATRecipe, checkpoint_dir: Path | None = None)
     # the task says its outputs are (logits by default; a graph's embeddings or scores: "outputs")
     distill = recipe.distill or not data.labels
     distill_on = recipe.distill_on if recipe.distill else str(task.train_defaults.get("distill_on", "logits"))
+    if not data.labels:
+        status(f"{recipe.name}: {_objective(False, True, distill_on)}")
     with torch_threads(os.cpu_count() or 1):  # training uses every core; inference timing keeps its own setting
         result = train_qat(
             prepared,
