@@ -241,7 +241,11 @@ def main() -> None:
         ):
             if kind in peers:
                 t = time.time()
-                m, pre, tps = ort_peer(task, runner.artifact, runner.step.artifact, Path(d), kind == "gptq", **kw2)
+                try:
+                    m, pre, tps = ort_peer(task, runner.artifact, runner.step.artifact, Path(d), kind == "gptq", **kw2)
+                except Exception as e:  # a peer's own failure is a row of the table, not the end of the run
+                    print(f"| {name} | onnxruntime | failed: {type(e).__name__}: {e} | | | | | | |", flush=True)
+                    continue
                 print(row(name, "onnxruntime", m, base, pre, tps) + f" <!-- built in {time.time() - t:.0f} s -->")
     if "torchao" in peers:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
