@@ -33,7 +33,8 @@ def measure_decode(runner: Any, generation: Any, repeats: int = REPEATS, budget_
             "greedy_tokens": [int(t) for t in runner.generate(prompt, PARITY_TOKENS)],
         }
     runner.generate(prompt, 2)  # warm-up
-    per_token, first_ms = [], []
+    per_token: list[float] = []
+    first_ms: list[float] = []
     tokens: list[int] = []
     start = time.perf_counter()
     for _ in range(repeats):
