@@ -100,12 +100,10 @@ _LMQ = ("onnxruntime",)
 _GG = ("llamacpp",)
 _Q4_0 = {"group_size": 32, "fp16_scales": True, "head_bits": 8}
 
-# Run only when named (``--formats w4a16`` selects every w4a16-*): compare's default LLM set keeps one
-# format per kernel and algorithm family, so that it fits its 30-minute target (each LLM trial exports,
-# scores 4,088 tokens and 40 zero-shot articles, and times prefill and decode: 2-3 minutes here)
-_BY_NAME: dict[str, Any] = {"family": "int4-weight", "default": False}
-
 # Causal LMs: weight-only integer formats (W8A16, W4A16 by group size, GPTQ), per-token dynamic W8A8.
+# default=False: run only when named (``--formats w4a16`` selects every w4a16-*). compare's default LLM set
+# keeps one format per kernel and algorithm family, toward its 30-minute target (each LLM trial exports,
+# scores 4,088 tokens and 40 zero-shot articles, and times prefill and decode: about 2 minutes here).
 LLM_FORMATS: dict[str, Format] = {
     f.id: f
     for f in (
@@ -125,8 +123,15 @@ LLM_FORMATS: dict[str, Format] = {
             "gguf-q4_0-kv8", "w4a16", {**_Q4_0, "kv_cache": "int8"}, runtimes=_GG, family="int4-weight", default=False
         ),
         # asymmetric (a minimum and a step per group, as GGUF's Q4_1 stores them)
-        Format("w4a16-g32-asym", "w4a16", {"group_size": 32, "symmetric": False}, runtimes=_LMQ, **_BY_NAME),
-        Format("w4a16-g128", "w4a16", {"group_size": 128}, runtimes=_LMQ, **_BY_NAME),
+        Format(
+            "w4a16-g32-asym",
+            "w4a16",
+            {"group_size": 32, "symmetric": False},
+            runtimes=_LMQ,
+            family="int4-weight",
+            default=False,
+        ),
+        Format("w4a16-g128", "w4a16", {"group_size": 128}, runtimes=_LMQ, family="int4-weight", default=False),
         # GPTQ in activation order with static groups (SmolLM2: +29.8% perplexity against +45.1% in order)
         Format(
             "w4a16-g128-gptq",
@@ -136,7 +141,14 @@ LLM_FORMATS: dict[str, Format] = {
             family="int4-weight",
         ),
         # activation-aware scales folded into the norms before q/k/v and gate/up
-        Format("w4a16-g128-awq", "w4a16", {"group_size": 128, "method": "awq"}, runtimes=_LMQ, **_BY_NAME),
+        Format(
+            "w4a16-g128-awq",
+            "w4a16",
+            {"group_size": 128, "method": "awq"},
+            runtimes=_LMQ,
+            family="int4-weight",
+            default=False,
+        ),
         Format("w8a8-per-token", "dynamic-int8", {"activations": "per-token"}, runtimes=_LMQ, family="int8"),
         Format(
             "w8a8-per-token-sq",
