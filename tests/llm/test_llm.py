@@ -354,3 +354,24 @@ def test_the_llm_mixed_searches_and_variants_run_by_name_only() -> None:
     variants = {"w4a16-g32-asym", "w4a16-g128", "w4a16-g128-awq", "w8a8-per-token-sq", "w4a8-g128-gptq"}
     assert not variants & default and {"w4a16-g32", "w4a16-g128-gptq", "w8a8-per-token", "w4a8-g32"} <= default
     assert variants <= {f.id for f, _ in select_formats("w4a16,w8a8,w4a8", "onnxruntime", "causal-lm")}
+
+
+def test_zero_shot_rows_shared_by_one_token_choices_score_as_one_row_per_choice(tiny_task) -> None:
+    """One-token continuations are read from the prompt's own row; the scores equal scoring every
+    continuation in its own row (the unshared protocol), and only multi-token ones add rows."""
+    from quantwise.tasks.llm import choice_batch, choice_rows
+
+    prompt, conts = [5, 17, 42, 9], [[7], [300], [11, 12, 13], [8]]
+    rows, picks = choice_batch(prompt, conts, pad=0)
+    assert rows.shape == (2, 7)
+    with torch.inference_mode():
+        shared = tiny_task.model(rows).numpy()
+        alone = [tiny_task.model(torch.tensor([prompt + c])).log_softmax(-1)[0] for c in conts]
+    naive = [
+        float(sum(lp[len(prompt) - 1 + j, t] for j, t in enumerate(c))) for lp, c in zip(alone, conts, strict=True)
+    ]
+    got = torch.log_softmax(torch.from_numpy(shared), -1)
+    for (row, start, ids), want in zip(picks, naive, strict=True):
+        assert float(sum(got[row, start - 1 + j, t] for j, t in enumerate(ids))) == pytest.approx(want, abs=1e-4)
+    assert choice_rows(shared, picks, label=2)[0, 1] == float(torch.tensor(naive).argmax())
+    assert choice_batch(prompt, [[7], [8]], pad=0)[0].shape == (1, 4)  # all one-token: the prompt alone

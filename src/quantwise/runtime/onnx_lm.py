@@ -85,7 +85,7 @@ class OrtLMRunner(OrtRunner):
         kv: tuple[int, int, int],
     ) -> None:
         super().__init__(path, input_names, threads)
-        self.step = OrtRunner(step, ["input_ids", *past_names], threads)
+        self.step = OrtRunner(step, ["input_ids", *past_names], threads, census=False)
         self.past_names = past_names
         self.kv = kv
 

@@ -141,7 +141,8 @@ class OrtRunner:
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, input_names: list[str], threads: int = 1) -> None:
+    def __init__(self, path: Path, input_names: list[str], threads: int = 1, census: bool = True) -> None:
+        """``census=False``: no optimized copy of the graph is written (nothing will count its ops)."""
         import onnxruntime as ort
 
         self.artifact = path
@@ -152,7 +153,8 @@ class OrtRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         self._optimized = path.with_name(path.stem + ".optimized.onnx")
-        so.optimized_model_filepath = str(self._optimized)
+        if census:
+            so.optimized_model_filepath = str(self._optimized)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types

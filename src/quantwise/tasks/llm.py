@@ -87,13 +87,31 @@ def window_rows(logits: np.ndarray, ids: torch.Tensor, ref: tuple[torch.Tensor, 
     return rows.reshape(-1, 4).numpy()
 
 
-def choice_rows(logits: np.ndarray, batch: torch.Tensor, prompt_len: int, ends: list[int], label: int) -> np.ndarray:
-    """One row ``[ZERO_SHOT, predicted choice, label, 0]`` for a multiple-choice batch (one row per choice)."""
+Pick = tuple[int, int, list[int]]  # (row of the batch, first position of the continuation, its tokens)
+
+
+def choice_batch(prompt: list[int], conts: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, list[Pick]]:
+    """The rows that score every continuation of ``prompt``: one-token continuations share the prompt's
+    own row (a causal model's next-token distribution after the prompt does not depend on what follows
+    it), longer ones get a row each; padded with ``pad`` to one width."""
+    rows: list[list[int]] = [prompt] if any(len(c) == 1 for c in conts) else []
+    picks: list[Pick] = []
+    for c in conts:
+        if len(c) != 1:
+            rows.append(prompt + c)
+        picks.append((0 if len(c) == 1 else len(rows) - 1, len(prompt), list(c)))
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows]), picks
+
+
+def choice_rows(logits: np.ndarray, picks: Sequence[Pick], label: int) -> np.ndarray:
+    """One row ``[ZERO_SHOT, predicted choice, label, 0]`` for a multiple-choice batch: each choice
+    scored by the summed log-likelihood of its continuation's tokens."""
     logp = torch.log_softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=-1)
     scores = []
-    for c, end in enumerate(ends):
-        pos = torch.arange(prompt_len, end)
-        scores.append(float(logp[c, pos - 1].gather(-1, batch[c, pos].unsqueeze(-1)).sum()))
+    for row, start, ids in picks:
+        pos = torch.arange(start, start + len(ids))
+        scores.append(float(logp[row, pos - 1].gather(-1, torch.tensor(ids).unsqueeze(-1)).sum()))
     return np.array([[ZERO_SHOT, float(np.argmax(scores)), float(label), 0.0]])
 
 
@@ -144,23 +162,22 @@ def build_causal_lm_task(
     val_w = windows[n_eval + s.n_calibration :] or windows[n_eval : n_eval + 1]
     refs = fp32_log_probs(model, eval_w, name)
     batches: list[Batch] = [(w,) for w in eval_w]
-    choices: list[tuple[int, list[int], int]] = []  # (prompt length, ends, label) per zero-shot batch
+    choices: list[tuple[list[Pick], int]] = []  # (how each choice is read from the batch, label) per zero-shot batch
     if zero_shot is not None:
         zs_docs, zs_labels, topics = zero_shot
         for d, y in zip(zs_docs[: s.n_zero_shot], zs_labels[: s.n_zero_shot], strict=True):
             start = tok.decode(tok(d, add_special_tokens=False)["input_ids"][: s.zero_shot_tokens])
             prompt = tok(f"{start}\nTopic:", add_special_tokens=False)["input_ids"]
             conts = [tok(f" {t}", add_special_tokens=False)["input_ids"] for t in topics]
-            width = len(prompt) + max(len(c) for c in conts)
-            rows = [prompt + c + [tok.eos_token_id] * (width - len(prompt) - len(c)) for c in conts]
-            batches.append((torch.tensor(rows),))
-            choices.append((len(prompt), [len(prompt) + len(c) for c in conts], int(y)))
+            rows, picks = choice_batch(prompt, conts, tok.eos_token_id)
+            batches.append((rows,))
+            choices.append((picks, int(y)))
 
     def reduce(i: int, batch: Batch, out: np.ndarray) -> np.ndarray:
         if i < n_eval:
             return window_rows(out, batch[0], refs[i])
-        p, ends, y = choices[i - n_eval]
-        return choice_rows(out, batch[0], p, ends, y)
+        picks, y = choices[i - n_eval]
+        return choice_rows(out, picks, y)
 
     prompt = eval_w[0]
     # the generation's prompt leaves room for its new tokens inside the model's positions (learned
