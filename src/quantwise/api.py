@@ -232,6 +232,8 @@ def _evaluate(
             record["info"]["fp32_max_rel_diff"] = check_runtime_fp32(
                 runtime, runner, module, task.eval_batches[0], get_runtime(runtime).fp32_tolerance
             )
+        if qm is not None:
+            _parity(record, qm, task, runner, runtime)
         if task.labels is not None and len(task.labels) == len(outputs):
             # per-example outcomes, so compare can give paired intervals and McNemar's test vs FP32
             correct = np.asarray(task.predict(outputs)) == np.asarray(task.labels)
@@ -301,6 +303,20 @@ def _measure(
         status("measuring peak memory in a separate process")
         record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)
         record["samples"]["peak_memory_bytes"] = 1 if record["peak_memory_bytes"] is not None else 0
+
+
+def _parity(record: Record, qm: QuantizedModel, task: Task, runner: Any, runtime: str) -> None:
+    from quantwise.runtime.parity import runtime_vs_simulation
+
+    try:
+        found = runtime_vs_simulation(qm, task, runner, runtime)
+    except Exception as e:  # the check must not cost the format its record: it says why it did not run
+        found = {
+            "status": "n/a",
+            "reason": f"not compared: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
+        }
+    if found is not None:
+        record["info"]["runtime_vs_simulation"] = found
 
 
 def _record(

@@ -256,6 +256,11 @@ def test_mixed_on_an_llm_promotes_the_most_sensitive_layers_until_perplexity_mee
     assert info["validation_drop_points"] <= 1.0 and abs(info["validation_drop_points"] - rise(qm)) < 1e-6
     assert {qm.layers[n].weight_qtype for n in promoted} == {"int8"}
     assert {qm.layers[n].weight_qtype for n in ranking[len(promoted) :]} == {"int4"}
+    # ranked by block: a promoted block is promoted whole (one sensitivity pass per block, not per layer)
+    assert info["ranked_by"].startswith("block") and info["evaluations"]["sensitivity passes"] < len(ranking)
+    for i in range(2):
+        block = [n for n in ranking if n.startswith(f"lm.model.layers.{i}.")]
+        assert len(block) == 7 and len({n in promoted for n in block}) == 1
     # ONNX Runtime runs the mix (INT4 and INT8 MatMulNBits) and computes what the simulation does
     kw = {"measure_memory": False, "latency_seconds": 0.1, "batch_sizes": (1,), "quantized": qm}
     ort = evaluate(task, qm.recipe, "onnxruntime", **kw)

@@ -84,8 +84,20 @@ def _only_it(
     ref_model: nn.Module, sim: nn.Module, qm: QuantizedModel, name: str, batches: Sequence[Batch]
 ) -> np.ndarray:
     """Outputs of the float model with only layer ``name`` quantized (its fused ReLU is inside it)."""
-    relu = qm.layers[name].fused_relu
-    return _run_swapped(ref_model, {name: sim.get_submodule(name)} | ({relu: nn.Identity()} if relu else {}), batches)
+    return _only_these(ref_model, sim, qm, [name], batches)
+
+
+def _only_these(
+    ref_model: nn.Module, sim: nn.Module, qm: QuantizedModel, names: Sequence[str], batches: Sequence[Batch]
+) -> np.ndarray:
+    """Outputs of the float model with only the layers ``names`` quantized."""
+    swaps: dict[str, nn.Module] = {}
+    for name in names:
+        swaps[name] = sim.get_submodule(name)
+        relu = qm.layers[name].fused_relu
+        if relu:
+            swaps[relu] = nn.Identity()
+    return _run_swapped(ref_model, swaps, batches)
 
 
 def layer_sensitivity(
@@ -124,17 +136,25 @@ def layer_sensitivity(
 
 
 def layer_sensitivity_on(
-    float_model: nn.Module, qm: QuantizedModel, batches: Sequence[Batch]
+    float_model: nn.Module, qm: QuantizedModel, batches: Sequence[Batch], groups: dict[str, list[str]] | None = None
 ) -> list[LayerSensitivity]:
-    """Output SQNR with only each layer quantized, on ``batches``; most sensitive first (no labels needed)."""
+    """Output SQNR with only each layer quantized, on ``batches``; most sensitive first (no labels
+    needed). With ``groups`` (``{unit: its layers}``, e.g. a transformer's blocks) each unit is
+    measured with all its layers quantized together: one pass per unit, not per layer."""
     ref_model = reference_model(float_model, qm)
     sim = lower_torch(qm).eval()
     ref = _run(ref_model, batches)
+    units = groups if groups is not None else {name: [name] for name in qm.layers}
+    label = "sensitivity: one layer at a time" if groups is None else "sensitivity: one block at a time"
     rows = [
         LayerSensitivity(
-            name, float("nan"), sqnr_db(ref, _only_it(ref_model, sim, qm, name, batches)), float("nan"), float("nan")
+            unit,
+            float("nan"),
+            sqnr_db(ref, _only_these(ref_model, sim, qm, names, batches)),
+            float("nan"),
+            float("nan"),
         )
-        for name in progress_iter(list(qm.layers), "sensitivity: one layer at a time")
+        for unit, names in progress_iter(list(units.items()), label)
     ]
     rows.sort(key=lambda r: r.only_sqnr_db)
     return rows

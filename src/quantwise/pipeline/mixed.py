@@ -2,7 +2,9 @@
 
 The search, and why it is this one:
 1. Rank layers by sensitivity: the output SQNR with *only that layer* quantized, measured on
-   the first 64 examples of the task's validation data (never the test set). One pass per layer.
+   the first 64 examples of the task's validation data (never the test set). One pass per layer;
+   a causal LM's repeated blocks are ranked as units (each block's layers quantized together, one
+   pass per block: 30 for SmolLM2 instead of 211), and k then counts blocks.
 2. Find the smallest number k of most-sensitive layers to keep in FP32 such that the whole
    mixed model, measured end to end on the validation data, loses at most ``max_drop`` points
    (a causal LM: its validation perplexity rises at most ``max_drop`` percent over FP32's):
@@ -127,23 +129,34 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     llm = task.info.get("kind") == "causal-lm"
     lost, unit = ("% perplexity rise", "%") if llm else (" points lost", " points")
 
-    ranking = [r.name for r in layer_sensitivity_on(task.model, full, first_batches(task.validation, RANK_SAMPLES))]
-    if not size:
+    units = None
+    if llm:  # a causal LM's repeated blocks are ranked as units (block_groups: other layers alone)
+        from quantwise.explain.blocks import block_groups
+
+        units = {u: ns for u, ns in block_groups(full).items() if size or full.layers[ns[0]].kind != "embedding"}
+    rows = layer_sensitivity_on(task.model, full, first_batches(task.validation, RANK_SAMPLES), units)
+    members = units if units is not None else {n: [n] for n in full.layers}
+    ranking = [r.name for r in rows]
+    if units is None and not size:
         ranking = [n for n in ranking if full.layers[n].kind != "embedding"]
-    evaluations = {"sensitivity passes": len(ranking) + 1, "end-to-end": 0}
+    evaluations = {"sensitivity passes": len(rows) + 1, "end-to-end": 0}
+
+    def first(k: int) -> list[str]:
+        """The layers of the ``k`` most sensitive units."""
+        return [n for u in ranking[:k] for n in members[u]]
+
     cache: dict[int, tuple[QuantizedModel, float]] = {}
 
     def changed(k: int) -> tuple[QuantizedModel, float]:
         if k not in cache:
             if size:
-                qm = _with_layers(
-                    full, {n: high.layers[n] for n in ranking[:k]}, recipe
-                )  # weight-only: nothing to unfuse
+                qm = _with_layers(full, {n: high.layers[n] for n in first(k)}, recipe)  # weight-only: nothing to unfuse
             else:
-                qm = full if k == 0 else quantize(task.model, base_recipe(recipe, tuple(ranking[:k])), task.calibration)
+                qm = full if k == 0 else quantize(task.model, base_recipe(recipe, tuple(first(k))), task.calibration)
             evaluations["end-to-end"] += 1
             cache[k] = (qm, drop_of(lower_torch(qm)))
-            status(f"mixed: {k} layer(s) in {'INT8' if size else 'FP32'} -> {cache[k][1]:.2f}{lost} on validation")
+            what = f"{k} block(s)/layer(s)" if units is not None else f"{k} layer(s)"
+            status(f"mixed: {what} in {'INT8' if size else 'FP32'} -> {cache[k][1]:.2f}{lost} on validation")
         return cache[k]
 
     top = "INT8" if size else "FP32"
@@ -157,18 +170,19 @@ def search_mixed(task: Task, recipe: MixedRecipe) -> QuantizedModel:
     )
     qm, drop = changed(k)
     if k and not size:  # the layers kept in float: FP16 storage halves them, if the budget still holds
-        half = _with_layers(qm, {n: fp16_layer(qm.model.get_submodule(n)) for n in ranking[:k]}, recipe)
+        half = _with_layers(qm, {n: fp16_layer(qm.model.get_submodule(n)) for n in first(k)}, recipe)
         evaluations["end-to-end"] += 1
         half_drop = drop_of(lower_torch(half))
-        status(f"mixed: those {k} layer(s) in FP16 -> {half_drop:.2f}{lost} on validation")
+        status(f"mixed: those {len(first(k))} layer(s) in FP16 -> {half_drop:.2f}{lost} on validation")
         if half_drop <= recipe.max_drop:
             qm, drop = half, half_drop
     qm = dataclasses.replace(qm, recipe=recipe)
-    precision = {n: _precision(qm, n) for n in ranking}
+    precision = {n: _precision(qm, n) for n in first(len(ranking))}
     qm.info.update(
         {
             "precision_map": precision,
-            ("int8_layers" if size else "float_layers"): ranking[:k],
+            ("int8_layers" if size else "float_layers"): first(k),
+            "ranked_by": "block (the layers of each repeated block together)" if units is not None else "layer",
             "validation_drop_points": drop,
             "optimize": recipe.optimize,
             "budget_met": met,

@@ -264,6 +264,13 @@ def print_compare(result: dict[str, Any], console: Console | None = None) -> Non
                 f"{a['runtimes'][0]} (95% interval {a['difference_ci'][0]:+.2f} to {a['difference_ci'][1]:+.2f}, "
                 f"McNemar p = {a['mcnemar_p']:.3g}, {a['examples_differing']} examples differ)[/yellow]"
             )
+    for r in result["records"]:
+        par = (r.get("info") or {}).get("runtime_vs_simulation") or {}
+        if par.get("status") == "differs":
+            console.print(
+                f"[yellow]{r['format']} · {r['runtime']} does not compute what its simulation says: {par['reason']} "
+                "(results.json: info.runtime_vs_simulation)[/yellow]"
+            )
     for n in rec.get("notes", []):
         console.print(f"[yellow]note: {n}[/yellow]")
 

@@ -116,19 +116,24 @@ def _why_not(qm: QuantizedModel | None) -> str | None:
 def _lower(
     qm: QuantizedModel | None, task: Any, workdir: Path, threads: int, batch_sizes: Any = (1,)
 ) -> tuple[TorchRunner, nn.Module]:
-    from quantwise.runtime.torch_sim import lower_torch
-
     if qm is None:
         artifact = workdir / "model.safetensors"
         save_float_model(task.model, artifact)
         return TorchRunner(task.model, artifact, threads), task.model
+    module = simulation_module(qm)
+    return TorchRunner(module, qm.save(workdir / "quantized"), threads), module
+
+
+def simulation_module(qm: QuantizedModel) -> nn.Module:
+    """What the QuantizedModel computes, in PyTorch: the fake-quant simulation, or for a fixed-point
+    plan its exact integer simulation. Every other runtime's output is checked against it."""
     if qm.plan is not None:
         from quantwise.fixedpoint.simulate import FixedPointModule
 
-        module: nn.Module = FixedPointModule(qm.plan, "exact")
-    else:
-        module = lower_torch(qm)
-    return TorchRunner(module, qm.save(workdir / "quantized"), threads), module
+        return FixedPointModule(qm.plan, "exact")
+    from quantwise.runtime.torch_sim import lower_torch
+
+    return lower_torch(qm)
 
 
 def save_float_model(model: nn.Module, path: Path) -> Path:
@@ -147,14 +152,7 @@ def _how(qm: QuantizedModel | None) -> tuple[str, str]:
 
 
 def _load(folder: Path, task: Any, threads: int = 1) -> TorchRunner:
-    from quantwise.runtime.torch_sim import lower_torch
-
-    qm = load_exported(folder, task)
-    if qm.plan is not None:
-        from quantwise.fixedpoint.simulate import FixedPointModule
-
-        return TorchRunner(FixedPointModule(qm.plan, "exact"), folder / "quantized", threads)
-    return TorchRunner(lower_torch(qm), folder / "quantized", threads)
+    return TorchRunner(simulation_module(load_exported(folder, task)), folder / "quantized", threads)
 
 
 SPEC = RuntimeSpec(
