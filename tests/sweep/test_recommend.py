@@ -140,3 +140,20 @@ def test_a_lower_is_better_metric_is_budgeted_in_its_direction():
     absolute = recommend(rows, Budget(1.5, False), "latency", metric=spec)  # 1.5 perplexity units
     assert absolute["winner"]["format"] == "w4"
     assert "better · onnxruntime" in r["pareto"]["latency"] and "w4 · onnxruntime" in r["pareto"]["latency"]
+
+
+def test_a_decode_winner_with_a_slower_prefill_gets_a_note() -> None:
+    from quantwise.sweep.derive import prefill_note
+
+    def rec(fmt: str, lo: float, hi: float) -> dict:
+        return {
+            "format": fmt,
+            "runtime": "onnxruntime",
+            "latency_ms": {"batch_1": {"p50": (lo + hi) / 2, "ci95": [lo, hi]}},
+        }
+
+    base = rec("fp32", 1900, 2000)
+    note = prefill_note([base, rec("w8a8-g32", 2900, 3100)], "w8a8-g32 · onnxruntime")
+    assert note is not None and "1.54x FP32's 1950 ms" in note and "--optimize prefill" in note
+    assert prefill_note([base, rec("w8a8-g32", 1950, 2100)], "w8a8-g32 · onnxruntime") is None  # overlapping: a tie
+    assert prefill_note([base, rec("w4a8-g32", 1500, 1600)], "w4a8-g32 · onnxruntime") is None

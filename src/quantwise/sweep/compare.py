@@ -19,7 +19,7 @@ from quantwise.outdir import clear_previous_run
 from quantwise.progress import live_progress, warn
 from quantwise.recipes import Recipe
 from quantwise.records import Record
-from quantwise.sweep.derive import derive, runtime_agreement, sample_size_note
+from quantwise.sweep.derive import derive, prefill_note, runtime_agreement, sample_size_note
 from quantwise.sweep.formats import Format, select_formats, trial_task
 from quantwise.sweep.identity import run_identity, seal, why_stale
 from quantwise.sweep.losses import explain_losses
@@ -167,9 +167,10 @@ def run_compare(
         speed_batches=speed,
         portability={f.id: len(f.runtimes) for f, _ in pairs},
     )
-    note = sample_size_note(records, rec_result["budget_points"], rec_result.get("metric_unit", "points"))
-    if note:
-        rec_result["notes"].append(note)
+    notes = [sample_size_note(records, rec_result["budget_points"], rec_result.get("metric_unit", "points"))]
+    if is_lm(task) and speed == ["decode_token"] and rec_result["winner"]:
+        notes.append(prefill_note(records, rec_result["winner"]["key"]))
+    rec_result["notes"] += [n for n in notes if n]
     losses = explain_losses(
         task, records, rec_result, settings.explain, settings.explain_samples, records_dir, resume, built
     )

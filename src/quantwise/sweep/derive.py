@@ -129,3 +129,22 @@ def runtime_agreement(records: list[Record]) -> list[dict[str, Any]]:
                     }
                 )
     return out
+
+
+def prefill_note(records: list[Record], winner_key: str | None, prefill: str = "batch_1") -> str | None:
+    """For a causal LM recommended on decode speed: a note when the winner's prefill is slower than
+    FP32's in its runtime with non-overlapping intervals (a decode win is not a prompt win)."""
+    win = next((r for r in records if f"{r.get('format')} · {r.get('runtime')}" == winner_key), None)
+    if win is None:
+        return None
+    base = next(
+        (r for r in records if r.get("format") == "fp32" and r.get("runtime") == baseline_runtime(win["runtime"])),
+        None,
+    )
+    got, ref = (win.get("latency_ms") or {}).get(prefill), ((base or {}).get("latency_ms") or {}).get(prefill)
+    if not got or not ref or got["ci95"][0] <= ref["ci95"][1]:
+        return None
+    return (
+        f"{winner_key} decodes faster but its {got['p50']:.0f} ms prefill is {got['p50'] / ref['p50']:.2f}x FP32's "
+        f"{ref['p50']:.0f} ms in {base['runtime']}: for long prompts rank on --optimize prefill"  # type: ignore[index]
+    )
