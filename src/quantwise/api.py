@@ -306,15 +306,13 @@ def _measure(
 
 
 def _parity(record: Record, qm: QuantizedModel, task: Task, runner: Any, runtime: str) -> None:
+    from quantwise.errors import error_line
     from quantwise.runtime.parity import runtime_vs_simulation
 
     try:
         found = runtime_vs_simulation(qm, task, runner, runtime)
     except Exception as e:  # the check must not cost the format its record: it says why it did not run
-        found = {
-            "status": "n/a",
-            "reason": f"not compared: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
-        }
+        found = {"status": "n/a", "reason": f"not compared: {error_line(e)[:200]}"}
     if found is not None:
         record["info"]["runtime_vs_simulation"] = found
 

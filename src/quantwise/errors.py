@@ -27,3 +27,8 @@ class Unsupported(UserError):
 
 
 UnsupportedModel = Unsupported  # the name the transforms have always raised
+
+
+def error_line(e: BaseException) -> str:
+    """``Type: first line of the message``: how a record or a note names an exception."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -80,13 +80,6 @@ def reference_model(float_model: nn.Module, qm: QuantizedModel) -> nn.Module:
     return ref
 
 
-def _only_it(
-    ref_model: nn.Module, sim: nn.Module, qm: QuantizedModel, name: str, batches: Sequence[Batch]
-) -> np.ndarray:
-    """Outputs of the float model with only layer ``name`` quantized (its fused ReLU is inside it)."""
-    return _only_these(ref_model, sim, qm, [name], batches)
-
-
 def _only_these(
     ref_model: nn.Module, sim: nn.Module, qm: QuantizedModel, names: Sequence[str], batches: Sequence[Batch]
 ) -> np.ndarray:
@@ -121,7 +114,7 @@ def layer_sensitivity(
     }
     rows = []
     for name in progress_iter(list(qm.layers), "explain: one layer at a time"):
-        out_only = _only_it(float_model, sim, qm, name, batches)
+        out_only = _only_these(float_model, sim, qm, [name], batches)
         float_layer = float_model.get_submodule(name)
         act = qm.layers[name].activation  # the sim's ReLU/ReLU6 is fused away
         restored = nn.Sequential(float_layer, nn.ReLU() if act == "relu" else nn.ReLU6()) if act else float_layer

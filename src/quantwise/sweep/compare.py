@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from quantwise.api import evaluate
-from quantwise.errors import UnsupportedModel, UserError
+from quantwise.errors import UnsupportedModel, UserError, error_line
 from quantwise.measure.env import environment, native_bf16
 from quantwise.outdir import clear_previous_run
 from quantwise.progress import live_progress, warn
@@ -311,11 +311,6 @@ def _run_one(
     rec["format"] = fmt.id
     rec["family"] = fmt.family
     return rec
-
-
-def error_line(e: BaseException) -> str:
-    """``Type: first line of the message`` for a record's ``error``."""
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def not_run(task: Task, fmt: Format, runtime: str, status: str, error: str, trace: str | None = None) -> Record:

@@ -173,7 +173,7 @@ LLM_FORMATS: dict[str, Format] = {
         Format("w8a8-g32", "w8a16", {"group_size": 32, "int8_compute": True}, runtimes=_LMQ, family="int8"),
         # mixed precision within the perplexity budget (on validation windows): INT4 weights (GPTQ, g32)
         # with the most sensitive layers promoted to INT8; or per-tensor W8A8 with them kept in float
-        # (run by name: one sensitivity pass per layer took 4,654 s on SmolLM2, past compare's 30 minutes)
+        # (run by name: ranked by block, each search took about 5 minutes on SmolLM2, past compare's 30-minute budget)
         Format("mixed-w4-w8", "mixed", {"optimize": "size"}, runtimes=_LMQ, family="int4-weight", default=False),
         Format(
             "mixed-w8a8",

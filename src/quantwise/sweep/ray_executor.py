@@ -145,7 +145,7 @@ def shard_stage(task: Task, qm: Any, runtime: str, settings: CompareSettings, st
     import traceback
 
     from quantwise.api import shard_outputs
-    from quantwise.sweep.compare import error_line
+    from quantwise.errors import error_line
 
     t0 = time.perf_counter()
     try:
@@ -209,7 +209,7 @@ def measure_stage(task: Task, qm: Any, runtime: str, rec: Record, settings: Comp
             latency_seconds=settings.latency_seconds,
         )
     except Exception as e:  # a trial that fails is recorded once, not retried
-        from quantwise.sweep.compare import error_line
+        from quantwise.errors import error_line
 
         rec["status"] = "failed"
         rec["error"] = f"measuring: {error_line(e)}"
@@ -263,7 +263,8 @@ def run_on_ray(
 
 
 def _lost(task: Task, fmt: Format, runtime: str, stage: str, e: Exception) -> Record:
-    from quantwise.sweep.compare import error_line, not_run
+    from quantwise.errors import error_line
+    from quantwise.sweep.compare import not_run
 
     why = f"the Ray worker running its {stage} stage died {RETRIES + 1} times: {error_line(e)[:240]}"
     return not_run(task, fmt, runtime, "failed", why)
