@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from quantwise.errors import UserError
-from quantwise.nnutil import canonicalize, fold_batchnorm_structure
+from quantwise.nnutil import canonicalize, fold_batchnorm_structure, set_module
 from quantwise.numerics import dequantize, get_qtype, pack_int4, quantize_bias, unpack_int4
 from quantwise.numerics.granularity import Granularity, granularity_from_dict
 from quantwise.outdir import atomic_dir
@@ -92,6 +92,9 @@ class LayerQuant:
         output: static output quantization, applied after a fused ReLU (``static`` only).
         fused_relu: name of the ReLU (or ReLU6) module folded into this layer's output, if any.
         fused_act: what that module computes: ``relu`` (``max(y, 0)``) or ``relu6`` (``min(max(y, 0), 6)``).
+        activation_shared: the activation module is also called elsewhere (torchvision's ResNet calls
+            one ``self.relu`` twice per block): it stays in the model, where applying it again to the
+            layer's already-activated output is exact, instead of becoming ``nn.Identity``.
     """
 
     kind: LayerKind
@@ -105,6 +108,7 @@ class LayerQuant:
     output: ActQuant | None = None
     fused_relu: str | None = None
     fused_act: str = "relu"
+    activation_shared: bool = False
     dynamic_granularity: ActGranularity = ActGranularity.PER_TENSOR
     bias_q: torch.Tensor | None = None  # static layers: the int32 bias on the grid s_in * s_w, (N,)
     bias_scale: torch.Tensor | None = None  # its scale per output channel, float32 (N,)
@@ -138,6 +142,7 @@ class LayerQuant:
             "output": self.output.to_dict() if self.output else None,
             "fused_relu": self.fused_relu,
             "fused_act": self.fused_act,
+            "activation_shared": self.activation_shared,
             "dynamic_granularity": ActGranularity(self.dynamic_granularity).value,
             "bias_int32": self.bias_q is not None,
         }
@@ -165,6 +170,10 @@ class QuantizedModel:
         info: free-form facts (time to quantize, calibration samples ...).
         plan: the integer-only program of a fixed-point model
             (:class:`~quantwise.fixedpoint.plan.FixedPointPlan`), else None.
+        activations: tensors quantized between layers, by the ``torch.fx`` node that makes them
+            (a residual add, after the ReLU that follows it; a max-pool of a quantized tensor, on
+            its input's grid): every lowering puts ``quantize -> dequantize`` there, so a runtime
+            runs the add and the pool in int8 (see :mod:`quantwise.transform.act_points`).
     """
 
     model: nn.Module
@@ -175,6 +184,7 @@ class QuantizedModel:
     cast: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     plan: Any = None
+    activations: dict[str, ActQuant] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # The int32 bias of every static layer is part of the contract: computed once, here, from
@@ -226,6 +236,7 @@ class QuantizedModel:
                 "info": self.info,
                 "plan": self.plan.meta() if self.plan is not None else None,
                 "aliases": aliases,
+                "activations": {n: a.to_dict() for n, a in self.activations.items()},
             }
             (tmp / "quantwise.json").write_text(json.dumps(meta, indent=2))
         return path
@@ -280,6 +291,7 @@ class QuantizedModel:
                 output=ActQuant(**m["output"]) if m["output"] else None,
                 fused_relu=m["fused_relu"],
                 fused_act=m.get("fused_act", "relu"),
+                activation_shared=m.get("activation_shared", False),
                 dynamic_granularity=_enum(ActGranularity, m.get("dynamic_granularity", "per-tensor"), "granularity"),
                 bias_q=tensors.get(f"q::{name}::bias_q"),
                 bias_scale=tensors.get(f"q::{name}::bias_scale"),
@@ -304,6 +316,7 @@ class QuantizedModel:
             folded=meta["folded"],
             cast=meta["cast"],
             info=meta["info"],
+            activations={n: ActQuant(**a) for n, a in meta.get("activations", {}).items()},
         )
 
 
@@ -312,6 +325,14 @@ def apply_activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
     if act is None:
         return y
     return torch.relu(y) if act == "relu" else torch.clamp(y, 0.0, 6.0)
+
+
+def drop_fused_activations(model: nn.Module, layers: dict[str, LayerQuant]) -> None:
+    """Each activation fused into a layer becomes ``nn.Identity`` in a lowered model, unless it is
+    shared with other call sites (it stays: applying it again is exact)."""
+    for lq in layers.values():
+        if lq.fused_relu and not lq.activation_shared:
+            set_module(model, lq.fused_relu, nn.Identity())
 
 
 def _ident(v: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:

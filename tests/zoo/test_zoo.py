@@ -83,7 +83,11 @@ def test_bn_in_forward_is_folded_and_depthwise_convs_are_quantized():
     qm = quantize(*_model("resnet-style")[:1], "static-int8", _model("resnet-style")[1][:1])
     assert qm.info["pairing"] == "fx"
     assert qm.folded["layer1.0.conv1"] == "layer1.0.bn1" and len(qm.folded) == 5
-    assert "layer1.0.relu" not in {lq.fused_relu for lq in qm.layers.values()}  # shared: never replaced
+    shared = [lq for lq in qm.layers.values() if lq.fused_relu == "layer1.0.relu"]
+    assert shared and all(lq.activation_shared for lq in shared)  # fused into the layer's output, and kept
+    sim = lower_torch(qm)
+    assert isinstance(sim.get_submodule("layer1.0.relu"), nn.ReLU)  # its other call site still needs it
+    assert qm.info["quantized_between_layers"]["adds"] >= 1 and qm.activations
     mb = quantize(*_model("mobilenetv2-style")[:1], "static-int8", _model("mobilenetv2-style")[1][:1])
     dw = [n for n, m in mb.model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
     assert dw and all(n in mb.layers for n in dw)

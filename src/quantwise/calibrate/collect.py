@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -17,14 +17,17 @@ def observing(
     model: nn.Module,
     inputs: dict[str, Observer],
     outputs: dict[str, Observer],
+    transforms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Iterator[None]:
-    """Attach observers to module inputs (first positional arg) and outputs; detach on exit."""
+    """Attach observers to module inputs (first positional arg) and outputs (through
+    ``transforms[name]`` where given: an activation the module's output goes through); detach on exit."""
     handles = []
     try:
         for name, obs in inputs.items():
             handles.append(model.get_submodule(name).register_forward_pre_hook(_pre_hook(obs)))
         for name, obs in outputs.items():
-            handles.append(model.get_submodule(name).register_forward_hook(_post_hook(obs)))
+            fn = (transforms or {}).get(name)
+            handles.append(model.get_submodule(name).register_forward_hook(_post_hook(obs, fn)))
         yield
     finally:
         for h in handles:
@@ -38,9 +41,9 @@ def _pre_hook(obs: Observer) -> Callable[..., None]:
     return hook
 
 
-def _post_hook(obs: Observer) -> Callable[..., None]:
+def _post_hook(obs: Observer, fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[..., None]:
     def hook(_mod: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        obs.observe(out)
+        obs.observe(out if fn is None else fn(out))
 
     return hook
 

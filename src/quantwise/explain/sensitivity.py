@@ -88,7 +88,7 @@ def _only_these(
     for name in names:
         swaps[name] = sim.get_submodule(name)
         relu = qm.layers[name].fused_relu
-        if relu:
+        if relu and not qm.layers[name].activation_shared:  # a shared one also serves other call sites
             swaps[relu] = nn.Identity()
     return _run_swapped(ref_model, swaps, batches)
 

@@ -87,6 +87,7 @@ def _with_layers(qm: QuantizedModel, replaced: dict[str, LayerQuant], recipe: Re
         skipped={k: v for k, v in qm.skipped.items() if k not in replaced},
         folded=dict(qm.folded),
         info=dict(qm.info),
+        activations=dict(qm.activations),
     )
 
 

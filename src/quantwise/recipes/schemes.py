@@ -284,6 +284,13 @@ class StaticInt8Recipe(Recipe):
         flag="--no-fuse-relu",
         negate=True,
     )
+    quantize_adds: bool = knob(
+        True,
+        "quantize residual adds of two quantized tensors and max-pools of one (found by dataflow), so a "
+        "runtime runs them in int8 (ONNX Runtime's QLinearAdd) and nothing is requantized between layers",
+        flag="--no-quantize-adds",
+        negate=True,
+    )
     embeddings: bool = _embeddings()
     weight_bits: int = knob(8, "weight width: 8, or 4 for W4A8 (int4 values run by the int8 kernels)", choices=(8, 4))
     quantize_outputs: bool = knob(

@@ -30,7 +30,7 @@ from quantwise.runtime.qfunctions import (
 )
 
 
-def _qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
+def qdq(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
     qt = get_qtype(a.qtype)
     return QDQ.apply(x, float(a.scale), int(a.zero_point), qt.signed, qt.bits)
 
@@ -99,7 +99,7 @@ class _QLayer(nn.Module):
     def _finish(self, y: torch.Tensor) -> torch.Tensor:
         y = apply_activation(y, self.act)
         if self.output_q is not None:
-            y = _qdq(y, self.output_q)
+            y = qdq(y, self.output_q)
         return y
 
 
@@ -117,7 +117,7 @@ class QConv2d(_QLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         if self.input_q is not None:
-            x = _qdq(x, self.input_q)
+            x = qdq(x, self.input_q)
         y = F.conv2d(x, self._weight(x), self._bias(), self.stride, self.padding, self.dilation, self.groups)
         return self._finish(y)
 
@@ -176,7 +176,7 @@ class QLinear(_QLayer):
             )
         else:
             if self.input_q is not None:
-                x2 = _qdq(x2, self.input_q)
+                x2 = qdq(x2, self.input_q)
             y = F.linear(x2, self._weight(x2), self._bias())
         y = self._finish(y)
         return y.reshape(*lead, self.n)

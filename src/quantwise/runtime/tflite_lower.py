@@ -26,7 +26,8 @@ from quantwise.errors import UnsupportedModel
 from quantwise.nnutil import set_module
 from quantwise.numerics import get_qtype
 from quantwise.numerics.granularity import PerChannel, PerTensor
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, apply_activation
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, apply_activation, drop_fused_activations
+from quantwise.transform.act_points import insert_points
 
 
 def _ops():
@@ -169,15 +170,14 @@ def lower_tflite_module(qm: QuantizedModel | None, model: nn.Module) -> tuple[nn
         raise UnsupportedModel(reason)
     if qm.cast == "fp16":
         return _Fp16Weights(copy.deepcopy(qm.model).eval()).eval(), "none"
-    out = copy.deepcopy(qm.model).eval()
+    out = insert_points(copy.deepcopy(qm.model).eval(), qm.activations, _qdq_act)
     modes = set()
     for name, lq in qm.layers.items():
         if lq.kind == "embedding":
             set_module(out, name, _TfliteEmbedding(lq))
             continue
         set_module(out, name, _TfliteLayer(lq, out.get_submodule(name)))
-        if lq.fused_relu:
-            set_module(out, lq.fused_relu, nn.Identity())
         modes.add(lq.mode)
+    drop_fused_activations(out, qm.layers)
     mode = "static" if "static" in modes else ("dynamic" if "dynamic" in modes else "static")
     return out.eval(), mode

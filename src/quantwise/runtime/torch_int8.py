@@ -27,8 +27,10 @@ from torch import nn
 from quantwise.errors import UnsupportedModel
 from quantwise.nnutil import set_module
 from quantwise.numerics.granularity import PerTensor
-from quantwise.quantized import LayerQuant, QuantizedModel, apply_activation
+from quantwise.quantized import LayerQuant, QuantizedModel, apply_activation, drop_fused_activations
 from quantwise.runtime.base import RuntimeSpec, load_exported, saturating_weights
+from quantwise.runtime.qmodules import qdq
+from quantwise.transform.act_points import insert_points
 
 
 @contextlib.contextmanager
@@ -158,14 +160,14 @@ def lower_torch_int8(qm: QuantizedModel) -> nn.Module:
     reason = why_not_int8(qm)
     if reason:
         raise UnsupportedModel(f"torch-int8 cannot run this model: {reason}")
-    model = copy.deepcopy(qm.model).eval()
+    # the adds and max-pools quantized between layers: quantize -> dequantize around a float add
+    model = insert_points(copy.deepcopy(qm.model).eval(), qm.activations, qdq)
     with x86_engine():  # weights are packed for the engine the layers run under
         for name, lq in qm.layers.items():
             layer = model.get_submodule(name)
             cls = {"conv2d": Int8Conv2d, "linear": Int8Linear, "embedding": Int8Embedding}[lq.kind]
             set_module(model, name, cls(lq, layer))
-            if lq.fused_relu:
-                set_module(model, lq.fused_relu, nn.Identity())
+        drop_fused_activations(model, qm.layers)
     return model
 
 

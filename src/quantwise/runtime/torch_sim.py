@@ -12,9 +12,10 @@ from torch import nn
 
 from quantwise.errors import Unsupported
 from quantwise.nnutil import set_module
-from quantwise.quantized import QuantizedModel, apply_activation
+from quantwise.quantized import QuantizedModel, apply_activation, drop_fused_activations
 from quantwise.runtime.kvcache import use_kv_int8
-from quantwise.runtime.qmodules import CastModel, QConv2d, QEmbedding, QLinear, TiedGather
+from quantwise.runtime.qmodules import CastModel, QConv2d, QEmbedding, QLinear, TiedGather, qdq
+from quantwise.transform.act_points import ActQDQ, insert_points
 from quantwise.transform.registry import Batch
 
 _CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -28,15 +29,18 @@ def lower_torch(qm: QuantizedModel, quantizers: bool = True) -> nn.Module:
     ``quantizers=False`` each replaced layer computes in float with its float weight (the
     fidelity guard's twin of the simulation: the same modules, no rounding).
     """
-    model = copy.deepcopy(qm.model).eval()
+    model = insert_points(copy.deepcopy(qm.model).eval(), qm.activations, qdq)
+    if not quantizers:
+        for m in model.modules():
+            if isinstance(m, ActQDQ):
+                m.enabled = False
     for name, lq in qm.layers.items():
         layer = model.get_submodule(name)
         new = {"conv2d": QConv2d, "linear": QLinear, "embedding": QEmbedding}[lq.kind](lq, layer)
         if not quantizers:
             new.disable_quantizers(layer.weight)
         set_module(model, name, new)
-        if lq.fused_relu:
-            set_module(model, lq.fused_relu, nn.Identity())
+    drop_fused_activations(model, qm.layers)
     if quantizers:
         for tied, first in dict(qm.info.get("tied_weights", {})).items():  # type: ignore[call-overload]
             emb, head = model.get_submodule(tied), model.get_submodule(first)

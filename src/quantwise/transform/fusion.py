@@ -23,27 +23,54 @@ def pairing_method(model: nn.Module) -> str:
     return _trace(model)[1]
 
 
-def _trace(model: nn.Module) -> tuple[list[tuple[str, str]] | None, str]:
-    """``[(producer, consumer)]`` module pairs from a ``torch.fx`` trace, and how they were found."""
+def trace_graph(model: nn.Module) -> tuple[torch.fx.GraphModule | None, str]:
+    """A ``torch.fx`` trace of ``model`` (sharing its modules), or None and the tracer's reason."""
     import torch.fx
 
     try:
-        gm = torch.fx.symbolic_trace(model)
+        return torch.fx.symbolic_trace(model), "fx"
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]
         return None, f"modules (torch.fx could not trace the model: {type(e).__name__}: {first})"
+
+
+def call_counts(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """How many times the traced forward calls each module."""
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
             calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    return calls
+
+
+def _trace(model: nn.Module) -> tuple[list[tuple[str, str]] | None, str]:
+    """``[(producer, consumer)]`` module pairs from a ``torch.fx`` trace, and how they were found.
+
+    The consumer is called once, or is a stateless ReLU/ReLU6 called from several places (one
+    ``self.relu`` shared by a block: applying it again is exact, so it can be fused and kept)."""
+    gm, how = trace_graph(model)
+    if gm is None:
+        return None, how
+    calls = call_counts(gm)
     pairs = []
     for n in gm.graph.nodes:
         if n.op != "call_module" or calls[str(n.target)] != 1 or len(n.users) != 1:
             continue
         (user,) = n.users
-        if user.op == "call_module" and calls[str(user.target)] == 1 and user.args[:1] == (n,) and len(user.args) == 1:
+        if user.op != "call_module" or user.args[:1] != (n,) or len(user.args) != 1:
+            continue
+        once = calls[str(user.target)] == 1
+        if once or activation_kind(gm.get_submodule(str(user.target))) is not None:
             pairs.append((str(n.target), str(user.target)))
     return pairs, "fx"
+
+
+def shared_activations(model: nn.Module) -> set[str]:
+    """Activation modules the traced forward calls more than once (empty when it cannot be traced)."""
+    gm, _ = trace_graph(model)
+    if gm is None:
+        return set()
+    return {name for name, k in call_counts(gm).items() if k > 1 and activation_kind(gm.get_submodule(name))}
 
 
 def _adjacent_pairs(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Module]]:

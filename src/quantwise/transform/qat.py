@@ -29,7 +29,14 @@ from quantwise.nnutil import set_module
 from quantwise.numerics import PerChannel, PerGroup, get_qtype, quantize, quantize_bias
 from quantwise.numerics.affine import fake_quantize_lsq
 from quantwise.numerics.granularity import expand_param
-from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, apply_activation, write_back
+from quantwise.quantized import (
+    ActQuant,
+    LayerQuant,
+    QuantizedModel,
+    apply_activation,
+    drop_fused_activations,
+    write_back,
+)
 from quantwise.recipes import QATRecipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.registry import Batch
 from quantwise.transform.schemes import quantize_embeddings
@@ -218,13 +225,13 @@ def prepare_qat(model: nn.Module, recipe: QATRecipe, calibration: Sequence[Batch
         set_module(qat, name, QATLayer(layer, lq, bn, recipe.lsq, seven))
         if name in bn_of:
             set_module(qat, bn_of[name], nn.Identity())
-        if lq.fused_relu:
-            set_module(qat, lq.fused_relu, nn.Identity())
+    drop_fused_activations(qat, ptq.layers)
     info = {
         **({"reduce_range": ptq.info["reduce_range"]} if "reduce_range" in ptq.info else {}),
         "ptq_init": base.name,
         "bn_folded": bn_of,
         "fused_relu": {n: lq.fused_relu for n, lq in ptq.layers.items() if lq.fused_relu},
+        "shared_activation": sorted(n for n, lq in ptq.layers.items() if lq.activation_shared),
     }
     return QATPrepared(qat, recipe, dict(ptq.skipped), info)
 
@@ -235,6 +242,7 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
     layers: dict[str, LayerQuant] = {}
     folded: dict[str, str] = dict(prepared.info.get("bn_folded", {}))  # type: ignore[arg-type]
     relus: dict[str, str] = dict(prepared.info.get("fused_relu", {}))  # type: ignore[arg-type]
+    shared = set(prepared.info.get("shared_activation", []))  # type: ignore[call-overload]
     for name, m in list(((n, m) for n, m in model.named_modules() if isinstance(m, QATLayer))):
         with torch.no_grad():
             w, b = m.folded()
@@ -259,10 +267,13 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
             output=m.output_fq.act_quant() if m.output_fq else None,
             fused_relu=relus.get(name),
             fused_act=m.act or "relu",
+            activation_shared=name in shared,
         )
         layers[name] = lq
         set_module(model, name, layer)
-        if lq.fused_relu:  # training applied it inside the layer; the float model computes it again
+        if (
+            lq.fused_relu and not lq.activation_shared
+        ):  # training applied it inside the layer; the float model computes it again
             set_module(model, lq.fused_relu, nn.ReLU6() if lq.fused_act == "relu6" else nn.ReLU())
     skipped = dict(prepared.skipped)
     if prepared.recipe.embeddings:  # tables trained in float; stored as int8 per row, as PTQ does
@@ -280,5 +291,5 @@ def convert_qat(prepared: QATPrepared) -> QuantizedModel:
         layers=layers,
         skipped=skipped,
         folded=folded,
-        info={k: v for k, v in prepared.info.items() if k not in ("bn_folded", "fused_relu")},
+        info={k: v for k, v in prepared.info.items() if k not in ("bn_folded", "fused_relu", "shared_activation")},
     )

@@ -29,7 +29,8 @@ Handler = Callable[[nn.Module, Recipe, Sequence[Batch]], QuantizedModel]
 def handlers() -> dict[type[Recipe], Handler]:
     """Every ``(model, recipe, calibration) -> QuantizedModel`` handler, by recipe type."""
     from quantwise.fixedpoint.quantize import fixed_point_handler
-    from quantwise.transform.schemes import cast_handler, dynamic_handler, static_handler, weight_only_handler
+    from quantwise.transform.schemes import cast_handler, dynamic_handler, weight_only_handler
+    from quantwise.transform.static import static_handler
 
     table = {
         CastRecipe: cast_handler,

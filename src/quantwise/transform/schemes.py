@@ -9,15 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantwise.calibrate.collect import observing, run_calibration
-from quantwise.calibrate.observers import make_observer
+from quantwise.calibrate.collect import run_calibration
 from quantwise.nnutil import seven_bit_weights
-from quantwise.numerics import INT4, INT8, UINT4, UINT8, choose_qparams, dequantize, quantize_tensor
+from quantwise.numerics import INT4, INT8, UINT4, UINT8, dequantize, quantize_tensor
 from quantwise.numerics.granularity import PerChannel, PerGroup, PerTensor
 from quantwise.progress import progress_iter
-from quantwise.quantized import ActGranularity, ActQuant, LayerKind, LayerQuant, QuantizedModel, QuantMode, write_back
+from quantwise.quantized import ActGranularity, LayerKind, LayerQuant, QuantizedModel, QuantMode, write_back
 from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, WeightOnlyRecipe
-from quantwise.transform.fusion import activation_kind, find_relu_after, fold_batchnorm, pairing_method
 from quantwise.transform.gptq import gptq_quantize
 from quantwise.transform.gptq_seq import collect_hessians, sequential_gptq
 from quantwise.transform.registry import Batch
@@ -336,47 +334,3 @@ def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence
     quantize_embeddings(model, recipe, layers, skipped)
     write_back(model, layers)
     return QuantizedModel(model=model, recipe=recipe, layers=layers, skipped=skipped, info=info)
-
-
-def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
-    model = copy.deepcopy(model).eval()
-    folded = fold_batchnorm(model) if recipe.fold_bn else {}
-    chosen, skipped = select_layers(model, recipe)
-    smoothed = {"smoothquant": _smoothquant(model, recipe, chosen, calib)} if recipe.smoothquant else {}
-    relus = find_relu_after(model) if recipe.fuse_relu else {}
-    kw = {"percentile": recipe.percentile} if recipe.calibration == "percentile" else {}
-    in_obs = {n: make_observer(recipe.calibration, **kw) for n, _ in chosen}
-    # Output quantization where the runtime needs it for an integer kernel (Conv) or a ReLU is fused.
-    out_at = {
-        n: relus.get(n, n) for n, m in chosen if recipe.quantize_outputs or isinstance(m, nn.Conv2d) or n in relus
-    }
-    out_obs = {target: make_observer(recipe.calibration, **kw) for target in out_at.values()}
-    with observing(model, in_obs, out_obs):
-        run_calibration(model, calib, f"calibrating ({recipe.calibration})")
-    act_t = INT8 if recipe.symmetric_activations else UINT8
-    layers = {}
-    seven = recipe.weight_bits == 8 and reduce_range_info(recipe, smoothed)
-    for name, mod in chosen:
-        lq = _weight_layer(mod, "static", recipe.weight_bits, 0, True, recipe.per_channel, seven_bit=seven)
-        lq.input = _act(in_obs[name].range(), act_t, recipe.symmetric_activations)
-        if name in out_at:
-            lq.output = _act(out_obs[out_at[name]].range(), act_t, recipe.symmetric_activations)
-            lq.fused_relu = relus.get(name)
-            if lq.fused_relu:
-                lq.fused_act = activation_kind(model.get_submodule(lq.fused_relu)) or "relu"
-        layers[name] = lq
-    quantize_embeddings(model, recipe, layers, skipped)
-    write_back(model, layers)
-    return QuantizedModel(
-        model=model,
-        recipe=recipe,
-        layers=layers,
-        skipped=skipped,
-        folded=folded,
-        info={"calibration_batches": len(calib), "pairing": pairing_method(model), **smoothed},
-    )
-
-
-def _act(rng: tuple[float, float], qtype: object, symmetric: bool) -> ActQuant:
-    s, z = choose_qparams(torch.tensor(rng[0]), torch.tensor(rng[1]), qtype, symmetric)  # type: ignore[arg-type]
-    return ActQuant(float(s), int(z), qtype.name)  # type: ignore[attr-defined]
