@@ -1,5 +1,6 @@
 """Small real architectures with random weights (structure is what the zoo tests): hand-written
-CNNs in the styles of torchvision's ResNet and MobileNetV2 and of TF-port "same"-padding stems,
+CNNs in the styles of torchvision's ResNet and MobileNetV2 and of TF-port "same"-padding stems (more in
+``more_models.py``: MobileNetV3, EfficientNet, ConvNeXt, ShuffleNetV2),
 and transformers configs of BERT, GPT-2, ViT and Llama. Each returns ``(model, example batches)``."""
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .more_models import MORE
 
 
 def _bn_stats(m: nn.Module) -> nn.Module:
@@ -135,6 +138,8 @@ def build(name: str) -> tuple[nn.Module, list[tuple[torch.Tensor, ...]]]:
         return _bn_stats(MobileNetish()), images()
     if name == "tf-same-padding":
         return _bn_stats(TfSame()), images()
+    if name in MORE:
+        return _bn_stats(MORE[name]()), images()
     import transformers as tf
 
     small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}

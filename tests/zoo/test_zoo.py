@@ -122,7 +122,19 @@ def _task(model: nn.Module, batches: list) -> Task:
     )
 
 
-@pytest.mark.parametrize("name", ["resnet-style", "mobilenetv2-style", "bert-classifier", "vit-classifier"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet-style",
+        "mobilenetv2-style",
+        "mobilenetv3-style",
+        "efficientnet-style",
+        "convnext-style",
+        "shufflenetv2-style",
+        "bert-classifier",
+        "vit-classifier",
+    ],
+)
 def test_static_int8_runs_every_quantized_layer_in_integer_kernels(name, tmp_path: Path):
     model, batches = _model(name)
     qm = quantize(model, "static-int8", batches[:1])

@@ -6,11 +6,11 @@ A static QuantizedModel quantizes each layer's input and output; this module fin
 ``torch.fx`` trace of the float model (BatchNorm folded), what lies between them:
 
 - *quantized tensors*: each static layer's output (after its fused activation), and what passes
-  such a tensor on without leaving its grid (``nn.Identity``, dropout, flatten/reshape/view, ReLU:
-  0 is on every grid);
+  such a tensor on without leaving its grid (``nn.Identity``, dropout, flatten/reshape/view,
+  transpose/permute, chunk/split and their pieces, ReLU: 0 is on every grid);
 - a *max-pool* of a quantized tensor: a point on its input's grid (a max of grid values is one);
-- an *add* of two quantized tensors: a point after it, or after the ReLU that is its only user,
-  with its own calibrated range;
+- an *add* of two quantized tensors, or a *concatenation* of quantized tensors: a point after it
+  (or after the ReLU that is its only user), with its own calibrated range;
 - each static layer that reads a quantized tensor takes that tensor's scale and zero point as its
   input quantization: one tensor, one grid (as ONNX Runtime's QDQ quantizer does), so nothing is
   requantized between a producer and its consumers.
@@ -36,8 +36,20 @@ from quantwise.quantized import ActQuant
 from quantwise.transform.fusion import activation_kind, trace_graph
 
 _PASS_MODULES = (nn.Identity, nn.Dropout, nn.Flatten)
-_PASS_FUNCTIONS = {torch.flatten, torch.reshape, torch.relu, F.relu, F.dropout}
-_PASS_METHODS = {"flatten", "view", "reshape", "contiguous", "relu"}
+_PASS_FUNCTIONS = {
+    torch.flatten,
+    torch.reshape,
+    torch.relu,
+    F.relu,
+    F.dropout,
+    torch.transpose,
+    torch.permute,
+    torch.chunk,
+    torch.split,
+    operator.getitem,  # one piece of a chunk/split of a quantized tensor
+}
+_PASS_METHODS = {"flatten", "view", "reshape", "contiguous", "relu", "transpose", "permute", "chunk", "split"}
+_CATS = {torch.cat, torch.concat}
 _POOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 _ADDS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
@@ -49,13 +61,15 @@ class PointPlan:
 
     Attributes:
         gm: the traced float model (its modules are the model's own).
-        calibrate: add points, whose range is observed.
+        calibrate: add and concatenation points, whose range is observed.
+        concats: which of them are concatenations.
         inherit: max-pool points -> the source whose grid they keep (``layer:<name>`` / ``point:<node>``).
         inputs: static layer -> the source of the tensor it reads.
     """
 
     gm: torch.fx.GraphModule
     calibrate: list[str] = field(default_factory=list)
+    concats: list[str] = field(default_factory=list)
     inherit: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
 
@@ -64,6 +78,18 @@ def _is_add(n: torch.fx.Node) -> bool:
     if n.kwargs or len(n.args) != 2 or not all(isinstance(a, torch.fx.Node) for a in n.args):
         return False
     return (n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in _ADD_METHODS)
+
+
+def _is_cat(n: torch.fx.Node) -> bool:
+    """A concatenation of a list of traced tensors (a point, with its own grid: ``QLinearConcat``)."""
+    parts = n.args[0] if n.args else None
+    return (
+        n.op == "call_function"
+        and n.target in _CATS
+        and isinstance(parts, (list, tuple))
+        and bool(parts)
+        and all(isinstance(p, torch.fx.Node) for p in parts)
+    )
 
 
 def _passes(gm: torch.fx.GraphModule, n: torch.fx.Node) -> str:
@@ -116,9 +142,11 @@ def plan_points(model: nn.Module, outputs: dict[str, str], static_layers: set[st
             read.setdefault(str(n.target), set()).add(source.get(first) if first is not None else None)
         if n.op == "call_module" and str(n.target) in outputs:
             source[n] = f"layer:{outputs[str(n.target)]}"
-        elif _is_add(n) and all(a in source for a in n.args):
+        elif (_is_add(n) and all(a in source for a in n.args)) or (_is_cat(n) and all(p in source for p in n.args[0])):
             at = _activation_after(gm, n)
             plan.calibrate.append(at.name)
+            if _is_cat(n):
+                plan.concats.append(at.name)
             source[at] = f"point:{at.name}"
         elif first is not None and first in source and (how := _passes(gm, n)):
             source[n] = source[first]

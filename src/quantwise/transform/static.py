@@ -79,7 +79,8 @@ def static_handler(model: nn.Module, recipe: StaticInt8Recipe, calib: Sequence[B
     info = {"calibration_batches": len(calib), "pairing": pairing_method(model), **smoothed}
     if plan is not None and points:
         info["quantized_between_layers"] = {
-            "adds": len(plan.calibrate),
+            "adds": len(plan.calibrate) - len(plan.concats),
+            "concats": len(plan.concats),
             "max_pools": len(plan.inherit),
             "layers_on_their_source_grid": len(plan.inputs),
         }
