@@ -8,7 +8,9 @@ BatchNorm called in ``forward()``; MobileNetV2: torchvision's inverted-residual 
 depthwise convs). Weights and BatchNorm statistics are random (speed is the point); the SQNR of the
 logits against FP32 is printed as a check that the quantized graph computes the same network.
 
-    .venv/bin/python benchmarks/imagenet_cnns.py [--seconds 5] [--models resnet18,mobilenet_v2]
+    .venv/bin/python benchmarks/imagenet_cnns.py [--seconds 6] [--rounds 3] [--models resnet18,mobilenet_v2]
+
+Latency: the three rows are timed in turn, ``--rounds`` times, and each row keeps its median p50.
 """
 
 from __future__ import annotations
@@ -140,19 +142,31 @@ def build(name: str) -> nn.Module:
     return model.eval()
 
 
-def measure(task: Task, runner: Any, ref: np.ndarray | None, seconds: float) -> dict[str, Any]:
+def measure(task: Task, runner: Any, ref: np.ndarray | None) -> dict[str, Any]:
     out = run_outputs(runner, task.eval_batches, task.name)
     rec: dict[str, Any] = {"out": out, "size": artifact_size(runner.artifact), "ops": runner.integer_ops()}
     rec["sqnr"] = (
         float(10 * np.log10((ref**2).sum() / max(((ref - out) ** 2).sum(), 1e-30))) if ref is not None else None
     )
-    for bs in (1, 32):
-        b = task.latency_input(bs)
-        rec[f"b{bs}"] = measure_latency(lambda b=b: runner.run(b), max_seconds=seconds)["p50"]
+    rec["runner"] = runner
     return rec
 
 
-def run_model(name: str, seconds: float, work: Path) -> list[tuple[str, dict[str, Any]]]:
+def time_interleaved(task: Task, recs: list[dict[str, Any]], seconds: float, rounds: int) -> None:
+    """Each row's median latency over ``rounds`` rounds, the rows timed in turn within each round,
+    so drift of this shared machine falls on every row alike."""
+    for bs in (1, 32):
+        b = task.latency_input(bs)
+        per: list[list[float]] = [[] for _ in recs]
+        for _ in range(rounds):
+            for i, r in enumerate(recs):
+                per[i].append(measure_latency(lambda r=r, b=b: r["runner"].run(b), max_seconds=seconds / rounds)["p50"])
+        for i, r in enumerate(recs):
+            r[f"b{bs}"] = float(np.median(per[i]))
+            r[f"b{bs}_range"] = (min(per[i]), max(per[i]))
+
+
+def run_model(name: str, seconds: float, rounds: int, work: Path) -> list[tuple[str, dict[str, Any]]]:
     model = build(name)
     x = torch.randn(40, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     calib, test = x[:8], x[8:]
@@ -170,12 +184,13 @@ def run_model(name: str, seconds: float, work: Path) -> list[tuple[str, dict[str
     fp32_file = export_onnx(
         model, task.latency_input(2), work / f"{name}-fp32.onnx", task.input_names, task.dynamic_axes
     )
-    base = measure(task, OrtRunner(fp32_file, task.input_names), None, seconds)
+    base = measure(task, OrtRunner(fp32_file, task.input_names), None)
     qm = quantize(model, get_recipe("static-int8"), task.calibration)
     runner, _ = lower(qm, task, "onnxruntime", work / f"{name}-quantwise")
-    ours = measure(task, runner, base["out"], seconds)
+    ours = measure(task, runner, base["out"])
     peer = ort_static_file(fp32_file, work / f"{name}-ort-static.onnx", task)
-    theirs = measure(task, OrtRunner(peer, task.input_names), base["out"], seconds)
+    theirs = measure(task, OrtRunner(peer, task.input_names), base["out"])
+    time_interleaved(task, [base, ours, theirs], seconds, rounds)
     return [
         ("FP32", base),
         ("quantwise static-int8", ours),
@@ -185,7 +200,8 @@ def run_model(name: str, seconds: float, work: Path) -> list[tuple[str, dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=6.0, help="timing budget per row and batch size")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of interleaved timing (the median is kept)")
     ap.add_argument("--models", default=",".join(MODELS))
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -195,15 +211,20 @@ def main() -> None:
     print(
         f"\n{env.get('cpu', '?')}, torch {torch.__version__}, onnxruntime {env['libraries'].get('onnxruntime', '?')}, 1 thread\n"
     )
-    print("| model | format | batch 1 ms | batch 32 ms | speedup b1 / b32 vs FP32 | size MB | integer ops | SQNR dB |")
+    print(
+        "| model | format | batch 1 ms [round range] | batch 32 ms [round range] | speedup b1 / b32 vs FP32 | "
+        "size MB | integer ops | SQNR dB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        rows = run_model(name, args.seconds, work)
+        rows = run_model(name, args.seconds, args.rounds, work)
         base = rows[0][1]
         for label, r in rows:
             ops, sqnr = r["ops"], r["sqnr"]
+            r["runner"] = None
             print(
-                f"| {name} | {label} | {r['b1']:.2f} | {r['b32']:.1f} | {base['b1'] / r['b1']:.2f}x / "
+                f"| {name} | {label} | {r['b1']:.2f} [{r['b1_range'][0]:.2f}-{r['b1_range'][1]:.2f}] | "
+                f"{r['b32']:.1f} [{r['b32_range'][0]:.0f}-{r['b32_range'][1]:.0f}] | {base['b1'] / r['b1']:.2f}x / "
                 f"{base['b32'] / r['b32']:.2f}x | {r['size'] / 1e6:.1f} | {ops.get('integer', 0)}/{ops.get('total', 0)} | "
                 f"{'' if sqnr is None else f'{sqnr:.1f}'} |",
                 flush=True,
