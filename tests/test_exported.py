@@ -46,11 +46,44 @@ def test_an_exported_cnn_is_lifted_folded_fused_and_quantized(name: str, tmp_pat
     assert _sqnr(ref, out) >= FLOORS[name]["static-int8"]
 
 
-def test_the_module_route_keeps_the_same_padding_stem_float_and_the_exported_one_quantizes_it(tmp_path: Path):
+def test_the_module_route_captures_a_same_padding_stem_and_quantizes_it(tmp_path: Path):
+    """A Conv2d subclass with its own forward: the module is captured with torch.export and lifted,
+    so its F.pad stays a node before a plain conv, and the stem is quantized (the fidelity guard
+    and the SQNR floor say nothing else changed); a saved result loads onto a capture only."""
+    from quantwise.quantized import QuantizedModel
+
     model, batches = build("tf-same-padding")
-    assert "stem" in quantize(model, "static-int8", batches[:1]).skipped
+    qm = quantize(model, "static-int8", batches[:1])
+    assert "stem" in qm.layers and not qm.skipped
+    assert qm.info["captured"]["by"] == "torch.export" and "Conv2dSame" in qm.info["captured"]["why"]
+    with torch.no_grad():
+        ref, out = model(*batches[1]), lower_torch(qm)(*batches[1])
+    assert out.shape == ref.shape and _sqnr(ref, out) >= FLOORS["tf-same-padding"]["static-int8"]
     ep = torch.export.export(model, (batches[0][0],))
-    assert "stem" in quantize(ep, "static-int8", batches[:1]).layers  # F.pad stays a call before the lifted conv
+    assert "stem" in quantize(ep, "static-int8", batches[:1]).layers  # a program in: the same lifting
+    saved = qm.save(tmp_path / "q")
+    with pytest.raises(UserError, match="captured with torch.export"):
+        QuantizedModel.load(saved, build("tf-same-padding")[0])
+    from quantwise.transform.capture import capture
+
+    again = QuantizedModel.load(saved, capture(build("tf-same-padding")[0], batches[0])[0])
+    with torch.no_grad():
+        assert torch.equal(lower_torch(again)(*batches[1]), out)
+
+
+def test_a_model_torch_export_cannot_capture_keeps_the_subclass_float_and_says_why():
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.export refuses it
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = build("tf-same-padding")[0]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) if x.sum() > 0 else -self.inner(x)
+
+    _, batches = build("tf-same-padding")
+    qm = quantize(Branchy().eval(), "static-int8", batches[:1])
+    assert "inner.stem" in qm.skipped and "own forward" in qm.skipped["inner.stem"]
+    assert "torch.export could not capture" in qm.info["capture_failed"]["failed"]
 
 
 def test_a_lift_that_changes_the_output_is_refused(tmp_path: Path, monkeypatch) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -265,6 +266,11 @@ class QuantizedModel:
                 f"{path / 'model.safetensors'} cannot be read ({type(e).__name__}): it is truncated or corrupt; "
                 "save the model again"
             ) from None
+        if "captured" in meta.get("info", {}) and not isinstance(model, torch.fx.GraphModule):
+            raise UserError(
+                f"{path} was quantized on the model captured with torch.export (it has Conv2d/Linear subclasses "
+                "with their own forward): pass quantwise.transform.capture.capture(model, example)[0] as the model"
+            )
         canonicalize(model)  # the saved model holds transformers Conv1D layers as nn.Linear
         fold_batchnorm_structure(model, meta["folded"])
         float_sd = {k[len("float::") :]: v for k, v in tensors.items() if k.startswith("float::")}

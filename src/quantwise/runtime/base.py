@@ -41,9 +41,18 @@ class IntegerOps:
 
 def load_exported(folder: Path, task: Any) -> Any:
     """The QuantizedModel an export keeps in ``folder/quantized``, on a fresh copy of the task's model."""
+    import json
+
     from quantwise.quantized import QuantizedModel
 
-    return QuantizedModel.load(folder / "quantized", task.build_model())
+    model = task.build_model()
+    meta = folder / "quantized" / "quantwise.json"
+    info = json.loads(meta.read_text(encoding="utf-8")).get("info", {}) if meta.exists() else {}
+    if "captured" in info and task.calibration:  # quantized on its torch.export capture: capture it again
+        from quantwise.transform.capture import capture
+
+        model, _ = capture(model, task.calibration[0])
+    return QuantizedModel.load(folder / "quantized", model)
 
 
 def _always_available() -> str | None:

@@ -35,6 +35,7 @@ from quantwise.errors import Unsupported
 from quantwise.quantized import ActQuant
 from quantwise.transform.fusion import activation_kind, trace_graph
 
+_ATEN = torch.ops.aten
 _PASS_MODULES = (nn.Identity, nn.Dropout, nn.Flatten)
 _PASS_FUNCTIONS = {
     torch.flatten,
@@ -47,12 +48,24 @@ _PASS_FUNCTIONS = {
     torch.chunk,
     torch.split,
     operator.getitem,  # one piece of a chunk/split of a quantized tensor
+    # the same, as a torch.export program's ATen calls (a captured model)
+    _ATEN.relu.default,
+    _ATEN.view.default,
+    _ATEN.reshape.default,
+    _ATEN.flatten.using_ints,
+    _ATEN.permute.default,
+    _ATEN.transpose.int,
+    _ATEN.contiguous.default,
+    _ATEN.dropout.default,
+    _ATEN.chunk.default,
+    _ATEN.split.Tensor,
+    _ATEN.split_with_sizes.default,
 }
 _PASS_METHODS = {"flatten", "view", "reshape", "contiguous", "relu", "transpose", "permute", "chunk", "split"}
-_CATS = {torch.cat, torch.concat}
-_POOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
-_ADDS = {operator.add, operator.iadd, torch.add}
+_POOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, _ATEN.max_pool2d.default}
+_ADDS = {operator.add, operator.iadd, torch.add, _ATEN.add.Tensor}
 _ADD_METHODS = {"add", "add_"}
+_CATS = {torch.cat, torch.concat, _ATEN.cat.default}
 
 
 @dataclass
@@ -115,7 +128,7 @@ def _activation_after(gm: torch.fx.GraphModule, n: torch.fx.Node) -> torch.fx.No
         return n
     if user.op == "call_module" and activation_kind(gm.get_submodule(str(user.target))):
         return user
-    if user.op == "call_function" and user.target in (torch.relu, F.relu, F.relu6):
+    if user.op == "call_function" and user.target in (torch.relu, F.relu, F.relu6, _ATEN.relu.default):
         return user
     return n
 

@@ -28,6 +28,8 @@ _CONV = (_ATEN.conv2d.default,)
 _LINEAR = (_ATEN.linear.default,)
 _BN = (_ATEN.batch_norm.default,)
 _ACT = {_ATEN.relu.default: "relu", _ATEN.relu6.default: "relu6", _ATEN.hardtanh.default: "hardtanh"}
+# in place (``nn.ReLU6(inplace=True)`` exports as ``hardtanh_``): lifted only when nothing else reads the input
+_ACT_INPLACE = {_ATEN.relu_.default: "relu", _ATEN.hardtanh_.default: "hardtanh"}
 
 
 def _param(gm: torch.fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
@@ -103,8 +105,10 @@ def _module_for(gm: torch.fx.GraphModule, node: torch.fx.Node) -> tuple[nn.Modul
         bn.running_mean, bn.running_var = mean, var
         bn.num_batches_tracked = None
         return bn.eval(), ts[0][0]
-    if node.target in _ACT:
-        kind = _ACT[node.target]  # type: ignore[index]
+    if node.target in _ACT_INPLACE and isinstance(a[0], torch.fx.Node) and len(a[0].users) != 1:
+        return None
+    if node.target in _ACT or node.target in _ACT_INPLACE:
+        kind = {**_ACT, **_ACT_INPLACE}[node.target]  # type: ignore[index]
         if kind == "hardtanh" and tuple(float(x) for x in a[1:3]) != (0.0, 6.0):
             return None
         return (nn.ReLU() if kind == "relu" else nn.ReLU6()), ""
