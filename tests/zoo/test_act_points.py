@@ -17,9 +17,9 @@ from quantwise.api import lower
 from quantwise.quantized import QuantizedModel
 from quantwise.recipes import get_recipe
 from quantwise.runtime.torch_sim import lower_torch
-from quantwise.tasks.base import Task
 
 from .models import BasicBlock, _bn_stats
+from .test_zoo import _task
 
 
 class PoolNet(nn.Module):
@@ -47,21 +47,6 @@ def _net() -> tuple[nn.Module, list[tuple[torch.Tensor, ...]]]:
 
 def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
     return float(10 * np.log10((ref**2).mean() / max(((ref - out) ** 2).mean(), 1e-30)))
-
-
-def _task(model: nn.Module, batches: list) -> Task:
-    x = batches[1][0]
-    return Task(
-        name="poolnet",
-        model=model,
-        calibration=batches[:1],
-        eval_batches=batches[1:],
-        score=lambda o: {},
-        input_names=["input"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        latency_input=lambda n: (x[:n],),
-        build_model=lambda: model,
-    )
 
 
 def test_adds_and_the_max_pool_are_points_and_consumers_keep_their_source_grid():
