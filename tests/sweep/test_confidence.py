@@ -227,7 +227,9 @@ def test_host_contention_seen_by_the_reference_kernel_is_flagged():
     first = measure_latency(work, iters=10, min_seconds=0.1)
     assert first["reference"]["slowdown"] >= 1.0 and first["reference"]["best_ms"] > 0
     saved = list(latency._reference_best)
-    latency._reference_best[:] = [latency.reference_ms() / 2]  # as if the host had been twice as fast before
+    # as if the host had been five times as fast before: a margin no drift of this host's own speed
+    # between two reference timings (seen up to 1.6x on a shared machine) can close
+    latency._reference_best[:] = [latency.reference_ms() / 5]
     try:
         slowed = measure_latency(work, iters=10, min_seconds=0.1)
     finally:
