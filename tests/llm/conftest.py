@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from quantwise.tasks.llm_load import bbc_articles, smollm2_path
+
+
+@functools.cache
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer, converted from its GGUF once per test process (12 s each time)."""
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_path()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def save_tiny_llama(
@@ -23,10 +34,9 @@ def save_tiny_llama(
 ) -> Path:
     """A random-weight causal LM with SmolLM2's tokenizer; ``arch="gpt2"`` gives GPT-2's structure
     (``GPT2LMHeadModel``: transformers ``Conv1D`` layers, fused QKV, learned positions, LayerNorm)."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    gguf = smollm2_path()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = smollm2_tokenizer()
     torch.manual_seed(seed)
     model: torch.nn.Module
     common = {

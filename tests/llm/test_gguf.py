@@ -33,6 +33,35 @@ def test_the_written_fp32_gguf_loads_back_as_the_same_model(tiny_llama: Path, gg
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_a_ggufs_float32_conversion_is_kept_and_reloads_as_the_same_model(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers converts a GGUF's tokenizer and dequantizes its tensors on every load (40 s for
+    SmolLM2); quantwise keeps the conversion and loads that, until the file changes."""
+    import os
+    import shutil
+
+    from quantwise.tasks.llm_load import _gguf_conversion, load_causal_lm
+
+    monkeypatch.setenv("QUANTWISE_CACHE", str(tmp_path / "cache"))
+    src = Path(shutil.copy2(tiny_gguf, tmp_path / "tiny.gguf"))
+    first, tok1 = load_causal_lm(src)
+    kept = list((tmp_path / "cache" / "gguf-fp32").iterdir())
+    assert len(kept) == 1 and (kept[0] / "quantwise-complete").is_file()
+    second, tok2 = load_causal_lm(src)
+    assert Path(second.lm.config._name_or_path) == kept[0]  # read from the kept folder, not the GGUF
+    text = "Shares in the company rose by 5% on Monday."
+    ids = tok1(text, return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, tok2(text, return_tensors="pt")["input_ids"]) and len(tok1) == len(tok2)
+    sd1, sd2 = first.state_dict(), second.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    assert second.lm.lm_head.weight is second.lm.model.embed_tokens.weight  # still tied
+    with torch.no_grad():
+        assert torch.equal(first(ids), second(ids))
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))  # the file changed: convert again
+    assert _gguf_conversion(src) != kept[0]
+
+
 @pytest.mark.parametrize("bits,kind", [(4, "Q4_0"), (8, "Q8_0")])
 def test_gguf_blocks_hold_the_quantized_weights_exactly(gguf_task, tmp_path: Path, bits: int, kind: str) -> None:
     recipe = get_recipe(f"w{bits}a16", bits=bits, group_size=32, fp16_scales=True)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from quantwise.cachedir import cache_dir
 from quantwise.errors import UserError
-from quantwise.progress import status
+from quantwise.progress import status, warn
 from quantwise.quiet import env_vars, hf_quiet, import_torchao_quietly
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,11 +83,51 @@ def is_causal_lm(model: str | Path) -> bool:
     return bool(archs) and any(str(a) in causal_lm_classes() for a in archs)
 
 
+COMPLETE = "quantwise-complete"
+
+
+def _gguf_conversion(p: Path) -> Path | None:
+    """Where this GGUF's float32 conversion is kept (``$QUANTWISE_CACHE/gguf-fp32``): transformers takes
+    ~12 s to convert a GGUF's tokenizer and ~40 s to dequantize SmolLM2-135M; a saved folder loads in
+    about a second. Keyed by the file's path, size and modification time and the transformers version."""
+    import transformers
+
+    try:
+        st = p.stat()
+        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}"
+        return cache_dir("gguf-fp32") / f"{p.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+    except OSError:
+        return None
+
+
+def _save_conversion(lm: Any, tok: Any, folder: Path) -> None:
+    """Save the converted model and tokenizer beside nothing else, atomically (a folder renamed into
+    place after its completion marker is written); a failure (a full disk) only costs the next run time."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    try:
+        quantizer = getattr(lm, "hf_quantizer", None)  # GGUF's, which refuses to save: the weights are float32 now
+        lm.hf_quantizer = None
+        try:
+            with hf_quiet():
+                lm.save_pretrained(str(tmp))
+                tok.save_pretrained(str(tmp))
+        finally:
+            lm.hf_quantizer = quantizer
+        (tmp / COMPLETE).write_text("saved by quantwise from a GGUF file\n", encoding="utf-8")
+        os.replace(tmp, folder)
+    except OSError as e:
+        if (folder / COMPLETE).is_file():
+            return  # another process saved the same conversion first
+        warn(f"could not keep the GGUF's float32 conversion in {folder.parent} ({e}); the next run converts again")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
     """The float32 model and its tokenizer, from a local folder or GGUF file (never the network).
 
     A GGUF checkpoint is dequantized to float32 by transformers' GGUF loader: that dequantized
-    model is the FP32 baseline.
+    model is the FP32 baseline. The conversion is kept in quantwise's cache and reused.
     """
     import_torchao_quietly()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -105,6 +149,9 @@ def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
             f"{p} is not a causal language model: its config.json names no causal-LM architecture (*ForCausalLM, GPT2LMHeadModel ...) "
             "(pass a decoder LLM folder or a .gguf file; encoders take --data with labels)"
         )
+    converted = _gguf_conversion(p) if kw else None
+    if converted is not None and (converted / COMPLETE).is_file():
+        where, kw = converted, {}  # this GGUF's float32 conversion, saved by an earlier run
     try:
         status(f"loading {p.name}" + (" (dequantizing the GGUF to float32)" if "gguf_file" in kw else ""))
         with env_vars(HF_HUB_OFFLINE="1", TQDM_DISABLE="1"), hf_quiet():  # transformers' GGUF loader has its own bar
@@ -118,6 +165,8 @@ def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
     cfg = lm.config
     if getattr(cfg, "quantization_config", None) is not None:
         cfg.quantization_config = None  # the GGUF blocks are dequantized: the loaded weights are plain float32
+    if converted is not None and "gguf_file" in kw:
+        _save_conversion(lm, tok, converted)
     if len(tok) > lm.get_input_embeddings().num_embeddings:
         raise UserError(
             f"the tokenizer of {p} has {len(tok)} tokens but the model's embedding has "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantwise.cachedir import cache_dir
 from quantwise.errors import UserError
 from quantwise.progress import progress_iter
 from quantwise.tasks.base import Batch, Task, classification_metrics
@@ -72,12 +73,6 @@ def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[np.ndarray, np.n
         return None
 
 
-def _cache_dir() -> Path:
-    d = Path(os.environ.get("QUANTWISE_CACHE", Path.home() / ".cache" / "quantwise"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def _embed(model: nn.Module, batches: list[Batch], label: str) -> np.ndarray:
     outs = []
     with torch.no_grad():
@@ -117,7 +112,7 @@ def build_text_task(
     key = hashlib.sha1(
         f"{name}|{model_dir}|{(Path(model_dir) / 'config.json').stat().st_mtime}|{len(docs)}|{docs[0][:200]}|{docs[-1][:200]}".encode()
     ).hexdigest()[:16]
-    cache = _cache_dir() / f"{name}-{key}-fp32.npz"
+    cache = cache_dir() / f"{name}-{key}-fp32.npz"
     test_batches = batches(te)
     cached = _read_cache(cache, len(tr), len(te))
     if cached is not None:

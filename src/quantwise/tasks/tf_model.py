@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from quantwise.cachedir import cache_dir
 from quantwise.errors import UserError
 from quantwise.quiet import env_vars, native_output_silenced
 from quantwise.tasks.base import Task
@@ -49,12 +50,6 @@ def _digest(path: Path) -> str:
         h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:20]
-
-
-def _cache() -> Path:
-    d = Path(os.environ.get("QUANTWISE_CACHE", Path.home() / ".cache" / "quantwise")) / "tf2onnx"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def _function(tf: Any, path: Path) -> tuple[Any, list[Any]]:
@@ -96,7 +91,7 @@ def convert(path: Path) -> tuple[Path, Any]:
     """The cached ONNX conversion of ``path`` and a callable running the TensorFlow model."""
     tf, tf2onnx = _import_tf()
     fn, keep = _function(tf, path)
-    out = _cache() / f"{path.name}-{_digest(path)}-opset{OPSET}.onnx"
+    out = cache_dir("tf2onnx") / f"{path.name}-{_digest(path)}-opset{OPSET}.onnx"
     if not out.exists():
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:

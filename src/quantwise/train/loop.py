@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantwise.cachedir import cache_dir
 from quantwise.errors import UserError
 from quantwise.progress import live_progress, status, warn
 from quantwise.transform.qat import QATPrepared
@@ -119,7 +120,7 @@ def checkpoint_dir_for(task: Any, prepared: QATPrepared, root: Path | None = Non
     h.update(f"{task.name} labels {len(task.train_labels)}".encode())  # labelled and unlabelled runs differ
     for name, p in task.model.state_dict().items():
         h.update(f"{name}{tuple(p.shape)}{float(p.double().sum()) if p.is_floating_point() else 0}".encode())
-    base = root or Path(os.environ.get("QUANTWISE_CACHE", Path.home() / ".cache" / "quantwise")) / "qat"
+    base = root or cache_dir("qat")
     return base / f"{task.name.replace('/', '_').replace(':', '_')}-{prepared.recipe.name}-{h.hexdigest()[:12]}"
 
 
