@@ -15,6 +15,10 @@ from quantwise.runtime.gguf_write import gguf_weights, write_gguf
 from quantwise.runtime.registry import check_can_run
 from quantwise.tasks import load_task
 
+# one worker builds the tiny GGUFs and their tasks (35 s each: the gguf reader parses the tokenizer's
+# 49,152-entry vocabulary three times per load) instead of both
+pytestmark = pytest.mark.xdist_group("gguf")
+
 
 @pytest.fixture(scope="module")
 def gguf_task(tiny_gguf: Path, lm_text: Path):

@@ -114,7 +114,7 @@ def test_a_killed_driver_is_resumed_against_the_same_cluster_without_recomputing
     address = ray.get_runtime_context().gcs_address
     out = tmp_path / "ray"
     cmd = [sys.executable, "-m", "quantwise.cli", "compare", "--formats", "fp32,static-int8-minmax,dynamic-int8,fp16"]
-    cmd += ["--runtimes", "onnxruntime", "--no-memory", "--explain", "none", "--optimize", "size"]
+    cmd += ["--runtimes", "onnxruntime", "--no-memory", "--explain", "none", "--optimize", "size", "--limit", "400"]
     cmd += ["--executor", "ray", "--address", address, "--out", str(out)]
     env = {**os.environ, "QUANTWISE_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
