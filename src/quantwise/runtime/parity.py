@@ -6,8 +6,14 @@ blocks with activations rounded to 8 bits, LiteRT's requantization). Rounding-bo
 the two differ a little; a runtime that computes another model differs a lot. On the first
 evaluation batch (a causal LM's first ``LM_TOKENS`` tokens), the record keeps the largest
 difference relative to the simulation's output range and, for outputs with a class (or vocabulary)
-axis, how often the two pick the same top-1. Below ``MIN_AGREEMENT`` the record says ``differs``
-and compare prints it: the figures of that format are the runtime's, not the simulation's.
+axis, how often the two pick the same top-1. Below ``MIN_AGREEMENT`` the simulation is run once more
+with the inputs of its quantized layers moved by ``NOISE`` (relative; the size of the last-bit
+differences between two runtimes' float kernels): a format whose outputs sit on rounding
+boundaries changes its own top-1 under that noise as often as the runtime disagrees with it
+(dynamic per-tensor W8A8 on SmolLM2: the simulation keeps 68% of its top-1 picks under noise,
+ONNX Runtime picks the same as the simulation on 68%, PyTorch's int8 kernels on 66%). The runtime then computes what the simulation says as closely as the
+simulation can say it (``status`` ``ok``, ``noise_floor_agreement``, ``reason``); only a runtime
+that agrees less than the simulation under noise ``differs``, and compare prints it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from quantwise.runtime.torch_sim import first_tensor
 
 LM_TOKENS = 128
 MIN_AGREEMENT = 0.9  # rounding flips near-ties, not one decision in ten
+NOISE = 1e-6  # relative noise on each quantized layer's input: float kernels' last-bit differences
+SAMPLING_SLACK = 0.05  # top-1 agreements over 128 positions differ by this much by chance
 
 
 def runtime_vs_simulation(qm: QuantizedModel, task: Any, runner: Any, runtime: str) -> dict[str, Any] | None:
@@ -49,10 +57,46 @@ def runtime_vs_simulation(qm: QuantizedModel, task: Any, runner: Any, runtime: s
         "max_rel_diff": float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12)),
     }
     if want.ndim >= 2 and want.shape[-1] > 1:
-        out["top1_agreement"] = float(np.mean(got.argmax(-1) == want.argmax(-1)))
-        if out["top1_agreement"] < MIN_AGREEMENT:
-            out["status"] = "differs"
-            out["reason"] = (
-                f"{runtime} and the simulation pick the same top-1 on {100 * out['top1_agreement']:.0f}% only"
-            )
+        agree = float(np.mean(got.argmax(-1) == want.argmax(-1)))
+        out["top1_agreement"] = agree
+        if agree < MIN_AGREEMENT:
+            floor = _noise_floor(qm, batch, want)
+            out["noise_floor_agreement"] = floor
+            if floor is not None and agree >= floor - SAMPLING_SLACK:
+                out["reason"] = (
+                    f"{runtime} picks the simulation's top-1 on {100 * agree:.0f}%, and the simulation itself on "
+                    f"{100 * floor:.0f}% when its layers' inputs move by {NOISE:g}: this format's outputs sit on "
+                    "rounding boundaries (a fragile format, not a runtime computing another model)"
+                )
+            else:
+                out["status"] = "differs"
+                out["reason"] = f"{runtime} and the simulation pick the same top-1 on {100 * agree:.0f}% only" + (
+                    f" (the simulation under {NOISE:g} noise: {100 * floor:.0f}%)" if floor is not None else ""
+                )
     return out
+
+
+def _noise_floor(qm: QuantizedModel, batch: tuple[torch.Tensor, ...], want: np.ndarray) -> float | None:
+    """Top-1 agreement of the simulation with itself when each quantized layer's input is moved by
+    ``NOISE`` (relative, seeded): how stable this format's decisions are under float rounding."""
+    from quantwise.runtime.torch_rt import simulation_module
+
+    sim = simulation_module(qm).eval()
+    gen = torch.Generator().manual_seed(0)
+
+    def nudge(_m: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            return args
+        return (x * (1 + NOISE * torch.randn(x.shape, generator=gen)), *args[1:])
+
+    hooks = [m.register_forward_pre_hook(nudge) for n, m in sim.named_modules() if n in qm.layers]
+    if not hooks:
+        return None
+    with torch.inference_mode():
+        moved = first_tensor(sim(*batch))
+    for h in hooks:
+        h.remove()
+    if moved is None:
+        return None
+    return float(np.mean(moved.float().numpy().argmax(-1) == want.argmax(-1)))
