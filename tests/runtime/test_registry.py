@@ -16,6 +16,8 @@ from quantwise.runtime.registry import RUNTIMES, baseline_runtime, check_can_run
 from quantwise.sweep.formats import FORMATS
 from quantwise.sweep.profiles import PROFILES
 
+pytestmark = pytest.mark.xdist_group("registry")  # its module fixture is built on one worker, not on both
+
 # Formats the table deliberately does not sweep in a runtime that could run them, and why.
 # Everything else must agree: the table claims a pair exactly when the runtime accepts it.
 NOT_SWEPT = {

@@ -19,6 +19,8 @@ from quantwise.errors import UserError
 from quantwise.recipes import get_recipe
 from quantwise.tasks import load_task
 
+pytestmark = pytest.mark.xdist_group("hf-classifier")  # its module fixture is built on one worker, not on both
+
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):

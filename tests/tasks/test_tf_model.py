@@ -16,6 +16,8 @@ from quantwise.api import evaluate
 from quantwise.errors import UserError
 from quantwise.tasks import load_task
 
+pytestmark = pytest.mark.xdist_group("tf-model")  # its module fixture is built on one worker, not on both
+
 KW = {"batch_sizes": (1,), "measure_memory": False, "latency_seconds": 0.1}
 
 
