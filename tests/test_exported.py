@@ -61,6 +61,11 @@ def test_the_module_route_captures_a_same_padding_stem_and_quantizes_it(tmp_path
     assert out.shape == ref.shape and _sqnr(ref, out) >= FLOORS["tf-same-padding"]["static-int8"]
     ep = torch.export.export(model, (batches[0][0],))
     assert "stem" in quantize(ep, "static-int8", batches[:1]).layers  # a program in: the same lifting
+    from quantwise.recipes import get_recipe
+    from quantwise.transform.quantize import quantize_model
+
+    below = quantize_model(model, get_recipe("static-int8"), batches[:1])  # as the mixed search's candidates call it
+    assert "stem" in below.layers and below.info["captured"]["by"] == "torch.export"
     saved = qm.save(tmp_path / "q")
     with pytest.raises(UserError, match="captured with torch.export"):
         QuantizedModel.load(saved, build("tf-same-padding")[0])

@@ -22,7 +22,7 @@ from quantwise.measure.memory import peak_memory
 from quantwise.progress import progress_iter, status
 from quantwise.quantized import QuantizedModel, artifact_size, atomic_dir
 from quantwise.quiet import torch_threads
-from quantwise.recipes import DynamicInt8Recipe, Recipe, StaticInt8Recipe, WeightOnlyRecipe, get_recipe
+from quantwise.recipes import Recipe, get_recipe
 from quantwise.records import Record
 from quantwise.runtime.registry import RUNTIMES, check_can_run, get_runtime
 from quantwise.tasks.base import Task
@@ -71,14 +71,7 @@ def quantize(
         from quantwise.transform.onnx_import import import_graph
 
         model = import_graph(model, calibration_data[0])  # fixed point starts from PyTorch layers (checked)
-    captured = None
-    if isinstance(recipe, (StaticInt8Recipe, DynamicInt8Recipe, WeightOnlyRecipe)) and calibration_data:
-        from quantwise.transform.capture import capture_if_needed
-
-        model, captured = capture_if_needed(model, calibration_data[0])  # subclassed layers: as a graph
-    qm = quantize_model(model, recipe, calibration_data)
-    if captured is not None:
-        qm.info["capture_failed" if "failed" in captured else "captured"] = captured
+    qm = quantize_model(model, recipe, calibration_data)  # subclassed layers are captured as a graph there
     if calibration_data:
         from quantwise.runtime.torch_sim import check_fidelity
 

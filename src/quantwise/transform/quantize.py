@@ -14,7 +14,7 @@ from torch import nn
 
 from quantwise.errors import Unsupported, UserError
 from quantwise.quantized import QuantizedModel
-from quantwise.recipes import Recipe
+from quantwise.recipes import DynamicInt8Recipe, Recipe, StaticInt8Recipe, WeightOnlyRecipe
 from quantwise.transform.registry import Batch, handlers, needs_calibration
 
 
@@ -49,8 +49,13 @@ def quantize_model(
             "or for your own training loop quantwise.transform.qat.prepare_qat / convert_qat"
         )
     check_finite_weights(model)
-    model, rewritten = _canonical_copy(model)
     calib = list(calibration_data or [])
+    captured = None
+    if isinstance(recipe, (StaticInt8Recipe, DynamicInt8Recipe, WeightOnlyRecipe)) and calib:
+        from quantwise.transform.capture import capture_if_needed
+
+        model, captured = capture_if_needed(model, calib[0])  # Conv2d/Linear subclasses: as a graph
+    model, rewritten = _canonical_copy(model)
     if needs_calibration(recipe):
         if not calib:
             raise UserError(
@@ -60,6 +65,8 @@ def quantize_model(
     t0 = time.perf_counter()
     qm = handler(model, recipe, calib)
     qm.info["time_to_quantize_s"] = time.perf_counter() - t0
+    if captured is not None:
+        qm.info["capture_failed" if "failed" in captured else "captured"] = captured
     if qm.layers and qm.plan is None:
         from quantwise.transform.schemes import tied_to_quantized
 
