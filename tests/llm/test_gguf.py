@@ -20,7 +20,7 @@ from quantwise.tasks import load_task
 pytestmark = pytest.mark.xdist_group("gguf")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept across interleaved modules on its xdist worker
 def gguf_task(tiny_gguf: Path, lm_text: Path):
     return load_task(model=str(tiny_gguf), data=str(lm_text))
 

