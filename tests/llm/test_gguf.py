@@ -38,7 +38,7 @@ def test_the_written_fp32_gguf_loads_back_as_the_same_model(tiny_llama: Path, gg
 
 
 def test_a_ggufs_float32_conversion_is_kept_and_reloads_as_the_same_model(
-    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """transformers converts a GGUF's tokenizer and dequantizes its tensors on every load (40 s for
     SmolLM2); quantwise keeps the conversion and loads that, until the file changes."""
@@ -62,6 +62,11 @@ def test_a_ggufs_float32_conversion_is_kept_and_reloads_as_the_same_model(
     assert second.lm.lm_head.weight is second.lm.model.embed_tokens.weight  # still tied
     with torch.no_grad():
         assert torch.equal(first(ids), second(ids))
+    (kept[0] / "model.safetensors").write_bytes(b"damaged")  # a damaged entry is converted again, with a warning
+    third, _ = load_causal_lm(src)
+    assert "does not load" in capsys.readouterr().err and Path(third.lm.config._name_or_path) == src.parent
+    assert all(torch.equal(sd1[k], v) for k, v in third.state_dict().items())
+    assert load_causal_lm(src)[0].lm.config._name_or_path == str(kept[0])  # and kept again
     os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))  # the file changed: convert again
     assert _gguf_conversion(src) != kept[0]
 

@@ -84,12 +84,15 @@ def is_causal_lm(model: str | Path) -> bool:
 
 
 COMPLETE = "quantwise-complete"
+MAX_KEPT_BYTES = 4 * 2**30  # a 1B-parameter model in float32; larger conversions are not kept
 
 
 def _gguf_conversion(p: Path) -> Path | None:
-    """Where this GGUF's float32 conversion is kept (``$QUANTWISE_CACHE/gguf-fp32``): transformers takes
-    ~12 s to convert a GGUF's tokenizer and ~40 s to dequantize SmolLM2-135M; a saved folder loads in
-    about a second. Keyed by the file's path, size and modification time and the transformers version."""
+    """Where this GGUF's float32 conversion is kept (``$QUANTWISE_CACHE/gguf-fp32``).
+
+    transformers takes ~42 s to convert SmolLM2-135M's GGUF (its reader parses the 49,152-token
+    vocabulary three times); the saved folder loads in about 5 s. Keyed by the file's path, size and
+    modification time, and the transformers version."""
     import transformers
 
     try:
@@ -101,8 +104,17 @@ def _gguf_conversion(p: Path) -> Path | None:
 
 
 def _save_conversion(lm: Any, tok: Any, folder: Path) -> None:
-    """Save the converted model and tokenizer beside nothing else, atomically (a folder renamed into
-    place after its completion marker is written); a failure (a full disk) only costs the next run time."""
+    """Save the converted model and tokenizer atomically (a folder renamed into place after its
+    completion marker is written), unless it is larger than ``MAX_KEPT_BYTES`` or a quarter of the
+    free disk; a failure (a full disk) only costs the next run its conversion time."""
+    size = sum({t.data_ptr(): t.numel() * t.element_size() for t in lm.state_dict().values()}.values())  # tied: once
+    free = shutil.disk_usage(folder.parent).free
+    if size > MAX_KEPT_BYTES or size > free // 4:
+        status(
+            f"not keeping the float32 conversion ({size / 2**30:.1f} GiB; kept up to {MAX_KEPT_BYTES / 2**30:.0f} GiB "
+            f"and a quarter of the free disk): the next run converts the GGUF again"
+        )
+        return
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     try:
         quantizer = getattr(lm, "hf_quantizer", None)  # GGUF's, which refuses to save: the weights are float32 now
@@ -123,6 +135,18 @@ def _save_conversion(lm: Any, tok: Any, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _from_pretrained(where: Path, kw: dict[str, Any]) -> tuple[Any, Any]:
+    """(tokenizer, float32 model) from a folder, or from a GGUF file when ``kw`` names it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with env_vars(HF_HUB_OFFLINE="1", TQDM_DISABLE="1"), hf_quiet():  # transformers' GGUF loader has its own bar
+        tok = AutoTokenizer.from_pretrained(str(where), **kw)
+        lm = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch.float32, attn_implementation="eager", **kw)
+    if getattr(lm.config, "quantization_config", None) is not None:
+        lm.config.quantization_config = None  # the GGUF blocks are dequantized: the loaded weights are plain float32
+    return tok, lm
+
+
 def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
     """The float32 model and its tokenizer, from a local folder or GGUF file (never the network).
 
@@ -130,7 +154,6 @@ def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
     model is the FP32 baseline. The conversion is kept in quantwise's cache and reused.
     """
     import_torchao_quietly()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(model)
     if not p.exists():
@@ -150,23 +173,23 @@ def load_causal_lm(model: str | Path) -> tuple[CausalLMLogits, Any]:
             "(pass a decoder LLM folder or a .gguf file; encoders take --data with labels)"
         )
     converted = _gguf_conversion(p) if kw else None
+    lm: Any = None
     if converted is not None and (converted / COMPLETE).is_file():
-        where, kw = converted, {}  # this GGUF's float32 conversion, saved by an earlier run
-    try:
-        status(f"loading {p.name}" + (" (dequantizing the GGUF to float32)" if "gguf_file" in kw else ""))
-        with env_vars(HF_HUB_OFFLINE="1", TQDM_DISABLE="1"), hf_quiet():  # transformers' GGUF loader has its own bar
-            tok = AutoTokenizer.from_pretrained(str(where), **kw)
-            lm: Any = AutoModelForCausalLM.from_pretrained(
-                str(where), dtype=torch.float32, attn_implementation="eager", **kw
-            )
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot load the causal LM {p}: {first}") from None
-    cfg = lm.config
-    if getattr(cfg, "quantization_config", None) is not None:
-        cfg.quantization_config = None  # the GGUF blocks are dequantized: the loaded weights are plain float32
-    if converted is not None and "gguf_file" in kw:
-        _save_conversion(lm, tok, converted)
+        try:  # this GGUF's float32 conversion, saved by an earlier run
+            status(f"loading {p.name} (its float32 conversion kept in {converted.parent})")
+            tok, lm = _from_pretrained(converted, {})
+        except Exception as e:  # any damage (safetensors raises its own error type): convert again
+            warn(f"the kept conversion of {p.name} does not load ({type(e).__name__}); converting the GGUF again")
+            shutil.rmtree(converted, ignore_errors=True)
+    if lm is None:
+        try:
+            status(f"loading {p.name}" + (" (dequantizing the GGUF to float32)" if "gguf_file" in kw else ""))
+            tok, lm = _from_pretrained(where, kw)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"cannot load the causal LM {p}: {first}") from None
+        if converted is not None:
+            _save_conversion(lm, tok, converted)
     if len(tok) > lm.get_input_embeddings().num_embeddings:
         raise UserError(
             f"the tokenizer of {p} has {len(tok)} tokens but the model's embedding has "
