@@ -11,8 +11,8 @@ with the inputs of its quantized layers moved by ``NOISE`` (relative; the size o
 differences between two runtimes' float kernels): a format whose outputs sit on rounding
 boundaries changes its own top-1 under that noise as often as the runtime disagrees with it
 (dynamic per-tensor W8A8 on SmolLM2: the simulation keeps 68% of its top-1 picks under noise,
-ONNX Runtime picks the same as the simulation on 68%, PyTorch's int8 kernels on 66%). The runtime then computes what the simulation says as closely as the
-simulation can say it (``status`` ``ok``, ``noise_floor_agreement``, ``reason``); only a runtime
+ONNX Runtime picks the same as the simulation on 68%, PyTorch's int8 kernels on 66%). The runtime
+then computes what the simulation says as closely as the simulation can say it (``status`` ``ok``, ``noise_floor_agreement``, ``reason``); only a runtime
 that agrees less than the simulation under noise ``differs``, and compare prints it.
 """
 
@@ -43,8 +43,9 @@ def runtime_vs_simulation(qm: QuantizedModel, task: Any, runner: Any, runtime: s
     batch = task.eval_batches[0]
     if task.generation is not None:
         batch = tuple(t[:, :LM_TOKENS] for t in batch)
+    sim = simulation_module(qm).eval()
     with torch.inference_mode():
-        ref = first_tensor(simulation_module(qm).eval()(*batch))
+        ref = first_tensor(sim(*batch))
     if ref is None:
         return {"status": "n/a", "reason": "the model's output is not a tensor"}
     want = ref.float().numpy()
@@ -60,7 +61,7 @@ def runtime_vs_simulation(qm: QuantizedModel, task: Any, runner: Any, runtime: s
         agree = float(np.mean(got.argmax(-1) == want.argmax(-1)))
         out["top1_agreement"] = agree
         if agree < MIN_AGREEMENT:
-            floor = _noise_floor(qm, batch, want)
+            floor = _noise_floor(sim, qm, batch, want)
             out["noise_floor_agreement"] = floor
             if floor is not None and agree >= floor - SAMPLING_SLACK:
                 out["reason"] = (
@@ -76,12 +77,11 @@ def runtime_vs_simulation(qm: QuantizedModel, task: Any, runner: Any, runtime: s
     return out
 
 
-def _noise_floor(qm: QuantizedModel, batch: tuple[torch.Tensor, ...], want: np.ndarray) -> float | None:
-    """Top-1 agreement of the simulation with itself when each quantized layer's input is moved by
-    ``NOISE`` (relative, seeded): how stable this format's decisions are under float rounding."""
-    from quantwise.runtime.torch_rt import simulation_module
-
-    sim = simulation_module(qm).eval()
+def _noise_floor(
+    sim: torch.nn.Module, qm: QuantizedModel, batch: tuple[torch.Tensor, ...], want: np.ndarray
+) -> float | None:
+    """Top-1 agreement of the simulation ``sim`` with itself when each quantized layer's input is moved
+    by ``NOISE`` (relative, seeded): how stable this format's decisions are under float rounding."""
     gen = torch.Generator().manual_seed(0)
 
     def nudge(_m: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -93,10 +93,12 @@ def _noise_floor(qm: QuantizedModel, batch: tuple[torch.Tensor, ...], want: np.n
     hooks = [m.register_forward_pre_hook(nudge) for n, m in sim.named_modules() if n in qm.layers]
     if not hooks:
         return None
-    with torch.inference_mode():
-        moved = first_tensor(sim(*batch))
-    for h in hooks:
-        h.remove()
+    try:
+        with torch.inference_mode():
+            moved = first_tensor(sim(*batch))
+    finally:
+        for h in hooks:
+            h.remove()
     if moved is None:
         return None
     return float(np.mean(moved.float().numpy().argmax(-1) == want.argmax(-1)))
