@@ -69,11 +69,7 @@ def main() -> None:
         base = None
         for rt in args.runtimes.split(","):
             for name, recipe in SCHEMES:
-                if rt == "torch-int8" and (
-                    recipe is None
-                    or recipe.name not in ("dynamic-int8", "static-int8")
-                    or getattr(recipe, "activations", "") == "per-token"
-                ):
+                if rt == "torch-int8" and (recipe is None or recipe.name not in ("dynamic-int8", "static-int8")):
                     continue  # no PyTorch int8 kernels for the other formats (see runtime/torch_int8.py)
                 rec = evaluate(task, recipe, rt, measure_memory=False, latency_seconds=args.seconds)
                 if base is None:

@@ -71,21 +71,36 @@ def test_onnxruntime_with_kv_cache_computes_what_the_simulation_says(smollm2) ->
 
 
 def test_a_fragile_format_is_told_apart_from_a_runtime_computing_another_model(smollm2) -> None:
-    """Dynamic per-tensor W8A8 on SmolLM2 (activation outliers make its steps coarse): PyTorch's int8
-    kernels pick the simulation's top-1 on about two thirds of 128 positions, and so does the
-    simulation itself when its layers' inputs move by 1e-6. That is a fragile format, not a runtime
-    computing another model; a runner whose vocabulary is shifted by one still differs."""
+    """Dynamic per-tensor W8A8 on SmolLM2 (activation outliers make its steps coarse). PyTorch's
+    oneDNN int8 kernels reproduce the simulation bit for bit. Moving each int8 layer's input by one
+    float32 ulp (what a float kernel summing in another order does; ONNX Runtime agrees on about two
+    thirds of the top-1 picks) costs about a third of the picks: the simulation under 1e-6 noise
+    does the same, so that is a fragile format, not a runtime computing another model. A runner
+    whose vocabulary is shifted by one still differs."""
     import numpy as np
+    import torch
 
-    from quantwise.runtime.parity import MIN_AGREEMENT, SAMPLING_SLACK, runtime_vs_simulation
+    from quantwise.runtime.parity import MIN_AGREEMENT, runtime_vs_simulation, sampling_slack
+    from quantwise.runtime.torch_int8 import Int8Linear
 
     qm = quantize(smollm2.model, get_recipe("dynamic-int8"), smollm2.calibration)
     with tempfile.TemporaryDirectory() as d:
-        runner, _ = lower(qm, smollm2, "torch-int8", Path(d), 1)
+        runner, module = lower(qm, smollm2, "torch-int8", Path(d), 1)
+        exact = runtime_vs_simulation(qm, smollm2, runner, "torch-int8")
+        assert exact == {**exact, "status": "ok", "top1_agreement": 1.0, "max_rel_diff": 0.0}
+
+        nudge = [
+            m.register_forward_pre_hook(lambda _m, a: (torch.nextafter(a[0], torch.full_like(a[0], np.inf)),))
+            for m in module.modules()
+            if isinstance(m, Int8Linear)
+        ]
         par = runtime_vs_simulation(qm, smollm2, runner, "torch-int8")
+        for h in nudge:
+            h.remove()
         assert par is not None and par["top1_agreement"] < MIN_AGREEMENT, par  # the plain check would say differs
         assert par["noise_floor_agreement"] < MIN_AGREEMENT
-        assert par["status"] == "ok" and par["top1_agreement"] >= par["noise_floor_agreement"] - SAMPLING_SLACK
+        floor = par["noise_floor_agreement"]
+        assert par["status"] == "ok" and par["top1_agreement"] >= floor - sampling_slack(floor, 128)
         assert "rounding boundaries" in par["reason"]
 
         class Shifted:  # the same kernels, every logit moved to the next token id

@@ -1,10 +1,8 @@
-"""PyTorch's real int8 kernels against the simulation of the same QuantizedModel.
+"""PyTorch's real int8 kernels (oneDNN) against the simulation of the same QuantizedModel.
 
-Static layers: within one output step (PyTorch requantizes with a folded multiplier, as ONNX
-Runtime does) and at most one input step of difference in the quantized input where
-``x * (1/scale)`` and ``x / scale`` round differently. Dynamic layers: fbgemm chooses its own
-run-time activation parameters by the same min/max rule, so outputs agree to a fraction of
-one activation step.
+Static layers: within one output step (oneDNN requantizes with a folded multiplier, as ONNX
+Runtime does). Dynamic layers: the run-time activation parameters are chosen by the
+simulation's own rule, so outputs differ only by float32 rescaling order.
 """
 
 from __future__ import annotations
@@ -49,3 +47,18 @@ def test_formats_without_int8_kernels_are_refused_with_the_reason(mnist, tmp_pat
         qm = quantize(mnist.model, recipe, mnist.calibration)
         with pytest.raises(Unsupported, match=why):
             lower(qm, mnist, "torch-int8", tmp_path)
+
+
+def test_kernels_take_plain_integer_tensors_not_deprecated_quantized_ones(mnist, tmp_path):
+    """oneDNN's kernels run the model's own uint8/int8 values: nothing builds the quantized tensor
+    types PyTorch deprecates (torch.quantize_per_tensor warns from 2.13, pytorch/pytorch#184982)."""
+    import warnings
+
+    for recipe in ("static-int8", get_recipe("dynamic-int8", activations="per-token")):
+        qm = quantize(mnist.model, recipe, mnist.calibration)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*quantized tensor creation functions.*")
+            runner, _ = lower(qm, mnist, "torch-int8", tmp_path)
+            out = runner.run((mnist.eval_batches[0][0],))
+        ref = lower_torch(qm)(mnist.eval_batches[0][0]).detach().numpy()
+        assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.995

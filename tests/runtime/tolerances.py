@@ -37,7 +37,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         0.05, 0.98, "ONNX Runtime rescales in float32 where the plan uses an int32 multiplier and shift: one step"
     ),
     ("torch-int8", "int8"): Tolerance(
-        0.05, 0.98, "fbgemm requantizes in float32 with its own rounding: one output step next to ties"
+        0.05, 0.98, "oneDNN requantizes in float32 with its own rounding: one output step next to ties"
     ),
     ("integer", "fixed-point"): Tolerance(0.0, 1.0, "the exact simulation is bit-exact with the integer executor"),
     ("tflite", "float"): Tolerance(1e-4, 1.0, "LiteRT's float kernels sum in another order"),

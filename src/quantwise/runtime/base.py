@@ -98,7 +98,7 @@ class RuntimeSpec:
 
 
 def saturating_weights(qm: Any) -> str | None:
-    """Why an x86 int8 runtime (ONNX Runtime, PyTorch's fbgemm) would not compute ``qm``'s simulation
+    """Why an x86 int8 runtime (ONNX Runtime, PyTorch's oneDNN kernels) would not compute ``qm``'s simulation
     on this CPU: without VNNI their u8 x s8 kernels add pairs of products in 16 bits and saturate,
     which int8 weights within [-63, 63] cannot trigger (``reduce_range``). None when it cannot happen.
 

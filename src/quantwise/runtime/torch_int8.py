@@ -1,23 +1,27 @@
-"""Real PyTorch int8 execution on the CPU (x86/fbgemm kernels), lowered from the QuantizedModel.
+"""Real PyTorch int8 execution on the CPU, lowered from the QuantizedModel.
 
-- dynamic INT8 Linear: ``quantized::linear_dynamic`` (8-bit activations, no reduced range);
-- static INT8 Conv2d/Linear: ``quantized::conv2d(_relu)`` / ``quantized::linear(_relu)`` with the
-  stored input and output parameters; a Linear without output quantization uses
-  ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``.
+The kernels are oneDNN's ``torch.ops.onednn.qlinear_pointwise`` / ``qconv2d_pointwise``: the ops
+PyTorch's x86 Inductor quantizer (torchao's PT2E flow) lowers quantized Linear and Conv2d to.
+They take plain ``uint8`` activations and ``int8`` weights with the QuantizedModel's own scales
+and zero points, so no ``torch.ao.quantization`` code and no quantized tensor types
+(``torch.quantize_per_tensor`` is deprecated, pytorch/pytorch#184982) are involved:
+
+- static INT8 Conv2d/Linear: the input is quantized with the stored scale and zero point, the
+  kernel requantizes to the stored output parameters (ReLU fused), or returns float for a
+  Linear without output quantization;
+- dynamic INT8 Linear: the activation parameters are chosen at run time by the simulation's own
+  rule (per tensor uint8, or per token symmetric int8), the kernel accumulates in int32.
 
 Weight-only formats are not offered: ``torch._weight_int8pack_mm`` ran MiniLM 30x slower than
 FP32 on this machine (956 ms vs 31 ms at batch 1), so it is no kernel anyone should deploy.
 
-Each layer quantizes its float input with the *stored* scale and zero point and hands back
-float, so the float parts of the model (softmax, LayerNorm ...) are untouched. Anything else
-has no PyTorch CPU kernel here and is refused with the reason.
+Each layer hands back float, so the float parts of the model (softmax, LayerNorm ...) are
+untouched. Anything else has no PyTorch CPU kernel here and is refused with the reason.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,89 +30,103 @@ from torch import nn
 
 from quantwise.errors import UnsupportedModel
 from quantwise.nnutil import set_module
-from quantwise.numerics.granularity import PerTensor
-from quantwise.quantized import LayerQuant, QuantizedModel, apply_activation, drop_fused_activations
+from quantwise.quantized import ActQuant, LayerQuant, QuantizedModel, apply_activation, drop_fused_activations
 from quantwise.runtime.base import RuntimeSpec, load_exported, saturating_weights
 from quantwise.runtime.qmodules import qdq
 from quantwise.transform.act_points import insert_points
 
-
-@contextlib.contextmanager
-def x86_engine() -> Iterator[None]:
-    """PyTorch's x86 quantized engine while packing and running our layers; the caller's engine after."""
-    before = torch.backends.quantized.engine
-    want = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
-    if before == want:
-        yield
-        return
-    torch.backends.quantized.engine = want
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = before
+_ONEDNN = torch.ops.onednn
 
 
-def _qweight(lq: LayerQuant) -> torch.Tensor:
-    w = lq.weight_q.to(torch.int8)
-    if isinstance(lq.weight_granularity, PerTensor):
-        return torch._make_per_tensor_quantized_tensor(w, float(lq.weight_scale), int(lq.weight_zero_point))
-    return torch._make_per_channel_quantized_tensor(
-        w, lq.weight_scale.reshape(-1).double(), lq.weight_zero_point.reshape(-1).long(), 0
-    )
+def _u8(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
+    """``x`` quantized to uint8 as the simulation does: ``round(x / scale) + zero_point``, clamped."""
+    return torch.clamp(torch.round(x / float(a.scale)) + int(a.zero_point), 0, 255).to(torch.uint8)
+
+
+def _weights(lq: LayerQuant, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int8 weights, one float32 scale per output channel and their (zero) zero points."""
+    scale = lq.weight_scale.reshape(-1).to(torch.float32).expand(n).contiguous()
+    return lq.weight_q.to(torch.int8).contiguous(), scale, torch.zeros(n, dtype=torch.int64)
 
 
 class Int8Linear(nn.Module):
-    """A Linear executed by PyTorch's int8 CPU kernels."""
+    """A Linear executed by oneDNN's int8 kernel."""
 
     def __init__(self, lq: LayerQuant, layer: nn.Linear) -> None:
         super().__init__()
         self.k, self.n, self.mode = layer.in_features, layer.out_features, lq.mode
-        bias = layer.bias.detach().float() if layer.bias is not None else None
+        self.per_token = lq.dynamic_granularity == "per-token"
+        self.bias = layer.bias.detach().float() if layer.bias is not None else None
         self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
-        self.relu = self.act == "relu"  # PyTorch fuses ReLU into its int8 kernels; ReLU6 is clamped after
-        self.packed = torch.ops.quantized.linear_prepack(_qweight(lq), bias)
+        wq, self.w_scale, self.w_zp = _weights(lq, self.n)
+        self.packed = _ONEDNN.qlinear_prepack(wq, None)
+
+    def _kernel(self, xq: torch.Tensor, scale: float, zp: int, bias: torch.Tensor | None) -> torch.Tensor:
+        """``(xq - zp) * scale @ W^T + bias`` in float32, accumulated in int32."""
+        return _ONEDNN.qlinear_pointwise(
+            xq, scale, zp, self.packed, self.w_scale, self.w_zp, bias, 1.0, 0, torch.float32, "none", [], ""
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K)
-        with x86_engine():
-            return self._forward(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.k).contiguous()
         if self.mode == "dynamic":
-            y = torch.ops.quantized.linear_dynamic(x2, self.packed, False)
+            y = self._per_token(x2) if self.per_token else self._per_tensor(x2)
         elif self.lq_out is None:
             assert self.lq_in is not None  # a static layer always has its input quantization
-            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-                x2, self.lq_in.scale, self.lq_in.zero_point, self.packed
-            )
+            y = self._kernel(_u8(x2, self.lq_in), float(self.lq_in.scale), int(self.lq_in.zero_point), self.bias)
             y = apply_activation(y, self.act)
         else:
-            assert self.lq_in is not None
-            xq = torch.quantize_per_tensor(x2, self.lq_in.scale, self.lq_in.zero_point, torch.quint8)
-            op = torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
-            y = op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
+            a, o = self.lq_in, self.lq_out
+            assert a is not None
+            post = "relu" if self.act == "relu" else "none"  # ReLU runs inside the kernel; ReLU6 is clamped after
+            yq = _ONEDNN.qlinear_pointwise(
+                _u8(x2, a), float(a.scale), int(a.zero_point), self.packed, self.w_scale, self.w_zp, self.bias,
+                float(o.scale), int(o.zero_point), None, post, [], "",
+            )  # fmt: skip
+            y = (yq.to(torch.float32) - int(o.zero_point)) * float(o.scale)
             y = apply_activation(y, "relu6") if self.act == "relu6" else y
         return y.reshape(*lead, self.n)
 
+    def _per_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 activations over the tensor's range widened to zero (ONNX ``DynamicQuantizeLinear``),
+        chosen with the simulation's float32 arithmetic."""
+        lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+        scale = (hi - lo) / 255.0
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zp = torch.clamp(torch.round((0.0 - lo) / scale), 0, 255)
+        xq = torch.clamp(torch.round(x / scale) + zp, 0, 255).to(torch.uint8)
+        return self._kernel(xq, float(scale), int(zp), self.bias)
+
+    def _per_token(self, x: torch.Tensor) -> torch.Tensor:
+        """One symmetric int8 scale per row, carried by the kernel as uint8 around zero point 128."""
+        a_scale = torch.clamp(x.abs().amax(dim=1, keepdim=True) / 127.0, min=1e-12)  # (M, 1)
+        xq = (torch.clamp(torch.round(x / a_scale), -128, 127) + 128).to(torch.uint8)
+        y = self._kernel(xq, 1.0, 128, None) * a_scale  # the weight scale inside, the row's after
+        return y + self.bias if self.bias is not None else y
+
 
 class Int8Conv2d(nn.Module):
-    """A static INT8 Conv2d executed by PyTorch's int8 CPU kernels."""
+    """A static INT8 Conv2d (grouped and depthwise included) executed by oneDNN's int8 kernel."""
 
     def __init__(self, lq: LayerQuant, layer: nn.Conv2d) -> None:
         super().__init__()
         assert lq.input is not None and lq.output is not None
-        bias = layer.bias.detach().float() if layer.bias is not None else None
-        self.packed = torch.ops.quantized.conv2d_prepack(
-            _qweight(lq), bias, list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups
-        )
+        self.bias = layer.bias.detach().float() if layer.bias is not None else None
         self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
+        self.geometry = (list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups)
+        wq, self.w_scale, self.w_zp = _weights(lq, layer.out_channels)
+        a = lq.input
+        self.packed = _ONEDNN.qconv_prepack(wq, self.w_scale, float(a.scale), int(a.zero_point), *self.geometry, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        xq = torch.quantize_per_tensor(x.contiguous(), self.lq_in.scale, self.lq_in.zero_point, torch.quint8)
-        op = torch.ops.quantized.conv2d_relu if self.act == "relu" else torch.ops.quantized.conv2d
-        with x86_engine():
-            y = op(xq, self.packed, self.lq_out.scale, self.lq_out.zero_point).dequantize()
+        a, o = self.lq_in, self.lq_out
+        assert a is not None and o is not None
+        yq = _ONEDNN.qconv2d_pointwise(
+            _u8(x, a), float(a.scale), int(a.zero_point), self.packed, self.w_scale, self.w_zp, self.bias,
+            *self.geometry, float(o.scale), int(o.zero_point), None, "relu" if self.act == "relu" else "none", [], "",
+        )  # fmt: skip
+        y = (yq.to(torch.float32) - int(o.zero_point)) * float(o.scale)
         return apply_activation(y, "relu6") if self.act == "relu6" else y
 
 
@@ -140,10 +158,12 @@ def why_not_int8(qm: QuantizedModel | None) -> str | None:
             return f"{name}: {lq.weight_qtype} weights have no PyTorch int8 kernel (use --runtime onnxruntime for MatMulNBits)"
         if lq.kind == "embedding":
             continue
-        if lq.mode == "dynamic" and lq.dynamic_granularity != "per-tensor":
+        if lq.mode == "dynamic" and lq.dynamic_granularity not in ("per-tensor", "per-token"):
             return (
-                f"{name}: PyTorch's dynamic int8 kernel quantizes activations per tensor, not {lq.dynamic_granularity}"
+                f"{name}: oneDNN's int8 kernel takes activations per tensor or per token, not {lq.dynamic_granularity}"
             )
+        if bool(lq.weight_zero_point.any()):
+            return f"{name}: oneDNN's int8 kernels take symmetric weights (zero point 0); drop asymmetric weights"
         if lq.mode == "weight_only":
             return f"{name}: weight-only formats have no fast PyTorch CPU kernel here (use --runtime onnxruntime)"
         if lq.mode == "static" and (
@@ -162,12 +182,11 @@ def lower_torch_int8(qm: QuantizedModel) -> nn.Module:
         raise UnsupportedModel(f"torch-int8 cannot run this model: {reason}")
     # the adds and max-pools quantized between layers: quantize -> dequantize around a float add
     model = insert_points(copy.deepcopy(qm.model).eval(), qm.activations, qdq)
-    with x86_engine():  # weights are packed for the engine the layers run under
-        for name, lq in qm.layers.items():
-            layer = model.get_submodule(name)
-            cls = {"conv2d": Int8Conv2d, "linear": Int8Linear, "embedding": Int8Embedding}[lq.kind]
-            set_module(model, name, cls(lq, layer))
-        drop_fused_activations(model, qm.layers)
+    for name, lq in qm.layers.items():
+        layer = model.get_submodule(name)
+        cls = {"conv2d": Int8Conv2d, "linear": Int8Linear, "embedding": Int8Embedding}[lq.kind]
+        set_module(model, name, cls(lq, layer))
+    drop_fused_activations(model, qm.layers)
     return model
 
 
@@ -196,7 +215,7 @@ def _load(folder: Path, task: Any, threads: int = 1) -> Any:
 
 SPEC = RuntimeSpec(
     name="torch-int8",
-    help="PyTorch's x86 int8 kernels (quantized::linear_dynamic, quantized::conv2d/linear) for dynamic and static INT8",
+    help="PyTorch's oneDNN int8 kernels (onednn::qlinear_pointwise, qconv2d_pointwise: what torchao's x86 PT2E flow lowers to) for dynamic and static INT8",
     baseline="torch",
     colour="#8e44ad",
     why_not=why_not_int8,

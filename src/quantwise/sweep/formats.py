@@ -61,7 +61,9 @@ FORMATS: dict[str, Format] = {
         Format("fp16", "fp16", runtimes=_TFL, family="fp16"),
         Format("bf16", "bf16", runtimes=("torch",), family="bf16"),
         Format("dynamic-int8", "dynamic-int8", runtimes=(*_INT8_RT, "tflite"), family="int8"),
-        Format("dynamic-int8-per-token", "dynamic-int8", {"activations": "per-token"}, family="int8"),
+        Format(
+            "dynamic-int8-per-token", "dynamic-int8", {"activations": "per-token"}, runtimes=_INT8_RT, family="int8"
+        ),
         Format("static-int8-minmax", "static-int8", {"calibration": "minmax"}, runtimes=_INT8_RT, family="int8"),
         Format(
             "static-int8-full", "static-int8", {"quantize_outputs": True}, runtimes=(*_INT8_RT, "tflite"), family="int8"
