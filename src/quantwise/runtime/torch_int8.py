@@ -38,9 +38,19 @@ from quantwise.transform.act_points import insert_points
 _ONEDNN = torch.ops.onednn
 
 
-def _u8(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
-    """``x`` quantized to uint8 as the simulation does: ``round(x / scale) + zero_point``, clamped."""
-    return torch.clamp(torch.round(x / float(a.scale)) + int(a.zero_point), 0, 255).to(torch.uint8)
+def _u8(x: torch.Tensor, scale: float, zero_point: float) -> torch.Tensor:
+    """``x`` quantized to uint8 as the simulation does: ``round(x / scale) + zero_point``, clamped
+    (in place on one temporary: these passes, not the kernels, are what this runtime adds to FP32)."""
+    return (x / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
+
+
+def _act_u8(x: torch.Tensor, a: ActQuant) -> torch.Tensor:
+    return _u8(x, float(a.scale), int(a.zero_point))
+
+
+def _dequant(yq: torch.Tensor, a: ActQuant) -> torch.Tensor:
+    """``(q - zero_point) * scale`` in float32, as the simulation computes it."""
+    return yq.to(torch.float32).sub_(int(a.zero_point)).mul_(float(a.scale))
 
 
 def _weights(lq: LayerQuant, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,34 +84,35 @@ class Int8Linear(nn.Module):
             y = self._per_token(x2) if self.per_token else self._per_tensor(x2)
         elif self.lq_out is None:
             assert self.lq_in is not None  # a static layer always has its input quantization
-            y = self._kernel(_u8(x2, self.lq_in), float(self.lq_in.scale), int(self.lq_in.zero_point), self.bias)
+            y = self._kernel(_act_u8(x2, self.lq_in), float(self.lq_in.scale), int(self.lq_in.zero_point), self.bias)
             y = apply_activation(y, self.act)
         else:
             a, o = self.lq_in, self.lq_out
             assert a is not None
             post = "relu" if self.act == "relu" else "none"  # ReLU runs inside the kernel; ReLU6 is clamped after
             yq = _ONEDNN.qlinear_pointwise(
-                _u8(x2, a), float(a.scale), int(a.zero_point), self.packed, self.w_scale, self.w_zp, self.bias,
+                _act_u8(x2, a), float(a.scale), int(a.zero_point), self.packed, self.w_scale, self.w_zp, self.bias,
                 float(o.scale), int(o.zero_point), None, post, [], "",
             )  # fmt: skip
-            y = (yq.to(torch.float32) - int(o.zero_point)) * float(o.scale)
+            y = _dequant(yq, o)
             y = apply_activation(y, "relu6") if self.act == "relu6" else y
         return y.reshape(*lead, self.n)
 
     def _per_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 activations over the tensor's range widened to zero (ONNX ``DynamicQuantizeLinear``),
         chosen with the simulation's float32 arithmetic."""
-        lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+        lo, hi = torch.aminmax(x)
+        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
         scale = (hi - lo) / 255.0
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         zp = torch.clamp(torch.round((0.0 - lo) / scale), 0, 255)
-        xq = torch.clamp(torch.round(x / scale) + zp, 0, 255).to(torch.uint8)
-        return self._kernel(xq, float(scale), int(zp), self.bias)
+        s, z = float(scale), int(zp)
+        return self._kernel(_u8(x, s, z), s, z, self.bias)
 
     def _per_token(self, x: torch.Tensor) -> torch.Tensor:
         """One symmetric int8 scale per row, carried by the kernel as uint8 around zero point 128."""
         a_scale = torch.clamp(x.abs().amax(dim=1, keepdim=True) / 127.0, min=1e-12)  # (M, 1)
-        xq = (torch.clamp(torch.round(x / a_scale), -128, 127) + 128).to(torch.uint8)
+        xq = (x / a_scale).round_().clamp_(-128, 127).add_(128).to(torch.uint8)
         y = self._kernel(xq, 1.0, 128, None) * a_scale  # the weight scale inside, the row's after
         return y + self.bias if self.bias is not None else y
 
@@ -123,10 +134,10 @@ class Int8Conv2d(nn.Module):
         a, o = self.lq_in, self.lq_out
         assert a is not None and o is not None
         yq = _ONEDNN.qconv2d_pointwise(
-            _u8(x, a), float(a.scale), int(a.zero_point), self.packed, self.w_scale, self.w_zp, self.bias,
+            _act_u8(x, a), float(a.scale), int(a.zero_point), self.packed, self.w_scale, self.w_zp, self.bias,
             *self.geometry, float(o.scale), int(o.zero_point), None, "relu" if self.act == "relu" else "none", [], "",
         )  # fmt: skip
-        y = (yq.to(torch.float32) - int(o.zero_point)) * float(o.scale)
+        y = _dequant(yq, o)
         return apply_activation(y, "relu6") if self.act == "relu6" else y
 
 

@@ -163,7 +163,7 @@ def build_text_task(
         latency_input=latency_input,
         build_model=rebuild,
         labels=y_te,
-        info={"n_test": len(te), "n_train": len(tr)},
+        info={"n_test": len(te), "n_train": len(tr), "fp32_embeddings": str(cache)},
         predict=lambda out: clf.predict(out.astype(np.float32)),
         validation=batches(val_ix),
         train_batches=batches(train_ix),
