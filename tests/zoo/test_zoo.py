@@ -202,6 +202,7 @@ def test_a_forward_hook_a_swap_would_drop_stops_quantize():
     from quantwise.errors import Unsupported
 
     model, batches = _model("resnet-style")
+    model = copy.deepcopy(model)  # the cached model is shared by this worker's other tests
     model.layer1[0].conv2.register_forward_hook(lambda _m, _a, out: out * 2)
     with pytest.raises(Unsupported, match=r"layer1\.0\.conv2: with every quantizer disabled the lowered layer differs"):
         quantize(model, "static-int8", batches[:1])
@@ -255,3 +256,22 @@ def test_a_runtime_whose_fp32_export_is_another_model_is_refused():
         evaluate(task, None, "onnxruntime", **kw)  # compare: n/a with this reason
     task.latency_input = lambda n: (batches[1][0][:n],)
     assert evaluate(task, None, "onnxruntime", **kw)["info"]["fp32_max_rel_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("recipe", ["static-int8", "dynamic-int8"])
+@pytest.mark.parametrize("name", MODELS)
+def test_pytorch_int8_kernels_run_every_quantized_layer_as_the_simulation(name, recipe, tmp_path: Path):
+    """torch-int8 (oneDNN's int8 kernels) on every zoo model: each quantized Conv2d/Linear runs in an
+    int8 kernel (depthwise and grouped convs, transformers' Conv1D, a ViT whose embedding reads its
+    projection's ``.weight``); dynamic INT8 chooses its run-time scales by the simulation's own rule,
+    so only float32 rescaling can differ; static INT8 requantizes in the kernel, a step at most."""
+    model, batches = _model(name)
+    qm = quantize(model, recipe, batches[:1])
+    runner, module = lower(qm, _task(model, batches), "torch-int8", tmp_path)
+    got = runner.run(batches[1])
+    with torch.no_grad():
+        want = lower_torch(qm)(*batches[1]).numpy()
+    gap = float(np.abs(got - want).max() / np.abs(want).max())
+    assert gap <= (1e-5 if recipe == "dynamic-int8" else 0.02), f"{name} {recipe}: {gap:.2e} of the range"
+    assert np.mean(got.reshape(len(got), -1).argmax(1) == want.reshape(len(want), -1).argmax(1)) >= 0.95
+    assert runner.integer_ops()["integer"] == sum(lq.kind != "embedding" for lq in qm.layers.values())

@@ -59,11 +59,25 @@ def _weights(lq: LayerQuant, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return lq.weight_q.to(torch.int8).contiguous(), scale, torch.zeros(n, dtype=torch.int64)
 
 
-class Int8Linear(nn.Module):
+class _Weighted(nn.Module):
+    """Parents may read ``layer.weight`` (its dtype, its shape: transformers' ViT patch embedding does):
+    they get the dequantized weight this layer computes with, from the QuantizedModel's own int8 values
+    (no second copy is kept)."""
+
+    def __init__(self, lq: LayerQuant) -> None:
+        super().__init__()
+        self._lq = lq
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._lq.dequantized_weight().to(torch.float32)
+
+
+class Int8Linear(_Weighted):
     """A Linear executed by oneDNN's int8 kernel."""
 
     def __init__(self, lq: LayerQuant, layer: nn.Linear) -> None:
-        super().__init__()
+        super().__init__(lq)
         self.k, self.n, self.mode = layer.in_features, layer.out_features, lq.mode
         self.per_token = lq.dynamic_granularity == "per-token"
         self.bias = layer.bias.detach().float() if layer.bias is not None else None
@@ -117,11 +131,11 @@ class Int8Linear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
-class Int8Conv2d(nn.Module):
+class Int8Conv2d(_Weighted):
     """A static INT8 Conv2d (grouped and depthwise included) executed by oneDNN's int8 kernel."""
 
     def __init__(self, lq: LayerQuant, layer: nn.Conv2d) -> None:
-        super().__init__()
+        super().__init__(lq)
         assert lq.input is not None and lq.output is not None
         self.bias = layer.bias.detach().float() if layer.bias is not None else None
         self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
@@ -148,6 +162,11 @@ class Int8Embedding(nn.Module):
         super().__init__()
         self.register_buffer("w", lq.weight_q.to(torch.int8).contiguous())  # (V, D)
         self.register_buffer("s", lq.weight_scale.reshape(-1, 1).float())  # (V, 1)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized table (callers that read ``embedding.weight``: its dtype, its shape)."""
+        return self.get_buffer("w").to(torch.float32) * self.get_buffer("s")
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, D)
         w, s = self.get_buffer("w"), self.get_buffer("s")
