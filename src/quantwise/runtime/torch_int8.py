@@ -72,6 +72,20 @@ class _Weighted(nn.Module):
     def weight(self) -> torch.Tensor:
         return self._lq.dequantized_weight().to(torch.float32)
 
+    def _pack(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        """oneDNN's packed weight is an opaque tensor that cannot be pickled (``torch.save`` of the lowered
+        model, as the peak-memory measurement does): it is left out and packed again on load."""
+        state = self.__dict__.copy()
+        state.pop("packed", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.packed = self._pack()
+
 
 class Int8Linear(_Weighted):
     """A Linear executed by oneDNN's int8 kernel."""
@@ -82,8 +96,11 @@ class Int8Linear(_Weighted):
         self.per_token = lq.dynamic_granularity == "per-token"
         self.bias = layer.bias.detach().float() if layer.bias is not None else None
         self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
-        wq, self.w_scale, self.w_zp = _weights(lq, self.n)
-        self.packed = _ONEDNN.qlinear_prepack(wq, None)
+        _, self.w_scale, self.w_zp = _weights(lq, self.n)
+        self.packed = self._pack()
+
+    def _pack(self) -> torch.Tensor:
+        return _ONEDNN.qlinear_prepack(_weights(self._lq, self.n)[0], None)
 
     def _kernel(self, xq: torch.Tensor, scale: float, zp: int, bias: torch.Tensor | None) -> torch.Tensor:
         """``(xq - zp) * scale @ W^T + bias`` in float32, accumulated in int32."""
@@ -140,9 +157,14 @@ class Int8Conv2d(_Weighted):
         self.bias = layer.bias.detach().float() if layer.bias is not None else None
         self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
         self.geometry = (list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups)
-        wq, self.w_scale, self.w_zp = _weights(lq, layer.out_channels)
-        a = lq.input
-        self.packed = _ONEDNN.qconv_prepack(wq, self.w_scale, float(a.scale), int(a.zero_point), *self.geometry, None)
+        _, self.w_scale, self.w_zp = _weights(lq, layer.out_channels)
+        self.packed = self._pack()
+
+    def _pack(self) -> torch.Tensor:
+        a = self.lq_in
+        assert a is not None
+        wq = _weights(self._lq, len(self.w_scale))[0]
+        return _ONEDNN.qconv_prepack(wq, self.w_scale, float(a.scale), int(a.zero_point), *self.geometry, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         a, o = self.lq_in, self.lq_out
