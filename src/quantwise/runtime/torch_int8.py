@@ -53,10 +53,13 @@ def _dequant(yq: torch.Tensor, a: ActQuant) -> torch.Tensor:
     return yq.to(torch.float32).sub_(int(a.zero_point)).mul_(float(a.scale))
 
 
-def _weights(lq: LayerQuant, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """int8 weights, one float32 scale per output channel and their (zero) zero points."""
-    scale = lq.weight_scale.reshape(-1).to(torch.float32).expand(n).contiguous()
-    return lq.weight_q.to(torch.int8).contiguous(), scale, torch.zeros(n, dtype=torch.int64)
+def _channel_scales(lq: LayerQuant, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One float32 weight scale per output channel, and their (zero) zero points."""
+    return lq.weight_scale.reshape(-1).to(torch.float32).expand(n).contiguous(), torch.zeros(n, dtype=torch.int64)
+
+
+def _int8_weight(lq: LayerQuant) -> torch.Tensor:
+    return lq.weight_q.to(torch.int8).contiguous()
 
 
 class _Weighted(nn.Module):
@@ -96,11 +99,11 @@ class Int8Linear(_Weighted):
         self.per_token = lq.dynamic_granularity == "per-token"
         self.bias = layer.bias.detach().float() if layer.bias is not None else None
         self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
-        _, self.w_scale, self.w_zp = _weights(lq, self.n)
+        self.w_scale, self.w_zp = _channel_scales(lq, self.n)
         self.packed = self._pack()
 
     def _pack(self) -> torch.Tensor:
-        return _ONEDNN.qlinear_prepack(_weights(self._lq, self.n)[0], None)
+        return _ONEDNN.qlinear_prepack(_int8_weight(self._lq), None)
 
     def _kernel(self, xq: torch.Tensor, scale: float, zp: int, bias: torch.Tensor | None) -> torch.Tensor:
         """``(xq - zp) * scale @ W^T + bias`` in float32, accumulated in int32."""
@@ -157,14 +160,15 @@ class Int8Conv2d(_Weighted):
         self.bias = layer.bias.detach().float() if layer.bias is not None else None
         self.lq_in, self.lq_out, self.act = lq.input, lq.output, lq.activation
         self.geometry = (list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups)
-        _, self.w_scale, self.w_zp = _weights(lq, layer.out_channels)
+        self.w_scale, self.w_zp = _channel_scales(lq, layer.out_channels)
         self.packed = self._pack()
 
     def _pack(self) -> torch.Tensor:
         a = self.lq_in
         assert a is not None
-        wq = _weights(self._lq, len(self.w_scale))[0]
-        return _ONEDNN.qconv_prepack(wq, self.w_scale, float(a.scale), int(a.zero_point), *self.geometry, None)
+        return _ONEDNN.qconv_prepack(
+            _int8_weight(self._lq), self.w_scale, float(a.scale), int(a.zero_point), *self.geometry, None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         a, o = self.lq_in, self.lq_out
