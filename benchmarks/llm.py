@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from quantwise.api import build_quantized, evaluate, lower, run_outputs
 from quantwise.measure.decode import measure_decode
 from quantwise.measure.env import environment
@@ -57,24 +59,30 @@ def row(
     )
 
 
-def ort_peer(
-    task: Any, fp32_onnx: Path, fp32_step: Path, work: Path, gptq: bool = False, **kw: Any
-) -> tuple[dict, float, float]:
-    """ONNX Runtime's MatMulNBitsQuantizer on quantwise's FP32 export (scoring graph and step graph).
-    With ``gptq``, the scoring graph (which every quality figure comes from) is quantized by ORT's
-    GPTQ on the task's calibration windows; the step graph, which only times decode, by RTN with the
-    same block size and symmetry (the same MatMulNBits kernels, so the same speed)."""
+def ort_peer(task: Any, fp32_onnx: Path, work: Path, gptq: bool = False, **kw: Any) -> tuple[dict, float, float]:
+    """ONNX Runtime's MatMulNBitsQuantizer on quantwise's FP32 export (the KV-cache step graph, which
+    scores with an empty cache and generates). With ``gptq``, by ORT's GPTQ on the task's calibration
+    windows (fed with an empty cache)."""
     import logging
 
     import onnx
     from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    from quantwise.runtime.onnx_lm import OrtLMRunner
+    from quantwise.runtime.onnx_lm import OrtLMRunner, kv_shape
+
+    n, kvh, d = kv_shape(task.model.lm)
+    past = [f"past_{k}_{i}" for i in range(n) for k in ("key", "value")]
 
     class Windows(CalibrationDataReader):
         def __init__(self) -> None:
-            self.feeds = [{n: t.numpy() for n, t in zip(task.input_names, b)} for b in task.calibration]
+            self.feeds = [
+                {
+                    **{n: t.numpy() for n, t in zip(task.input_names, b)},
+                    **{p: np.zeros((b[0].shape[0], kvh, 0, d), dtype=np.float32) for p in past},
+                }
+                for b in task.calibration
+            ]
             self.i = 0
 
         def get_next(self) -> dict | None:
@@ -82,22 +90,12 @@ def ort_peer(
             return self.feeds[self.i - 1] if self.i <= len(self.feeds) else None
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    paths = []
-    for src in (fp32_onnx, fp32_step):
-        algo = None
-        if gptq and src == fp32_onnx:
-            algo = GPTQWeightOnlyQuantConfig(Windows(), block_size=kw["block_size"])
-        q = MatMulNBitsQuantizer(onnx.load(str(src)), **kw, algo_config=algo)
-        q.process()
-        dst = work / f"peer-{src.stem}.onnx"
-        q.model.save_model_to_file(str(dst), use_external_data_format=False)
-        paths.append(dst)
-    from quantwise.runtime.onnx_lm import kv_shape
-
-    n, kvh, d = kv_shape(task.model.lm)
-    past = [f"past_{k}_{i}" for i in range(n) for k in ("key", "value")]
-    runner = OrtLMRunner(paths[0], task.input_names, 1, paths[1], past, (n, kvh, d))
-    return _measure(task, runner)
+    algo = GPTQWeightOnlyQuantConfig(Windows(), block_size=kw["block_size"]) if gptq else None
+    q = MatMulNBitsQuantizer(onnx.load(str(fp32_onnx)), **kw, algo_config=algo)
+    q.process()
+    dst = work / "peer-model.onnx"
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return _measure(task, OrtLMRunner(dst, task.input_names, 1, past, (n, kvh, d)))
 
 
 def torchao_peer(task: Any, config: Any) -> tuple[dict, float, float]:
@@ -232,12 +230,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as d:
                 runner, _ = lower(qm, task, "onnxruntime", Path(d), 1)
                 acc4 = type(runner)(
-                    with_accuracy_level(runner.artifact, 4),
-                    task.input_names,
-                    1,
-                    with_accuracy_level(runner.step.artifact, 4),
-                    runner.past_names,
-                    runner.kv,
+                    with_accuracy_level(runner.artifact, 4), task.input_names, 1, runner.past_names, runner.kv
                 )
                 m, pre, tps = _measure(task, acc4)
                 print(row(f"{fid} accuracy_level=4", "onnxruntime", m, base, pre, tps), flush=True)
@@ -257,9 +250,7 @@ def main() -> None:
             if kind in peers:
                 t = time.time()
                 try:
-                    m, pre, tps = ort_peer(
-                        task, runner.artifact, runner.step.artifact, Path(d), kind.startswith("gptq"), **kw2
-                    )
+                    m, pre, tps = ort_peer(task, runner.artifact, Path(d), kind.startswith("gptq"), **kw2)
                 except Exception as e:  # a peer's own failure is a row of the table, not the end of the run
                     print(f"| {name} | onnxruntime | failed: {type(e).__name__}: {e} | | | | | | |", flush=True)
                     continue

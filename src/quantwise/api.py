@@ -17,7 +17,7 @@ from torch import nn
 from quantwise.errors import UserError
 from quantwise.measure.decode import measure_decode
 from quantwise.measure.env import environment
-from quantwise.measure.latency import measure_latency
+from quantwise.measure.latency import StageClock, measure_latency
 from quantwise.measure.memory import peak_memory
 from quantwise.progress import progress_iter, status
 from quantwise.quantized import QuantizedModel, artifact_size, atomic_dir
@@ -175,6 +175,17 @@ def shard_outputs(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _score(runner: Any, task: Task, label: str, score_threads: int, threads: int) -> np.ndarray:
+    """The test set's outputs, through a second session with ``score_threads`` when the runner has one
+    (``threads``: the runner's own)."""
+    wide = runner.with_threads(score_threads) if hasattr(runner, "with_threads") and score_threads != threads else None
+    try:
+        return run_outputs(wide or runner, task.eval_batches, f"{label}: evaluating", task)
+    finally:
+        if wide is not None:
+            wide.close()
+
+
 def evaluate(
     task: Task,
     recipe: Recipe | str | None = None,
@@ -186,12 +197,15 @@ def evaluate(
     latency_seconds: float = 5.0,
     quantized: QuantizedModel | None = None,
     outputs: np.ndarray | None = None,
+    score_threads: int | None = None,
 ) -> Record:
     """Quantize (unless ``recipe`` is None: FP32), lower, run and measure; returns the result record.
 
     With ``out``, the artifacts and ``result.json`` are written there (atomically: a temporary
     folder renamed when complete). ``quantized`` reuses a QuantizedModel already built for ``recipe``;
     ``outputs``: the test set's outputs already computed (``shard_outputs``, concatenated), scored as given.
+    ``score_threads``: a runner that can (ONNX Runtime) scores the test set in a second session with
+    this many threads; latency, decode and memory are measured with ``threads``.
     """
     if isinstance(recipe, str):
         recipe = None if recipe == "fp32" else get_recipe(recipe)
@@ -199,7 +213,17 @@ def evaluate(
     check_task(task)
     with torch_threads(threads):
         return _evaluate(
-            task, recipe, runtime, out, threads, batch_sizes, measure_memory, latency_seconds, quantized, outputs
+            task,
+            recipe,
+            runtime,
+            out,
+            threads,
+            batch_sizes,
+            measure_memory,
+            latency_seconds,
+            quantized,
+            outputs,
+            score_threads or threads,
         )
 
 
@@ -214,17 +238,22 @@ def _evaluate(
     latency_seconds: float,
     quantized: QuantizedModel | None,
     given: np.ndarray | None = None,
+    score_threads: int = 1,
 ) -> Record:
     name = recipe.name if recipe else "fp32"
     tmp = Path(tempfile.mkdtemp(prefix="quantwise-"))
+    clock = StageClock()
     try:
         qm = quantized if quantized is not None else (build_quantized(task, recipe) if recipe else None)
+        clock.lap("quantize")
         runner, module = lower(qm, task, runtime, tmp, threads, batch_sizes)
+        clock.lap("lower")
         outputs = (
             given
             if given is not None
-            else run_outputs(runner, task.eval_batches, f"{task.name} · {name} · {runtime}: evaluating", task)
+            else _score(runner, task, f"{task.name} · {name} · {runtime}", score_threads, threads)
         )
+        clock.lap("score")
         record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
         if qm is None and runtime != "torch":
             from quantwise.runtime.torch_sim import check_runtime_fp32
@@ -234,13 +263,17 @@ def _evaluate(
             )
         if qm is not None:
             _parity(record, qm, task, runner, runtime)
+        clock.lap("check")
         if task.labels is not None and len(task.labels) == len(outputs):
             # per-example outcomes, so compare can give paired intervals and McNemar's test vs FP32
             correct = np.asarray(task.predict(outputs)) == np.asarray(task.labels)
             record["per_example"] = {"correct": correct.astype(int).tolist()}
         if task.per_example is not None:  # per-example values of mean metrics (cosine, per-window NLL)
             record.setdefault("per_example", {}).update(task.per_example(outputs))
-        _measure(record, task, runtime, runner, module, tmp, threads, batch_sizes, measure_memory, latency_seconds)
+        _measure(
+            record, task, runtime, runner, module, tmp, threads, batch_sizes, measure_memory, latency_seconds, clock
+        )
+        record["stage_seconds"] = clock.seconds
         if out is not None:
             _publish(tmp, Path(out), record)
         if hasattr(runner, "close"):
@@ -286,7 +319,9 @@ def _measure(
     batch_sizes: tuple[int, ...],
     measure_memory: bool,
     latency_seconds: float,
+    clock: StageClock | None = None,
 ) -> None:
+    clock = clock or StageClock()
     if batch_sizes:
         status("measuring latency")
     for bs in batch_sizes:
@@ -294,15 +329,18 @@ def _measure(
         record["latency_ms"][f"batch_{bs}"] = measure_latency(
             partial(runner.run, batch), min_seconds=min(0.25, latency_seconds), max_seconds=latency_seconds
         )
+    clock.lap("latency")
     if task.generation is not None and batch_sizes:
         status("measuring decode speed")
         record["decode"] = measure_decode(runner, task.generation)
         if "per_token_ms" in record["decode"]:
             record["latency_ms"]["decode_token"] = record["decode"].pop("per_token_ms")
+        clock.lap("decode")
     if measure_memory:
         status("measuring peak memory in a separate process")
         record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)
         record["samples"]["peak_memory_bytes"] = 1 if record["peak_memory_bytes"] is not None else 0
+        clock.lap("memory")
 
 
 def _parity(record: Record, qm: QuantizedModel, task: Task, runner: Any, runtime: str) -> None:

@@ -380,3 +380,34 @@ def test_zero_shot_rows_shared_by_one_token_choices_score_as_one_row_per_choice(
         assert float(sum(got[row, start - 1 + j, t] for j, t in enumerate(ids))) == pytest.approx(want, abs=1e-4)
     assert choice_rows(shared, picks, label=2)[0, 1] == float(torch.tensor(naive).argmax())
     assert choice_batch(prompt, [[7], [8]], pad=0)[0].shape == (1, 4)  # all one-token: the prompt alone
+
+
+def test_onnxruntime_scores_generates_and_is_measured_through_one_step_graph(tiny_task, tmp_path: Path) -> None:
+    """One export per trial: the KV-cache step graph, fed an empty cache, scores (batch > 1 too) what
+    the torch model computes; a second session on two threads scores the same, and closing it keeps
+    the first runner's kernel census; the memory child loads the same file."""
+    import numpy as np
+
+    from quantwise.api import lower
+    from quantwise.measure.memory import peak_memory
+
+    runner, module = lower(None, tiny_task, "onnxruntime", tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.glob("*.onnx") if ".optimized" not in p.name) == ["model.onnx"]
+    two = (tiny_task.eval_batches[0][0].repeat(2, 1),)
+    with torch.inference_mode():
+        want = module(*two).numpy()
+    got = runner.run(two)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    wide = runner.with_threads(2)
+    assert np.abs(wide.run(two) - got).max() <= 1e-6 * np.abs(got).max()
+    wide.close()
+    assert runner.integer_ops()["total"] > 0  # the census file is still there
+    prompt = tiny_task.generation.prompt[:, :16]
+    with torch.inference_mode():
+        ids = prompt
+        for _ in range(4):  # greedy by the full-sequence torch model, without a cache
+            ids = torch.cat([ids, module(ids)[:, -1:].argmax(-1)], dim=1)
+    assert runner.generate(prompt, 4) == ids[0, 16:].tolist()
+    assert (peak_memory("onnxruntime", runner.artifact, two, tiny_task.input_names) or 0) > 0
+    runner.close()

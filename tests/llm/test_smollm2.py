@@ -1,5 +1,5 @@
 """The built-in smollm2 task on the real model: its FP32 baseline, W8A16's target, and ONNX
-Runtime (scoring graph and KV-cache step graph) against the torch simulation."""
+Runtime (the KV-cache step graph, scoring with an empty cache and generating) against the torch simulation."""
 
 from __future__ import annotations
 

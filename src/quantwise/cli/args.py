@@ -33,6 +33,11 @@ def task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="evaluate on the first N test examples only (quick runs)")
     p.add_argument("--threads", type=int, default=1, help="threads for inference and timing (default 1)")
     p.add_argument(
+        "--score-threads",
+        type=int,
+        help="threads for scoring the test set in ONNX Runtime (default: every core; timings keep --threads)",
+    )
+    p.add_argument(
         "--format", choices=("table", "json"), default="table", help="table (default) or the JSON result record"
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a separate process)")
@@ -50,6 +55,7 @@ def validate_task_args(args: argparse.Namespace) -> None:
     for flag, v in (
         ("limit", args.limit),
         ("threads", args.threads),
+        ("score-threads", getattr(args, "score_threads", None)),
         ("image-size", args.image_size),
         ("batch", getattr(args, "batch", None)),
         ("samples", getattr(args, "samples", None)),

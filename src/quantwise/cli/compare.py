@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         optimize=args.optimize,
         target=args.target,
         threads=args.threads,
+        score_threads=args.score_threads or os.cpu_count() or 1,
         measure_memory=not args.no_memory,
         batch_n=args.batch,
         train=not args.no_train,

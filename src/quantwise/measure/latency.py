@@ -15,6 +15,7 @@ from quantwise.records import Latency
 NOISY_OTHER_SHARE = 0.25  # other processes used more than a quarter of the machine's CPU time
 NOISY_CI_WIDTH = 0.15  # the median's 95% interval is wider than 15% of the median
 NOISY_REFERENCE_SLOWDOWN = 1.3  # the reference kernel ran 30% slower than its best in this process
+WARMUP_SECONDS = 1.0  # untimed calls stop once they took this long
 
 _REFERENCE_DATA = np.random.default_rng(0).standard_normal(40_000).astype(np.float32)
 _reference_best: list[float] = []  # the fastest reference time seen in this process (ms)
@@ -78,15 +79,18 @@ def measure_latency(
 ) -> Latency:
     """Time ``fn()``; returns ``{"p50", "p90", "ci95", "n", "other_load", "noisy", "retimed", "reference"}`` (ms).
 
-    Runs ``warmup`` untimed calls, then at least ``iters`` timed calls (or until ``min_seconds``),
+    Runs ``warmup`` untimed calls (fewer once they took ``WARMUP_SECONDS``; at least one), then at least ``iters`` timed calls (or until ``min_seconds``),
     stopping early once ``max_seconds`` of timed calls have passed (at least 3 calls).
     ``other_load`` is the share of the machine's CPU time other processes used meanwhile; when it
     or the interval's width is too large, or the reference kernel timed just before ran more than
     30% slower than its best in this process (host contention), the timing is repeated once, and
     ``noisy`` says whether the kept timing still was.
     """
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
+        if time.perf_counter() - t0 > WARMUP_SECONDS:  # a call this long is warm after one (a prefill)
+            break
     result: Latency = {}
     for attempt in range(2):
         reference = reference_check()
@@ -112,3 +116,16 @@ def measure_latency(
         ):  # few long calls are wide by nature: re-timing won't help
             break
     return result
+
+
+class StageClock:
+    """Wall seconds of a trial's stages, each from the end of the one before (``stage_seconds``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._t, 3)
+        self._t = now

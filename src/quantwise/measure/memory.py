@@ -67,13 +67,12 @@ def _maxrss() -> int:
 def _child(runtime: str, artifact: str, inputs: str, threads: int) -> None:
     data = dict(np.load(inputs))
     if runtime == "onnxruntime":
-        import onnxruntime as ort
+        from quantwise.runtime.onnxrt import OrtRunner  # feeds a causal LM's step graph its empty cache
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
         base = _baseline()
-        sess = ort.InferenceSession(artifact, so, providers=["CPUExecutionProvider"])
-        sess.run(None, data)
+        OrtRunner(Path(artifact), list(data), threads, census=False).run(
+            tuple(torch.from_numpy(v) for v in data.values())
+        )
     elif runtime == "llamacpp":
         from quantwise.runtime.llamacpp import LlamaCppRunner
 

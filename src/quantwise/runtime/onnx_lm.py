@@ -1,10 +1,12 @@
-"""Generation in ONNX Runtime: a causal LM exported once more as a *step* graph with a KV cache.
+"""A causal LM in ONNX Runtime: one *step* graph with a KV cache scores, times prefill and generates.
 
-The step graph takes ``input_ids (1, S)`` and, per layer, ``past_key_i`` / ``past_value_i``
-``(1, kv_heads, T, head_dim)``; it returns the logits and the ``present`` keys and values
-``(1, kv_heads, T + S, head_dim)``. One graph serves the prompt (T = 0) and every decode step
-(S = 1). Its quantized layers are the same lowered modules as the scoring graph's
-(``MatMulNBits``, ``DynamicQuantizeLinear`` + ``MatMulInteger`` ...), so both run the same weights.
+The step graph takes ``input_ids (B, S)`` and, per layer, ``past_key_i`` / ``past_value_i``
+``(B, kv_heads, T, head_dim)``; it returns the logits and the ``present`` keys and values
+``(B, kv_heads, T + S, head_dim)``. With an empty cache (T = 0) it is the full-sequence model:
+scoring, the prefill timing, the memory child and the export re-check feed it empty past tensors
+(``OrtRunner`` does, for inputs the task does not name). Each decode step is S = 1. One export per
+trial: the graph's quantized layers are the lowered modules (``MatMulNBits``,
+``DynamicQuantizeLinear`` + ``MatMulInteger`` ...), so scoring and generation run the same weights.
 """
 
 from __future__ import annotations
@@ -64,28 +66,21 @@ def export_step(lm: Any, path: Path) -> tuple[Path, list[str]]:
     n, kvh, d = kv_shape(lm)
     past_names = [f"past_{kind}_{i}" for i in range(n) for kind in ("key", "value")]
     present = [p.replace("past_", "present_") for p in past_names]
-    example = (torch.tensor([[1, 2, 3]]), *[torch.zeros(1, kvh, 2, d) for _ in past_names])
-    axes: dict[str, dict[int, str]] = {"input_ids": {1: "seq"}, "logits": {1: "seq"}}
-    axes.update({p: {2: "past"} for p in past_names})
-    axes.update({p: {2: "total"} for p in present})
+    example = (torch.tensor([[1, 2, 3], [4, 5, 6]]), *[torch.zeros(2, kvh, 2, d) for _ in past_names])
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    axes.update({p: {0: "batch", 2: "past"} for p in past_names})
+    axes.update({p: {0: "batch", 2: "total"} for p in present})
     export_onnx(CausalLMStep(lm).eval(), example, path, ["input_ids", *past_names], axes, ["logits", *present])
     return path, past_names
 
 
 class OrtLMRunner(OrtRunner):
-    """Scores with the full-sequence graph; generates greedily with the step graph and its KV cache."""
+    """Scores with the step graph and an empty cache; generates greedily feeding its KV cache back."""
 
     def __init__(
-        self,
-        path: Path,
-        input_names: list[str],
-        threads: int,
-        step: Path,
-        past_names: list[str],
-        kv: tuple[int, int, int],
+        self, path: Path, input_names: list[str], threads: int, past_names: list[str], kv: tuple[int, int, int]
     ) -> None:
         super().__init__(path, input_names, threads)
-        self.step = OrtRunner(step, ["input_ids", *past_names], threads, census=False)
         self.past_names = past_names
         self.kv = kv
 
@@ -96,7 +91,7 @@ class OrtLMRunner(OrtRunner):
         ids = prompt.numpy().astype(np.int64)
         out: list[int] = []
         for _ in range(new_tokens):
-            res = self.step.session.run(None, {"input_ids": ids, **past})
+            res = self.session.run(None, {"input_ids": ids, **past})
             nxt = int(np.argmax(res[0][0, -1]))
             out.append(nxt)
             if times is not None:
@@ -105,15 +100,12 @@ class OrtLMRunner(OrtRunner):
             ids = np.array([[nxt]], dtype=np.int64)
         return out
 
-    def close(self) -> None:
-        super().close()
-        self.step.close()
-
 
 def lm_runner(module: nn.Module, path: Path, input_names: list[str], threads: int) -> OrtRunner | None:
-    """An ``OrtLMRunner`` when ``module`` holds a float32 causal LM, else None."""
+    """The step graph exported to ``path`` and its ``OrtLMRunner`` when ``module`` holds a float32
+    causal LM taking ``input_ids`` alone, else None (the caller exports the full-sequence graph)."""
     lm = find_lm(module)
-    if lm is None or lm.get_input_embeddings().weight.dtype != torch.float32:
+    if lm is None or input_names != ["input_ids"] or lm.get_input_embeddings().weight.dtype != torch.float32:
         return None
-    step, past = export_step(lm, path.with_name("decoder_step.onnx"))
-    return OrtLMRunner(path, input_names, threads, step, past, kv_shape(lm))
+    _, past = export_step(lm, path)
+    return OrtLMRunner(path, input_names, threads, past, kv_shape(lm))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections import Counter
@@ -143,22 +144,20 @@ class OrtRunner:
 
     def __init__(self, path: Path, input_names: list[str], threads: int = 1, census: bool = True) -> None:
         """``census=False``: no optimized copy of the graph is written (nothing will count its ops)."""
-        import onnxruntime as ort
-
         self.artifact = path
         self.input_names = input_names
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
         self._optimized = path.with_name(path.stem + ".optimized.onnx")
-        if census:
-            so.optimized_model_filepath = str(self._optimized)
-        try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own exception types
-            raise RuntimeError(f"ONNX Runtime cannot load {path.name}: {str(e).splitlines()[0]}") from e
+        self._owns_census = census
+        self.session = _session(path, threads, self._optimized if census else None)
+        # float inputs the caller does not name that can be empty (a causal LM's past keys and values)
+        # are fed empty: the batch axis as the first input's, every other dynamic axis 0
+        self._empty = [
+            (i.name, [d if isinstance(d, int) else -1 if k == 0 else 0 for k, d in enumerate(i.shape)], i.type)
+            for i in self.session.get_inputs()
+            if i.name not in input_names
+            and i.type in ("tensor(float)", "tensor(float16)")
+            and any(not isinstance(d, int) for d in i.shape[1:])
+        ]
         outs = self.session.get_outputs()
         # the scored output: the first float tensor (a converter's graph may put an int64 label and a
         # ZipMap of probabilities first, as scikit-learn's does)
@@ -166,13 +165,46 @@ class OrtRunner:
 
     def run(self, batch: tuple[torch.Tensor, ...]) -> np.ndarray:
         feed = {n: t.numpy() for n, t in zip(self.input_names, batch)}
+        for name, shape, kind in self._empty:
+            dims = [batch[0].shape[0] if d == -1 else d for d in shape]
+            feed[name] = np.zeros(dims, dtype=np.float16 if kind == "tensor(float16)" else np.float32)
         return self.session.run([self.output], feed)[0]
+
+    def with_threads(self, threads: int) -> OrtRunner:
+        """This runner over a second session of the same graph with ``threads`` intra-op threads that
+        do not spin-wait (scoring on every core while the timings keep their own thread count);
+        closing it leaves this one as it was."""
+        wide = copy.copy(self)
+        wide.session = _session(self.artifact, threads, None, spinning=False)
+        wide._owns_census = False
+        return wide
 
     def integer_ops(self) -> dict[str, Any]:
         return census(self._optimized)
 
     def close(self) -> None:
-        self._optimized.unlink(missing_ok=True)
+        if self._owns_census:
+            self._optimized.unlink(missing_ok=True)
+
+
+def _session(path: Path, threads: int, optimized: Path | None, spinning: bool = True) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimization;
+    ``optimized``: where to write the optimized graph (for the kernel census)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if optimized is not None:
+        so.optimized_model_filepath = str(optimized)
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types
+        raise RuntimeError(f"ONNX Runtime cannot load {path.name}: {str(e).splitlines()[0]}") from e
 
 
 def census(optimized: Path) -> dict[str, Any]:
@@ -244,13 +276,13 @@ def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (
         from quantwise.runtime.torch_sim import lower_torch
 
         module = lower_torch(qm)
-    path = export_onnx(module, task.latency_input(2), workdir / "model.onnx", task.input_names, task.dynamic_axes)
-    if task.generation is not None:  # a causal LM: a second graph with a KV cache generates
+    if task.generation is not None:  # a causal LM: one graph with a KV cache scores and generates
         from quantwise.runtime.onnx_lm import lm_runner
 
-        runner = lm_runner(module, path, task.input_names, threads)
+        runner = lm_runner(module, workdir / "model.onnx", task.input_names, threads)
         if runner is not None:
             return runner, module
+    path = export_onnx(module, task.latency_input(2), workdir / "model.onnx", task.input_names, task.dynamic_axes)
     return OrtRunner(path, task.input_names, threads), module
 
 

@@ -39,6 +39,7 @@ class CompareSettings:
     optimize: str = "latency"
     target: str = "this-machine"
     threads: int = 1
+    score_threads: int | None = None  # ONNX Runtime scoring's threads (None: ``threads``); timings keep ``threads``
     measure_memory: bool = True
     latency_batch: int = 1
     batch_n: int = 32
@@ -72,6 +73,7 @@ class CompareSettings:
         return {
             **self.result_settings(),
             "target": self.target,
+            "score_threads": self.score_threads,
             "explain": self.explain,
             "explain_samples": self.explain_samples,
             "executor": self.executor,
@@ -299,6 +301,7 @@ def _run_one(
             recipe,
             runtime,
             threads=s.threads,
+            score_threads=s.score_threads,
             batch_sizes=batch_sizes(task, s) if measure else (),
             measure_memory=s.measure_memory and measure,
             latency_seconds=s.latency_seconds,
