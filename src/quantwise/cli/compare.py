@@ -130,7 +130,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         export_error = None
         try:
             exported = export_recommended(
-                task, result, out, args.threads, settings.max_drop.points(1.0), built, settings.optimize
+                task,
+                result,
+                out,
+                args.threads,
+                settings.max_drop.points(1.0),
+                built,
+                settings.optimize,
+                settings.score_threads,
             )
         except ExportMismatch as e:  # recorded, reported, and the run fails
             exported, export_error = None, str(e)

@@ -68,6 +68,7 @@ def export_recommended(
     max_drop_points: float | None = None,
     built: dict[str, Any] | None = None,
     optimize: str | None = None,
+    score_threads: int | None = None,
 ) -> Path | None:
     """Write the winner with a metadata file to ``out/recommended``; reuses its QuantizedModel from
     ``built`` when compare made it in this process (after ``--resume`` it is rebuilt, deterministically)."""
@@ -89,6 +90,7 @@ def export_recommended(
         w["runtime"],
         out=dest,
         threads=threads,
+        score_threads=score_threads,
         batch_sizes=(1,),
         measure_memory=False,
         latency_seconds=0.5,
