@@ -79,8 +79,9 @@ def measure_latency(
 ) -> Latency:
     """Time ``fn()``; returns ``{"p50", "p90", "ci95", "n", "other_load", "noisy", "retimed", "reference"}`` (ms).
 
-    Runs ``warmup`` untimed calls (fewer once they took ``WARMUP_SECONDS``; at least one), then at least ``iters`` timed calls (or until ``min_seconds``),
-    stopping early once ``max_seconds`` of timed calls have passed (at least 3 calls).
+    Runs ``warmup`` untimed calls (fewer once they took ``WARMUP_SECONDS``; at least one), then at
+    least ``iters`` timed calls (or until ``min_seconds``), stopping early once ``max_seconds`` of
+    timed calls have passed (at least 3 calls).
     ``other_load`` is the share of the machine's CPU time other processes used meanwhile; when it
     or the interval's width is too large, or the reference kernel timed just before ran more than
     30% slower than its best in this process (host contention), the timing is repeated once, and

@@ -287,7 +287,13 @@ def _lower(qm: Any, task: Any, workdir: Path, threads: int, batch_sizes: Any = (
 
 
 def _how(qm: Any) -> tuple[str, str]:
-    return "model.onnx", "onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])"
+    how = "onnxruntime.InferenceSession('model.onnx', providers=['CPUExecutionProvider'])"
+    if qm is not None and not qm.cast:  # a float32 causal LM is exported as its KV-cache step graph
+        from quantwise.runtime.onnx_lm import find_lm
+
+        if find_lm(qm.model) is not None:
+            how += "; a prompt is fed each past_key_i/past_value_i as (batch, kv_heads, 0, head_dim) zeros"
+    return "model.onnx", how
 
 
 SPEC = RuntimeSpec(
