@@ -81,7 +81,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     task = load_task_from_args(args)
     args.runtime = default_runtime(args.runtime, task)
     task = task_for_recipe(task, None, args.runtime)  # a graph's checked import where the runtime needs it
-    rec = evaluate(task, None, args.runtime, threads=args.threads, measure_memory=not args.no_memory)
+    rec = evaluate(
+        task,
+        None,
+        args.runtime,
+        threads=args.threads,
+        measure_memory=not args.no_memory,
+        score_threads=args.score_threads,
+    )
     if args.format == "json":
         print(json.dumps(rec, indent=2))
     else:
@@ -108,9 +115,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     qtask, base_task = task_for_recipe(task, recipe, args.runtime), task_for_recipe(task, None, base_runtime)
     qm = build_quantized(qtask, recipe)
     check_can_run(args.runtime, qm)  # refuse before the FP32 baseline is measured
-    base = evaluate(base_task, None, base_runtime, threads=args.threads, measure_memory=not args.no_memory)
+    base = evaluate(
+        base_task,
+        None,
+        base_runtime,
+        threads=args.threads,
+        measure_memory=not args.no_memory,
+        score_threads=args.score_threads,
+    )
     rec = evaluate(
-        qtask, recipe, args.runtime, out=args.out, threads=args.threads, measure_memory=not args.no_memory, quantized=qm
+        qtask,
+        recipe,
+        args.runtime,
+        out=args.out,
+        threads=args.threads,
+        measure_memory=not args.no_memory,
+        quantized=qm,
+        score_threads=args.score_threads,
     )
     rec["baseline"] = {
         "metrics": base["metrics"],

@@ -35,7 +35,8 @@ def task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--score-threads",
         type=int,
-        help="threads for scoring the test set in ONNX Runtime (default: every core; timings keep --threads)",
+        help="threads for scoring the test set in ONNX Runtime (compare: every core by default, others: --threads); "
+        "timings keep --threads",
     )
     p.add_argument(
         "--format", choices=("table", "json"), default="table", help="table (default) or the JSON result record"
