@@ -42,6 +42,9 @@ def test_compare_records_recommends_and_exports(mnist, tmp_path):
     assert len(list((tmp_path / "records").glob("*.json"))) == 4
     st = next(r for r in result["records"] if r["format"] == "static-int8-minmax")
     assert st["integer_ops"]["integer"] == 4 and st["compression"] > 3.5
+    # the build (calibration included) happens before evaluate and is counted in the trial's quantize stage
+    assert st["stage_seconds"]["quantize"] >= st["time_to_quantize_s"] > 0
+    assert result["records"][0]["stage_seconds"]["quantize"] == 0.0  # FP32 builds nothing
     rec = result["recommendation"]
     assert rec["winner"] is not None and rec["winner"]["drop_points"] <= 1.0
     assert set(rec["others"]) | {rec["winner"]["key"]} == {f"{f} · onnxruntime" for f in FORMATS.split(",")[1:]}

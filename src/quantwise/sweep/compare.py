@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,7 +296,9 @@ def _run_one(
     built = {} if built is None else built
     try:
         task = trial_task(task, fmt, runtime)
+        fresh, t0 = fmt.id not in built, time.perf_counter()
         recipe = build_format(task, fmt, s, built)
+        build_seconds = round(time.perf_counter() - t0, 3) if fresh and recipe is not None else 0.0
         rec = evaluate(
             task,
             recipe,
@@ -309,6 +312,8 @@ def _run_one(
             outputs=outputs,
         )
         rec.pop("env", None)
+        if "stage_seconds" in rec:  # the build happened before evaluate: counted in the format's first trial
+            rec["stage_seconds"]["quantize"] = build_seconds
     except Exception as e:  # one failing format must not stop the others; it is recorded with its error
         return failure_record(task, fmt, runtime, e)
     rec["format"] = fmt.id
