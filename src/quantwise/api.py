@@ -388,6 +388,7 @@ def _record(
         "info": {
             **({"imported": task.info["imported"]} if "imported" in task.info else {}),  # a graph's PyTorch import
             **{k: v for k, v in (qm.info.items() if qm else []) if k != "time_to_quantize_s"},
+            **({"attention": runner.attention} if getattr(runner, "attention", "") else {}),  # an LLM's step graph
         },
         "env": environment(threads),
     }

@@ -393,6 +393,13 @@ def test_onnxruntime_scores_generates_and_is_measured_through_one_step_graph(tin
 
     runner, module = lower(None, tiny_task, "onnxruntime", tmp_path, 1)
     assert sorted(p.name for p in tmp_path.glob("*.onnx") if ".optimized" not in p.name) == ["model.onnx"]
+    import onnx
+
+    from quantwise.runtime.onnx_lm import find_lm
+
+    ops = [n.op_type for n in onnx.load(str(runner.artifact), load_external_data=False).graph.node]
+    layers = find_lm(module).config.num_hidden_layers
+    assert runner.attention.startswith("GroupQueryAttention") and ops.count("GroupQueryAttention") == layers
     two = (tiny_task.eval_batches[0][0].repeat(2, 1),)
     with torch.inference_mode():
         want = module(*two).numpy()
@@ -411,3 +418,30 @@ def test_onnxruntime_scores_generates_and_is_measured_through_one_step_graph(tin
     assert runner.generate(prompt, 4) == ids[0, 16:].tolist()
     assert (peak_memory("onnxruntime", runner.artifact, two, tiny_task.input_names) or 0) > 0
     runner.close()
+
+
+def test_a_decoder_fused_attention_does_not_cover_gets_the_decomposed_graph_and_says_why() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from quantwise.runtime.onnx_gqa import fused_step
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=32)).eval()
+    step, why = fused_step(gpt2)
+    assert step is None and "gpt2" in why
+    # a Llama it covers: the fused module's own PyTorch forward computes what the model computes
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    lm = LlamaForCausalLM(cfg).eval()
+    step, why = fused_step(lm)
+    assert step is not None, why
+    ids = torch.randint(0, 64, (2, 9))
+    empty = [torch.zeros(2, 2, 0, 8) for _ in range(4)]
+    with torch.inference_mode():
+        want = lm(ids).logits
+        full = step(ids, *empty)
+        head = step(ids[:, :5], *empty)  # the first 5 tokens, then the rest through their cache
+        rest = step(ids[:, 5:], *head[1:])
+    assert torch.allclose(full[0], want, atol=1e-5) and torch.allclose(rest[0], want[:, 5:], atol=1e-5)

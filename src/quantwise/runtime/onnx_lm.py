@@ -62,7 +62,11 @@ def kv_shape(lm: Any) -> tuple[int, int, int]:
     )
 
 
-def export_step(lm: Any, path: Path) -> tuple[Path, list[str]]:
+def export_step(lm: Any, path: Path) -> tuple[Path, list[str], str]:
+    """Export the step graph: fused attention (``onnx_gqa``) where the decoder allows, else Hugging
+    Face's own forward; the third value says which (``attention`` of the runner)."""
+    from quantwise.runtime.onnx_gqa import fused_step
+
     n, kvh, d = kv_shape(lm)
     past_names = [f"past_{kind}_{i}" for i in range(n) for kind in ("key", "value")]
     present = [p.replace("past_", "present_") for p in past_names]
@@ -70,8 +74,10 @@ def export_step(lm: Any, path: Path) -> tuple[Path, list[str]]:
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
     axes.update({p: {0: "batch", 2: "past"} for p in past_names})
     axes.update({p: {0: "batch", 2: "total"} for p in present})
-    export_onnx(CausalLMStep(lm).eval(), example, path, ["input_ids", *past_names], axes, ["logits", *present])
-    return path, past_names
+    fused, why = fused_step(lm)
+    step = fused if fused is not None else CausalLMStep(lm).eval()
+    export_onnx(step, example, path, ["input_ids", *past_names], axes, ["logits", *present])
+    return path, past_names, "GroupQueryAttention (fused)" if fused is not None else f"decomposed: {why}"
 
 
 class OrtLMRunner(OrtRunner):
@@ -83,6 +89,7 @@ class OrtLMRunner(OrtRunner):
         super().__init__(path, input_names, threads)
         self.past_names = past_names
         self.kv = kv
+        self.attention = ""  # how the step graph computes attention (export_step)
 
     def generate(self, prompt: torch.Tensor, new_tokens: int, times: list[float] | None = None) -> list[int]:
         """Greedy tokens through the step graph, feeding its KV cache back; ``times`` gets each token's arrival."""
@@ -107,5 +114,7 @@ def lm_runner(module: nn.Module, path: Path, input_names: list[str], threads: in
     lm = find_lm(module)
     if lm is None or input_names != ["input_ids"] or lm.get_input_embeddings().weight.dtype != torch.float32:
         return None
-    _, past = export_step(lm, path)
-    return OrtLMRunner(path, input_names, threads, past, kv_shape(lm))
+    _, past, attention = export_step(lm, path)
+    runner = OrtLMRunner(path, input_names, threads, past, kv_shape(lm))
+    runner.attention = attention
+    return runner

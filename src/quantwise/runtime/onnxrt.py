@@ -46,7 +46,7 @@ def export_onnx(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    uses_ms = any(hasattr(m, "nb_packed") for m in module.modules())
+    uses_ms = any(hasattr(m, "nb_packed") or getattr(m, "uses_contrib_ops", False) for m in module.modules())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
