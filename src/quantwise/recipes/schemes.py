@@ -34,7 +34,8 @@ SMOOTHQUANT_HELP = (
     "group of Linears first; needs calibration data"
 )
 SMOOTH_ALPHA_HELP = (
-    "SmoothQuant's migration strength; 0 searches it on the calibration data (the choice and its errors are recorded)"
+    "SmoothQuant's migration strength; 0 searches it per group of Linears on the calibration data (the choices and "
+    "their errors are recorded)"
 )
 
 

@@ -126,6 +126,7 @@ def _smoothquant(
         calib,
         "smoothquant",
         lambda gs: {**smoothquant(model, gs, lambda _n: quant, act, alpha), "tied_not_scaled": lin[1]},
+        siblings=False,  # measured worse for W8A8 (transform/smoothing.py)
     )
 
 
