@@ -152,13 +152,13 @@ LLM_FORMATS: dict[str, Format] = {
             default=False,
         ),
         Format("w8a8-per-token", "dynamic-int8", {"activations": "per-token"}, runtimes=_LMQ, family="int8"),
+        # SmoothQuant's strength searched per group (SmolLM2 in ONNX Runtime: +3.19% perplexity against +5.47%)
         Format(
             "w8a8-per-token-sq",
             "dynamic-int8",
             {"activations": "per-token", "smoothquant": True},
             runtimes=_LMQ,
             family="int8",
-            default=False,
         ),
         Format("w8a8-per-tensor", "dynamic-int8", runtimes=(*_LMQ, "torch-int8"), family="int8"),
         # int8 compute: activations quantized per row and weight block at run time, int8 dot products
