@@ -105,7 +105,7 @@ _Q4_0 = {"group_size": 32, "fp16_scales": True, "head_bits": 8}
 # Causal LMs: weight-only integer formats (W8A16, W4A16 by group size, GPTQ), per-token dynamic W8A8.
 # default=False: run only when named (``--formats w4a16`` selects every w4a16-*). compare's default LLM set
 # keeps one format per kernel and algorithm family, toward its 30-minute target (each LLM trial exports,
-# scores 4,088 tokens and 40 zero-shot articles, and times prefill and decode: 71-178 s here on 2026-12-04).
+# scores 4,088 tokens and 40 zero-shot articles, and times prefill and decode: 44-163 s here on 2026-12-04).
 LLM_FORMATS: dict[str, Format] = {
     f.id: f
     for f in (
