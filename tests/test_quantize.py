@@ -39,6 +39,17 @@ def test_save_load_gives_identical_outputs(mnist, recipe, tmp_path):
         assert torch.equal(loaded.layers[name].weight_q, lq.weight_q)
 
 
+def test_an_exported_folder_with_a_corrupt_quantwise_json_is_a_clear_error(mnist, tmp_path):
+    from quantwise.errors import UserError
+    from quantwise.runtime.base import load_exported
+
+    quantize(mnist.model, "weight-int8").save(tmp_path / "export" / "quantized")
+    assert load_exported(tmp_path / "export", mnist).recipe == get_recipe("weight-int8")
+    (tmp_path / "export" / "quantized" / "quantwise.json").write_text("{not json")
+    with pytest.raises(UserError, match="quantwise.json is not valid JSON"):
+        load_exported(tmp_path / "export", mnist)
+
+
 def test_static_records_every_parameter_the_runtimes_need(mnist):
     qm = quantize(mnist.model, "static-int8", mnist.calibration)
     assert set(qm.layers) == {"features.0", "features.3", "classifier.0", "classifier.2"}

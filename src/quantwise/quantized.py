@@ -242,9 +242,9 @@ class QuantizedModel:
             (tmp / "quantwise.json").write_text(json.dumps(meta, indent=2))
         return path
 
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module) -> QuantizedModel:
-        """Load a saved QuantizedModel onto ``model``, a fresh copy of the same float architecture."""
+    @staticmethod
+    def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The checked ``quantwise.json`` of a saved QuantizedModel folder (a clear error if it is not one)."""
         path = Path(path)
         meta_file = path / "quantwise.json"
         if not meta_file.exists():
@@ -259,6 +259,14 @@ class QuantizedModel:
             raise UserError(
                 f"{path}: format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})"
             )
+        return meta
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any] | None = None) -> QuantizedModel:
+        """Load a saved QuantizedModel onto ``model``, a fresh copy of the same float architecture
+        (``meta``: its ``read_meta``, when the caller has read it already)."""
+        path = Path(path)
+        meta = meta if meta is not None else cls.read_meta(path)
         try:
             tensors = load_file(str(path / "model.safetensors"))
         except Exception as e:

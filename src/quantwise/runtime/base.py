@@ -41,18 +41,15 @@ class IntegerOps:
 
 def load_exported(folder: Path, task: Any) -> Any:
     """The QuantizedModel an export keeps in ``folder/quantized``, on a fresh copy of the task's model."""
-    import json
-
     from quantwise.quantized import QuantizedModel
 
+    meta = QuantizedModel.read_meta(folder / "quantized")
     model = task.build_model()
-    meta = folder / "quantized" / "quantwise.json"
-    info = json.loads(meta.read_text(encoding="utf-8")).get("info", {}) if meta.exists() else {}
-    if "captured" in info and task.calibration:  # quantized on its torch.export capture: capture it again
+    if "captured" in meta.get("info", {}) and task.calibration:  # quantized on its torch.export capture: again
         from quantwise.transform.capture import capture
 
         model, _ = capture(model, task.calibration[0])
-    return QuantizedModel.load(folder / "quantized", model)
+    return QuantizedModel.load(folder / "quantized", model, meta)
 
 
 def _always_available() -> str | None:
