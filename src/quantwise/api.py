@@ -6,7 +6,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +14,20 @@ import torch
 from torch import nn
 
 from quantwise.errors import UserError
-from quantwise.measure.decode import measure_decode
-from quantwise.measure.env import environment
-from quantwise.measure.latency import StageClock, measure_latency
-from quantwise.measure.memory import peak_memory
-from quantwise.progress import progress_iter, status
-from quantwise.quantized import QuantizedModel, artifact_size, atomic_dir
+from quantwise.measure.latency import StageClock
+from quantwise.measure.record import add_parity, measure_into, new_record
+from quantwise.progress import progress_iter
+from quantwise.quantized import QuantizedModel, atomic_dir
 from quantwise.quiet import torch_threads
 from quantwise.recipes import Recipe, get_recipe
 from quantwise.records import Record
-from quantwise.runtime.registry import RUNTIMES, check_can_run, get_runtime
+from quantwise.runtime.registry import check_can_run, get_runtime
 from quantwise.tasks.base import Task
 from quantwise.tasks.check import check_task
 from quantwise.transform.quantize import check_batch, check_finite_weights, quantize_model
 from quantwise.transform.registry import Batch
 
 __all__ = ["check_batch", "check_finite_weights", "evaluate", "lower", "quantize", "build_quantized", "check_task"]
-
-RESULT_SCHEMA = "quantwise.result/1"
 
 
 def quantize(
@@ -254,7 +249,7 @@ def _evaluate(
             else _score(runner, task, f"{task.name} · {name} · {runtime}", score_threads, threads)
         )
         clock.lap("score")
-        record = _record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
+        record = new_record(task, name, recipe, runtime, qm, runner, task.score(outputs), threads)
         if qm is None and runtime != "torch":
             from quantwise.runtime.torch_sim import check_runtime_fp32
 
@@ -262,7 +257,7 @@ def _evaluate(
                 runtime, runner, module, task.eval_batches[0], get_runtime(runtime).fp32_tolerance
             )
         if qm is not None:
-            _parity(record, qm, task, runner, runtime)
+            add_parity(record, qm, task, runner, runtime)
         clock.lap("check")
         if task.labels is not None and len(task.labels) == len(outputs):
             # per-example outcomes, so compare can give paired intervals and McNemar's test vs FP32
@@ -270,7 +265,7 @@ def _evaluate(
             record["per_example"] = {"correct": correct.astype(int).tolist()}
         if task.per_example is not None:  # per-example values of mean metrics (cosine, per-window NLL)
             record.setdefault("per_example", {}).update(task.per_example(outputs))
-        _measure(
+        measure_into(
             record, task, runtime, runner, module, tmp, threads, batch_sizes, measure_memory, latency_seconds, clock
         )
         record["stage_seconds"] = clock.seconds
@@ -300,107 +295,14 @@ def measure(
     try:
         with torch_threads(threads):
             runner, module = lower(quantized, task, runtime, tmp, threads, batch_sizes)
-            _measure(record, task, runtime, runner, module, tmp, threads, batch_sizes, measure_memory, latency_seconds)
+            measure_into(
+                record, task, runtime, runner, module, tmp, threads, batch_sizes, measure_memory, latency_seconds
+            )
             if hasattr(runner, "close"):
                 runner.close()
         return record
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _measure(
-    record: Record,
-    task: Task,
-    runtime: str,
-    runner: Any,
-    module: nn.Module,
-    tmp: Path,
-    threads: int,
-    batch_sizes: tuple[int, ...],
-    measure_memory: bool,
-    latency_seconds: float,
-    clock: StageClock | None = None,
-) -> None:
-    clock = clock or StageClock()
-    if batch_sizes:
-        status("measuring latency")
-    for bs in batch_sizes:
-        batch = task.latency_input(bs)
-        record["latency_ms"][f"batch_{bs}"] = measure_latency(
-            partial(runner.run, batch), min_seconds=min(0.25, latency_seconds), max_seconds=latency_seconds
-        )
-    clock.lap("latency")
-    if task.generation is not None and batch_sizes:
-        status("measuring decode speed")
-        record["decode"] = measure_decode(runner, task.generation)
-        if "per_token_ms" in record["decode"]:
-            record["latency_ms"]["decode_token"] = record["decode"].pop("per_token_ms")
-        clock.lap("decode")
-    if measure_memory:
-        status("measuring peak memory in a separate process")
-        record["peak_memory_bytes"] = _memory(runtime, runner, module, task, tmp, threads)
-        record["samples"]["peak_memory_bytes"] = 1 if record["peak_memory_bytes"] is not None else 0
-        clock.lap("memory")
-
-
-def _parity(record: Record, qm: QuantizedModel, task: Task, runner: Any, runtime: str) -> None:
-    from quantwise.errors import error_line
-    from quantwise.runtime.parity import runtime_vs_simulation
-
-    try:
-        found = runtime_vs_simulation(qm, task, runner, runtime)
-    except Exception as e:  # the check must not cost the format its record: it says why it did not run
-        found = {"status": "n/a", "reason": f"not compared: {error_line(e)[:200]}"}
-    if found is not None:
-        record["info"]["runtime_vs_simulation"] = found
-
-
-def _record(
-    task: Task,
-    name: str,
-    recipe: Recipe | None,
-    runtime: str,
-    qm: QuantizedModel | None,
-    runner: Any,
-    metrics: dict[str, Any],
-    threads: int,
-) -> Record:
-    return {
-        "schema": RESULT_SCHEMA,
-        "task": task.name,
-        "recipe": name,
-        "recipe_params": recipe.to_dict() if recipe else {"recipe": "fp32"},
-        "runtime": runtime,
-        "status": "ok",
-        "metrics": metrics,
-        "latency_ms": {},
-        "size_bytes": artifact_size(runner.artifact),
-        "peak_memory_bytes": None,
-        # single measurements say so (latency carries its own n and interval; metrics their examples)
-        "samples": {"peak_memory_bytes": 0, "time_to_quantize_s": 1 if qm else 0},
-        "time_to_quantize_s": qm.info.get("time_to_quantize_s", 0.0) if qm else 0.0,
-        "integer_ops": runner.integer_ops(),
-        "fixed_point": runner.report() if getattr(runner, "runtime", "") == "integer" else None,
-        "tflite": runner.report(qm) if getattr(runner, "runtime", "") == "tflite" else None,
-        "gguf": getattr(runner, "gguf", None),
-        "quantized_layers": sorted(qm.layers) if qm else [],
-        "float_layers": qm.skipped if qm else {},
-        "info": {
-            **({"imported": task.info["imported"]} if "imported" in task.info else {}),  # a graph's PyTorch import
-            **{k: v for k, v in (qm.info.items() if qm else []) if k != "time_to_quantize_s"},
-            **({"attention": runner.attention} if getattr(runner, "attention", "") else {}),  # an LLM's step graph
-        },
-        "env": environment(threads),
-    }
-
-
-def _memory(runtime: str, runner: Any, module: nn.Module, task: Task, tmp: Path, threads: int) -> int | None:
-    if RUNTIMES[runtime].memory_loads_artifact:
-        artifact = runner.artifact
-    else:
-        artifact = tmp / "module.pt"
-        torch.save(module, artifact)
-    return peak_memory(runtime, artifact, task.latency_input(1), task.input_names, threads)
 
 
 def _publish(tmp: Path, out: Path, record: Record) -> None:

@@ -14,12 +14,9 @@ never silently changed.
 - AWQ (Lin et al. 2024): ``s = mean|x|^a`` (normalised), ``a`` searched per group on a grid so that
   the group's outputs with quantized scaled weights are closest to the float outputs.
 - SmoothQuant (Xiao et al. 2023): ``s = max|x|^a / max|w|^(1-a)``, ``a`` searched per group on the
-  calibration data for that group's W8A8 output error. On SmolLM2 (per-token W8A8, torch
-  simulation, 4,088 test tokens) one strength for the model gave +4.09% perplexity, one per group
-  +3.53%, and one per group on a grid up to 0.95 +2.97% (most groups chose 0.8-0.9).
-  SmoothQuant does not scale through a sibling Linear (down_proj): on SmolLM2 that cost
-  perplexity (+4.39% against +4.09% with one strength per model; +4.14% against +3.53% per
-  group), while AWQ gains from it (w4a16 g128: +47.0% against +53.7%).
+  calibration data for that group's W8A8 output error; it does not scale through a sibling Linear
+  (down_proj), which on SmolLM2 made W8A8 worse while AWQ gains from it (benchmarks/README.md,
+  ``llm_smoothing.py``: per-token W8A8 +2.97% perplexity per group, +4.09% with one strength per model).
 """
 
 from __future__ import annotations
@@ -95,14 +92,16 @@ def find_groups(
             handles.append(m.register_forward_hook(on_out))
     for m in linears.values():
         handles.append(m.register_forward_pre_hook(on_in))
+    tries = _sibling_candidates(model, linears) if siblings else {}
+    calls = _capture_calls(model, {p for p, _ in tries.values()})  # in the same forward
+    handles += calls.handles
     try:
         with torch.no_grad():
             forward(calib[0])
     finally:
         for h in handles:
             h.remove()
-    unfed = {n: m for n, m in linears.items() if fed.get(n) is None}
-    through = linear_feeders(model, unfed, calib[0], forward) if siblings else {}
+    through = linear_feeders(model, {n: t for n, t in tries.items() if fed.get(n) is None}, calls.seen, linears)
     by_prev: dict[str, list[str]] = {}
     why: dict[str, str] = {}
     for n in linears:
@@ -120,50 +119,64 @@ def find_groups(
     return groups, why
 
 
-def linear_feeders(
-    model: nn.Module, linears: dict[str, nn.Linear], item: Any, forward: Callable[[Any], Any]
-) -> dict[str, str]:
-    """``{linear: sibling Linear}`` for Linears whose input is computed from a sibling Linear's output
-    channel by channel and linearly in it, as a gated MLP's ``down(act(gate(x)) * up(x))`` is in ``up``.
-
-    Nothing is assumed from names: each sibling Linear (same parent module) with as many outputs as the
-    linear has inputs is tried on the parent's own inputs from one calibration forward. With the sibling's
-    output rows divided by random ``s`` and the linear's columns multiplied by ``s``, the linear's input
-    must come out divided by ``s`` exactly and the parent's output must not move."""
+def _sibling_candidates(model: nn.Module, linears: dict[str, nn.Linear]) -> dict[str, tuple[str, list[str]]]:
+    """``{linear: (parent, sibling Linears with as many outputs as it has inputs)}``."""
     mods = dict(model.named_modules())
     tries: dict[str, tuple[str, list[str]]] = {}
     for n, lin in linears.items():
         parent = n.rpartition(".")[0]
+        if not parent:
+            continue
         sib = [
             m
             for m, mod in mods.items()
-            if parent and m != n and m.rpartition(".")[0] == parent
+            if m != n and m.rpartition(".")[0] == parent
             if isinstance(mod, nn.Linear) and mod.out_features == lin.in_features
         ]
         if sib:
             tries[n] = (parent, sib)
-    if not tries:
-        return {}
-    seen: dict[str, tuple[tuple, dict]] = {}
+    return tries
+
+
+@dataclass
+class _Calls:
+    """The first call's ``(args, kwargs)`` of each hooked module, and the hooks to remove."""
+
+    seen: dict[str, tuple[tuple, dict]]
+    handles: list[Any]
+
+
+def _capture_calls(model: nn.Module, names: set[str]) -> _Calls:
+    calls = _Calls({}, [])
 
     def grab(p: str) -> Callable[[nn.Module, tuple, dict], None]:
         def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-            seen.setdefault(p, (args, kwargs))
+            calls.seen.setdefault(p, (args, kwargs))
 
         return hook
 
-    parents = {p for p, _ in tries.values()}
-    handles = [mods[p].register_forward_pre_hook(grab(p), with_kwargs=True) for p in parents]
-    try:
-        with torch.no_grad():
-            forward(item)
-    finally:
-        for h in handles:
-            h.remove()
+    calls.handles = [model.get_submodule(p).register_forward_pre_hook(grab(p), with_kwargs=True) for p in names]
+    return calls
+
+
+def linear_feeders(
+    model: nn.Module,
+    tries: dict[str, tuple[str, list[str]]],
+    seen: dict[str, tuple[tuple, dict]],
+    linears: dict[str, nn.Linear],
+) -> dict[str, str]:
+    """``{linear: sibling Linear}`` for Linears whose input is computed from a sibling Linear's output
+    channel by channel and linearly in it, as a gated MLP's ``down(act(gate(x)) * up(x))`` is in ``up``.
+
+    Nothing is assumed from names: each candidate sibling (``tries``: same parent module, as many outputs
+    as the linear has inputs) is tried on the parent's own inputs from one calibration forward (``seen``).
+    With the sibling's output rows divided by random ``s`` and the linear's columns multiplied by ``s``,
+    the linear's input must come out divided by ``s`` exactly and the parent's output must not move."""
     found: dict[str, str] = {}
     for n, (parent, sib) in tries.items():
         if parent in seen:
-            hit = next((m for m in sib if _scales_through(mods[parent], seen[parent], mods[m], linears[n])), None)
+            mod = model.get_submodule(parent)
+            hit = next((m for m in sib if _scales_through(mod, seen[parent], model.get_submodule(m), linears[n])), None)
             if hit is not None:
                 found[n] = hit
     return found
