@@ -124,3 +124,9 @@ def tiny_gguf_hd64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama whose heads are 64 wide (KV-cache blocks of 32 need a multiple of 32)."""
     folder = save_tiny_llama(tmp_path_factory.mktemp("tiny-hd64"), hidden=128, heads=2, kv_heads=1)
     return _as_gguf(folder, tmp_path_factory.mktemp("tiny-hd64-gguf") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def mha_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with as many key/value heads as query heads (each v_proj channel feeds one o_proj input)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("mha-llama"), kv_heads=4)

@@ -125,3 +125,16 @@ def test_a_linear_is_smoothed_through_a_sibling_only_when_its_input_scales_with_
     assert [(g.prev, g.linears) for g in groups] == ([(prev, ["0.down"])] if prev else [])
     assert (why == {}) == (prev is not None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # the trial fold is undone
+
+
+@pytest.mark.parametrize(("fixture", "through"), [("mha_llama", "v_proj"), ("tiny_gpt2", None)])
+def test_awq_scales_o_proj_through_v_proj_only_under_multi_head_attention(fixture, through, lm_text, request) -> None:
+    task = load_task(model=str(request.getfixturevalue(fixture)), data=str(lm_text))
+    info = build_quantized(task, get_recipe("w4a16", group_size=32, method="awq")).info["awq"]
+    if through:  # q/k/v, o through v, gate/up, down through up: every Linear but the tied head
+        assert info["groups"] == 8 and info["unscaled_layers"] == {}
+    else:  # GPT-2: c_proj follows GELU (not homogeneous) and attention over a fused QKV: left unscaled, with why
+        assert sorted(info["unscaled_layers"]) == [
+            f"lm.transformer.h.{i}.{p}.c_proj" for i in (0, 1) for p in ("attn", "mlp")
+        ]
+        assert all("nor scales with one" in why for why in info["unscaled_layers"].values())
