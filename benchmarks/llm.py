@@ -39,6 +39,7 @@ FORMATS = [
     "w4a16-g128-awq",
     "w8a8-per-token",
     "w8a8-per-token-sq",
+    "w8a8-per-token-rot",
     "w8a8-per-tensor",
 ]
 

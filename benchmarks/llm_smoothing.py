@@ -17,7 +17,7 @@ import torch
 from quantwise.api import build_quantized, shard_outputs
 from quantwise.recipes import get_recipe
 from quantwise.tasks.llm import build_smollm2
-from quantwise.transform import smoothing
+from quantwise.transform import rotation, smoothing
 
 
 def main() -> None:
@@ -25,8 +25,10 @@ def main() -> None:
     ap.add_argument("specs", nargs="+", help="recipe keys as JSON; 'recipe' names the recipe")
     ap.add_argument("--no-siblings", action="store_true", help="never scale a Linear through a sibling Linear")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rotation-seed", type=int, default=0, help="the rotations' random seed (rotate: true)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    rotation.SEED = args.rotation_seed
     if args.no_siblings:  # the ablation: find_groups then sees no sibling-fed Linear
         smoothing.linear_feeders = lambda *_a, **_k: {}
     task = build_smollm2()
@@ -45,6 +47,7 @@ def main() -> None:
             "recipe": name,
             **keys,
             "siblings": not args.no_siblings,
+            **({"rotation_seed": args.rotation_seed} if keys.get("rotate") else {}),
             "metrics": {k: round(v, 4) for k, v in task.score(out).items() if isinstance(v, float)},
             "build_s": round(build_s, 1),
             "groups": info.get("groups"),

@@ -61,6 +61,14 @@ def _per_channel() -> Any:
     return knob(True, PER_CHANNEL_HELP, flag="--per-tensor", negate=True)
 
 
+ROTATE_HELP = (
+    "rotate a Llama-style decoder first (QuaRot): a random orthogonal turn of the residual stream and a Hadamard "
+    "per attention head folded into the weights, a block Hadamard computed before each MLP down-projection; it "
+    "spreads activation outliers over the channels and leaves the float model's outputs unchanged (checked); "
+    "not for GGUF"
+)
+
+
 def _smoothquant() -> Any:
     return knob(False, SMOOTHQUANT_HELP)
 
@@ -262,6 +270,7 @@ class DynamicInt8Recipe(Recipe):
     embeddings: bool = _embeddings()
     smoothquant: bool = _smoothquant()
     smooth_alpha: float = _smooth_alpha()
+    rotate: bool = knob(False, ROTATE_HELP)
     reduce_range: str = _reduce_range()
 
 

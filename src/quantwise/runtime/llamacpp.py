@@ -128,6 +128,8 @@ def _why_not(qm: Any) -> str | None:
         return None
     if qm.cast or qm.plan is not None:
         return "llama.cpp runs the FP32 model and weight-only Q8_0/Q4_0 formats here (no casts or fixed point)"
+    if qm.info.get("rotation"):
+        return "llama.cpp cannot compute a rotated decoder's online rotations (a MatMul before each down_proj)"
     for name, lq in qm.layers.items():
         if lq.mode != "weight_only":
             return "llama.cpp quantizes activations its own way: only weight-only formats are written for it"

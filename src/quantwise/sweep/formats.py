@@ -160,6 +160,14 @@ LLM_FORMATS: dict[str, Format] = {
             runtimes=_LMQ,
             family="int8",
         ),
+        # rotated first (transform/rotation.py: residual stream, values, down_proj input)
+        Format(
+            "w8a8-per-token-rot",
+            "dynamic-int8",
+            {"activations": "per-token", "rotate": True},
+            runtimes=_LMQ,
+            family="int8",
+        ),
         Format("w8a8-per-tensor", "dynamic-int8", runtimes=(*_LMQ, "torch-int8"), family="int8"),
         # int8 compute: activations quantized per row and weight block at run time, int8 dot products
         # (MatMulNBits accuracy_level=4); the simulation quantizes them the same way

@@ -19,6 +19,7 @@ from quantwise.recipes import CastRecipe, DynamicInt8Recipe, StaticInt8Recipe, W
 from quantwise.transform.gptq import gptq_quantize
 from quantwise.transform.gptq_seq import collect_hessians, sequential_gptq
 from quantwise.transform.registry import Batch
+from quantwise.transform.rotation import rotate_decoder
 from quantwise.transform.select import select_embeddings, select_layers
 from quantwise.transform.smoothing import Quant, awq, per_tensor_uint8, per_token_int8, smooth, smoothquant
 
@@ -322,8 +323,10 @@ def reduce_range_info(recipe: Any, info: dict[str, Any]) -> bool:
 
 def dynamic_handler(model: nn.Module, recipe: DynamicInt8Recipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
+    info: dict[str, Any] = {"rotation": rotate_decoder(model, calib)} if recipe.rotate else {}
     chosen, skipped = select_layers(model, recipe)
-    info = {"smoothquant": _smoothquant(model, recipe, chosen, calib)} if recipe.smoothquant else {}
+    if recipe.smoothquant:
+        info["smoothquant"] = _smoothquant(model, recipe, chosen, calib)
     layers = {}
     seven = reduce_range_info(recipe, info)
     for name, mod in chosen:
