@@ -19,9 +19,6 @@ from quantwise.tasks import load_task
 from quantwise.transform.rotation import RotatedInput, RotatedOutput, hadamard, random_orthogonal
 
 PER_TOKEN = {"activations": "per-token"}
-# the head reads the final norm's output, which is turned back (so the table stays tied), and the
-# embedding's table is quantized before its rotation: both float here, to see the rotated blocks
-BLOCKS = {"exclude": ("lm.lm_head",), "embeddings": False}
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +55,18 @@ def test_the_rotations_are_orthogonal() -> None:
 
 
 def test_rotation_keeps_the_float_model_and_brings_per_token_w8a8_closer(outlier_task) -> None:
-    plain = build_quantized(outlier_task, get_recipe("dynamic-int8", **BLOCKS, **PER_TOKEN))
-    rot = build_quantized(outlier_task, get_recipe("dynamic-int8", rotate=True, **BLOCKS, **PER_TOKEN))
+    plain = build_quantized(outlier_task, get_recipe("dynamic-int8", **PER_TOKEN))
+    rot = build_quantized(outlier_task, get_recipe("dynamic-int8", rotate=True, **PER_TOKEN))
     info = rot.info["rotation"]
     assert info["values"] == "Hadamard per head" and info["down_proj_block"] == 128 and not info["not_rotated"]
     assert info["float_output_change"] < 1e-5
     body = rot.model.lm.model
-    assert isinstance(body.embed_tokens, RotatedOutput) and isinstance(body.norm, RotatedInput)
+    assert isinstance(body.norm, RotatedOutput)  # its scale, in turned coordinates
     assert all(isinstance(layer.mlp.down_proj, RotatedInput) for layer in body.layers)
-    assert isinstance(outlier_task.model.lm.model.embed_tokens, nn.Embedding)  # the task's model is untouched
+    assert not isinstance(outlier_task.model.lm.model.norm, RotatedOutput)  # the task's model is untouched
     # every layer is still quantized (down_proj and the embedding inside their rotations)
     assert set(rot.layers) == {n.replace("mlp.down_proj", "mlp.down_proj.module") for n in plain.layers}
+    assert rot.info["tied_weights"] == {"lm.model.embed_tokens": "lm.lm_head"}  # one turned table
     batch = outlier_task.eval_batches[0]
     ref = _logits(outlier_task.model, batch)
     e_plain = (_logits(lower_torch(plain), batch) - ref).pow(2).mean()  # the simulation: activations quantized too

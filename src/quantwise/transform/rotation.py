@@ -10,9 +10,10 @@ spreads an outlier over all channels it mixes. Three rotations, for a Llama-styl
 - **residual stream**: one random orthogonal Q (seeded) on the hidden state between blocks. Each
   RMSNorm's scale is folded into the Linears reading it (the norm's weight becomes ones, and an
   RMSNorm commutes with Q), those Linears read ``x Q`` (``W <- W diag(g) Q``), the Linears
-  writing the residual write ``x Q`` (``W <- Q^T W``, ``b <- b Q``). The embedding's rows are
-  turned by a small float MatMul after the lookup and turned back before the final norm, so the
-  embedding table and a tied LM head stay one table (two d x d MatMuls per token);
+  writing the residual write ``x Q`` (``W <- Q^T W``, ``b <- b Q``), and the embedding table's
+  rows are turned (``E <- E Q``). The LM head reads the final norm's output turned too
+  (``W <- W Q``): the norm's scale stays in the graph as one small float MatMul by
+  ``Q^T diag(g) Q`` after it, so a head tied to the embedding is the same turned table;
 - **values**: a Hadamard matrix per attention head on v_proj's outputs and o_proj's inputs,
   folded into both weights (exact under grouped-query attention: each query head reads its KV
   head's values);
@@ -41,7 +42,8 @@ DOWN_BLOCK = 128  # the down-projection's online Hadamard blocks (SmolLM2 per-to
 
 
 class Rotation(nn.Module):
-    """``x -> x R`` with R block-diagonal: copies of one orthogonal ``(b, b)`` matrix along the last axis."""
+    """``x -> x R`` with R block-diagonal: copies of one ``(b, b)`` matrix along the last axis (an
+    orthogonal one, or the final norm's scale in turned coordinates)."""
 
     r: torch.Tensor
 
@@ -57,7 +59,7 @@ class Rotation(nn.Module):
 
 
 class RotatedOutput(nn.Module):
-    """``module`` with its output rotated (the embedding lookup)."""
+    """``module`` with its output rotated (the final norm)."""
 
     def __init__(self, module: nn.Module, r: torch.Tensor) -> None:
         super().__init__()
@@ -68,7 +70,7 @@ class RotatedOutput(nn.Module):
 
 
 class RotatedInput(nn.Module):
-    """``module`` reading a rotated input (the down-projection, the final norm)."""
+    """``module`` reading a rotated input (the down-projection)."""
 
     def __init__(self, module: nn.Module, r: torch.Tensor) -> None:
         super().__init__()
@@ -188,8 +190,15 @@ def rotate_decoder(model: nn.Module, calib: Sequence[Batch]) -> dict[str, Any]:
             else:
                 not_rotated["down_proj"] = f"its {down.in_features} inputs have no power-of-two block of 16 or more"
             _write(down, q)
-        body.embed_tokens = RotatedOutput(body.embed_tokens, q)
-        body.norm = RotatedInput(body.norm, q.T)
+        emb, head = body.embed_tokens, lm.get_output_embeddings()
+        emb.weight.data = (emb.weight.data.double() @ q).to(emb.weight.dtype)
+        if isinstance(head, nn.Linear) and head.weight is not emb.weight:  # a tied head is already turned
+            _read(head, q)
+        elif not isinstance(head, nn.Linear):
+            raise Unsupported("rotation: the LM head is not an nn.Linear; use the recipe without it")
+        g = body.norm.weight.data.double()
+        body.norm.weight.data.fill_(1.0)
+        body.norm = RotatedOutput(body.norm, q.T @ torch.diag(g) @ q)
     after = reference_output(model, calib[0])
     diff = float((after - before).abs().max() / before.abs().max().clamp(min=1e-12))
     if diff > 1e-3:
@@ -198,7 +207,7 @@ def rotate_decoder(model: nn.Module, calib: Sequence[Batch]) -> dict[str, Any]:
             "x / rms(x) * weight, or a block feeds more than its Linears; use the recipe without it"
         )
     return {
-        "residual": f"random orthogonal {d}x{d} (seed {SEED})",
+        "residual": f"random orthogonal {d}x{d} (seed {SEED}), the embedding table and LM head turned with it",
         "values": "Hadamard per head" if h_head is not None else None,
         "down_proj_block": block if block >= 16 else None,
         "not_rotated": not_rotated,
