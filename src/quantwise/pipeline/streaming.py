@@ -190,6 +190,8 @@ def stream_quantize(
     if not isinstance(recipe, WeightOnlyRecipe) or recipe.method not in METHODS:
         got = recipe.method if isinstance(recipe, WeightOnlyRecipe) else recipe.name
         raise UserError(f"streaming quantizes weight-only recipes with method rtn, gptq or awq, got {got}")
+    if recipe.rotate:
+        raise UserError("streaming does not rotate (it holds one block at a time): quantize without --rotate")
     gptq, use_awq = recipe.method == "gptq", recipe.method == "awq"
     if (gptq or use_awq) and not calib:
         raise UserError(f"{recipe.method.upper()} needs calibration text: pass --data")

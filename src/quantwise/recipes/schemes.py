@@ -236,6 +236,7 @@ class WeightOnlyRecipe(Recipe):
         "activations quantized to int8 at run time per row and weight block (scale max|x|/127), so the dot products "
         "run in int8 (W4A8/W8A8): ONNX Runtime's MatMulNBits at accuracy_level=4; blocks need a group size",
     )
+    rotate: bool = knob(False, ROTATE_HELP)
     label: str = knob(
         "",
         "the use-case name it was asked for (w8a16, w4a16: integer weights with float activations), shown in results",

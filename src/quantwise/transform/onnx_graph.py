@@ -162,8 +162,10 @@ def _static(
 def _dynamic(
     gm: OnnxGraphModule, recipe: DynamicInt8Recipe, nodes: list[HeavyNode], skipped: dict[str, str], seven: bool
 ) -> dict[str, LayerQuant]:
-    if recipe.smoothquant or recipe.activations != "per-tensor":
-        raise Unsupported("on an ONNX graph dynamic INT8 quantizes activations per tensor, without SmoothQuant")
+    if recipe.smoothquant or recipe.rotate or recipe.activations != "per-tensor":
+        raise Unsupported(
+            "on an ONNX graph dynamic INT8 quantizes activations per tensor, without SmoothQuant or rotation"
+        )
     layers = {}
     for h in nodes:
         if h.op == "Conv":
@@ -182,10 +184,11 @@ def _weight_only(
     skipped: dict[str, str],
     calib: Sequence[Batch],
 ) -> tuple[dict[str, LayerQuant], dict[str, Any]]:
-    if recipe.method not in ("rtn", "gptq") or recipe.kv_cache != "float" or recipe.head_bits:
+    if recipe.method not in ("rtn", "gptq") or recipe.kv_cache != "float" or recipe.head_bits or recipe.rotate:
         raise Unsupported(
             f"on an ONNX graph weight-only quantization is round-to-nearest or GPTQ (asked: method {recipe.method}"
-            f"{', kv_cache' if recipe.kv_cache != 'float' else ''}{', head_bits' if recipe.head_bits else ''})"
+            f"{', kv_cache' if recipe.kv_cache != 'float' else ''}{', head_bits' if recipe.head_bits else ''}"
+            f"{', rotate' if recipe.rotate else ''})"
         )
     qtype = (INT8 if recipe.symmetric else UINT8) if recipe.bits == 8 else (INT4 if recipe.symmetric else UINT4)
     todo: dict[str, tuple[HeavyNode, int]] = {}

@@ -204,7 +204,10 @@ def plan_weight_only(
 def weight_only_handler(model: nn.Module, recipe: WeightOnlyRecipe, calib: Sequence[Batch]) -> QuantizedModel:
     model = copy.deepcopy(model).eval()
     layers: dict[str, LayerQuant] = {}
+    rotation = rotate_decoder(model, calib) if recipe.rotate else None
     todo, skipped, groups, bits, info = plan_weight_only(model, recipe)
+    if rotation is not None:
+        info["rotation"] = rotation
     if recipe.method.startswith("awq"):
         lin, tied = _scalable(model, {n: m for n, m in todo if isinstance(m, nn.Linear)})
         quant_for = awq_quant_for(recipe, bits, groups)
