@@ -160,7 +160,8 @@ LLM_FORMATS: dict[str, Format] = {
             runtimes=_LMQ,
             family="int8",
         ),
-        # rotated first (transform/rotation.py: residual stream, values, down_proj input)
+        # rotated first (transform/rotation.py: residual stream, values, down_proj input; SmolLM2 in
+        # ONNX Runtime: +2.18% perplexity, KL 0.023 against SmoothQuant's 0.038)
         Format(
             "w8a8-per-token-rot",
             "dynamic-int8",
