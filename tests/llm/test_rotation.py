@@ -74,16 +74,30 @@ def test_rotation_keeps_the_float_model_and_brings_per_token_w8a8_closer(outlier
     assert e_rot < 0.5 * e_plain, (float(e_rot), float(e_plain))
 
 
-def test_rotated_w8a8_runs_in_onnxruntime_as_simulated(outlier_task, tmp_path: Path) -> None:
-    """The rotations are MatMuls in the step graph (fused attention kept); scores match the
-    simulation (per-token rows may move by a step: cosine per position), and so do greedy tokens."""
+@pytest.mark.parametrize(
+    "recipe, kernel, count",
+    [
+        (get_recipe("dynamic-int8", rotate=True, **PER_TOKEN), "MatMulInteger", 7 * 2 + 1),
+        (get_recipe("w4a16", group_size=32, method="gptq", rotate=True), "MatMulNBits", 7 * 2 + 1),
+    ],
+    ids=["w8a8-per-token", "w4a16-gptq"],
+)
+def test_a_rotated_decoder_runs_in_onnxruntime_as_simulated(
+    outlier_task, recipe, kernel, count, tmp_path: Path
+) -> None:
+    """The rotations are float MatMuls in the step graph (fused attention kept), every Linear in its
+    integer kernel; scores match the simulation (per-token rows may move by a step: cosine per
+    position), and so do greedy tokens. llama.cpp refuses the rotated model with the reason."""
     import onnx
 
-    qm = build_quantized(outlier_task, get_recipe("dynamic-int8", rotate=True, **PER_TOKEN))
+    from quantwise.runtime.llamacpp import SPEC
+
+    qm = build_quantized(outlier_task, recipe)
+    assert "rotations" in (SPEC.why_not(qm) or "")
     runner, module = lower(qm, outlier_task, "onnxruntime", tmp_path, 1)
     ops = [n.op_type for n in onnx.load(str(runner.artifact), load_external_data=False).graph.node]
     assert runner.attention.startswith("GroupQueryAttention")
-    assert ops.count("MatMulInteger") == 7 * 2 + 1  # seven Linears per block and the head, all in int8
+    assert ops.count(kernel) == count  # seven Linears per block and the head
     batch = outlier_task.eval_batches[0]
     want = _logits(module, batch).numpy()[0]
     got = runner.run(batch)[0]
