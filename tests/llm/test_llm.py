@@ -357,6 +357,7 @@ def test_the_llm_mixed_searches_and_variants_run_by_name_only() -> None:
     assert named == {"fp32", "mixed-w4-w8", "mixed-w8a8", "mixed-w4a8-w8a8"}
     # variants of a family already in the default set run by name too (a default compare fits 30 minutes)
     variants = {"w4a16-g32-asym", "w4a16-g128", "w4a16-g128-awq", "w4a16-g128-gptq-rot", "w4a8-g128-gptq"}
+    variants |= {"w4a8-g128-gptq-rot"}
     assert not variants & default
     assert {"w4a16-g32", "w4a16-g128-gptq", "w8a8-per-token", "w8a8-per-token-sq", "w8a8-per-token-rot"} <= default
     assert variants <= {f.id for f, _ in select_formats("w4a16,w8a8,w4a8", "onnxruntime", "causal-lm")}

@@ -192,6 +192,14 @@ LLM_FORMATS: dict[str, Format] = {
             family="int8",
             default=False,
         ),
+        Format(
+            "w4a8-g128-gptq-rot",
+            "w4a16",
+            {"group_size": 128, "method": "gptq", "gptq_act_order": True, "int8_compute": True, "rotate": True},
+            runtimes=_LMQ,
+            family="int8",
+            default=False,
+        ),
         Format("w8a8-g32", "w8a16", {"group_size": 32, "int8_compute": True}, runtimes=_LMQ, family="int8"),
         # mixed precision within the perplexity budget (on validation windows): INT4 weights (GPTQ, g32)
         # with the most sensitive layers promoted to INT8; or per-tensor W8A8 with them kept in float
