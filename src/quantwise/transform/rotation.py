@@ -116,6 +116,8 @@ def decoder_of(model: nn.Module) -> tuple[Any, Any]:
     for attr, kind in need.items():
         if not isinstance(getattr(body, attr, None), kind):
             raise Unsupported(f"rotation: the decoder has no {attr} ({kind.__name__}); use the recipe without it")
+    if not isinstance(lm.get_output_embeddings(), nn.Linear):  # type: ignore[operator]
+        raise Unsupported("rotation: the LM head is not an nn.Linear; use the recipe without it")
     for i, layer in enumerate(layers):
         a, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         parts = [getattr(a, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
@@ -192,10 +194,8 @@ def rotate_decoder(model: nn.Module, calib: Sequence[Batch]) -> dict[str, Any]:
             _write(down, q)
         emb, head = body.embed_tokens, lm.get_output_embeddings()
         emb.weight.data = (emb.weight.data.double() @ q).to(emb.weight.dtype)
-        if isinstance(head, nn.Linear) and head.weight is not emb.weight:  # a tied head is already turned
+        if head.weight is not emb.weight:  # a tied head is already turned
             _read(head, q)
-        elif not isinstance(head, nn.Linear):
-            raise Unsupported("rotation: the LM head is not an nn.Linear; use the recipe without it")
         g = body.norm.weight.data.double()
         body.norm.weight.data.fill_(1.0)
         body.norm = RotatedOutput(body.norm, q.T @ torch.diag(g) @ q)
