@@ -101,6 +101,13 @@ _LM = ("torch", "onnxruntime")
 _LMQ = ("onnxruntime",)
 _GG = ("llamacpp",)
 _Q4_0 = {"group_size": 32, "fp16_scales": True, "head_bits": 8}
+_GPTQ = {"group_size": 128, "method": "gptq", "gptq_act_order": True}  # g128, activation order, static groups
+
+
+def _lm(fid: str, recipe: str, overrides: dict[str, Any], family: str, default: bool = True) -> Format:
+    """A quantized LLM format, compared in ONNX Runtime."""
+    return Format(fid, recipe, overrides, runtimes=_LMQ, family=family, default=default)
+
 
 # Causal LMs: weight-only integer formats (W8A16, W4A16 by group size, GPTQ), per-token dynamic W8A8.
 # default=False: run only when named (``--formats w4a16`` selects every w4a16-*). compare's default LLM set
@@ -138,21 +145,14 @@ LLM_FORMATS: dict[str, Format] = {
         Format(
             "w4a16-g128-gptq",
             "w4a16",
-            {"group_size": 128, "method": "gptq", "gptq_act_order": True},
+            _GPTQ,
             runtimes=_LMQ,
             family="int4-weight",
         ),
         # the decoder rotated first (transform/rotation.py), then GPTQ: on SmolLM2 in the simulation +19.5%
         # perplexity against GPTQ's +32.0% (rotation before round-to-nearest int4 measured worse there:
         # its weights already sit on the Q4_1 checkpoint's grid, which a rotation scatters)
-        Format(
-            "w4a16-g128-gptq-rot",
-            "w4a16",
-            {"group_size": 128, "method": "gptq", "gptq_act_order": True, "rotate": True},
-            runtimes=_LMQ,
-            family="int4-weight",
-            default=False,
-        ),
+        _lm("w4a16-g128-gptq-rot", "w4a16", {**_GPTQ, "rotate": True}, "int4-weight", default=False),
         # activation-aware scales folded into the norms before q/k/v and gate/up
         Format(
             "w4a16-g128-awq",
@@ -173,33 +173,13 @@ LLM_FORMATS: dict[str, Format] = {
         ),
         # rotated first (transform/rotation.py: residual stream, values, down_proj input; SmolLM2 in
         # ONNX Runtime: +2.18% perplexity, KL 0.023 against SmoothQuant's 0.038)
-        Format(
-            "w8a8-per-token-rot",
-            "dynamic-int8",
-            {"activations": "per-token", "rotate": True},
-            runtimes=_LMQ,
-            family="int8",
-        ),
+        _lm("w8a8-per-token-rot", "dynamic-int8", {"activations": "per-token", "rotate": True}, "int8"),
         Format("w8a8-per-tensor", "dynamic-int8", runtimes=(*_LMQ, "torch-int8"), family="int8"),
         # int8 compute: activations quantized per row and weight block at run time, int8 dot products
         # (MatMulNBits accuracy_level=4); the simulation quantizes them the same way
         Format("w4a8-g32", "w4a16", {"group_size": 32, "int8_compute": True}, runtimes=_LMQ, family="int8"),
-        Format(
-            "w4a8-g128-gptq",
-            "w4a16",
-            {"group_size": 128, "method": "gptq", "gptq_act_order": True, "int8_compute": True},
-            runtimes=_LMQ,
-            family="int8",
-            default=False,
-        ),
-        Format(
-            "w4a8-g128-gptq-rot",
-            "w4a16",
-            {"group_size": 128, "method": "gptq", "gptq_act_order": True, "int8_compute": True, "rotate": True},
-            runtimes=_LMQ,
-            family="int8",
-            default=False,
-        ),
+        _lm("w4a8-g128-gptq", "w4a16", {**_GPTQ, "int8_compute": True}, "int8", default=False),
+        _lm("w4a8-g128-gptq-rot", "w4a16", {**_GPTQ, "int8_compute": True, "rotate": True}, "int8", default=False),
         Format("w8a8-g32", "w8a16", {"group_size": 32, "int8_compute": True}, runtimes=_LMQ, family="int8"),
         # mixed precision within the perplexity budget (on validation windows): INT4 weights (GPTQ, g32)
         # with the most sensitive layers promoted to INT8; or per-tensor W8A8 with them kept in float
