@@ -112,10 +112,7 @@ def lm_runner(module: nn.Module, path: Path, input_names: list[str], threads: in
     """The step graph exported to ``path`` and its ``OrtLMRunner`` when ``module`` holds a float32
     causal LM taking ``input_ids`` alone, else None (the caller exports the full-sequence graph)."""
     lm = find_lm(module)
-    emb = lm.get_input_embeddings() if lm is not None else None
-    emb = getattr(emb, "module", emb)  # a rotated decoder's lookup (transform.rotation.RotatedOutput)
-    w = getattr(emb, "weight", None)
-    if lm is None or input_names != ["input_ids"] or w is None or w.dtype != torch.float32:
+    if lm is None or input_names != ["input_ids"] or lm.get_input_embeddings().weight.dtype != torch.float32:
         return None
     _, past, attention = export_step(lm, path)
     runner = OrtLMRunner(path, input_names, threads, past, kv_shape(lm))

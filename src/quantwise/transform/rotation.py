@@ -35,7 +35,7 @@ from torch import nn
 
 from quantwise.errors import Unsupported
 from quantwise.transform.registry import Batch
-from quantwise.transform.smoothing import reference_output
+from quantwise.transform.smoothing import check_unchanged, reference_output
 
 SEED = 0
 DOWN_BLOCK = 128  # the down-projection's online Hadamard blocks (SmolLM2 per-token W8A8: 512 measured no better)
@@ -100,6 +100,10 @@ def _power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def _rms_norm(norm: object) -> bool:
+    return type(norm).__name__.endswith("RMSNorm") and getattr(norm, "bias", None) is None
+
+
 def decoder_of(model: nn.Module) -> tuple[Any, Any]:
     """The ``*ForCausalLM`` in ``model`` and its decoder body, or Unsupported saying what is missing."""
     lm = next((m for m in model.modules() if hasattr(m, "config") and hasattr(m, "get_input_embeddings")), None)
@@ -109,13 +113,13 @@ def decoder_of(model: nn.Module) -> tuple[Any, Any]:
         raise Unsupported(
             "rotation needs a Llama-style decoder (model.layers of a *ForCausalLM); use the recipe without it"
         )
-    need = {
-        "embed_tokens": nn.Embedding,
-        "norm": nn.Module,
-    }
-    for attr, kind in need.items():
-        if not isinstance(getattr(body, attr, None), kind):
-            raise Unsupported(f"rotation: the decoder has no {attr} ({kind.__name__}); use the recipe without it")
+    if not isinstance(getattr(body, "embed_tokens", None), nn.Embedding):
+        raise Unsupported("rotation: the decoder has no embed_tokens (nn.Embedding); use the recipe without it")
+    if not _rms_norm(getattr(body, "norm", None)):
+        raise Unsupported(
+            f"rotation: the final norm is {type(getattr(body, 'norm', None)).__name__}, not an RMSNorm; "
+            "use the recipe without it"
+        )
     if not isinstance(lm.get_output_embeddings(), nn.Linear):  # type: ignore[operator]
         raise Unsupported("rotation: the LM head is not an nn.Linear; use the recipe without it")
     for i, layer in enumerate(layers):
@@ -128,8 +132,8 @@ def decoder_of(model: nn.Module) -> tuple[Any, Any]:
                 f"rotation: block {i} is not norm -> q/k/v/o nn.Linear attention -> norm -> gate/up/down nn.Linear MLP "
                 "(the Llama layout); use the recipe without it"
             )
-        for norm in (*norms, body.norm):
-            if not type(norm).__name__.endswith("RMSNorm") or getattr(norm, "bias", None) is not None:
+        for norm in norms:
+            if not _rms_norm(norm):
                 raise Unsupported(
                     f"rotation: block {i}'s norms are {type(norm).__name__}, not an RMSNorm (a norm that subtracts "
                     "the mean does not commute with a rotation); use the recipe without it"
@@ -199,13 +203,8 @@ def rotate_decoder(model: nn.Module, calib: Sequence[Batch]) -> dict[str, Any]:
         g = body.norm.weight.data.double()
         body.norm.weight.data.fill_(1.0)
         body.norm = RotatedOutput(body.norm, q.T @ torch.diag(g) @ q)
-    after = reference_output(model, calib[0])
-    diff = float((after - before).abs().max() / before.abs().max().clamp(min=1e-12))
-    if diff > 1e-3:
-        raise Unsupported(
-            f"rotation changed the float model's outputs (max relative change {diff:.1e}): a norm is not "
-            "x / rms(x) * weight, or a block feeds more than its Linears; use the recipe without it"
-        )
+    why = "a norm is not x / rms(x) * weight, or a block feeds more than its Linears"
+    diff = check_unchanged(model, before, calib[0], "rotation", why, "turning the weights")
     return {
         "residual": f"random orthogonal {d}x{d} (seed {SEED}), the embedding table and LM head turned with it",
         "values": "Hadamard per head" if h_head is not None else None,

@@ -339,16 +339,28 @@ def smoothquant(
     return {"alpha": alpha, "alphas": chosen, "searched": alpha is None, "relative_output_error": errors}
 
 
-def check_unchanged(model: nn.Module, before: torch.Tensor, batch: Batch, what: str) -> None:
-    """Refuse when folding moved the float model's output on ``batch`` (it must be exact up to rounding)."""
+FOLD_CAUSE = "some scaled output feeds more than the Linears or a norm is not x * weight"
+
+
+def check_unchanged(
+    model: nn.Module,
+    before: torch.Tensor,
+    batch: Batch,
+    what: str,
+    cause: str = FOLD_CAUSE,
+    done: str = "folding the scales",
+) -> float:
+    """Refuse when a rewrite (``done``) moved the float model's output on ``batch`` (it must be exact up to
+    rounding); returns the max relative change."""
     with torch.no_grad():
         after = _first(model(*batch))
     diff = float((after - before).abs().max() / before.abs().max().clamp(min=1e-12))
     if diff > 1e-3:
         raise Unsupported(
-            f"{what}: folding the scales changed the float model's outputs (max relative change {diff:.1e}), so "
-            "some scaled output feeds more than the Linears or a norm is not x * weight; use the recipe without it"
+            f"{what}: {done} changed the float model's outputs (max relative change {diff:.1e}), so "
+            f"{cause}; use the recipe without it"
         )
+    return diff
 
 
 def _first(out: Any) -> torch.Tensor:
